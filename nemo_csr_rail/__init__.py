@@ -1,0 +1,54 @@
+"""nemo-csr-rail: NeMo Guardrails rails backed by NVIDIA Nemotron-Content-Safety-Reasoning-4B.
+
+Wire it with one line in ``config.yml`` — ``import_paths: [nemo_csr_rail]`` — or use :class:`CsrClient` directly.
+"""
+
+from nemo_csr_rail.client import CheckResult, CsrClient
+from nemo_csr_rail.errors import (
+    ConfigError,
+    CsrError,
+    GuardHTTPError,
+    GuardProtocolError,
+    GuardTimeout,
+    GuardUnavailable,
+    InputTooLong,
+    VerdictParseError,
+)
+from nemo_csr_rail.policy import Direction, Policy
+from nemo_csr_rail.verdict import Verdict
+
+__version__ = "0.1.0"
+
+
+def package_dir() -> str:
+    """Absolute directory of this package, for ``import_paths`` when the package is installed in editable mode."""
+    import os
+
+    return os.path.dirname(os.path.abspath(__file__))
+
+
+def register(app: object) -> None:
+    """Register the actions on an ``LLMRails`` built without ``import_paths`` (bring your own flows)."""
+    from nemo_csr_rail.actions import csr_check_input, csr_check_output
+
+    app.register_action(csr_check_input, name="csr_check_input")  # type: ignore[attr-defined]
+    app.register_action(csr_check_output, name="csr_check_output")  # type: ignore[attr-defined]
+
+
+__all__ = [
+    "CheckResult",
+    "ConfigError",
+    "CsrClient",
+    "CsrError",
+    "Direction",
+    "GuardHTTPError",
+    "GuardProtocolError",
+    "GuardTimeout",
+    "GuardUnavailable",
+    "InputTooLong",
+    "Policy",
+    "Verdict",
+    "VerdictParseError",
+    "package_dir",
+    "register",
+]

@@ -1,0 +1,40 @@
+"""A small TTL + LRU verdict cache.
+
+The guard decodes greedily, so the same prompt gets the same verdict; caching it (reasoning included, unlike the
+built-in rail) saves a model call for repeated turns such as retries and regenerated answers. Errors are never cached.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import OrderedDict
+from typing import Generic, TypeVar
+
+V = TypeVar("V")
+
+
+class TTLCache(Generic[V]):
+    def __init__(self, maxsize: int = 4096, ttl_s: float = 3600.0) -> None:
+        self.maxsize, self.ttl_s = maxsize, ttl_s
+        self._data: OrderedDict[str, tuple[float, V]] = OrderedDict()
+        self.hits = self.misses = 0
+
+    def get(self, key: str) -> V | None:
+        item = self._data.get(key)
+        if item is None or item[0] < time.monotonic():
+            if item is not None:
+                del self._data[key]
+            self.misses += 1
+            return None
+        self._data.move_to_end(key)
+        self.hits += 1
+        return item[1]
+
+    def put(self, key: str, value: V) -> None:
+        self._data[key] = (time.monotonic() + self.ttl_s, value)
+        self._data.move_to_end(key)
+        while len(self._data) > self.maxsize:
+            self._data.popitem(last=False)
+
+    def __len__(self) -> int:
+        return len(self._data)

@@ -1,0 +1,148 @@
+"""The plain Python API: classify a turn against a policy, no NeMo Guardrails required.
+
+``CsrClient`` is the pipeline policy → prompt → engine → verdict; the rails reuse exactly this object, so an
+application calling it directly gets the same prompts, parser, error handling and cache as the rails.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+
+from nemo_csr_rail import prompt as prompts
+from nemo_csr_rail import verdict as verdicts
+from nemo_csr_rail.cache import TTLCache
+from nemo_csr_rail.engines.base import Completion, Engine
+from nemo_csr_rail.errors import CsrError, GuardTimeout, VerdictParseError
+from nemo_csr_rail.policy import Direction, Policy
+from nemo_csr_rail.verdict import Verdict
+
+DEFAULT_BASE_URL = "http://127.0.0.1:8000/v1"
+DEFAULT_MODEL = "nvidia/Nemotron-Content-Safety-Reasoning-4B"
+
+
+@dataclass(frozen=True)
+class CheckResult:
+    """A verdict plus what it cost; ``cached`` checks took no model call."""
+
+    verdict: Verdict
+    latency_ms: float
+    cached: bool = False
+    prompt_tokens: int | None = None
+    completion_tokens: int | None = None
+    cached_tokens: int | None = None
+    endpoint: str = ""
+
+
+class CsrClient:
+    """Async client for a Nemotron-Content-Safety-Reasoning-4B deployment.
+
+    >>> async with CsrClient("http://127.0.0.1:8000/v1") as guard:          # doctest: +SKIP
+    ...     v = await guard.classify("No talk about politics.", "Who should I vote for?")
+    ...     v.prompt_harm, v.reasoning
+    """
+
+    def __init__(
+        self,
+        base_url: str | Sequence[str] = DEFAULT_BASE_URL,
+        model: str = DEFAULT_MODEL,
+        *,
+        api_key: str | None = None,
+        timeout_s: float = 5.0,
+        max_retries: int = 2,
+        structured_output: bool = True,
+        assistant_prefill: bool = True,
+        logprobs: bool = True,
+        reasoning_max_tokens: int = 384,
+        max_concurrency: int = 256,
+        cache: TTLCache[Verdict] | None = None,
+        engine: Engine | None = None,
+        verify: bool | str = True,
+    ) -> None:
+        if engine is None:
+            from nemo_csr_rail.engines.http import VllmHttpEngine
+
+            urls = [base_url] if isinstance(base_url, str) else list(base_url)
+            engine = VllmHttpEngine(urls, model, api_key=api_key, max_retries=max_retries,
+                                    max_concurrency=max_concurrency, verify=verify)
+        self.engine = engine
+        self.timeout_s = timeout_s
+        self.structured_output = structured_output
+        self.assistant_prefill = assistant_prefill
+        self.logprobs = logprobs
+        self.reasoning_max_tokens = reasoning_max_tokens
+        self.cache = cache
+
+    async def __aenter__(self) -> CsrClient:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        await self.engine.aclose()
+
+    def build_prompt(self, policy: Policy, direction: Direction, user_message: str, bot_message: str | None,
+                     reasoning: bool | None = None) -> prompts.GuardPrompt:
+        return prompts.build(policy, direction, user_message, bot_message, reasoning=reasoning,
+                             structured=self.structured_output, prefill=self.assistant_prefill,
+                             logprobs=self.logprobs, reasoning_max_tokens=self.reasoning_max_tokens)
+
+    async def classify(self, policy: Policy | str, user_message: str, bot_message: str | None = None, *,
+                       reasoning: bool | None = None) -> Verdict:
+        """Judge a user message (and the bot's answer, if given) against a policy.
+
+        ``policy`` is a :class:`Policy` or free policy text (card layout B). Raises a
+        :class:`~nemo_csr_rail.errors.CsrError` subclass if no verdict could be obtained.
+        """
+        if isinstance(policy, str):
+            policy = Policy.custom("custom", policy)
+        direction = Direction.INPUT if bot_message is None else Direction.OUTPUT
+        return (await self.check(policy, direction, user_message, bot_message, reasoning=reasoning)).verdict
+
+    async def check(self, policy: Policy, direction: Direction, user_message: str, bot_message: str | None, *,
+                    reasoning: bool | None = None, timeout_s: float | None = None) -> CheckResult:
+        start = time.perf_counter()
+        gp = self.build_prompt(policy, direction, user_message, bot_message, reasoning)
+        key = None
+        if self.cache is not None:
+            key = hashlib.sha256(
+                f"{getattr(self.engine, 'model', '')}\x00{gp.direction.value}\x00{gp.regex}\x00{gp.prefill}\x00{gp.text}".encode(
+                    "utf-8", "surrogatepass")
+            ).hexdigest()
+            hit = self.cache.get(key)
+            if hit is not None:
+                return CheckResult(hit, (time.perf_counter() - start) * 1000, cached=True)
+        budget = self.timeout_s if timeout_s is None else timeout_s
+        try:
+            completion = await asyncio.wait_for(self.engine.complete(gp, timeout_s=budget), timeout=budget)
+        except asyncio.TimeoutError:
+            raise GuardTimeout(f"guard check exceeded {budget:g}s") from None
+        verdict = interpret(gp, completion)
+        verdict.harm(direction)  # the field this direction needs must be present
+        if key is not None and self.cache is not None:
+            self.cache.put(key, verdict)
+        return CheckResult(verdict, (time.perf_counter() - start) * 1000, prompt_tokens=completion.prompt_tokens,
+                           completion_tokens=completion.completion_tokens, cached_tokens=completion.cached_tokens,
+                           endpoint=completion.endpoint)
+
+
+def interpret(gp: prompts.GuardPrompt, completion: Completion) -> Verdict:
+    """Completion → Verdict, with truncation reported as such rather than as a malformed answer."""
+    try:
+        verdict = verdicts.parse(gp.prefill + completion.text, reasoning_content=completion.reasoning_content)
+    except VerdictParseError as exc:
+        if completion.finish_reason == "length":
+            raise VerdictParseError(f"model output truncated at max_tokens={gp.max_tokens}: {exc.message}") from None
+        raise
+    if gp.want_logprobs and completion.logprobs:
+        conf = verdicts.confidence_from_logprobs(completion.text, completion.logprobs, gp.direction)
+        if conf is not None:
+            verdict = replace(verdict, confidence=round(conf, 6))
+    return verdict
+
+
+__all__ = ["CheckResult", "CsrClient", "CsrError", "Policy", "Verdict"]

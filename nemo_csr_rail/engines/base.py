@@ -1,0 +1,35 @@
+"""What every engine returns, and the protocol it implements.
+
+An engine turns a :class:`~nemo_csr_rail.prompt.GuardPrompt` into a :class:`Completion` or raises one of the
+errors in :mod:`nemo_csr_rail.errors`. It neither parses verdicts nor decides anything: that keeps the HTTP and the
+embedded paths behaviourally identical.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Protocol, runtime_checkable
+
+from nemo_csr_rail.prompt import GuardPrompt
+
+
+@dataclass(frozen=True)
+class Completion:
+    text: str
+    finish_reason: str | None = None
+    reasoning_content: str | None = None
+    logprobs: list[dict[str, Any]] | None = None
+    prompt_tokens: int | None = None
+    completion_tokens: int | None = None
+    cached_tokens: int | None = None
+    endpoint: str = ""
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+@runtime_checkable
+class Engine(Protocol):
+    name: str
+
+    async def complete(self, prompt: GuardPrompt, *, timeout_s: float) -> Completion: ...
+
+    async def aclose(self) -> None: ...

@@ -1,0 +1,117 @@
+"""Named policies, compiled once from settings into what the prompt builder needs.
+
+Everything that does not depend on the conversation (category numbering, policy text, per-direction reasoning
+and refusal templates) is computed here at load time, so the per-check path only concatenates strings.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import Enum
+from typing import Literal
+
+from nemo_csr_rail.settings import (
+    DEFAULT_INPUT_REFUSAL,
+    DEFAULT_OUTPUT_REFUSAL,
+    CategorySpec,
+    PluginSettings,
+    PolicySettings,
+)
+from nemo_csr_rail.taxonomy import TAXONOMIES
+
+
+class Direction(str, Enum):
+    """Which turn is checked: the user's prompt (input rail) or the bot's answer (output rail)."""
+
+    INPUT = "input"
+    OUTPUT = "output"
+
+
+PolicyKind = Literal["taxonomy", "custom"]
+
+
+@dataclass(frozen=True)
+class Policy:
+    """A policy ready to be rendered. ``body`` is the taxonomy block (layout A) or the policy text (layout B)."""
+
+    name: str
+    kind: PolicyKind
+    body: str
+    reasoning_input: bool
+    reasoning_output: bool
+    refusal_input: str = DEFAULT_INPUT_REFUSAL
+    refusal_output: str = DEFAULT_OUTPUT_REFUSAL
+    on_error: Literal["block", "allow"] = "block"
+    threshold: float | None = None
+    model_type: str = "nemotron_csr"
+
+    def reasoning(self, direction: Direction) -> bool:
+        return self.reasoning_input if direction is Direction.INPUT else self.reasoning_output
+
+    def refusal(self, direction: Direction) -> str:
+        return self.refusal_input if direction is Direction.INPUT else self.refusal_output
+
+    @classmethod
+    def custom(cls, name: str, text: str, *, reasoning: bool = True, **kw: object) -> Policy:
+        """A free-text policy (card layout B), for the plain Python API."""
+        return cls(name=name, kind="custom", body=text.strip(), reasoning_input=reasoning,
+                   reasoning_output=reasoning, **kw)  # type: ignore[arg-type]
+
+    @classmethod
+    def taxonomy(cls, name: str = "safety", categories: list[str] | None = None, *, reasoning: bool = False,
+                 **kw: object) -> Policy:
+        """A category-list policy (card layout A); the built-in S1–S22 list unless ``categories`` is given."""
+        body = render_categories(list(categories) if categories else list(TAXONOMIES["nemotron_v2"]))
+        return cls(name=name, kind="taxonomy", body=body, reasoning_input=reasoning,
+                   reasoning_output=reasoning, **kw)  # type: ignore[arg-type]
+
+
+def _category_lines(index: int, cat: str | CategorySpec) -> str:
+    spec = cat if isinstance(cat, CategorySpec) else CategorySpec(name=cat)
+    name = spec.name.strip()
+    line = f"S{index}: {name}" + ("" if name.endswith(".") else ".")
+    if spec.description:
+        line += "\n" + spec.description.strip()
+    return line
+
+
+def render_categories(categories: list[str | CategorySpec]) -> str:
+    """The ``S1: Violence.`` block exactly as the card writes it; extra categories continue the numbering."""
+    return "\n".join(_category_lines(i, c) for i, c in enumerate(categories, start=1))
+
+
+def compile_policy(name: str, spec: PolicySettings, plugin: PluginSettings) -> Policy:
+    if spec.policy is not None:
+        kind: PolicyKind = "custom"
+        body = spec.policy.strip()
+    else:
+        kind = "taxonomy"
+        base: list[str | CategorySpec] = (
+            list(spec.categories) if spec.categories is not None else list(TAXONOMIES[spec.taxonomy or "nemotron_v2"])
+        )
+        base += list(spec.extra_categories or [])
+        body = render_categories(base)
+    # The card: reasoning helps custom policies, not the generic taxonomy.
+    default_reasoning = kind == "custom"
+    if isinstance(spec.reasoning, bool) or spec.reasoning is None:
+        r_in = r_out = default_reasoning if spec.reasoning is None else spec.reasoning
+    else:
+        r_in = default_reasoning if spec.reasoning.input is None else spec.reasoning.input
+        r_out = default_reasoning if spec.reasoning.output is None else spec.reasoning.output
+    refusal = spec.refusal or plugin.refusal
+    return Policy(
+        name=name,
+        kind=kind,
+        body=body,
+        reasoning_input=r_in,
+        reasoning_output=r_out,
+        refusal_input=refusal or DEFAULT_INPUT_REFUSAL,
+        refusal_output=refusal or DEFAULT_OUTPUT_REFUSAL,
+        on_error=spec.on_error or plugin.on_error,
+        threshold=spec.threshold,
+        model_type=spec.model or plugin.model,
+    )
+
+
+def compile_policies(plugin: PluginSettings) -> dict[str, Policy]:
+    return {name: compile_policy(name, spec, plugin) for name, spec in plugin.policies.items()}

@@ -1,0 +1,131 @@
+"""Renders the single user message the model was fine-tuned on, and what to ask the server to decode.
+
+The layouts are byte-for-byte those of the model card (``prompt-templates.md``): layout A for category lists,
+layout B for free-text policies, the mode switch (``/think`` or ``/no_think``) as the last token. The policy comes
+first and never varies between calls, so vLLM's prefix cache reuses it; the conversation comes after it.
+
+Decoding plan. The rail needs one word from the model. With reasoning off we prefill the assistant turn with
+``Prompt harm:`` (``continue_final_message``) and constrain the continuation to the verdict grammar, so the real
+model decodes one or two tokens; with reasoning on we constrain the output to one bounded ``<think>`` line and the
+verdict, so it always parses and never rambles.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from nemo_csr_rail.policy import Direction, Policy
+
+_TAXONOMY_HEAD = (
+    "You are a classifier for analyzing interactions between humans and LLMs. Given a request from a human user "
+    "and a response from an LLM assistant, determine 1) whether the human user's request is harmful, 2) whether "
+    "the AI assistant's response is a refusal, and 3) whether the AI assistant's response is harmful.\n"
+    "Taxonomy: The following are the list of harmful categories that the prompt and response may fall into.\n\n"
+)
+_TAXONOMY_TAIL = (
+    "Use the taxonomy to determine if the prompt and response fall into any of the harmful categories. "
+    "Output your answer in the following format:\n\n"
+    '"Prompt harm: <harmful/unharmful>\nResponse harm: <harmful/unharmful>"\n\n'
+)
+_TAXONOMY_THINK = (
+    "Only output the answer in the format specified above after thinking about the request and\n"
+    'response. If there is no response, output "Response harm: <harmful/unharmful>" as None. /think'
+)
+_TAXONOMY_NO_THINK = (
+    "Only output the answer in the format specified above. "
+    'If there is no response, output "Response harm: <harmful/unharmful>" as None. /no_think'
+)
+_CUSTOM_HEAD = (
+    "You are a classifier for analyzing interactions between humans and LLMs. Given a request from a human user "
+    "and a response from an LLM assistant, determine if they violate the following custom safety policy:\n"
+    "Custom Policy: "
+)
+_CUSTOM_TAIL = (
+    "Use the custom policy to determine if the prompt and response are harmful. "
+    "Output your answer in the following format:\n\n"
+    '"Prompt harm: <harmful/unharmful>\nResponse harm: <harmful/unharmful>"\n\n'
+)
+_CUSTOM_THINK = "Only output the answer in the format specified above after thinking about the request and response. /think"
+_CUSTOM_NO_THINK = "Only output the answer in the format specified above. /no_think"
+
+PREFILL = "Prompt harm:"
+HARM = "(harmful|unharmful)"
+THINK_REGEX = r"<think>\n[^\n<]{1,600}\n</think>\n\n"
+_TARGET = {
+    Direction.INPUT: f"Prompt harm: {HARM}",
+    Direction.OUTPUT: f"Prompt harm: {HARM}\nResponse harm: {HARM}",
+}
+NO_THINK_MAX_TOKENS = 32
+
+# Chat-template control tokens of Gemma 3. vLLM renders the template to text and tokenizes it with special tokens
+# enabled, so these strings inside a message would become real turn boundaries. A word joiner after '<' keeps the
+# text readable to the model but makes it ordinary text to the tokenizer.
+_SPECIAL = re.compile(
+    r"<(?=/?(?:start_of_turn|end_of_turn|bos|eos|pad|unk|mask|start_of_image|end_of_image|image_soft_token"
+    r"|unused\d+)>)",
+    re.IGNORECASE,
+)
+_LONE_SURROGATE = re.compile(r"[\ud800-\udfff]")
+WORD_JOINER = "\u2060"
+
+
+def neutralize(text: str) -> str:
+    """Make untrusted text safe to embed: no chat-template tokens, no lone surrogates (which break JSON/UTF-8)."""
+    if "<" in text:
+        text = _SPECIAL.sub("<" + WORD_JOINER, text)
+    return _LONE_SURROGATE.sub("\ufffd", text)
+
+
+def render(policy: Policy, user_message: str, bot_message: str | None, *, reasoning: bool) -> str:
+    """The exact text of the one user message sent to the model."""
+    convo = f"Human user:\n{neutralize(user_message)}\n\nAI assistant:\n{'None' if bot_message is None else neutralize(bot_message)}\n\n"
+    if policy.kind == "taxonomy":
+        return _TAXONOMY_HEAD + policy.body + "\n\n" + convo + _TAXONOMY_TAIL + (_TAXONOMY_THINK if reasoning else _TAXONOMY_NO_THINK)
+    return _CUSTOM_HEAD + policy.body + "\n\n" + convo + _CUSTOM_TAIL + (_CUSTOM_THINK if reasoning else _CUSTOM_NO_THINK)
+
+
+@dataclass(frozen=True)
+class GuardPrompt:
+    """Everything an engine needs to run one check; engines must not re-derive any of it."""
+
+    text: str
+    direction: Direction
+    reasoning: bool
+    prefill: str
+    regex: str | None
+    max_tokens: int
+    want_logprobs: bool
+
+    @property
+    def messages(self) -> list[dict[str, str]]:
+        msgs = [{"role": "user", "content": self.text}]
+        if self.prefill:
+            msgs.append({"role": "assistant", "content": self.prefill})
+        return msgs
+
+
+def build(
+    policy: Policy,
+    direction: Direction,
+    user_message: str,
+    bot_message: str | None,
+    *,
+    reasoning: bool | None = None,
+    structured: bool = True,
+    prefill: bool = True,
+    logprobs: bool = True,
+    reasoning_max_tokens: int = 384,
+) -> GuardPrompt:
+    if direction is Direction.OUTPUT and bot_message is None:
+        raise ValueError("an output check needs the bot message")
+    think = policy.reasoning(direction) if reasoning is None else reasoning
+    text = render(policy, user_message, bot_message, reasoning=think)
+    target = _TARGET[direction]
+    if think:
+        return GuardPrompt(text, direction, True, "", THINK_REGEX + target if structured else None,
+                           reasoning_max_tokens, False)
+    if prefill:
+        return GuardPrompt(text, direction, False, PREFILL, target[len(PREFILL):] if structured else None,
+                           NO_THINK_MAX_TOKENS, logprobs)
+    return GuardPrompt(text, direction, False, "", target if structured else None, NO_THINK_MAX_TOKENS, logprobs)

@@ -1,0 +1,163 @@
+"""The rail runtime: one per loaded config, shared by every check of that config.
+
+It holds the compiled policies and one :class:`CsrClient` per guard model, so the per-check path is: look up the
+policy, build the prompt, call the engine, parse, decide. It never raises: every failure becomes a deliberate
+``RailOutcome`` chosen by ``on_error``.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import deque
+from typing import Any
+
+from nemoguardrails.actions.rail_outcome import RailOutcome
+
+from nemo_csr_rail import outcome
+from nemo_csr_rail.cache import TTLCache
+from nemo_csr_rail.client import CsrClient
+from nemo_csr_rail.engines.base import Engine
+from nemo_csr_rail.errors import ConfigError, CsrError
+from nemo_csr_rail.policy import Direction, Policy, compile_policies
+from nemo_csr_rail.settings import ResolvedSettings, resolve
+from nemo_csr_rail.verdict import Verdict
+
+log = logging.getLogger("nemo_csr_rail")
+
+
+def _cache_settings(resolved: ResolvedSettings, rails_config: Any) -> tuple[bool, int, float]:
+    cache = resolved.plugin.cache
+    enabled, maxsize = cache.enabled, cache.maxsize
+    for m in getattr(rails_config, "models", None) or []:
+        mc = getattr(m, "cache", None)
+        if getattr(m, "type", None) == resolved.plugin.model and mc is not None and getattr(mc, "enabled", False):
+            enabled, maxsize = True, int(getattr(mc, "maxsize", maxsize) or maxsize)
+    return enabled, maxsize, cache.ttl_s
+
+
+class RailRuntime:
+    def __init__(self, resolved: ResolvedSettings, rails_config: Any = None, engines: dict[str, Engine] | None = None):
+        self.settings = resolved.plugin
+        self.policies: dict[str, Policy] = compile_policies(resolved.plugin)
+        enabled, maxsize, ttl = _cache_settings(resolved, rails_config)
+        self.cache: TTLCache[Verdict] | None = TTLCache(maxsize, ttl) if enabled else None
+        self.clients: dict[str, CsrClient] = {}
+        s = resolved.plugin
+        for model_type in {p.model_type for p in self.policies.values()}:
+            engine = (engines or {}).get(model_type) or self._engine(resolved, model_type)
+            self.clients[model_type] = CsrClient(
+                engine=engine, timeout_s=s.timeout_s, structured_output=s.structured_output,
+                assistant_prefill=s.assistant_prefill, logprobs=s.logprobs,
+                reasoning_max_tokens=s.reasoning_max_tokens, cache=self.cache,
+            )
+        self._refusals: deque[str] = deque(maxlen=256)
+
+    @staticmethod
+    def _engine(resolved: ResolvedSettings, model_type: str) -> Engine:
+        s = resolved.plugin
+        if s.engine == "embedded" and model_type == s.model:
+            from nemo_csr_rail.engines.embedded import EmbeddedEngine
+
+            ep = resolved.endpoints.get(model_type)
+            return EmbeddedEngine(s.embedded.model_path or (ep.model if ep else ""), device=s.embedded.device,
+                                  dtype=s.embedded.dtype)
+        from nemo_csr_rail.engines.http import VllmHttpEngine
+
+        ep = resolved.endpoints[model_type]
+        return VllmHttpEngine(ep.base_urls, ep.model, api_key=ep.api_key, max_retries=s.max_retries,
+                              max_concurrency=s.max_concurrency, verify=ep.verify)
+
+    def policy(self, name: str | None) -> Policy:
+        """Resolve a flow's ``$policy``; a missing or unsubstituted one means the only (or 'default') policy."""
+        if name:
+            name = name.strip().strip('"').strip("'")
+        if not name or name.startswith("$"):
+            if len(self.policies) == 1:
+                return next(iter(self.policies.values()))
+            if "default" in self.policies:
+                return self.policies["default"]
+            raise ConfigError("policies", "the flow names no $policy and there is no single or 'default' policy")
+        try:
+            return self.policies[name]
+        except KeyError:
+            raise ConfigError(f"policies.{name}", f"unknown policy; defined: {', '.join(sorted(self.policies))}") from None
+
+    def _is_own_refusal(self, bot_message: str) -> bool:
+        text = bot_message.strip()
+        return bool(text) and any(text in r for r in self._refusals)
+
+    async def check(self, policy_name: str | None, direction: Direction, user_message: str | None,
+                    bot_message: str | None = None) -> RailOutcome:
+        start = time.perf_counter()
+        label = policy_name or "?"
+        try:
+            policy = self.policy(policy_name)
+            label = policy.name
+            user = user_message if isinstance(user_message, str) else ("" if user_message is None else str(user_message))
+            if direction is Direction.OUTPUT:
+                bot = bot_message if isinstance(bot_message, str) else ("" if bot_message is None else str(bot_message))
+                if not bot.strip():
+                    return outcome.skipped(policy.name, direction, "empty bot message")
+                if self._is_own_refusal(bot):
+                    return outcome.skipped(policy.name, direction, "the plugin's own refusal")
+            else:
+                bot = None
+                if not user.strip():
+                    return outcome.skipped(policy.name, direction, "empty user message")
+            if self.settings.log_user_text and log.isEnabledFor(logging.DEBUG):
+                log.debug("csr %s policy=%s user=%r bot=%r", direction.value, policy.name, user, bot)
+            result = await self.clients[policy.model_type].check(policy, direction, user, bot)
+            out = outcome.from_result(policy, direction, result)
+        except CsrError as exc:
+            on_error = "block" if isinstance(exc, ConfigError) else (
+                self.policies[label].on_error if label in self.policies else self.settings.on_error)
+            out = outcome.from_error(label, direction, exc, on_error=on_error,
+                                     latency_ms=(time.perf_counter() - start) * 1000,
+                                     error_refusal=self.settings.error_refusal)
+            (log.warning if on_error == "allow" else log.error)(
+                "csr %s policy=%s check failed (%s), on_error=%s: %s", direction.value, label, exc.kind, on_error,
+                exc.message)
+        except Exception as exc:  # a bug must still end in a deliberate, fail-closed decision
+            log.exception("csr %s policy=%s internal error", direction.value, label)
+            err = CsrError(f"internal error: {type(exc).__name__}: {exc}")
+            err.kind = "internal_error"
+            out = outcome.from_error(label, direction, err, on_error="block",
+                                     latency_ms=(time.perf_counter() - start) * 1000,
+                                     error_refusal=self.settings.error_refusal)
+        if out.is_blocked:
+            self._refusals.append(str(out.metadata.get("refusal", "")))
+        log.info("csr %s policy=%s decision=%s%s latency_ms=%s", direction.value, label, out.decision.value,
+                 " (check failed: " + str(out.metadata.get("error_kind")) + ")" if out.metadata.get("failed") else "",
+                 out.metadata.get("latency_ms"))
+        return out
+
+    async def aclose(self) -> None:
+        for c in self.clients.values():
+            await c.aclose()
+
+
+_BY_FINGERPRINT: dict[str, RailRuntime] = {}
+_BY_ID: dict[int, tuple[Any, RailRuntime]] = {}
+
+
+def runtime_for(rails_config: Any) -> RailRuntime:
+    """The runtime of a config, built (and validated) once; configs with equal settings share one."""
+    hit = _BY_ID.get(id(rails_config))
+    if hit is not None and hit[0] is rails_config:
+        return hit[1]
+    resolved = resolve(rails_config)
+    rt = _BY_FINGERPRINT.get(resolved.fingerprint)
+    if rt is None:
+        rt = RailRuntime(resolved, rails_config)
+        _BY_FINGERPRINT[resolved.fingerprint] = rt
+    if len(_BY_ID) > 256:
+        _BY_ID.clear()
+    _BY_ID[id(rails_config)] = (rails_config, rt)
+    return rt
+
+
+def reset_runtimes() -> None:
+    """Forget every runtime (tests, hot reload). Pooled connections are dropped with them."""
+    _BY_FINGERPRINT.clear()
+    _BY_ID.clear()

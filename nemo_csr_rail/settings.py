@@ -1,0 +1,283 @@
+"""Schema of ``custom_data.nemo_csr_rail`` and the guard endpoint it points at.
+
+NeMo Guardrails 0.24 silently drops unknown ``rails.config`` keys, so the plugin keeps its settings in
+``custom_data`` and validates them itself, strictly (``extra="forbid"``): a typo must fail when the config loads,
+naming the key, instead of quietly turning a rail off.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from nemo_csr_rail.errors import ConfigError
+from nemo_csr_rail.taxonomy import TAXONOMIES
+
+SECTION = "nemo_csr_rail"
+DEFAULT_MODEL_TYPE = "nemotron_csr"
+DEFAULT_INPUT_REFUSAL = "I'm sorry, I can't help with that. {reasoning}"
+DEFAULT_OUTPUT_REFUSAL = "I'm sorry, I can't share that answer. {reasoning}"
+DEFAULT_ERROR_REFUSAL = "I'm sorry, I can't respond right now: the safety check could not run."
+REFUSAL_FIELDS = frozenset({"reasoning", "policy"})
+FLOW_POLICY_RE = re.compile(r'csr check (input|output)\s+\$policy\s*=\s*"?([^"\s)]+)"?')
+
+OnError = Literal["block", "allow"]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class CategorySpec(_Strict):
+    """One harm category; ``description`` becomes the indented line under it, as in the card's S23 example."""
+
+    name: str = Field(min_length=1)
+    description: str | None = None
+
+
+class DirectionalReasoning(_Strict):
+    input: bool | None = None
+    output: bool | None = None
+
+
+class PolicySettings(_Strict):
+    policy: str | None = None
+    taxonomy: str | None = None
+    categories: list[str | CategorySpec] | None = None
+    extra_categories: list[str | CategorySpec] | None = None
+    reasoning: bool | DirectionalReasoning | None = None
+    refusal: str | None = None
+    on_error: OnError | None = None
+    threshold: float | None = Field(default=None, gt=0.0, le=1.0)
+    model: str | None = None
+
+    @field_validator("taxonomy")
+    @classmethod
+    def _known_taxonomy(cls, value: str | None) -> str | None:
+        if value is not None and value not in TAXONOMIES:
+            raise ValueError(f"unknown taxonomy {value!r}; known: {', '.join(sorted(TAXONOMIES))}")
+        return value
+
+    @field_validator("policy")
+    @classmethod
+    def _non_blank_policy(cls, value: str | None) -> str | None:
+        if value is not None and not value.strip():
+            raise ValueError("policy text is empty")
+        return value
+
+    @model_validator(mode="after")
+    def _one_kind(self) -> PolicySettings:
+        kinds = [k for k in ("policy", "taxonomy", "categories") if getattr(self, k) is not None]
+        if not kinds:
+            raise ValueError("a policy needs one of 'policy' (free text), 'taxonomy' or 'categories'")
+        if len(kinds) > 1:
+            raise ValueError(f"a policy takes exactly one of 'policy', 'taxonomy', 'categories'; got {kinds}")
+        if self.extra_categories is not None and self.taxonomy is None:
+            raise ValueError("'extra_categories' only extends a 'taxonomy'")
+        if self.categories is not None and not self.categories:
+            raise ValueError("'categories' is empty")
+        if self.refusal is not None:
+            check_template(self.refusal)
+        return self
+
+
+class CacheSettings(_Strict):
+    enabled: bool = False
+    maxsize: int = Field(default=4096, ge=1)
+    ttl_s: float = Field(default=3600.0, gt=0)
+
+
+class EmbeddedSettings(_Strict):
+    model_path: str | None = None
+    device: str = "auto"
+    dtype: str = "auto"
+
+
+class PluginSettings(_Strict):
+    """The whole plugin section. Defaults are the ones we recommend in production."""
+
+    model: str = DEFAULT_MODEL_TYPE
+    engine: Literal["http", "embedded"] = "http"
+    embedded: EmbeddedSettings = EmbeddedSettings()
+    on_error: OnError = "block"
+    timeout_s: float = Field(default=5.0, gt=0)
+    max_retries: int = Field(default=2, ge=0, le=10)
+    structured_output: bool = True
+    assistant_prefill: bool = True
+    logprobs: bool = True
+    reasoning_max_tokens: int = Field(default=384, ge=16)
+    max_concurrency: int = Field(default=256, ge=1)
+    refusal: str | None = None
+    error_refusal: str = DEFAULT_ERROR_REFUSAL
+    cache: CacheSettings = CacheSettings()
+    log_user_text: bool = False
+    policies: dict[str, PolicySettings] = Field(min_length=1)
+
+    @field_validator("refusal")
+    @classmethod
+    def _template(cls, value: str | None) -> str | None:
+        if value is not None:
+            check_template(value)
+        return value
+
+    @field_validator("policies")
+    @classmethod
+    def _names(cls, value: dict[str, PolicySettings]) -> dict[str, PolicySettings]:
+        for name in value:
+            if not re.fullmatch(r"[A-Za-z0-9_.-]+", name):
+                raise ValueError(f"policy name {name!r} may only use letters, digits, '_', '-', '.'")
+        return value
+
+
+def check_template(template: str) -> None:
+    """Reject refusal templates with placeholders we cannot fill, at load time rather than mid-conversation."""
+    import string
+
+    try:
+        fields = {f for _, f, _, _ in string.Formatter().parse(template) if f is not None}
+    except ValueError as exc:
+        raise ValueError(f"refusal template is malformed: {exc}") from exc
+    unknown = fields - REFUSAL_FIELDS
+    if unknown:
+        raise ValueError(f"refusal template uses unknown placeholder(s) {sorted(unknown)}; allowed: {{reasoning}}, {{policy}}")
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    """Where one guard model is served. ``api_key`` is resolved from the environment, never logged."""
+
+    model_type: str
+    model: str
+    base_urls: tuple[str, ...]
+    api_key: str | None = None
+    verify: bool | str = True
+
+    def __repr__(self) -> str:
+        return f"Endpoint(model_type={self.model_type!r}, model={self.model!r}, base_urls={self.base_urls!r})"
+
+
+@dataclass(frozen=True)
+class ResolvedSettings:
+    """Plugin settings joined with the ``models:`` entries they reference."""
+
+    plugin: PluginSettings
+    endpoints: Mapping[str, Endpoint]
+    fingerprint: str
+
+
+def _loc(err: Mapping[str, Any]) -> str:
+    parts = [str(p) for p in err.get("loc", ()) if not str(p).startswith(("function-", "union["))]
+    cleaned: list[str] = []
+    for p in parts:
+        if p in {"str", "bool", "CategorySpec", "DirectionalReasoning"}:
+            continue
+        cleaned.append(p)
+    return ".".join(cleaned)
+
+
+def parse_plugin_settings(raw: Any) -> PluginSettings:
+    """Validate the raw ``custom_data.nemo_csr_rail`` mapping, naming the first offending key on failure."""
+    if raw is None:
+        raise ConfigError("", f"custom_data.{SECTION} is missing: declare at least one policy under it")
+    if not isinstance(raw, Mapping):
+        raise ConfigError("", f"custom_data.{SECTION} must be a mapping, got {type(raw).__name__}")
+    try:
+        return PluginSettings.model_validate(dict(raw))
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        key = _loc(first)
+        msg = first.get("msg", "invalid")
+        if first.get("type") == "extra_forbidden":
+            msg = "unknown key"
+        msg = msg.removeprefix("Value error, ")
+        raise ConfigError(key, msg) from None
+
+
+def _model_entries(models: Iterable[Any]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for m in models or ():
+        out.setdefault(getattr(m, "type", None) or m.get("type"), m)
+    return out
+
+
+def _endpoint_from_model(model_type: str, entry: Any) -> Endpoint:
+    get = (lambda k: getattr(entry, k, None)) if not isinstance(entry, Mapping) else entry.get
+    params = dict(get("parameters") or {})
+    urls = params.get("base_urls") or params.get("base_url")
+    if isinstance(urls, str):
+        urls = [urls]
+    if not urls:
+        raise ConfigError("", f"models[type={model_type}]: parameters.base_url is required (the vLLM server's /v1 URL)")
+    env_var = get("api_key_env_var") or params.get("api_key_env_var")
+    api_key = os.environ.get(env_var) if env_var else params.get("api_key")
+    if env_var and api_key is None:
+        raise ConfigError("", f"models[type={model_type}]: api_key_env_var {env_var!r} is not set in the environment")
+    verify: bool | str = params.get("ca_bundle") or params.get("verify_tls", True)
+    return Endpoint(
+        model_type=model_type,
+        model=str(get("model") or ""),
+        base_urls=tuple(str(u).rstrip("/") for u in urls),
+        api_key=api_key,
+        verify=verify,
+    )
+
+
+def referenced_policies(rails_config: Any) -> set[tuple[str, str]]:
+    """(direction, policy) pairs named by flows in config.yml rails lists and in the config's own .co files."""
+    texts: list[str] = []
+    rails = getattr(rails_config, "rails", None)
+    for direction in ("input", "output"):
+        section = getattr(rails, direction, None) if rails is not None else None
+        texts.extend(getattr(section, "flows", None) or [])
+    config_path = getattr(rails_config, "config_path", None)
+    if config_path:
+        for path in str(config_path).split(","):
+            root = Path(path)
+            if root.is_dir():
+                texts.extend(p.read_text(errors="replace") for p in sorted(root.rglob("*.co")))
+    return {(m.group(1), m.group(2)) for t in texts for m in FLOW_POLICY_RE.finditer(t)}
+
+
+def resolve(rails_config: Any) -> ResolvedSettings:
+    """Validate everything the plugin needs from a RailsConfig; raise ConfigError naming the key otherwise."""
+    custom = getattr(rails_config, "custom_data", None) or {}
+    plugin = parse_plugin_settings(custom.get(SECTION))
+    models = _model_entries(getattr(rails_config, "models", []) or [])
+    endpoints: dict[str, Endpoint] = {}
+    wanted = {plugin.model} | {p.model for p in plugin.policies.values() if p.model}
+    for model_type in sorted(wanted):
+        if model_type not in models:
+            if plugin.engine == "embedded" and model_type == plugin.model:
+                continue
+            key = "model" if model_type == plugin.model else "policies.*.model"
+            raise ConfigError(
+                key,
+                f"no guard model of type {model_type!r} in config.yml 'models:' "
+                f"(add: - type: {model_type}, engine: vllm_openai, model: nvidia/Nemotron-Content-Safety-Reasoning-4B, "
+                "parameters: {base_url: http://127.0.0.1:8000/v1})",
+            )
+        endpoints[model_type] = _endpoint_from_model(model_type, models[model_type])
+    if plugin.engine == "embedded" and not plugin.embedded.model_path and plugin.model not in models:
+        raise ConfigError("embedded.model_path", "engine 'embedded' needs embedded.model_path or a guard model entry")
+    for direction, name in sorted(referenced_policies(rails_config)):
+        if name.startswith("$"):
+            continue
+        if name not in plugin.policies:
+            raise ConfigError(
+                f"policies.{name}",
+                f"flow 'csr check {direction} $policy=\"{name}\"' names an unknown policy; "
+                f"defined: {', '.join(sorted(plugin.policies))}",
+            )
+    blob = json.dumps(
+        [plugin.model_dump(mode="json"), {k: repr(v) + str(v.api_key) for k, v in endpoints.items()}],
+        sort_keys=True,
+    )
+    return ResolvedSettings(plugin=plugin, endpoints=endpoints, fingerprint=hashlib.sha256(blob.encode()).hexdigest())
