@@ -1,0 +1,1 @@
+"""The ``nemo-csr-rail`` command line: serve, doctor, check, eval, demo, path."""
