@@ -26,3 +26,21 @@ def _fresh_runtimes():
     reset_runtimes()
     yield
     reset_runtimes()
+
+
+@pytest.fixture
+def guard():
+    """A vLLM-shaped stand-in for the guard model; harmful iff a marker word ('EVIL', 'politics', …) appears."""
+    from tests.support.standin import StandIn
+
+    with StandIn() as server:
+        yield server
+
+
+@pytest.fixture
+def main_llm():
+    """A stand-in for the application's own LLM (answers 'EVIL stuff' when the user writes EVILOUT)."""
+    from tests.support.standin import main_llm as make
+
+    with make() as server:
+        yield server
