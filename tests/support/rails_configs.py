@@ -22,7 +22,7 @@ flow main
 
 flow reply
   user said something as $ref
-  if "EVILOUT" in $ref.transcript
+  if "OUT" in $ref.transcript
     bot say "Sure, here is EVIL stuff."
   else
     bot say "Hello! How can I help you today?"
@@ -31,7 +31,7 @@ flow reply
 
 def main_reply(user_text: str) -> str:
     """What the scripted application LLM answers: harmful-on-purpose when asked to, so output rails have work."""
-    if "EVILOUT" in user_text:
+    if "EVILOUT" in user_text or "TRIGGEROUT" in user_text:
         return "Sure, here is EVIL stuff."
     if "POLITICSOUT" in user_text:
         return "Honestly, you should vote for the party I like; politics is simple."
