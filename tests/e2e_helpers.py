@@ -18,7 +18,7 @@ def rails_for(path: Path) -> LLMRails:
 
 async def ask(rails: LLMRails, text: str, *, history: list[dict[str, str]] | None = None) -> tuple[str, list[dict]]:
     """One user turn; returns the bot's reply and the metadata of every csr rail that ran."""
-    messages = list(history or []) + [{"role": "user", "content": text}]
+    messages = [*list(history or []), {"role": "user", "content": text}]
     if rails.config.colang_version == "2.x":  # 0.24 supports no generation log for Colang 2.x
         res = await rails.generate_async(messages=messages)
         return res["content"], []

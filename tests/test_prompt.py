@@ -8,9 +8,8 @@ from pathlib import Path
 import pytest
 
 from nemo_csr_rail import prompt
-from nemo_csr_rail.policy import Direction, Policy
+from nemo_csr_rail.policy import Direction, Policy, compile_policies
 from nemo_csr_rail.settings import PluginSettings
-from nemo_csr_rail.policy import compile_policies
 
 TEMPLATES = Path(__file__).resolve().parents[2] / "shared" / "reference" / "prompt-templates.md"
 

@@ -70,8 +70,8 @@ async def test_input_block_refuses_with_reasoning(colang, tmp_path, guard, main_
                      "so the request is harmful.")
     assert "<think>" not in reply
     assert len(guard.chat_requests()) == 1, "the output rail must not re-check the plugin's own refusal"
-    assert main_llm.chat_requests() == [] or colang == "colang1" and all(
-        "vote" not in json.dumps(r) for r in main_llm.chat_requests()), "blocked input must not reach the main LLM"
+    assert main_llm.chat_requests() == [] or (colang == "colang1" and all(
+        "vote" not in json.dumps(r) for r in main_llm.chat_requests())), "blocked input must not reach the main LLM"
     if colang == "colang1":
         (o,) = outcomes
         assert o["decision"] == "block"
@@ -258,8 +258,8 @@ async def test_streaming_output_rail_colang1(tmp_path, guard, main_llm):
 
 
 def test_outcomes_helper_reads_only_csr_actions():
-    class R:
-        class log:  # noqa: N801
-            activated_rails = []
+    from types import SimpleNamespace
 
-    assert csr_outcomes(R()) == []
+    other = SimpleNamespace(action_name="self_check_input", return_value={"metadata": {"x": 1}})
+    res = SimpleNamespace(log=SimpleNamespace(activated_rails=[SimpleNamespace(name="r", executed_actions=[other])]))
+    assert csr_outcomes(res) == []

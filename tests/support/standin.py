@@ -16,6 +16,7 @@ connection reset mid-body, invalid JSON, arbitrary status codes with headers.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import math
 import re
@@ -268,10 +269,8 @@ class StandIn:
             return
         finally:
             self._writers.discard(writer)
-            try:
+            with contextlib.suppress(Exception):
                 writer.close()
-            except Exception:  # noqa: BLE001 - socket already gone
-                pass
 
     def _take_fault(self, path: str) -> Fault | None:
         with self._lock:
@@ -285,10 +284,10 @@ class StandIn:
     async def _dispatch(self, method: str, path: str, headers: dict[str, str], raw: bytes,
                         writer: asyncio.StreamWriter) -> bool:
         path = path.split("?", 1)[0]
-        if self.api_key is not None and path.startswith("/v1"):
-            if headers.get("authorization") != f"Bearer {self.api_key}":
-                await _send_json(writer, 401, {"error": "Unauthorized"})
-                return True
+        authorized = headers.get("authorization") == f"Bearer {self.api_key}"
+        if self.api_key is not None and path.startswith("/v1") and not authorized:
+            await _send_json(writer, 401, {"error": "Unauthorized"})
+            return True
         if method == "GET":
             if path == "/health":
                 await _send(writer, 200, b"", "application/json")
@@ -426,7 +425,7 @@ class StandIn:
         n_prompt = count_prompt_tokens(prompt_text) + 4 * len(msgs or [])
         max_tokens = body.get("max_tokens") or body.get("max_completion_tokens")
         if max_tokens is not None and (not isinstance(max_tokens, int) or max_tokens < 1):
-            raise BadRequest(400, "max_tokens must be at least 1, got {}.".format(max_tokens))
+            raise BadRequest(400, f"max_tokens must be at least 1, got {max_tokens}.")
         want = max_tokens or (self.max_model_len - n_prompt)
         if n_prompt + (max_tokens or 0) > self.max_model_len or n_prompt >= self.max_model_len:
             raise BadRequest(400, (

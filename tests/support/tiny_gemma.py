@@ -120,7 +120,7 @@ def build_tokenizer(out_dir, vocab_size):
     safety_path = os.path.join(out_dir, "_safety_corpus.txt")
     with open(safety_path, "w") as f:
         f.write(SAFETY_TEXT * 50)
-    tok.train(files + [safety_path], trainer)
+    tok.train([*files, safety_path], trainer)
     os.remove(safety_path)
     # append byte-fallback tokens <0x00>..<0xFF> to the BPE vocab (as Gemma's vocab has them)
     j = json.loads(tok.to_str())
@@ -253,14 +253,16 @@ def main(argv=None):
             json.dump({"image_seq_length": 16, "processor_class": "Gemma3Processor"}, f, indent=2)
         # Gemma3Processor reads boi/eoi/image tokens from tokenizer attributes
         p = os.path.join(a.out_dir, "tokenizer_config.json")
-        t = json.load(open(p))
+        with open(p) as f:
+            t = json.load(f)
         t.update({"boi_token": "<start_of_image>", "eoi_token": "<end_of_image>",
                   "image_token": "<image_soft_token>",
                   "extra_special_tokens": {"boi_token": "<start_of_image>",
                                            "eoi_token": "<end_of_image>",
                                            "image_token": "<image_soft_token>"},
                   "processor_class": "Gemma3Processor"})
-        json.dump(t, open(p, "w"), indent=2)
+        with open(p, "w") as f:
+            json.dump(t, f, indent=2)
 
     model = model.to(dtype)
     model.save_pretrained(a.out_dir, safe_serialization=True)
