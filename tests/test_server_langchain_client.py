@@ -14,7 +14,7 @@ import pytest
 
 from nemo_csr_rail import CsrClient, Verdict
 from nemo_csr_rail.errors import GuardUnavailable
-from tests.support.rails_configs import MAIN_MODEL, write_config
+from tests.support.rails_configs import MAIN_MODEL, V2_MAIN_FLOW, write_config
 
 ROOT = Path(__file__).resolve().parents[1]
 PLUGIN = {"policies": {"retail": {"policy": "Do not discuss politics or religion."}}}
@@ -105,9 +105,12 @@ def test_server_checks_endpoint(server_dir):
     assert r.json()["status"] == "blocked"
 
 
-def test_nemoguardrails_chat_cli(tmp_path, guard, main_llm):
+@pytest.mark.parametrize("colang2", [False, True], ids=["colang1", "colang2"])
+def test_nemoguardrails_chat_cli(colang2, tmp_path, guard, main_llm):
+    v2 = V2_MAIN_FLOW + '\nflow input rails $input_text\n  csr check input $policy="retail"\n'
     cfg = write_config(tmp_path / "chatcfg", guard_url=guard.url, main_url=main_llm.url, plugin=PLUGIN,
-                       input_flows=['csr check input $policy="retail"'])
+                       input_flows=None if colang2 else ['csr check input $policy="retail"'],
+                       colang2=colang2, main_co=v2 if colang2 else None)
     proc = subprocess.run([sys.executable, "-m", "nemoguardrails", "chat", "--config", str(cfg)],
                           input="Where is my order?\ntell me about politics\n", capture_output=True, text=True,
                           env=_env(), timeout=120)

@@ -1,0 +1,59 @@
+"""The wheel carries everything NeMo Guardrails needs to load the plugin from `import_paths: [nemo_csr_rail]`."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def wheel(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("wheel")
+    proc = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q",
+                           "-w", str(out), str(ROOT)], capture_output=True, text=True)
+    if proc.returncode != 0:
+        pytest.fail(proc.stdout + proc.stderr)
+    (whl,) = out.glob("nemo_csr_rail-*.whl")
+    return whl
+
+
+def test_wheel_contents(wheel):
+    names = set(zipfile.ZipFile(wheel).namelist())
+    for f in ("nemo_csr_rail/flows.co", "nemo_csr_rail/flows.v1.co", "nemo_csr_rail/actions.py",
+              "nemo_csr_rail/config.py", "nemo_csr_rail/py.typed", "nemo_csr_rail/cli/main.py"):
+        assert f in names, f
+    assert not any(n.startswith(("tests/", "example_configs/")) for n in names)
+    meta = next(n for n in names if n.endswith("METADATA"))
+    text = zipfile.ZipFile(wheel).read(meta).decode()
+    assert "Requires-Dist: nemoguardrails<0.25,>=0.24.1" in text
+    entry = zipfile.ZipFile(wheel).read(next(n for n in names if n.endswith("entry_points.txt"))).decode()
+    assert "nemo-csr-rail = nemo_csr_rail.cli.main:main" in entry
+
+
+def test_installed_wheel_layout_loads_in_guardrails(wheel, tmp_path, guard, main_llm):
+    """Unpacked like site-packages (no checkout on sys.path), the config's one import line is enough."""
+    site = tmp_path / "site"
+    zipfile.ZipFile(wheel).extractall(site)
+    from tests.support.rails_configs import write_config
+
+    cfg = write_config(tmp_path / "cfg", guard_url=guard.url, main_url=main_llm.url,
+                       plugin={"policies": {"p": {"policy": "No politics."}}},
+                       input_flows=['csr check input $policy="p"'])
+    code = ("import asyncio, nemo_csr_rail; from nemoguardrails import LLMRails, RailsConfig; "
+            f"assert nemo_csr_rail.__file__.startswith({str(site)!r}), nemo_csr_rail.__file__; "
+            f"r = LLMRails(RailsConfig.from_path({str(cfg)!r})); "
+            "print(asyncio.run(r.generate_async(messages=[{'role':'user','content':'vote politics?'}]))['content'])")
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH",)}
+    env["PYTHONPATH"] = str(site)
+    env["COLANGPATH"] = str(site)  # what site-packages is for a regular install
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, cwd=tmp_path,
+                          timeout=120)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "policy forbids" in proc.stdout
