@@ -10,8 +10,10 @@ import pytest
 from nemo_csr_rail import prompt
 from nemo_csr_rail.policy import Direction, Policy, compile_policies
 from nemo_csr_rail.settings import PluginSettings
+from tests.support.shared import shared_dir
 
-TEMPLATES = Path(__file__).resolve().parents[2] / "shared" / "reference" / "prompt-templates.md"
+SHARED = shared_dir()
+TEMPLATES = (SHARED or Path("/nonexistent")) / "reference" / "prompt-templates.md"
 
 TAXONOMY_THINK = """You are a classifier for analyzing interactions between humans and LLMs. Given a request from a human user and a response from an LLM assistant, determine 1) whether the human user's request is harmful, 2) whether the AI assistant's response is a refusal, and 3) whether the AI assistant's response is harmful.
 Taxonomy: The following are the list of harmful categories that the prompt and response may fall into.
