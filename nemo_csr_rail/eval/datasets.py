@@ -93,7 +93,7 @@ def _open_text(path: Path) -> io.TextIOBase:
     try:
         if path.suffix == ".gz":
             return io.TextIOWrapper(gzip.open(path, "rb"), encoding="utf-8", newline="")
-        return open(path, encoding="utf-8", newline="")  # noqa: SIM115
+        return open(path, encoding="utf-8", newline="")
     except OSError as exc:
         raise DatasetError(f"cannot read {path}: {exc}") from None
 
@@ -104,8 +104,7 @@ def _csv_rows(path: Path, required: Iterable[str]) -> Iterator[tuple[int, dict[s
         missing = set(required) - set(reader.fieldnames or [])
         if missing:
             raise DatasetError(f"{path}: missing column(s) {sorted(missing)}; has {reader.fieldnames}")
-        for i, rec in enumerate(reader, start=1):
-            yield i, rec
+        yield from enumerate(reader, start=1)
 
 
 def _jsonl_records(path: Path) -> Iterator[tuple[int, Any]]:

@@ -1,0 +1,411 @@
+"""Runs a labelled dataset through the guard: bounded concurrency, one record per check appended as it completes.
+
+A *unit* is one (run, row, direction): a row with a ``prompt_label`` gets an input check (user turn only, as the
+input rail sends it), a row with a ``response_label`` an output check (user + bot turn, as the output rail sends
+it). Each finished unit is appended to ``rows.jsonl`` and flushed at once, so an interrupted run loses at most the
+checks in flight; on restart, units already in the file are not sent again. ``run.json`` pins what the records
+mean (dataset, policies, modes, endpoint, model): resuming into a directory made with different settings is
+refused rather than mixed.
+
+The guard is called through :class:`~nemo_csr_rail.client.CsrClient` with the config's own settings (prompt
+layout, structured output, prefill, logprobs, timeout, retries) and no verdict cache, so the numbers are those of
+the rails, and repeated texts are really re-checked.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import json
+import os
+import sys
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from nemo_csr_rail.client import CsrClient
+from nemo_csr_rail.engines.base import Engine
+from nemo_csr_rail.errors import ConfigError, CsrError
+from nemo_csr_rail.eval.datasets import DIRECTIONS, Dataset, Row
+from nemo_csr_rail.policy import Direction, Policy, compile_policies
+from nemo_csr_rail.settings import ResolvedSettings
+
+ROWS_FILE = "rows.jsonl"
+RUN_FILE = "run.json"
+_DIRECTION = {"prompt": Direction.INPUT, "response": Direction.OUTPUT}
+
+
+class RunError(Exception):
+    """The run cannot start as asked (settings clash with an existing output directory, unknown policy …)."""
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    """One setting of the guard to evaluate. ``reasoning=None`` keeps each policy's own per-direction mode."""
+
+    name: str
+    policy: str
+    reasoning: bool | None = None
+    base_url: str | None = None
+    force_policy: bool = False  # True: ignore per-row policies (the policy under comparison applies to every row)
+
+    def describe(self) -> str:
+        mode = {None: "policy default", True: "on", False: "off"}[self.reasoning]
+        return f"policy={self.policy}, reasoning={mode}" + (f", endpoint={self.base_url}" if self.base_url else "")
+
+
+# ---------------------------------------------------------------------------------------------------- the guard
+def make_engine(resolved: ResolvedSettings, model_type: str, base_url: str | None, concurrency: int) -> Engine:
+    s = resolved.plugin
+    if base_url is None and s.engine == "embedded" and model_type == s.model:
+        from nemo_csr_rail.rail import RailRuntime
+
+        return RailRuntime._engine(resolved, model_type)
+    from nemo_csr_rail.engines.http import VllmHttpEngine
+
+    ep = resolved.endpoints[model_type]
+    urls = (base_url.rstrip("/"),) if base_url else ep.base_urls
+    return VllmHttpEngine(urls, ep.model, api_key=ep.api_key, max_retries=s.max_retries,
+                          max_concurrency=max(concurrency, 1), verify=ep.verify)
+
+
+def endpoint_label(resolved: ResolvedSettings, model_type: str, base_url: str | None) -> str:
+    s = resolved.plugin
+    if base_url:
+        return base_url.rstrip("/")
+    if s.engine == "embedded" and model_type == s.model:
+        return "embedded:" + (s.embedded.model_path or model_name(resolved, model_type))
+    return ",".join(resolved.endpoints[model_type].base_urls)
+
+
+def model_name(resolved: ResolvedSettings, model_type: str) -> str:
+    ep = resolved.endpoints.get(model_type)
+    return ep.model if ep is not None else str(resolved.plugin.embedded.model_path)
+
+
+def make_client(resolved: ResolvedSettings, model_type: str, *, base_url: str | None = None,
+                timeout_s: float | None = None, concurrency: int = 16, engine: Engine | None = None) -> CsrClient:
+    """A client with the config's settings and no cache (every check reaches the model)."""
+    s = resolved.plugin
+    return CsrClient(engine=engine or make_engine(resolved, model_type, base_url, concurrency),
+                     timeout_s=timeout_s or s.timeout_s, structured_output=s.structured_output,
+                     assistant_prefill=s.assistant_prefill, logprobs=s.logprobs,
+                     reasoning_max_tokens=s.reasoning_max_tokens, cache=None)
+
+
+def check_record(policy: Policy, direction: str, reasoning: bool | None, result: Any = None,
+                 error: BaseException | None = None, latency_ms: float | None = None) -> dict[str, Any]:
+    """The JSON-safe record of one check (shared by ``eval``'s rows.jsonl and ``check --json``)."""
+    d = _DIRECTION[direction]
+    mode = policy.reasoning(d) if reasoning is None else reasoning
+    rec: dict[str, Any] = {"direction": direction, "policy": policy.name, "reasoning_mode": mode}
+    if error is not None:
+        kind = error.kind if isinstance(error, CsrError) else "internal_error"
+        msg = error.message if isinstance(error, CsrError) else f"{type(error).__name__}: {error}"
+        rec.update(predicted=None, error={"kind": kind, "message": msg},
+                   latency_ms=None if latency_ms is None else round(latency_ms, 3))
+        return rec
+    v = result.verdict
+    rec.update(
+        predicted="harmful" if v.is_harmful(d, policy.threshold) else "unharmful",
+        model_label=v.harm(d),
+        prompt_harm=v.prompt_harm,
+        response_harm=v.response_harm,
+        confidence=v.confidence,
+        threshold=policy.threshold,
+        reasoning=v.reasoning,
+        latency_ms=round(result.latency_ms, 3),
+        prompt_tokens=result.prompt_tokens,
+        completion_tokens=result.completion_tokens,
+        cached_tokens=result.cached_tokens,
+        error=None,
+    )
+    return rec
+
+
+# ------------------------------------------------------------------------------------------------------ the run
+@dataclass
+class Unit:
+    run: str
+    row: Row
+    direction: str
+
+    @property
+    def key(self) -> tuple[str, str, str]:
+        return (self.run, self.row.id, self.direction)
+
+
+@dataclass
+class RunResult:
+    records: list[dict[str, Any]]
+    sent: int
+    resumed: int
+    elapsed_s: float
+    interrupted: bool = False
+    settings: dict[str, Any] = field(default_factory=dict)
+
+
+def _policy_fingerprint(p: Policy) -> str:
+    return hashlib.sha256(json.dumps(asdict(p), sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+class Runner:
+    def __init__(self, resolved: ResolvedSettings, dataset: Dataset, specs: Sequence[RunSpec], out_dir: str | Path, *,
+                 concurrency: int = 8, limit: int | None = None, timeout_s: float | None = None,
+                 progress: bool = True, retry_errors: bool = False, overwrite: bool = False,
+                 engines: dict[tuple[str, str], Engine] | None = None,
+                 on_record: Callable[[dict[str, Any]], None] | None = None) -> None:
+        if concurrency < 1:
+            raise RunError("--concurrency must be at least 1")
+        if limit is not None and limit < 1:
+            raise RunError("--limit must be at least 1")
+        if len({s.name for s in specs}) != len(specs):
+            raise RunError("run names must be unique")
+        self.resolved = resolved
+        self.dataset = dataset
+        self.specs = list(specs)
+        self.out = Path(out_dir)
+        self.concurrency = concurrency
+        self.limit = limit
+        self.timeout_s = timeout_s
+        self.progress = progress
+        self.retry_errors = retry_errors
+        self.overwrite = overwrite
+        self.on_record = on_record
+        self.policies = compile_policies(resolved.plugin)
+        self.rows = dataset.rows[:limit] if limit else list(dataset.rows)
+        for spec in self.specs:
+            if spec.policy not in self.policies:
+                raise RunError(f"unknown policy {spec.policy!r}; the config defines: {', '.join(sorted(self.policies))}")
+        unknown = sorted({r.policy for r in self.rows if r.policy and r.policy not in self.policies})
+        if unknown:
+            raise RunError(f"dataset rows name unknown policies {unknown}; the config defines: "
+                           f"{', '.join(sorted(self.policies))}")
+        self._engines = dict(engines or {})
+        self._clients: dict[tuple[str, str], CsrClient] = {}
+
+    # -- settings ------------------------------------------------------------------------------------------
+    def policy_for(self, spec: RunSpec, row: Row) -> Policy:
+        name = spec.policy if (spec.force_policy or not row.policy) else row.policy
+        return self.policies[name]
+
+    def run_settings(self, spec: RunSpec) -> dict[str, Any]:
+        pol = self.policies[spec.policy]
+        mt = pol.model_type
+        modes = {d: (pol.reasoning(_DIRECTION[d]) if spec.reasoning is None else spec.reasoning) for d in DIRECTIONS}
+        row_policies = sorted({r.policy for r in self.rows if r.policy} - {spec.policy}) if not spec.force_policy else []
+        return {
+            "name": spec.name,
+            "description": spec.describe(),
+            "policy": spec.policy,
+            "policy_kind": pol.kind,
+            "row_policies": row_policies,
+            "reasoning": spec.reasoning,
+            "reasoning_mode": modes,
+            "threshold": pol.threshold,
+            "endpoint": endpoint_label(self.resolved, mt, spec.base_url),
+            "model": model_name(self.resolved, mt),
+            "timeout_s": self.timeout_s or self.resolved.plugin.timeout_s,
+            "structured_output": self.resolved.plugin.structured_output,
+            "assistant_prefill": self.resolved.plugin.assistant_prefill,
+            "logprobs": self.resolved.plugin.logprobs,
+            "dataset": str(Path(self.dataset.path).resolve()),
+            "format": self.dataset.format,
+            "limit": self.limit,
+            "concurrency": self.concurrency,
+        }
+
+    def _identity(self) -> dict[str, Any]:
+        """What must not change between a run and its resumption."""
+        runs = []
+        for spec in self.specs:
+            pol = self.policies[spec.policy]
+            used = {self.policy_for(spec, r).name for r in self.rows} | {spec.policy}
+            runs.append({
+                "name": spec.name, "policy": spec.policy, "reasoning": spec.reasoning, "force_policy": spec.force_policy,
+                "endpoint": endpoint_label(self.resolved, pol.model_type, spec.base_url),
+                "model": model_name(self.resolved, pol.model_type),
+                "policies": {n: _policy_fingerprint(self.policies[n]) for n in sorted(used)},
+            })
+        s = self.resolved.plugin
+        return {"version": 1, "dataset": str(Path(self.dataset.path).resolve()), "format": self.dataset.format,
+                "runs": runs, "prompting": {"structured_output": s.structured_output,
+                                            "assistant_prefill": s.assistant_prefill, "logprobs": s.logprobs,
+                                            "reasoning_max_tokens": s.reasoning_max_tokens}}
+
+    # -- resume --------------------------------------------------------------------------------------------
+    def _prepare_out(self) -> list[dict[str, Any]]:
+        self.out.mkdir(parents=True, exist_ok=True)
+        rows_path, run_path = self.out / ROWS_FILE, self.out / RUN_FILE
+        ident = self._identity()
+        if self.overwrite:
+            for p in (rows_path, run_path):
+                with contextlib.suppress(FileNotFoundError):
+                    p.unlink()
+        if run_path.exists() and rows_path.exists():
+            try:
+                old = json.loads(run_path.read_text())
+            except ValueError:
+                raise RunError(f"{run_path} is not valid JSON; use another --out or --overwrite") from None
+            if old != ident:
+                changed = sorted(k for k in set(old) | set(ident) if old.get(k) != ident.get(k))
+                raise RunError(f"{self.out} holds a run with different settings ({', '.join(changed)} changed); "
+                               "use another --out, or --overwrite to discard it")
+        elif rows_path.exists() and rows_path.stat().st_size > 0:
+            raise RunError(f"{rows_path} exists without {RUN_FILE}; use another --out or --overwrite")
+        run_path.write_text(json.dumps(ident, indent=2) + "\n")
+        return self._read_rows(rows_path)
+
+    def _read_rows(self, path: Path) -> list[dict[str, Any]]:
+        if not path.exists():
+            path.touch()
+            return []
+        lines = path.read_bytes().splitlines(keepends=True)
+        records: list[dict[str, Any]] = []
+        offset = 0
+        for i, line in enumerate(lines):
+            try:
+                if not line.endswith(b"\n"):
+                    raise ValueError("no newline")
+                rec = json.loads(line) if line.strip() else None
+                if rec is not None and not isinstance(rec, dict):
+                    raise ValueError("not an object")
+            except ValueError:
+                if i == len(lines) - 1:  # a record cut short by the interruption: drop it, it will be re-sent
+                    with open(path, "r+b") as f:
+                        f.truncate(offset)
+                    break
+                raise RunError(f"{path}: line {i + 1} is not a JSON record; fix or remove it, or use --overwrite") from None
+            if rec is not None:
+                records.append(rec)
+            offset += len(line)
+        if self.retry_errors and any(r.get("error") is not None for r in records):
+            records = [r for r in records if r.get("error") is None]
+            tmp = path.with_suffix(".tmp")
+            tmp.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records))
+            os.replace(tmp, path)
+        return records
+
+    # -- scoring -------------------------------------------------------------------------------------------
+    def units(self) -> list[Unit]:
+        return [Unit(spec.name, row, d) for spec in self.specs for row in self.rows for d in DIRECTIONS
+                if row.label(d) is not None]
+
+    def _client(self, spec: RunSpec, model_type: str) -> CsrClient:
+        key = (spec.name, model_type)
+        if key not in self._clients:
+            self._clients[key] = make_client(self.resolved, model_type, base_url=spec.base_url,
+                                             timeout_s=self.timeout_s, concurrency=self.concurrency,
+                                             engine=self._engines.get(key))
+        return self._clients[key]
+
+    async def _score(self, spec: RunSpec, unit: Unit) -> dict[str, Any]:
+        row, d = unit.row, unit.direction
+        policy = self.policy_for(spec, row)
+        client = self._client(spec, policy.model_type)
+        bot = row.response if d == "response" else None
+        start = time.perf_counter()
+        try:
+            result = await client.check(policy, _DIRECTION[d], row.prompt, bot, reasoning=spec.reasoning)
+            rec = check_record(policy, d, spec.reasoning, result)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # every failure is a counted error row, never a dropped or scored one
+            rec = check_record(policy, d, spec.reasoning, error=exc, latency_ms=(time.perf_counter() - start) * 1000)
+        return {"run": spec.name, "id": row.id, "label": row.label(d), **rec}
+
+    async def _run_async(self, todo: list[Unit], sink: Any, bar: Any) -> int:
+        specs = {s.name: s for s in self.specs}
+        queue: asyncio.Queue[Unit] = asyncio.Queue()
+        for u in todo:
+            queue.put_nowait(u)
+        done = 0
+        errors = 0
+
+        async def worker() -> None:
+            nonlocal done, errors
+            while True:
+                try:
+                    unit = queue.get_nowait()
+                except asyncio.QueueEmpty:
+                    return
+                rec = await self._score(specs[unit.run], unit)
+                sink.write(json.dumps(rec, ensure_ascii=False) + "\n")
+                sink.flush()
+                done += 1
+                if rec["error"] is not None:
+                    errors += 1
+                if self.on_record is not None:
+                    self.on_record(rec)
+                if bar is not None:
+                    bar.update(1)
+                    if errors:
+                        bar.set_postfix(errors=errors, refresh=False)
+
+        try:
+            await asyncio.gather(*(worker() for _ in range(min(self.concurrency, max(len(todo), 1)))))
+        finally:
+            for c in self._clients.values():
+                with contextlib.suppress(Exception):
+                    await c.aclose()
+        return done
+
+    def run(self) -> RunResult:
+        existing = self._prepare_out()
+        have = {(r.get("run"), r.get("id"), r.get("direction")) for r in existing}
+        units = self.units()
+        todo = [u for u in units if u.key not in have]
+        resumed = len(units) - len(todo)
+        bar = _progress(len(units), resumed, self.progress)
+        start = time.perf_counter()
+        interrupted = False
+        sent = 0
+        new: list[dict[str, Any]] = []
+
+        def collect(rec: dict[str, Any]) -> None:
+            new.append(rec)
+
+        user_cb = self.on_record
+        self.on_record = (lambda r: (collect(r), user_cb(r))) if user_cb else collect  # type: ignore[assignment,func-returns-value]
+        try:
+            with open(self.out / ROWS_FILE, "a", encoding="utf-8") as sink:
+                if todo:
+                    sent = asyncio.run(self._run_async(todo, sink, bar))
+        except KeyboardInterrupt:
+            interrupted = True
+        finally:
+            self.on_record = user_cb
+            if bar is not None:
+                bar.close()
+        wanted = {u.key for u in units}
+        merged: dict[tuple[str, str, str], dict[str, Any]] = {}
+        for r in [*existing, *new]:
+            k = (r.get("run"), r.get("id"), r.get("direction"))
+            if k in wanted:
+                merged[k] = r  # type: ignore[index]
+        order = {u.key: i for i, u in enumerate(units)}
+        records = sorted(merged.values(), key=lambda r: order[(r["run"], r["id"], r["direction"])])
+        return RunResult(records, len(new) if interrupted else sent, resumed, time.perf_counter() - start,
+                         interrupted, {s.name: self.run_settings(s) for s in self.specs})
+
+
+def _progress(total: int, initial: int, enabled: bool) -> Any:
+    if not enabled:
+        return None
+    try:
+        from tqdm import tqdm
+    except ImportError:  # tqdm is in the 'eval' extra; without it, no bar
+        return None
+    return tqdm(total=total, initial=initial, desc="eval", unit="check", file=sys.stderr, dynamic_ncols=True,
+                mininterval=0.2)
+
+
+def records_by(records: Iterable[dict[str, Any]], run: str, direction: str) -> list[dict[str, Any]]:
+    return [r for r in records if r["run"] == run and r["direction"] == direction]
+
+
+__all__ = ["ROWS_FILE", "RUN_FILE", "ConfigError", "RunError", "RunResult", "RunSpec", "Runner", "check_record",
+           "make_client", "records_by"]
