@@ -1,0 +1,131 @@
+"""``nemo-csr-rail check``: classify one text (or each line of stdin) with a config's policy, as the rail would.
+
+Prints the decision, the model's reasoning, the confidence (P(harmful) from logprobs, when the server returns
+them) and the latency; ``--json`` prints one JSON object per checked text instead.
+
+Exit codes (the worst over all texts): 0 every text unharmful, 1 at least one harmful, 2 config or usage error,
+3 guard error — the check could not run (unreachable, timeout, HTTP error, malformed answer); fail closed: the
+error kind and message are printed, never a traceback. A guard error outranks a harmful verdict.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+import time
+from collections.abc import Iterator
+from typing import Any, TextIO
+
+from nemo_csr_rail.cli.guardcfg import EXIT_GUARD, EXIT_HARMFUL, EXIT_OK, EXIT_USAGE, UsageError
+
+EPILOG = ("exit codes: 0 unharmful, 1 harmful, 2 config/usage error, 3 guard error (the check could not run; fail "
+          "closed). With several stdin lines: the worst of them, guard error first.")
+
+
+def add_parser(sub: Any) -> None:
+    p = sub.add_parser(
+        "check", help="classify a text (or stdin lines) against a config's policy and print the verdict",
+        description="Classify TEXT (a user prompt; with --response, the bot's answer to it) exactly as the rails "
+                    "of the config would, and print the verdict, reasoning, confidence and latency.",
+        epilog=EPILOG)
+    p.add_argument("--config", required=True, metavar="DIR", help="Guardrails config directory (config.yml)")
+    p.add_argument("--policy", metavar="NAME",
+                   help="policy under custom_data.nemo_csr_rail.policies (default: the only one, or 'default')")
+    p.add_argument("--response", metavar="TEXT",
+                   help="the bot's answer to TEXT: check the response (output rail) instead of the prompt")
+    p.add_argument("--reasoning", action=argparse.BooleanOptionalAction, default=None,
+                   help="force reasoning on/off (default: the policy's setting for this direction)")
+    p.add_argument("--json", action="store_true", help="one JSON object per checked text on stdout")
+    p.add_argument("--base-url", metavar="URL", help="override the guard endpoint (the vLLM /v1 URL) of the config")
+    p.add_argument("--timeout", type=float, metavar="S", help="override timeout_s for each check")
+    p.add_argument("text", nargs="?", default="-",
+                   help="the user message to check; omitted or '-': check each non-empty line of stdin")
+
+
+def _texts(args: argparse.Namespace, stdin: TextIO) -> Iterator[str]:
+    if args.text != "-":
+        yield args.text
+        return
+    for line in stdin:
+        line = line.rstrip("\r\n")
+        if line.strip():
+            yield line
+
+
+def _print_human(rec: dict[str, Any], text: str | None, out: TextIO) -> None:
+    if text is not None:
+        shown = " ".join(text.split())
+        print(f"> {shown[:100]}{'…' if len(shown) > 100 else ''}", file=out)
+    if rec.get("error"):
+        return
+    what = f"{rec['direction']} harm, policy {rec['policy']}, reasoning {'on' if rec['reasoning_mode'] else 'off'}"
+    print(f"{rec['decision'].upper()}  ({what})", file=out)
+    if rec["threshold"] is not None:
+        print(f"model verdict: {rec['model_label']} (threshold {rec['threshold']:g} on P(harmful))", file=out)
+    conf = rec.get("confidence")
+    print(f"confidence: {'P(harmful)=' + format(conf, '.3f') if conf is not None else 'n/a (no logprobs)'}", file=out)
+    reasoning = rec.get("reasoning")
+    print(f"reasoning: {reasoning if reasoning else '(none: reasoning off)' if not rec['reasoning_mode'] else '(none)'}",
+          file=out)
+    print(f"latency: {rec['latency_ms']:.1f} ms", file=out)
+
+
+async def _run(args: argparse.Namespace, resolved: Any, policy_name: str, stdin: TextIO, out: TextIO,
+               err: TextIO) -> int:
+    from nemo_csr_rail.eval.runner import check_record, make_client
+    from nemo_csr_rail.policy import Direction, compile_policies
+
+    policy = compile_policies(resolved.plugin)[policy_name]
+    direction = "prompt" if args.response is None else "response"
+    client = make_client(resolved, policy.model_type, base_url=args.base_url, timeout_s=args.timeout, concurrency=4)
+    worst = EXIT_OK
+    many = args.text == "-"
+    try:
+        for text in _texts(args, stdin):
+            start = time.perf_counter()
+            try:
+                result = await client.check(policy, Direction.INPUT if direction == "prompt" else Direction.OUTPUT,
+                                            text, args.response, reasoning=args.reasoning)
+                rec = check_record(policy, direction, args.reasoning, result)
+            except Exception as exc:  # fail closed, with the kind and message, never a traceback
+                rec = check_record(policy, direction, args.reasoning, error=exc,
+                                   latency_ms=(time.perf_counter() - start) * 1000)
+            rec["decision"] = rec.pop("predicted")
+            if args.json:
+                print(json.dumps({"text": text, **({"response": args.response} if args.response is not None else {}),
+                                  **rec}, ensure_ascii=False), file=out, flush=True)
+            else:
+                _print_human(rec, text if many else None, out)
+                out.flush()
+            if rec["error"]:
+                if not args.json:
+                    print(f"guard error ({rec['error']['kind']}): {rec['error']['message']}", file=err, flush=True)
+                worst = EXIT_GUARD
+            elif rec["decision"] == "harmful" and worst == EXIT_OK:
+                worst = EXIT_HARMFUL
+    finally:
+        await client.aclose()
+    return worst
+
+
+def run(args: argparse.Namespace, *, stdin: TextIO | None = None, out: TextIO | None = None,
+        err: TextIO | None = None) -> int:
+    stdin, out, err = stdin or sys.stdin, out or sys.stdout, err or sys.stderr
+    try:
+        if args.text != "-" and not args.text.strip():
+            raise UsageError("TEXT is empty")
+        if args.response is not None and not args.response.strip():
+            raise UsageError("--response is empty")
+        if args.timeout is not None and args.timeout <= 0:
+            raise UsageError("--timeout must be positive")
+        from nemo_csr_rail.cli.guardcfg import default_policy, load_resolved
+        from nemo_csr_rail.policy import compile_policies
+
+        _, resolved = load_resolved(args.config)
+        name = default_policy(compile_policies(resolved.plugin), args.policy)
+    except UsageError as exc:
+        print(f"error: {exc}", file=err)
+        return EXIT_USAGE
+    return asyncio.run(_run(args, resolved, name, stdin, out, err))
