@@ -151,8 +151,11 @@ async def test_parallel_input_rails_all_run_and_first_block_wins(tmp_path, guard
     assert reply == HELLO
     assert len(guard.chat_requests()) == 2
     guard.requests.clear()
-    reply, _ = await ask(rails, "EVIL plan about politics")
-    assert reply.startswith("Sorry, I can't help with that.") or "can't" in reply.lower()
+    reply, outcomes = await ask(rails, "EVIL plan about politics")
+    assert len(guard.chat_requests()) == 2, "both parallel rails must have sent their check"
+    assert reply in {"Sorry, I can't help with that. The user asks for content that the policy forbids, so the "
+                     "request is harmful.", "I'm sorry, I can't help with that."}
+    assert main_llm.chat_requests()[-1:] == [] or "EVIL plan" not in json.dumps(main_llm.chat_requests()[-1])
 
 
 # ------------------------------------------------------------------------------------------------ history leak
