@@ -195,6 +195,8 @@ def markdown(report: Mapping[str, Any], records: Sequence[Mapping[str, Any]], ro
             v = run["settings"].get(k)
             if k == "reasoning_mode":
                 v = " / ".join("on" if v[d] else "off" for d in ("prompt", "response"))
+            elif k == "threshold" and v is None:
+                v = "none (the model's verdict)"
             elif isinstance(v, list):
                 v = ", ".join(v) or "none"
             vals.append(_cell(_fmt(v), 120))
