@@ -150,9 +150,7 @@ def _eos_ids(model: Any, tokenizer: Any) -> frozenset[int]:
     return frozenset(ids)
 
 
-def _max_len(model: Any, override: int | None) -> int:
-    if override:
-        return int(override)
+def _max_len(model: Any) -> int:
     cfg = model.config
     text = cfg.get_text_config() if hasattr(cfg, "get_text_config") else cfg
     return int(getattr(text, "max_position_embeddings", None) or 8192)
@@ -249,7 +247,7 @@ class EmbeddedEngine:
                 by_bytes.setdefault(data, []).append(tid)
         return _Loaded(model=model, tokenizer=tokenizer, torch=torch, device=device, dtype=dtype, path=path,
                        table=table, by_bytes=by_bytes, max_token_len=max((len(b) for b in by_bytes), default=1),
-                       eos_ids=_eos_ids(model, tokenizer), max_len=_max_len(model, self.max_model_len),
+                       eos_ids=_eos_ids(model, tokenizer), max_len=_max_len(model),
                        grammars={}, lock=threading.Lock())
 
     # -- prompt -----------------------------------------------------------------------------------------------
@@ -292,10 +290,11 @@ class EmbeddedEngine:
     def _complete_sync(self, prompt: GuardPrompt, deadline: float, cancel: threading.Event) -> Completion:
         m = self.load()
         ids = self.prompt_ids(prompt)
-        if len(ids) + prompt.max_tokens > m.max_len:
+        max_len = min(m.max_len, self.max_model_len) if self.max_model_len else m.max_len
+        if len(ids) + prompt.max_tokens > max_len:
             raise InputTooLong(
                 f"the conversation does not fit the guard model's context: this model's maximum context length is "
-                f"{m.max_len} tokens, the check needs {len(ids) + prompt.max_tokens} ({len(ids)} in the prompt, "
+                f"{max_len} tokens, the check needs {len(ids) + prompt.max_tokens} ({len(ids)} in the prompt, "
                 f"{prompt.max_tokens} for the answer)")
         with m.lock:
             if cancel.is_set():
