@@ -71,7 +71,9 @@ async def test_every_mode_returns_a_parsed_verdict(engine, kind, direction, reas
         assert not comp.text.startswith("Prompt harm:")  # only the continuation of the prefill comes back
         assert v.confidence is not None and 0.0 < v.confidence < 1.0
         entries = comp.logprobs
-        assert entries and "".join(e["token"] for e in entries) == comp.text
+        # like vLLM: one entry per generated token, the closing stop token last (counted, not in the text)
+        assert entries and "".join(e["token"] for e in entries[:-1]) == comp.text
+        assert entries[-1]["token"] in ("<eos>", "<end_of_turn>") and len(entries) == comp.completion_tokens
         for e in entries:
             assert set(e) == {"token", "logprob", "bytes", "top_logprobs"} and e["logprob"] <= 0
             assert 1 <= len(e["top_logprobs"]) <= 5

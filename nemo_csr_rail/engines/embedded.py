@@ -314,10 +314,12 @@ class EmbeddedEngine:
                   cancel: threading.Event) -> Completion:
         torch = m.torch
         grammar = self._grammar(m, prompt.regex) if prompt.regex else None
-        matcher = Matcher(grammar, m.table, prompt.max_tokens) if grammar is not None else None
+        # The grammar's token budget keeps one token for the stop token, so a forced close still ends "stop".
+        matcher = Matcher(grammar, m.table, max(prompt.max_tokens - 1, 1)) if grammar is not None else None
         out_ids: list[int] = []
         entries: list[dict[str, Any]] = []
         finish = "length"
+        stop_token: tuple[int, float, list[tuple[int, float]]] | None = None
         with torch.inference_mode():
             inp = torch.tensor([ids], device=m.device)
             out = m.model(input_ids=inp, use_cache=True, logits_to_keep=1)
@@ -326,80 +328,86 @@ class EmbeddedEngine:
                 if cancel.is_set() or time.monotonic() > deadline:
                     raise GuardTimeout("embedded guard check exceeded its deadline")
                 logits = out.logits[0, -1].float()
-                choice, lp_entry = self._pick(m, logits, matcher, prompt.want_logprobs)
-                if choice is None:
+                choice, lp = self._pick(m, logits, matcher, prompt.want_logprobs)
+                if choice is None or choice in m.eos_ids:
                     finish = "stop"
+                    if choice is not None:  # a stop token: counted and reported, but not part of the text
+                        stop_token = lp or (choice, 0.0, [])
                     break
                 out_ids.append(choice)
-                if lp_entry is not None:
-                    entries.append(lp_entry)
+                if lp is not None:
+                    entries.append(self._entry(m, *lp))
                 if matcher is not None:
                     matcher.accept(choice)
-                    if matcher.finished:
-                        finish = "stop"
-                        break
+                if len(out_ids) >= prompt.max_tokens:
+                    break  # finish_reason "length", even when the grammar is complete (as vLLM reports it)
                 out = m.model(input_ids=torch.tensor([[choice]], device=m.device), past_key_values=past,
                               use_cache=True)
                 past = out.past_key_values
+                if matcher is not None and matcher.finished:
+                    # The grammar is complete, so only a stop token may follow; vLLM generates it, counts it and
+                    # reports its logprob (renormalised over the stop tokens), but leaves it out of the text.
+                    finish = "stop"
+                    eos = sorted(m.eos_ids)
+                    sub = out.logits[0, -1].float()[torch.tensor(eos, device=m.device)]
+                    logp = torch.log_softmax(sub, dim=-1)
+                    best = int(torch.argmax(sub))
+                    top = torch.topk(logp, min(TOP_LOGPROBS, len(eos)))
+                    stop_token = (eos[best], float(logp[best]),
+                                  [(eos[i], v) for i, v in zip(top.indices.tolist(), top.values.tolist(), strict=True)])
+                    break
         text = m.tokenizer.decode(out_ids, skip_special_tokens=True)
+        n_out = len(out_ids)
+        if stop_token is not None:
+            n_out += 1
+            if prompt.want_logprobs:
+                entries.append(self._entry(m, *stop_token))
         return Completion(
             text=text,
             finish_reason=finish,
             logprobs=entries if prompt.want_logprobs else None,
             prompt_tokens=len(ids),
-            completion_tokens=len(out_ids),
+            completion_tokens=n_out,
             endpoint=self.endpoint,
             extra={"engine": "embedded", "device": m.device, "dtype": str(m.dtype).removeprefix("torch."),
                    "constrained": matcher is not None},
         )
 
-    def _pick(self, m: _Loaded, logits: Any, matcher: Matcher | None, want_lp: bool) -> tuple[int | None, Any]:
-        """The greedy token (None = stop here) and, if wanted, its OpenAI logprobs entry."""
+    def _pick(self, m: _Loaded, logits: Any, matcher: Matcher | None,
+              want_lp: bool) -> tuple[int | None, tuple[int, float, list[tuple[int, float]]] | None]:
+        """The greedy token (a stop token, or None when nothing may follow) and, if wanted, its logprob data."""
         torch = m.torch
         if matcher is None:
             choice = int(torch.argmax(logits))
-            if choice in m.eos_ids:
-                return None, None
             if not want_lp:
                 return choice, None
             logp = torch.log_softmax(logits, dim=-1)
             top = torch.topk(logp, TOP_LOGPROBS)
-            return choice, self._entry(m, choice, float(logp[choice]),
-                                       list(zip(top.indices.tolist(), top.values.tolist(), strict=True)))
-        allowed = matcher.allowed_tokens() if want_lp else None
+            return choice, (choice, float(logp[choice]), list(zip(top.indices.tolist(), top.values.tolist(), strict=True)))
         eos_ok = matcher.accepting  # a complete match that could still go on: the model may stop here
+        allowed = matcher.allowed_tokens() if want_lp else None
         if allowed is not None:
             cand = allowed + (sorted(m.eos_ids) if eos_ok else [])
             if not cand:
                 return None, None
-            idx = torch.tensor(cand, device=logits.device)
-            sub = logits[idx]
+            sub = logits[torch.tensor(cand, device=logits.device)]
             logp = torch.log_softmax(sub, dim=-1)
             best = int(torch.argmax(sub))
-            choice = cand[best]
-            if choice in m.eos_ids:
-                return None, None
-            k = min(TOP_LOGPROBS, len(cand))
-            top = torch.topk(logp, k)
-            tops = [(cand[i], v) for i, v in zip(top.indices.tolist(), top.values.tolist(), strict=True)
-                    if cand[i] not in m.eos_ids]
-            return choice, self._entry(m, choice, float(logp[best]), tops)
+            top = torch.topk(logp, min(TOP_LOGPROBS, len(cand)))
+            return cand[best], (cand[best], float(logp[best]),
+                                [(cand[i], v) for i, v in zip(top.indices.tolist(), top.values.tolist(), strict=True)])
         # Greedy without logprobs: walk the vocabulary from the most likely token down to the first allowed one.
         n = logits.shape[0]
-        k = 64
-        seen = 0
+        k, seen = 64, 0
         while seen < n:
             k = min(k, n)
-            order = torch.topk(logits, k).indices.tolist()
-            for tid in order[seen:]:
+            for tid in torch.topk(logits, k).indices.tolist()[seen:]:
                 if tid in m.eos_ids:
                     if eos_ok:
-                        return None, None
-                    continue
-                if matcher.allows(tid):
+                        return tid, None
+                elif matcher.allows(tid):
                     return tid, None
-            seen = k
-            k *= 8
+            seen, k = k, k * 8
         return None, None
 
     @staticmethod
