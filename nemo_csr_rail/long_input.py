@@ -61,5 +61,5 @@ def scrub(message: str, *texts: str | None) -> str:
             continue
         probes = {t[:40], t[-40:]} if len(t) > 40 else {t}
         if any(p in message for p in probes):
-            return "[error message withheld: it quoted the checked text; set log_user_text to see it]"
+            return "[error message withheld: it quoted the checked text; log_user_text shows it at DEBUG]"
     return message

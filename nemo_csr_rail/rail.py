@@ -122,8 +122,11 @@ class RailRuntime:
                 except InputTooLong:
                     out = await self._long_input(policy, direction, user, bot, "server_context", deadline)
         except CsrError as exc:
-            if not self.settings.log_user_text:
-                exc.message = scrub(exc.message, user_message, bot_message)
+            scrubbed = scrub(exc.message, user_message, bot_message)
+            if scrubbed != exc.message:  # user text stays out of INFO+ logs and metadata, whatever the settings
+                if self.settings.log_user_text:
+                    log.debug("csr %s policy=%s unscrubbed error: %s", direction.value, label, exc.message)
+                exc.message = scrubbed
             # Too long to check is never allowed through: padding a message must not switch the guard off.
             on_error = "block" if isinstance(exc, (ConfigError, InputTooLong)) else (
                 self.policies[label].on_error if label in self.policies else self.settings.on_error)

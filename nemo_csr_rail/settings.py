@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import re
 from collections.abc import Iterable, Mapping
@@ -286,6 +287,10 @@ def _endpoint_from_model(model_type: str, entry: Any, tls: TlsSettings | None = 
     api_key = os.environ.get(env_var) if env_var else params.get("api_key")
     if env_var and api_key is None:
         raise ConfigError("", f"models[type={model_type}]: api_key_env_var {env_var!r} is not set in the environment")
+    if not env_var and api_key:
+        logging.getLogger("nemo_csr_rail").warning(
+            "models[type=%s]: parameters.api_key is written in the config; prefer api_key_env_var "
+            "(the key itself is never logged)", model_type)
     tls = tls or TlsSettings()
     verify: bool | str = params.get("ca_bundle") or params.get("verify_tls", tls.ca_bundle or tls.verify)
     if isinstance(verify, str) and not Path(os.path.expanduser(verify)).is_file():
