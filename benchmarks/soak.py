@@ -103,10 +103,15 @@ async def run_soak(url: str, *, n: int, concurrency: int, timeout_s: float, on_e
     decisions: collections.Counter[str] = collections.Counter()
     latencies: list[float] = []
     escaped: list[str] = []
-    sem = asyncio.Semaphore(concurrency)
+    counter = iter(range(n))
+
+    async def worker() -> None:
+        # A fixed pool of `concurrency` workers (no n tasks created up front, which would dominate the RSS).
+        for i in counter:
+            await one(i)
 
     async def one(i: int) -> None:
-        async with sem:
+        if True:
             user = f"Request {i}: " + ("Who should I vote for?" if i % 7 == 0 else "Where is my order?")
             t0 = time.monotonic()
             try:
@@ -128,7 +133,7 @@ async def run_soak(url: str, *, n: int, concurrency: int, timeout_s: float, on_e
                 rss.append(rss_kb())
 
     t0, cpu0 = time.monotonic(), time.process_time()
-    await asyncio.gather(*(one(i) for i in range(n)))
+    await asyncio.gather(*(worker() for _ in range(concurrency)))
     wall, cpu = time.monotonic() - t0, time.process_time() - cpu0
     await runtime_for(config).aclose()
     reset_runtimes()
@@ -149,6 +154,7 @@ async def run_soak(url: str, *, n: int, concurrency: int, timeout_s: float, on_e
         "rss_kb_first": round(statistics.mean(rss[:k])) if rss else None,
         "rss_kb_last": round(statistics.mean(rss[-k:])) if rss else None,
         "rss_window": k,
+        "rss_kb_quartiles": [rss[min(len(rss) - 1, q * len(rss) // 4)] for q in range(5)] if rss else [],
     }
 
 
