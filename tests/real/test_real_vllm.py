@@ -58,8 +58,10 @@ async def test_every_mode_returns_a_parsed_verdict(vllm, policy, direction, reas
                 assert v.reasoning is None
                 assert v.confidence is not None and 0.0 <= v.confidence <= 1.0
                 if direction is Direction.INPUT:
-                    # the verdict word only: the prefill carries "Prompt harm:"
-                    assert res.completion_tokens is not None and res.completion_tokens <= 2, res
+                    # Only the verdict word is decoded: the prefill carries "Prompt harm:". (How many tokens
+                    # that word takes depends on the weights; random ones spell it in pieces.)
+                    assert v.raw.removeprefix("Prompt harm:").strip() in ("harmful", "unharmful"), v.raw
+                    print(f"reasoning-off input check decoded {res.completion_tokens} tokens: {v.raw!r}")
 
 
 async def test_prefill_renders_the_assistant_turn_as_continued(vllm):
@@ -75,43 +77,33 @@ async def test_prefill_renders_the_assistant_turn_as_continued(vllm):
     assert text.count("/no_think<end_of_turn>") == 1
 
 
-async def test_prefill_path_gives_the_same_verdict_as_full_generation(vllm):
-    """The one-token fast path must not change what the model decides.
+async def test_fast_path_gives_the_same_verdict_as_full_generation(vllm):
+    """Decoding only the verdict word must not change what the model decides.
 
-    Full generation is constrained to the card's whole output format (no prefill). Where the model spells
-    "Prompt harm:" with the tokenizer's canonical tokens (the real model always does; a random one sometimes picks
-    other splits, which conditions the next step differently), the prompt verdict must be identical.
+    The fast path stops after the word the rail needs; the full generation decodes the card's whole output
+    (`Prompt harm: …` and `Response harm: …`) for the same prompt. Both start from the same assistant prefill,
+    whose rendering is checked token-exactly above: a trained model always opens its answer with those canonical
+    tokens, while a random one may spell "Prompt harm:" in other pieces, so without the prefill the two runs would
+    condition on different tokens and the comparison would say nothing about the fast path.
     """
-    canon = httpx.post(vllm.root + "/tokenize", timeout=30, json={
-        "model": vllm.model, "prompt": "Prompt harm:", "add_special_tokens": False}).json()["tokens"]
-    compared = agreed = 0
+    full_regex = r" (harmful|unharmful)\nResponse harm: (harmful|unharmful|None)"
+    disagreements = []
     async with client(vllm) as c:
-        for user in PROMPTS:
-            gp = prompts.build(CUSTOM, Direction.INPUT, user, None, reasoning=False)
-            fast = await c.check(CUSTOM, Direction.INPUT, user, None, reasoning=False)
-            full = httpx.post(vllm.url + "/chat/completions", timeout=120, json={
-                "model": vllm.model, "messages": [{"role": "user", "content": gp.text}], "temperature": 0,
-                "max_tokens": 96, "logprobs": True,
-                "structured_outputs": {"regex": r"Prompt harm: (harmful|unharmful)\nResponse harm: (harmful|unharmful|None)"},
-            }).json()
-            choice = full["choices"][0]
-            toks = [e["token"] for e in choice["logprobs"]["content"]]
-            text = "".join(toks)
-            m = re.match(r"Prompt harm: (harmful|unharmful)", text)
-            assert m, text
-            head, n = "", 0
-            while len(head) < len("Prompt harm:"):
-                head += toks[n]
-                n += 1
-            ids = httpx.post(vllm.root + "/tokenize", timeout=30, json={
-                "model": vllm.model, "prompt": head, "add_special_tokens": False}).json()["tokens"]
-            if head != "Prompt harm:" or len(ids) != n or ids != canon:
-                continue
-            compared += 1
-            agreed += m.group(1) == fast.verdict.prompt_harm
-    print(f"prefill vs full generation: {agreed}/{compared} agree ({len(PROMPTS) - compared} not canonical)")
-    assert compared >= 1, "no full generation used the canonical tokens; cannot compare"
-    assert agreed == compared
+        for policy in (CUSTOM, TAXONOMY):
+            for user in PROMPTS:
+                gp = prompts.build(policy, Direction.INPUT, user, None, reasoning=False)
+                fast = await c.check(policy, Direction.INPUT, user, None, reasoning=False)
+                full = httpx.post(vllm.url + "/chat/completions", timeout=120, json={
+                    "model": vllm.model, "messages": gp.messages, "temperature": 0, "max_tokens": 96,
+                    "continue_final_message": True, "add_generation_prompt": False,
+                    "structured_outputs": {"regex": full_regex}}).json()
+                text = full["choices"][0]["message"]["content"]
+                m = re.match(full_regex, text)
+                assert m, text
+                if m.group(1) != fast.verdict.prompt_harm:
+                    disagreements.append((policy.name, user, text, fast.verdict.prompt_harm))
+                assert fast.completion_tokens <= full["usage"]["completion_tokens"]
+    assert disagreements == []
 
 
 async def test_prefix_cache_reuses_the_policy(vllm):
