@@ -34,6 +34,12 @@ class GuardUnavailable(CsrError):
     kind = "guard_unavailable"
 
 
+class GuardTLSError(GuardUnavailable):
+    """TLS failed (certificate not trusted, wrong host name): a retry cannot fix it, so none is made."""
+
+    kind = "guard_tls_error"
+
+
 class GuardTimeout(CsrError):
     """The check did not finish within ``timeout_s`` (retries included)."""
 

@@ -63,17 +63,23 @@ NO_THINK_MAX_TOKENS = 32
 # text readable to the model but makes it ordinary text to the tokenizer.
 _SPECIAL = re.compile(
     r"<(?=/?(?:start_of_turn|end_of_turn|bos|eos|pad|unk|mask|start_of_image|end_of_image|image_soft_token"
-    r"|unused\d+)>)",
+    r"|unused\d+|think)>)",
     re.IGNORECASE,
 )
+# The mode switch is the prompt's last token; the same switch inside untrusted text is made inert the same way.
+_MODE = re.compile(r"/(?=(?:no_)?think)", re.IGNORECASE)
 _LONE_SURROGATE = re.compile(r"[\ud800-\udfff]")
 WORD_JOINER = "\u2060"
 
 
 def neutralize(text: str) -> str:
-    """Make untrusted text safe to embed: no chat-template tokens, no lone surrogates (which break JSON/UTF-8)."""
+    """Make untrusted text safe to embed: no chat-template tokens, no ``<think>``/``</think>`` tags, no
+    ``/think``/``/no_think`` switch, no lone surrogates (which break JSON/UTF-8). A word joiner (U+2060) after the
+    ``<`` or ``/`` keeps the text readable to the model while making it ordinary text to the tokenizer."""
     if "<" in text:
         text = _SPECIAL.sub("<" + WORD_JOINER, text)
+    if "/" in text:
+        text = _MODE.sub("/" + WORD_JOINER, text)
     return _LONE_SURROGATE.sub("\ufffd", text)
 
 

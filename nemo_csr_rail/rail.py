@@ -7,6 +7,7 @@ policy, build the prompt, call the engine, parse, decide. It never raises: every
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections import deque
@@ -18,7 +19,8 @@ from nemo_csr_rail import outcome
 from nemo_csr_rail.cache import TTLCache
 from nemo_csr_rail.client import CsrClient
 from nemo_csr_rail.engines.base import Engine
-from nemo_csr_rail.errors import ConfigError, CsrError
+from nemo_csr_rail.errors import ConfigError, CsrError, GuardTimeout, InputTooLong
+from nemo_csr_rail.long_input import excerpt, plan_windows, scrub
 from nemo_csr_rail.policy import Direction, Policy, compile_policies
 from nemo_csr_rail.settings import ResolvedSettings, resolve
 from nemo_csr_rail.verdict import Verdict
@@ -66,7 +68,8 @@ class RailRuntime:
 
         ep = resolved.endpoints[model_type]
         return VllmHttpEngine(ep.base_urls, ep.model, api_key=ep.api_key, max_retries=s.max_retries,
-                              max_concurrency=s.max_concurrency, verify=ep.verify)
+                              max_concurrency=s.max_concurrency, verify=ep.verify,
+                              breaker_threshold=s.breaker.threshold, breaker_cooldown_s=s.breaker.cooldown_s)
 
     def policy(self, name: str | None) -> Policy:
         """Resolve a flow's ``$policy``; a missing or unsubstituted one means the only (or 'default') policy."""
@@ -106,11 +109,26 @@ class RailRuntime:
                 if not user.strip():
                     return outcome.skipped(policy.name, direction, "empty user message")
             if self.settings.log_user_text and log.isEnabledFor(logging.DEBUG):
-                log.debug("csr %s policy=%s user=%r bot=%r", direction.value, policy.name, user, bot)
-            result = await self.clients[policy.model_type].check(policy, direction, user, bot)
-            out = outcome.from_result(policy, direction, result)
+                log.debug("csr %s policy=%s user=%r bot=%r", direction.value, policy.name, user[:2000],
+                          None if bot is None else bot[:2000])
+            li = self.settings.long_input
+            deadline = time.monotonic() + self.settings.timeout_s
+            if len(user) + len(bot or "") > li.max_chars:
+                out = await self._long_input(policy, direction, user, bot, "max_chars", deadline)
+            else:
+                try:
+                    result = await self.clients[policy.model_type].check(policy, direction, user, bot)
+                    out = outcome.from_result(policy, direction, result)
+                except InputTooLong:
+                    out = await self._long_input(policy, direction, user, bot, "server_context", deadline)
         except CsrError as exc:
-            on_error = "block" if isinstance(exc, ConfigError) else (
+            scrubbed = scrub(exc.message, user_message, bot_message)
+            if scrubbed != exc.message:  # user text stays out of INFO+ logs and metadata, whatever the settings
+                if self.settings.log_user_text:
+                    log.debug("csr %s policy=%s unscrubbed error: %s", direction.value, label, exc.message)
+                exc.message = scrubbed
+            # Too long to check is never allowed through: padding a message must not switch the guard off.
+            on_error = "block" if isinstance(exc, (ConfigError, InputTooLong)) else (
                 self.policies[label].on_error if label in self.policies else self.settings.on_error)
             out = outcome.from_error(label, direction, exc, on_error=on_error,
                                      latency_ms=(time.perf_counter() - start) * 1000,
@@ -132,9 +150,62 @@ class RailRuntime:
                  out.metadata.get("latency_ms"))
         return out
 
+    async def _long_input(self, policy: Policy, direction: Direction, user: str, bot: str | None, trigger: str,
+                          deadline: float) -> RailOutcome:
+        """Apply ``long_input``: refuse, or check windows of the judged text and block if any is harmful."""
+        li = self.settings.long_input
+        chars = len(user) + len(bot or "")
+        what = "message" if direction is Direction.INPUT else "answer"
+        if li.strategy == "refuse":
+            cause = (f"{chars} characters exceed long_input.max_chars={li.max_chars}" if trigger == "max_chars"
+                     else "the guard server rejected it for its context length")
+            raise InputTooLong(f"the {what} is too long for the safety check: {cause}")
+        judged = user if direction is Direction.INPUT else (bot or "")
+        size = li.window_chars
+        client = self.clients[policy.model_type]
+        while True:
+            plan = plan_windows(judged, size, li.max_windows)
+            context = excerpt(user, max(128, size // 3)) if direction is Direction.OUTPUT else None
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise GuardTimeout(f"guard check exceeded {self.settings.timeout_s:g}s while checking windows")
+            calls = [client.check(policy, direction, w if context is None else context,
+                                  None if context is None else w, timeout_s=remaining) for w in plan.windows]
+            results = await asyncio.gather(*calls, return_exceptions=True)
+            info = {"strategy": "windows", "trigger": trigger, "chars": chars, "windows": len(plan.windows),
+                    "window_chars": size, "coverage": plan.coverage}
+            outcomes = []
+            errors: list[BaseException] = []
+            for r in results:
+                if isinstance(r, BaseException):
+                    errors.append(r)
+                else:
+                    o = outcome.from_result(policy, direction, r)
+                    outcomes.append(o)
+                    if o.is_blocked:
+                        return _with_long_input(o, info)
+            if not errors:
+                return _with_long_input(outcomes[0], info)
+            if any(isinstance(e, InputTooLong) for e in errors) and size // 2 >= 128:
+                size //= 2  # the server's context is smaller than the settings assume: shrink and retry
+                trigger = "server_context"
+                continue
+            for e in errors:
+                if isinstance(e, CsrError):
+                    raise e
+            raise errors[0]
+
     async def aclose(self) -> None:
         for c in self.clients.values():
             await c.aclose()
+
+
+def _with_long_input(out: RailOutcome, info: dict[str, Any]) -> RailOutcome:
+    meta = dict(out.metadata)
+    meta["long_input"] = info
+    if out.is_blocked:
+        return RailOutcome.block(reason=out.reason, metadata=meta)
+    return RailOutcome.allow(reason=out.reason, metadata=meta)
 
 
 _BY_FINGERPRINT: dict[str, RailRuntime] = {}

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import re
 from collections.abc import Iterable, Mapping
@@ -95,6 +96,54 @@ class CacheSettings(_Strict):
     ttl_s: float = Field(default=3600.0, gt=0)
 
 
+class LongInputSettings(_Strict):
+    """What to do with a conversation too long for the guard model's context (see docs/reliability.md).
+
+    ``windows``: check overlapping windows of ``window_chars`` (all of the text when ``max_windows`` windows cover
+    it, else head, tail and evenly spaced middle samples) and block if any window is harmful. ``refuse``: block
+    with the reason ``input_too_long``. Either applies when the text exceeds ``max_chars`` and when the server
+    rejects a request for its context length.
+    """
+
+    strategy: Literal["windows", "refuse"] = "windows"
+    max_chars: int = Field(default=8000, ge=256)
+    window_chars: int = Field(default=3000, ge=128)
+    max_windows: int = Field(default=4, ge=2, le=64)
+
+    @model_validator(mode="after")
+    def _window_fits(self) -> LongInputSettings:
+        if self.window_chars > self.max_chars:
+            raise ValueError("window_chars must not exceed max_chars")
+        return self
+
+
+class TlsSettings(_Strict):
+    """TLS for https guard URLs: verification is on unless explicitly turned off."""
+
+    verify: bool = True
+    ca_bundle: str | None = None
+
+    @field_validator("ca_bundle")
+    @classmethod
+    def _bundle_exists(cls, value: str | None) -> str | None:
+        if value is not None and not Path(os.path.expanduser(value)).is_file():
+            raise ValueError(f"CA bundle {value!r} is not a readable file")
+        return value
+
+    @model_validator(mode="after")
+    def _consistent(self) -> TlsSettings:
+        if self.ca_bundle is not None and not self.verify:
+            raise ValueError("ca_bundle is set but verify is false; drop one of them")
+        return self
+
+
+class BreakerSettings(_Strict):
+    """Per-replica circuit breaker: open after ``threshold`` consecutive failures, probe again after ``cooldown_s``."""
+
+    threshold: int = Field(default=3, ge=1)
+    cooldown_s: float = Field(default=2.0, gt=0)
+
+
 class EmbeddedSettings(_Strict):
     model_path: str | None = None
     device: str = "auto"
@@ -119,6 +168,9 @@ class PluginSettings(_Strict):
     error_refusal: str = DEFAULT_ERROR_REFUSAL
     cache: CacheSettings = CacheSettings()
     log_user_text: bool = False
+    long_input: LongInputSettings = LongInputSettings()
+    tls: TlsSettings = TlsSettings()
+    breaker: BreakerSettings = BreakerSettings()
     policies: dict[str, PolicySettings] = Field(min_length=1)
 
     @field_validator("refusal")
@@ -208,7 +260,22 @@ def _model_entries(models: Iterable[Any]) -> dict[str, Any]:
     return out
 
 
-def _endpoint_from_model(model_type: str, entry: Any) -> Endpoint:
+def _check_url(model_type: str, url: Any) -> str:
+    from urllib.parse import urlsplit
+
+    text = str(url).strip().rstrip("/")
+    try:
+        parts = urlsplit(text)
+        parts.port  # noqa: B018 - raises on a malformed port
+    except ValueError as exc:
+        raise ConfigError("", f"models[type={model_type}]: parameters.base_url {text!r} is not a URL: {exc}") from None
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ConfigError("", f"models[type={model_type}]: parameters.base_url {text!r} must be an http(s) URL "
+                              "with a host, e.g. http://127.0.0.1:8000/v1")
+    return text
+
+
+def _endpoint_from_model(model_type: str, entry: Any, tls: TlsSettings | None = None) -> Endpoint:
     get = (lambda k: getattr(entry, k, None)) if not isinstance(entry, Mapping) else entry.get
     params = dict(get("parameters") or {})
     urls = params.get("base_urls") or params.get("base_url")
@@ -220,11 +287,18 @@ def _endpoint_from_model(model_type: str, entry: Any) -> Endpoint:
     api_key = os.environ.get(env_var) if env_var else params.get("api_key")
     if env_var and api_key is None:
         raise ConfigError("", f"models[type={model_type}]: api_key_env_var {env_var!r} is not set in the environment")
-    verify: bool | str = params.get("ca_bundle") or params.get("verify_tls", True)
+    if not env_var and api_key:
+        logging.getLogger("nemo_csr_rail").warning(
+            "models[type=%s]: parameters.api_key is written in the config; prefer api_key_env_var "
+            "(the key itself is never logged)", model_type)
+    tls = tls or TlsSettings()
+    verify: bool | str = params.get("ca_bundle") or params.get("verify_tls", tls.ca_bundle or tls.verify)
+    if isinstance(verify, str) and not Path(os.path.expanduser(verify)).is_file():
+        raise ConfigError("", f"models[type={model_type}]: CA bundle {verify!r} is not a readable file")
     return Endpoint(
         model_type=model_type,
         model=str(get("model") or ""),
-        base_urls=tuple(str(u).rstrip("/") for u in urls),
+        base_urls=tuple(_check_url(model_type, u) for u in urls),
         api_key=api_key,
         verify=verify,
     )
@@ -264,7 +338,7 @@ def resolve(rails_config: Any) -> ResolvedSettings:
                 f"(add: - type: {model_type}, engine: vllm_openai, model: nvidia/Nemotron-Content-Safety-Reasoning-4B, "
                 "parameters: {base_url: http://127.0.0.1:8000/v1})",
             )
-        endpoints[model_type] = _endpoint_from_model(model_type, models[model_type])
+        endpoints[model_type] = _endpoint_from_model(model_type, models[model_type], plugin.tls)
     if plugin.engine == "embedded" and not plugin.embedded.model_path and plugin.model not in models:
         raise ConfigError("embedded.model_path", "engine 'embedded' needs embedded.model_path or a guard model entry")
     for direction, name in sorted(referenced_policies(rails_config)):

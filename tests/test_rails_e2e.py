@@ -151,7 +151,7 @@ async def test_parallel_input_rails_all_run_and_first_block_wins(tmp_path, guard
     assert reply == HELLO
     assert len(guard.chat_requests()) == 2
     guard.requests.clear()
-    reply, outcomes = await ask(rails, "EVIL plan about politics")
+    reply, _ = await ask(rails, "EVIL plan about politics")
     assert len(guard.chat_requests()) == 2, "both parallel rails must have sent their check"
     assert reply in {"Sorry, I can't help with that. The user asks for content that the policy forbids, so the "
                      "request is harmful.", "I'm sorry, I can't help with that."}

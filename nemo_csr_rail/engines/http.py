@@ -8,11 +8,13 @@ turn with a small circuit breaker so a dead one stops costing a connect timeout 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import random
+import ssl
 import time
 import weakref
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -20,10 +22,12 @@ import httpx
 
 from nemo_csr_rail.engines.base import Completion
 from nemo_csr_rail.errors import (
+    ConfigError,
     CsrError,
     GuardHTTPError,
     GuardProtocolError,
     GuardTimeout,
+    GuardTLSError,
     GuardUnavailable,
     InputTooLong,
 )
@@ -35,19 +39,26 @@ _CONTEXT_MARKERS = ("maximum context length", "context length", "too long", "max
 
 @dataclass
 class _Replica:
+    """One base URL and its circuit breaker: closed → open (after ``threshold`` consecutive failures) → half-open
+    (after ``cooldown_s``: exactly one probe request at a time) → closed on the probe's success, open again on failure.
+    """
+
     base_url: str
     failures: int = 0
     open_until: float = 0.0
+    probing: bool = False
 
-    def available(self, now: float) -> bool:
-        return now >= self.open_until
+    def state(self, now: float) -> str:
+        if self.open_until == 0.0:
+            return "closed"
+        return "open" if now < self.open_until else "half_open"
 
     def record(self, ok: bool, *, threshold: int, cooldown_s: float) -> None:
         if ok:
             self.failures, self.open_until = 0, 0.0
             return
         self.failures += 1
-        if self.failures >= threshold:
+        if self.failures >= threshold or self.open_until:
             self.open_until = time.monotonic() + cooldown_s
 
 
@@ -89,6 +100,56 @@ def _retry_after(resp: httpx.Response) -> float | None:
         return None
 
 
+def _ssl_context(verify: bool | str) -> ssl.SSLContext | bool:
+    """``True`` (system CAs), ``False`` (no verification, explicit opt-out) or a CA bundle path."""
+    if isinstance(verify, str):
+        return ssl.create_default_context(cafile=verify)
+    # One context shared by every pooled client: loading the CA store costs ~30 ms per context.
+    return httpx.create_ssl_context() if verify else False
+
+
+def _is_tls_failure(exc: BaseException) -> bool:
+    seen: BaseException | None = exc
+    for _ in range(8):
+        if seen is None:
+            break
+        if isinstance(seen, ssl.SSLError):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    text = str(exc)
+    return "CERTIFICATE_VERIFY_FAILED" in text or "SSL:" in text
+
+
+# httpcore assigns queued requests to connections in O(requests x connections) per event; with hundreds of
+# connections in one pool that dominates the CPU (measured: 256 in flight made the client CPU-bound and checks
+# missed their deadline). Several small pools, each request on the least busy one, keep that cost flat.
+POOL_SHARD = 8
+
+
+class _Pool:
+    def __init__(self, clients: list[httpx.AsyncClient], sem: asyncio.Semaphore) -> None:
+        self.clients = clients
+        self.inflight = [0] * len(clients)
+        self.sem = sem
+
+    @property
+    def closed(self) -> bool:
+        return any(c.is_closed for c in self.clients)
+
+    @contextlib.contextmanager
+    def lease(self) -> Iterator[httpx.AsyncClient]:
+        i = min(range(len(self.clients)), key=self.inflight.__getitem__)
+        self.inflight[i] += 1
+        try:
+            yield self.clients[i]
+        finally:
+            self.inflight[i] -= 1
+
+
+class _Retry(Exception):
+    """Internal: this replica failed in a way another attempt may fix."""
+
+
 class VllmHttpEngine:
     """Talks to vLLM's ``/v1/chat/completions``. Safe to share across coroutines and event loops."""
 
@@ -104,7 +165,7 @@ class VllmHttpEngine:
         max_concurrency: int = 256,
         verify: bool | str = True,
         breaker_threshold: int = 3,
-        breaker_cooldown_s: float = 5.0,
+        breaker_cooldown_s: float = 2.0,
     ) -> None:
         if not base_urls:
             raise ValueError("at least one base_url is required")
@@ -116,29 +177,32 @@ class VllmHttpEngine:
         self._verify = verify
         self._breaker = (breaker_threshold, breaker_cooldown_s)
         self._next = 0
-        self._per_loop: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, tuple[httpx.AsyncClient, asyncio.Semaphore]] = (
-            weakref.WeakKeyDictionary()
-        )
+        self._per_loop: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _Pool] = weakref.WeakKeyDictionary()
 
     @property
     def base_urls(self) -> tuple[str, ...]:
         return tuple(r.base_url for r in self._replicas)
 
-    def _client(self) -> tuple[httpx.AsyncClient, asyncio.Semaphore]:
+    def _client(self) -> _Pool:
         loop = asyncio.get_running_loop()
-        pair = self._per_loop.get(loop)
-        if pair is None or pair[0].is_closed:
+        pool = self._per_loop.get(loop)
+        if pool is None or pool.closed:
             headers = {"Authorization": f"Bearer {self._api_key}"} if self._api_key else {}
-            client = httpx.AsyncClient(
-                headers=headers,
-                verify=self._verify,
-                timeout=httpx.Timeout(30.0, connect=5.0),
-                limits=httpx.Limits(max_connections=self._max_concurrency,
-                                    max_keepalive_connections=self._max_concurrency),
-            )
-            pair = (client, asyncio.Semaphore(self._max_concurrency))
-            self._per_loop[loop] = pair
-        return pair
+            ctx = _ssl_context(self._verify)
+            shards = max(1, -(-self._max_concurrency // POOL_SHARD))
+            per = -(-self._max_concurrency // shards)
+            clients = [
+                httpx.AsyncClient(
+                    headers=headers,
+                    verify=ctx,
+                    timeout=httpx.Timeout(30.0, connect=5.0),
+                    limits=httpx.Limits(max_connections=per, max_keepalive_connections=per),
+                )
+                for _ in range(shards)
+            ]
+            pool = _Pool(clients, asyncio.Semaphore(self._max_concurrency))
+            self._per_loop[loop] = pool
+        return pool
 
     def payload(self, prompt: GuardPrompt) -> dict[str, Any]:
         body: dict[str, Any] = {
@@ -157,39 +221,76 @@ class VllmHttpEngine:
             body["top_logprobs"] = TOP_LOGPROBS
         return body
 
-    def _pick(self) -> list[_Replica]:
-        """Replicas in try order: round-robin start, closed breakers first, open ones last (as a last resort)."""
-        now = time.monotonic()
+    def _order(self) -> list[_Replica]:
+        """Replicas in round-robin order, starting one further on each call (spreads load across replicas)."""
         n = len(self._replicas)
         start = self._next % n
         self._next += 1
-        order = self._replicas[start:] + self._replicas[:start]
-        return [r for r in order if r.available(now)] + [r for r in order if not r.available(now)]
+        return self._replicas[start:] + self._replicas[:start]
+
+    def breaker_states(self) -> dict[str, str]:
+        now = time.monotonic()
+        return {r.base_url: r.state(now) for r in self._replicas}
 
     async def complete(self, prompt: GuardPrompt, *, timeout_s: float) -> Completion:
         deadline = time.monotonic() + timeout_s
-        client, sem = self._client()
+        pool = self._client()
+        sem = pool.sem
         body = self.payload(prompt)
+        threshold, cooldown = self._breaker
         last: CsrError | None = None
         attempt = 0
+
+        async def attempt_on(replica: _Replica) -> Completion:
+            nonlocal last
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise GuardTimeout(f"guard check exceeded {timeout_s:g}s" + (f" (last error: {last.message})" if last else ""))
+            try:
+                with pool.lease() as client:
+                    result = await self._post(client, replica.base_url, body, remaining)
+            except (GuardUnavailable, GuardHTTPError, GuardTimeout) as exc:
+                last = exc
+                if isinstance(exc, GuardTLSError) or (isinstance(exc, GuardHTTPError) and not exc.retryable):
+                    raise  # the server is up and answered; no retry can change this
+                replica.record(False, threshold=threshold, cooldown_s=cooldown)
+                if isinstance(exc, GuardTimeout):
+                    raise  # the whole remaining budget was spent on this attempt
+                raise _Retry() from None
+            except CsrError:
+                replica.record(True, threshold=threshold, cooldown_s=cooldown)  # it answered: it is alive
+                raise
+            replica.record(True, threshold=threshold, cooldown_s=cooldown)
+            return result
+
         async with sem:
             while True:
-                for replica in self._pick():
-                    remaining = deadline - time.monotonic()
-                    if remaining <= 0:
-                        raise GuardTimeout(f"guard check exceeded {timeout_s:g}s" + (f" (last error: {last.message})" if last else ""))
-                    try:
-                        result = await self._post(client, replica.base_url, body, remaining)
-                    except (GuardUnavailable, GuardHTTPError, GuardTimeout) as exc:
-                        replica.record(False, threshold=self._breaker[0], cooldown_s=self._breaker[1])
-                        last = exc
-                        if isinstance(exc, GuardHTTPError) and not exc.retryable:
-                            raise
-                        if isinstance(exc, GuardTimeout):
-                            raise
+                now = time.monotonic()
+                deferred: list[_Replica] = []
+                tried = False
+                for replica in self._order():
+                    state = replica.state(now)
+                    if state == "open" or (state == "half_open" and replica.probing):
+                        deferred.append(replica)
                         continue
-                    replica.record(True, threshold=self._breaker[0], cooldown_s=self._breaker[1])
-                    return result
+                    tried = True
+                    probe = state == "half_open"
+                    if probe:
+                        replica.probing = True
+                    try:
+                        return await attempt_on(replica)
+                    except _Retry:
+                        continue
+                    finally:
+                        if probe:
+                            replica.probing = False
+                if not tried:
+                    # Every breaker is open: a guard must still try rather than fail every check for cooldown_s.
+                    for replica in deferred:
+                        try:
+                            return await attempt_on(replica)
+                        except _Retry:
+                            continue
                 attempt += 1
                 if attempt > self._max_retries:
                     assert last is not None
@@ -212,7 +313,11 @@ class VllmHttpEngine:
                 raise GuardUnavailable(f"guard server at {base_url} did not accept the connection in time") from None
             raise GuardTimeout(f"guard server at {base_url} did not answer in time") from None
         except (httpx.InvalidURL, httpx.UnsupportedProtocol) as exc:
-            raise GuardHTTPError(0, f"invalid guard URL {url!r}: {exc}") from None
+            raise ConfigError("base_url", f"invalid guard URL {url!r}: {exc}") from None
+        except httpx.ConnectError as exc:
+            if _is_tls_failure(exc):
+                raise GuardTLSError(f"TLS with the guard server at {base_url} failed: {exc}") from None
+            raise GuardUnavailable(f"guard server at {base_url} unreachable: {type(exc).__name__}: {exc}") from None
         except httpx.HTTPError as exc:
             raise GuardUnavailable(f"guard server at {base_url} unreachable: {type(exc).__name__}: {exc}") from None
         if resp.status_code != 200:
@@ -259,6 +364,7 @@ class VllmHttpEngine:
             raise GuardProtocolError(f"guard server at {base_url} returned an unexpected body ({type(exc).__name__})") from None
 
     async def aclose(self) -> None:
-        for client, _ in list(self._per_loop.values()):
-            await client.aclose()
+        for pool in list(self._per_loop.values()):
+            for client in pool.clients:
+                await client.aclose()
         self._per_loop.clear()

@@ -1,0 +1,119 @@
+"""Several guard endpoints (``parameters.base_urls``): spread, failover, circuit breaker, half-open probe, recovery."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+from nemo_csr_rail.policy import Direction
+from tests.support.runtime import runtime
+from tests.support.standin import Fault, StandIn, error_body
+
+BREAKER = {"threshold": 3, "cooldown_s": 0.5}
+
+
+def _engine(rt):
+    (client,) = rt.clients.values()
+    return client.engine
+
+
+async def test_load_is_spread_across_healthy_replicas() -> None:
+    with StandIn() as a, StandIn() as b:
+        rt = runtime([a.url, b.url])
+        outs = await asyncio.gather(*(rt.check("fast", Direction.INPUT, f"order {i}") for i in range(40)))
+        assert all(not o.metadata["failed"] for o in outs)
+        assert len(a.chat_requests()) == len(b.chat_requests()) == 20
+
+
+async def test_breaker_opens_probes_half_open_and_closes() -> None:
+    with StandIn() as a, StandIn() as b:
+        rt = runtime([a.url, b.url], breaker=BREAKER)
+        b.inject(*[Fault(kind="status", status=503, body=error_body(503, "down"))] * 20)
+        for i in range(12):
+            out = await rt.check("fast", Direction.INPUT, f"q{i}")
+            assert out.metadata["failed"] is False, out.metadata
+        # Open after 3 consecutive failures: no more traffic to b while open.
+        assert len(b.chat_requests()) == BREAKER["threshold"]
+        assert _engine(rt).breaker_states()[b.url] == "open"
+
+        # Half-open after the cooldown: exactly one probe in flight, everything else keeps going to a.
+        b.faults.clear()
+        b.inject(Fault(kind="delay", delay_s=0.3))
+        await asyncio.sleep(BREAKER["cooldown_s"] + 0.05)
+        assert _engine(rt).breaker_states()[b.url] == "half_open"
+        outs = await asyncio.gather(*(rt.check("fast", Direction.INPUT, f"p{i}") for i in range(20)))
+        assert all(not o.metadata["failed"] for o in outs)
+        assert len(b.chat_requests()) == BREAKER["threshold"] + 1
+        assert _engine(rt).breaker_states()[b.url] == "closed"
+
+        # Closed again: b takes its share.
+        before = len(b.chat_requests())
+        for i in range(10):
+            await rt.check("fast", Direction.INPUT, f"r{i}")
+        assert len(b.chat_requests()) - before == 5
+
+
+async def test_failed_probe_reopens_the_breaker() -> None:
+    with StandIn() as a, StandIn() as b:
+        rt = runtime([a.url, b.url], breaker=BREAKER)
+        b.inject(*[Fault(kind="status", status=502)] * 50)
+        for i in range(8):
+            await rt.check("fast", Direction.INPUT, f"q{i}")
+        await asyncio.sleep(BREAKER["cooldown_s"] + 0.05)
+        for i in range(8):
+            assert (await rt.check("fast", Direction.INPUT, f"s{i}")).metadata["failed"] is False
+        assert len(b.chat_requests()) == BREAKER["threshold"] + 1  # one failed probe, then open again
+        assert _engine(rt).breaker_states()[b.url] == "open"
+
+
+async def test_replica_killed_mid_run_then_restarted_on_the_same_port() -> None:
+    a = StandIn(latency_s=0.01).start()
+    b = StandIn(latency_s=0.01).start()
+    port_b = b.port
+    try:
+        rt = runtime([a.url, b.url], breaker=BREAKER, timeout_s=5.0)
+        sem = asyncio.Semaphore(64)
+
+        async def one(i: int):
+            async with sem:
+                return await rt.check("fast", Direction.INPUT, f"message {i}")
+
+        tasks = [asyncio.create_task(one(i)) for i in range(600)]
+        while len(b.chat_requests()) < 60:  # b is serving: kill it with checks in flight
+            await asyncio.sleep(0.005)
+        await asyncio.to_thread(b.stop)
+        outs = await asyncio.gather(*tasks)
+        failed = [o.metadata for o in outs if o.metadata["failed"]]
+        assert not failed, failed[:3]
+        assert all(o.metadata["decision"] == "allow" for o in outs)
+        assert _engine(rt).breaker_states()[b.url] in ("open", "half_open")
+        served_a = len(a.chat_requests())
+
+        # Dead replica: checks keep succeeding on a (and the dead one costs no timeouts).
+        t0 = time.monotonic()
+        for i in range(20):
+            assert (await rt.check("fast", Direction.INPUT, f"after {i}")).metadata["failed"] is False
+        assert time.monotonic() - t0 < 2.0
+        assert len(a.chat_requests()) - served_a >= 20
+
+        # Restart b on the same port: after the cooldown it is probed and gets traffic again.
+        b2 = StandIn(port=port_b).start()
+        try:
+            await asyncio.sleep(BREAKER["cooldown_s"] + 0.05)
+            for i in range(20):
+                assert (await rt.check("fast", Direction.INPUT, f"back {i}")).metadata["failed"] is False
+            assert len(b2.chat_requests()) >= 9
+            assert _engine(rt).breaker_states()[b.url] == "closed"
+        finally:
+            b2.stop()
+    finally:
+        a.stop()
+        b.stop()
+
+
+async def test_all_replicas_down_is_a_labelled_failure() -> None:
+    with StandIn() as a, StandIn() as b:
+        urls = [a.url, b.url]
+    rt = runtime(urls, timeout_s=1.0)
+    out = await rt.check("fast", Direction.INPUT, "hello")
+    assert out.is_blocked and out.metadata["error_kind"] == "guard_unavailable"
