@@ -118,6 +118,18 @@ async def test_concurrent_checks_are_serialised_and_deterministic(engine):
     assert [r.verdict.confidence for r in par] == [v.confidence for v in seq]
 
 
+async def test_production_architecture_gemma3_for_conditional_generation():
+    """The real checkpoint is a Gemma3ForConditionalGeneration (vision tower included): text-only use works."""
+    from nemo_csr_rail.engines.embedded import EmbeddedEngine
+
+    e = EmbeddedEngine(str(tiny_checkpoint(multimodal=True)), device="cpu")
+    assert type(e.load().model).__name__ == "Gemma3ForConditionalGeneration"
+    c = client(e)
+    for reasoning in (False, True):
+        v = (await c.check(POLICIES["taxonomy"], Direction.OUTPUT, "hi", BOT, reasoning=reasoning)).verdict
+        assert v.response_harm in ("harmful", "unharmful") and v.prompt_harm in ("harmful", "unharmful")
+
+
 # ----------------------------------------------------------------------------------------------------- errors
 async def test_input_longer_than_the_context_is_input_too_long(tiny):
     from nemo_csr_rail.engines.embedded import EmbeddedEngine

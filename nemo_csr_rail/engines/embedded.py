@@ -224,10 +224,13 @@ class EmbeddedEngine:
     def _load(self, torch: Any, transformers: Any, path: Path, device: str, dtype: Any) -> _Loaded:
         try:
             tokenizer = transformers.AutoTokenizer.from_pretrained(str(path))
+            # transformers renamed torch_dtype to dtype in 4.56; older versions would ignore the new name
+            major_minor = tuple(int(x) for x in transformers.__version__.split(".")[:2] if x.isdigit())
+            kw = {"dtype": dtype} if major_minor >= (4, 56) else {"torch_dtype": dtype}
             try:
-                model = transformers.AutoModelForCausalLM.from_pretrained(str(path), dtype=dtype)
-            except ValueError:
-                model = transformers.AutoModelForImageTextToText.from_pretrained(str(path), dtype=dtype)
+                model = transformers.AutoModelForCausalLM.from_pretrained(str(path), **kw)
+            except ValueError:  # a checkpoint only registered as image-text-to-text
+                model = transformers.AutoModelForImageTextToText.from_pretrained(str(path), **kw)
             model.to(device)
             model.eval()
         except EngineUnavailable:

@@ -27,10 +27,11 @@ def need_torch() -> None:
         pytest.skip(f"embedded engine not installed ({exc.name}): pip install -e '.[embedded]'")
 
 
-def tiny_checkpoint() -> Path:
-    """Path of the tiny text-only Gemma-3 (float32), building it (~8 s) the first time."""
+def tiny_checkpoint(multimodal: bool = False) -> Path:
+    """Path of the tiny Gemma-3 (float32; text-only, or the production ``Gemma3ForConditionalGeneration``
+    architecture with ``multimodal``), building it (~8 s) the first time."""
     need_torch()
-    out = cache_dir() / "tiny-gemma3"
+    out = cache_dir() / ("tiny-gemma3-mm" if multimodal else "tiny-gemma3")
     if (out / "generation_config.json").is_file():  # written last: a complete build
         return out
     from tests.support import tiny_gemma
@@ -38,7 +39,7 @@ def tiny_checkpoint() -> Path:
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=".tiny-gemma3-", dir=out.parent))
     try:
-        tiny_gemma.build(str(tmp), dtype="float32")
+        tiny_gemma.build(str(tmp), multimodal=multimodal, dtype="float32")
         if not (out / "generation_config.json").is_file():
             shutil.rmtree(out, ignore_errors=True)
             os.replace(tmp, out)
