@@ -102,3 +102,22 @@ def test_packaged_config_copy_becomes_a_loadable_config(tmp_path):
     plugin = raw["custom_data"]["nemo_csr_rail"]
     assert plugin["engine"] == "embedded" and plugin["embedded"]["model_path"] == "/w"
     assert plugin["timeout_s"] == 600 and plugin["reasoning_max_tokens"] == 64
+
+
+def test_demo_over_http_shows_allow_input_block_output_block(capsys):
+    """Against the vLLM-shaped stand-in (harmful iff a marker word such as 'vote' occurs): all three outcomes."""
+    from tests.support.standin import StandIn
+
+    with StandIn() as guard:
+        assert main(["demo", "--engine", "http", "--base-url", guard.url]) == 0
+        n_checks = len(guard.chat_requests())
+    out = capsys.readouterr().out
+    t1, t2, t3 = out.split("--- turn ")[1:]
+    assert "NOT THE REAL GUARD MODEL" not in out and "SCRIPTED STAND-IN" in out
+    assert t1.count("-> ALLOW") == 3 and f"[bot]  {demo_cmd.TURNS[0][1]}" in t1
+    assert "input  policy=retail   reasoning=on  -> BLOCK" in t2 and "(not called: the input was blocked)" in t2
+    assert "why: The user asks for content that the policy forbids" in t2
+    assert "[bot]  Sorry, I can't help with that. The user asks for content" in t2
+    assert f"[{demo_cmd.SCRIPTED_LABEL}] {demo_cmd.TURNS[2][1]}" in t3
+    assert "output policy=retail   reasoning=on  -> BLOCK" in t3 and "[bot]  Sorry, I can't help with that." in t3
+    assert n_checks >= 7
