@@ -155,6 +155,9 @@ class VllmHttpEngine:
         if prompt.want_logprobs:
             body["logprobs"] = True
             body["top_logprobs"] = TOP_LOGPROBS
+        if prompt.stop:
+            body["stop"] = list(prompt.stop)
+            body["include_stop_str_in_output"] = True
         return body
 
     def _pick(self) -> list[_Replica]:
