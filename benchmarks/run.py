@@ -257,7 +257,7 @@ async def measure(check: Check, idx: list[int], counters: Callable[[], dict[str,
     n = len(idx)
     d = {k: (c1[k] - c0[k]) / n for k in ("prompt", "cached", "generated", "requests")}
     return {**summary(lat), "n": n, "errors": errors, "decode_tokens": d["generated"], "prompt_tokens": d["prompt"],
-            "cached_tokens": d["cached"], "requests": d["requests"]}
+            "cached_tokens": d["cached"], "requests": d["requests"], "total_s": sum(lat)}
 
 
 async def concurrent(check: Check, start: int, total: int, in_flight: int) -> dict[str, Any]:
@@ -307,10 +307,8 @@ async def per_check(server: Any, guard_url: str, main_url: str, tmp: Path, n: in
                 part = idx[r::2]
                 res_raw.append(await measure(raw, part, server.counters, settle_s=settle_s))
                 timed.spent = 0.0
-                t = time.perf_counter()
                 res_plugin.append(await measure(plugin_checker(rt, d), part, server.counters, settle_s=settle_s))
-                total = time.perf_counter() - t - settle_s
-                overhead.append((total - timed.spent) / len(part))
+                overhead.append((res_plugin[-1]["total_s"] - timed.spent) / len(part))
             results[f"raw_{key}"] = merge(res_raw)
             results[f"plugin_{key}"] = merge(res_plugin)
             results[f"plugin_{key}"]["cpu_overhead_us_mean"] = statistics.fmean(overhead) * 1e6

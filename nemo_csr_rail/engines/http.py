@@ -30,6 +30,7 @@ from nemo_csr_rail.errors import (
 from nemo_csr_rail.prompt import GuardPrompt
 
 TOP_LOGPROBS = 5
+SHARD_CONNECTIONS = 16
 _CONTEXT_MARKERS = ("maximum context length", "context length", "too long", "max_model_len")
 
 
@@ -49,6 +50,36 @@ class _Replica:
         self.failures += 1
         if self.failures >= threshold:
             self.open_until = time.monotonic() + cooldown_s
+
+
+class _LoopPool:
+    """The connections of one event loop: ``max_concurrency`` keep-alive connections, sharded over several httpx
+    clients of at most :data:`SHARD_CONNECTIONS` each, behind one semaphore (back-pressure: check number
+    ``max_concurrency + 1`` waits here, not in a socket queue).
+
+    Sharding matters above a few dozen requests in flight: httpcore scans every connection of a pool each time a
+    request starts or ends, so one pool of 256 connections costs O(in-flight^2) CPU; shards keep each scan short.
+    """
+
+    def __init__(self, make_client: Any, max_concurrency: int) -> None:
+        n = max(1, -(-max_concurrency // SHARD_CONNECTIONS))
+        per = -(-max_concurrency // n)
+        self.clients: list[httpx.AsyncClient] = [make_client(per) for _ in range(n)]
+        self.load = [0] * n
+        self.sem = asyncio.Semaphore(max_concurrency)
+
+    @property
+    def is_closed(self) -> bool:
+        return any(c.is_closed for c in self.clients)
+
+    def lease(self) -> int:
+        load = self.load
+        i = load.index(min(load)) if len(load) > 1 else 0
+        load[i] += 1
+        return i
+
+    def release(self, i: int) -> None:
+        self.load[i] -= 1
 
 
 def _error_message(resp: httpx.Response) -> str:
@@ -116,29 +147,28 @@ class VllmHttpEngine:
         self._verify = verify
         self._breaker = (breaker_threshold, breaker_cooldown_s)
         self._next = 0
-        self._per_loop: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, tuple[httpx.AsyncClient, asyncio.Semaphore]] = (
-            weakref.WeakKeyDictionary()
-        )
+        self._per_loop: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _LoopPool] = weakref.WeakKeyDictionary()
 
     @property
     def base_urls(self) -> tuple[str, ...]:
         return tuple(r.base_url for r in self._replicas)
 
-    def _client(self) -> tuple[httpx.AsyncClient, asyncio.Semaphore]:
+    def _make_client(self, connections: int) -> httpx.AsyncClient:
+        headers = {"Authorization": f"Bearer {self._api_key}"} if self._api_key else {}
+        return httpx.AsyncClient(
+            headers=headers,
+            verify=self._verify,
+            timeout=httpx.Timeout(30.0, connect=5.0),
+            limits=httpx.Limits(max_connections=connections, max_keepalive_connections=connections),
+        )
+
+    def _pool(self) -> _LoopPool:
         loop = asyncio.get_running_loop()
-        pair = self._per_loop.get(loop)
-        if pair is None or pair[0].is_closed:
-            headers = {"Authorization": f"Bearer {self._api_key}"} if self._api_key else {}
-            client = httpx.AsyncClient(
-                headers=headers,
-                verify=self._verify,
-                timeout=httpx.Timeout(30.0, connect=5.0),
-                limits=httpx.Limits(max_connections=self._max_concurrency,
-                                    max_keepalive_connections=self._max_concurrency),
-            )
-            pair = (client, asyncio.Semaphore(self._max_concurrency))
-            self._per_loop[loop] = pair
-        return pair
+        pool = self._per_loop.get(loop)
+        if pool is None or pool.is_closed:
+            pool = _LoopPool(self._make_client, self._max_concurrency)
+            self._per_loop[loop] = pool
+        return pool
 
     def payload(self, prompt: GuardPrompt) -> dict[str, Any]:
         body: dict[str, Any] = {
@@ -170,41 +200,48 @@ class VllmHttpEngine:
         return [r for r in order if r.available(now)] + [r for r in order if not r.available(now)]
 
     async def complete(self, prompt: GuardPrompt, *, timeout_s: float) -> Completion:
+        pool = self._pool()
+        async with pool.sem:
+            shard = pool.lease()
+            try:
+                return await self._complete(pool.clients[shard], prompt, timeout_s)
+            finally:
+                pool.release(shard)
+
+    async def _complete(self, client: httpx.AsyncClient, prompt: GuardPrompt, timeout_s: float) -> Completion:
         deadline = time.monotonic() + timeout_s
-        client, sem = self._client()
         body = self.payload(prompt)
         last: CsrError | None = None
         attempt = 0
-        async with sem:
-            while True:
-                for replica in self._pick():
-                    remaining = deadline - time.monotonic()
-                    if remaining <= 0:
-                        raise GuardTimeout(f"guard check exceeded {timeout_s:g}s" + (f" (last error: {last.message})" if last else ""))
-                    try:
-                        result = await self._post(client, replica.base_url, body, remaining)
-                    except (GuardUnavailable, GuardHTTPError, GuardTimeout) as exc:
-                        replica.record(False, threshold=self._breaker[0], cooldown_s=self._breaker[1])
-                        last = exc
-                        if isinstance(exc, GuardHTTPError) and not exc.retryable:
-                            raise
-                        if isinstance(exc, GuardTimeout):
-                            raise
-                        continue
-                    replica.record(True, threshold=self._breaker[0], cooldown_s=self._breaker[1])
-                    return result
-                attempt += 1
-                if attempt > self._max_retries:
-                    assert last is not None
-                    raise last
-                delay = min(0.05 * (2 ** attempt), 1.0) * random.uniform(0.5, 1.5)
-                ra = getattr(last, "retry_after", None)
-                if ra is not None:
-                    delay = max(delay, ra)
-                if time.monotonic() + delay >= deadline:
-                    assert last is not None
-                    raise last
-                await asyncio.sleep(delay)
+        while True:
+            for replica in self._pick():
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    raise GuardTimeout(f"guard check exceeded {timeout_s:g}s" + (f" (last error: {last.message})" if last else ""))
+                try:
+                    result = await self._post(client, replica.base_url, body, remaining)
+                except (GuardUnavailable, GuardHTTPError, GuardTimeout) as exc:
+                    replica.record(False, threshold=self._breaker[0], cooldown_s=self._breaker[1])
+                    last = exc
+                    if isinstance(exc, GuardHTTPError) and not exc.retryable:
+                        raise
+                    if isinstance(exc, GuardTimeout):
+                        raise
+                    continue
+                replica.record(True, threshold=self._breaker[0], cooldown_s=self._breaker[1])
+                return result
+            attempt += 1
+            if attempt > self._max_retries:
+                assert last is not None
+                raise last
+            delay = min(0.05 * (2 ** attempt), 1.0) * random.uniform(0.5, 1.5)
+            ra = getattr(last, "retry_after", None)
+            if ra is not None:
+                delay = max(delay, ra)
+            if time.monotonic() + delay >= deadline:
+                assert last is not None
+                raise last
+            await asyncio.sleep(delay)
 
     async def _post(self, client: httpx.AsyncClient, base_url: str, body: dict[str, Any], remaining: float) -> Completion:
         url = base_url + "/chat/completions"
@@ -262,6 +299,7 @@ class VllmHttpEngine:
             raise GuardProtocolError(f"guard server at {base_url} returned an unexpected body ({type(exc).__name__})") from None
 
     async def aclose(self) -> None:
-        for client, _ in list(self._per_loop.values()):
-            await client.aclose()
+        for pool in list(self._per_loop.values()):
+            for client in pool.clients:
+                await client.aclose()
         self._per_loop.clear()
