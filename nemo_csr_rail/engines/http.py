@@ -62,10 +62,12 @@ class _LoopPool:
     """
 
     def __init__(self, make_client: Any, max_concurrency: int) -> None:
-        n = max(1, -(-max_concurrency // SHARD_CONNECTIONS))
-        per = -(-max_concurrency // n)
-        self.clients: list[httpx.AsyncClient] = [make_client(per) for _ in range(n)]
-        self.load = [0] * n
+        self._n = max(1, -(-max_concurrency // SHARD_CONNECTIONS))
+        self._per = -(-max_concurrency // self._n)
+        self._make = make_client
+        # Shards are opened on demand (each httpx client builds an SSL context, ~ms): one until it is full.
+        self.clients: list[httpx.AsyncClient] = [make_client(self._per)]
+        self.load = [0]
         self.sem = asyncio.Semaphore(max_concurrency)
 
     @property
@@ -75,6 +77,10 @@ class _LoopPool:
     def lease(self) -> int:
         load = self.load
         i = load.index(min(load)) if len(load) > 1 else 0
+        if load[i] >= self._per and len(load) < self._n:
+            self.clients.append(self._make(self._per))
+            load.append(0)
+            i = len(load) - 1
         load[i] += 1
         return i
 
