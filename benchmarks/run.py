@@ -209,7 +209,7 @@ def builtin_checker(rails: LLMRails, direction: Direction) -> Check:
                 await content_safety_check_output(llms=llms, llm_task_manager=tm,
                                                   model_name="content_safety_reasoning",
                                                   context={"user_message": user_msg(i), "bot_message": bot_msg(i)})
-        except Exception:  # noqa: BLE001 - counted as an error
+        except Exception:  # counted as an error
             return False
         return True
 
@@ -271,7 +271,7 @@ async def concurrent(check: Check, start: int, total: int, in_flight: int) -> di
             t = time.perf_counter()
             try:
                 ok = await check(i)
-            except Exception:  # noqa: BLE001
+            except Exception:
                 ok = False
             lat.append(time.perf_counter() - t)
             errors += not ok
@@ -394,7 +394,7 @@ async def e2e_section(guard_url: str, main_url: str, tmp: Path, n: int, builtin_
     apps = {k: LLMRails(RailsConfig.from_path(str(v))) for k, v in systems.items()}
     lat: dict[str, list[float]] = {k: [] for k in apps}
     errors = dict.fromkeys(apps, 0)
-    for k, app in apps.items():  # warm-up
+    for app in apps.values():  # warm-up
         for i in range(3):
             await app.generate_async(messages=[{"role": "user", "content": user_msg(400000 + i)}])
     for i in range(n):
@@ -445,7 +445,7 @@ def fmt_conc(title: str, res: dict[str, Any]) -> str:
         for r in res[sys_]:
             lines.append(f"{sys_:8} {r['in_flight']:9d} {r['n']:5d} {r['checks_per_s']:9.1f} {r['p50']:8.2f} "
                          f"{r['p95']:8.2f} {r['p99']:8.2f} {r['errors']:6d}")
-    for a, b in zip(res["plugin"], res["builtin"]):
+    for a, b in zip(res["plugin"], res["builtin"], strict=True):
         lines.append(f"  in flight {a['in_flight']:3d}: throughput plugin/builtin {ratio(a['checks_per_s'], b['checks_per_s'])}"
                      f", p50 {ratio(a['p50'], b['p50'])}")
     return "\n".join(lines)
@@ -481,7 +481,7 @@ def plot(results: dict[str, Any], path: Path) -> None:
 
     secs = [(k, v["concurrency"]) for k, v in results.items() if isinstance(v, dict) and "concurrency" in v]
     fig, axes = plt.subplots(1, len(secs), figsize=(6 * len(secs), 4.2), squeeze=False)
-    for ax, (name, conc) in zip(axes[0], secs):
+    for ax, (name, conc) in zip(axes[0], secs, strict=True):
         for sys_, color in (("plugin", "tab:green"), ("builtin", "tab:red")):
             xs = [r["in_flight"] for r in conc[sys_]]
             ax.plot(xs, [r["p50"] for r in conc[sys_]], "o-", color=color, label=f"{sys_} p50")

@@ -6,6 +6,7 @@ server side, the same way for the plugin, NeMo's built-in rail and raw requests.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import signal
@@ -260,10 +261,8 @@ def _serve(argv: list[str] | None = None) -> None:
         server = LatencyStandIn(fixed_s=a.fixed_s, prefill_s=a.prefill_s, decode_s=a.decode_s)
     with server:
         print(f"PORT {server.port}", flush=True)
-        try:
+        with contextlib.suppress(KeyboardInterrupt):
             sys.stdin.read()  # until the parent closes the pipe or terminates us
-        except KeyboardInterrupt:
-            pass
 
 
 if __name__ == "__main__":

@@ -35,7 +35,8 @@ class CheckResult:
     completion_tokens: int | None = None
     cached_tokens: int | None = None
     endpoint: str = ""
-    #: model requests this check made (2-3 for a split output check, 0 when cached)
+    #: model requests this check sent (2, or 3 after a wrong guess, for a split output check; 0 when cached);
+    #: the token counts cover the completions used (the cancelled guess is not counted)
     calls: int = 1
 
 
@@ -124,10 +125,10 @@ class CsrClient:
         budget = self.timeout_s if timeout_s is None else timeout_s
         try:
             if gp.split_output:
-                verdict, completions = await asyncio.wait_for(self._split(gp, budget), timeout=budget)
+                verdict, completions, calls = await asyncio.wait_for(self._split(gp, budget), timeout=budget)
             else:
                 completion = await asyncio.wait_for(self.engine.complete(gp, timeout_s=budget), timeout=budget)
-                verdict, completions = interpret(gp, completion), [completion]
+                verdict, completions, calls = interpret(gp, completion), [completion], 1
         except asyncio.TimeoutError:
             raise GuardTimeout(f"guard check exceeded {budget:g}s") from None
         verdict.harm(direction)  # the field this direction needs must be present
@@ -137,9 +138,9 @@ class CsrClient:
                            prompt_tokens=_total(c.prompt_tokens for c in completions),
                            completion_tokens=_total(c.completion_tokens for c in completions),
                            cached_tokens=_total(c.cached_tokens for c in completions),
-                           endpoint=completions[-1].endpoint, calls=len(completions))
+                           endpoint=completions[-1].endpoint, calls=calls)
 
-    async def _split(self, gp: prompts.GuardPrompt, budget: float) -> tuple[Verdict, list[Completion]]:
+    async def _split(self, gp: prompts.GuardPrompt, budget: float) -> tuple[Verdict, list[Completion], int]:
         """Output check, reasoning off: the prompt verdict and the response step (guessing 'unharmful') in parallel.
 
         The response step is kept only if the model's own prompt verdict equals the guess; otherwise it is asked again
@@ -166,7 +167,7 @@ class CsrClient:
             raise
         response = interpret(step, tail)
         raw = gp.prefill + head.text + RESPONSE_JOIN + tail.text
-        return replace(response, prompt_harm=prompt_harm, raw=raw), [head, tail]
+        return replace(response, prompt_harm=prompt_harm, raw=raw), [head, tail], 2 if prompt_harm == guess else 3
 
 
 RESPONSE_JOIN = prompts.RESPONSE_PREFILL
