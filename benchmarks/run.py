@@ -285,40 +285,54 @@ async def concurrent(check: Check, start: int, total: int, in_flight: int) -> di
 # ------------------------------------------------------------------------------------------------- sections
 async def per_check(server: Any, guard_url: str, main_url: str, tmp: Path, n: int, settle_s: float,
                     builtin_variants: list[tuple[str, bool, int]]) -> dict[str, Any]:
+    """Sequential checks. Tokens: the server's counters over a separate pass per system. Latency: the systems
+    interleaved request by request (rotating order), so drift on a shared, noisy host hits all of them alike."""
     reset_runtimes()
     rt = runtime_for(RailsConfig.from_path(str(write_plugin_config(tmp / "plugin", guard_url, main_url))))
     timed = TimedEngine(rt.clients["nemotron_csr"].engine)
     rt.clients["nemotron_csr"].engine = timed
+    builtins = {name: LLMRails(RailsConfig.from_path(str(write_builtin_config(
+        tmp / f"builtin_{name}", guard_url, main_url, card_format=card)))) for name, card, _ in builtin_variants}
     results: dict[str, Any] = {}
     async with httpx.AsyncClient(timeout=600) as client:
         for d in (Direction.INPUT, Direction.OUTPUT):
-            key = d.value
-            warm = list(range(100000, 100005))
-            for i in warm:  # policy prefix into the prefix cache, connections open
-                await plugin_checker(rt, d)(i)
-            raw = raw_checker(client, guard_url, d)
-            for i in warm:
-                await raw(i)
-            idx = list(range(n))
-            # Interleave rounds so drift on a noisy machine hits every system alike.
-            res_raw, res_plugin = [], []
-            overhead = []
-            for r in range(2):
-                part = idx[r::2]
-                res_raw.append(await measure(raw, part, server.counters, settle_s=settle_s))
-                timed.spent = 0.0
-                res_plugin.append(await measure(plugin_checker(rt, d), part, server.counters, settle_s=settle_s))
-                overhead.append((res_plugin[-1]["total_s"] - timed.spent) / len(part))
-            results[f"raw_{key}"] = merge(res_raw)
-            results[f"plugin_{key}"] = merge(res_plugin)
-            results[f"plugin_{key}"]["cpu_overhead_us_mean"] = statistics.fmean(overhead) * 1e6
-            for name, card, n_b in builtin_variants:
-                rails = LLMRails(RailsConfig.from_path(str(write_builtin_config(
-                    tmp / f"builtin_{name}", guard_url, main_url, card_format=card))))
-                chk = builtin_checker(rails, d)
-                for i in warm[:2]:
+            checks: dict[str, Check] = {"raw": raw_checker(client, guard_url, d), "plugin": plugin_checker(rt, d)}
+            counts = {"raw": n, "plugin": n}
+            for name, _, n_b in builtin_variants:
+                checks[f"builtin_{name}"] = builtin_checker(builtins[name], d)
+                counts[f"builtin_{name}"] = n_b
+            prep = checks["raw"].prepare  # type: ignore[attr-defined]
+            for i in range(n):
+                prep(i)
+            for chk in checks.values():  # policy prefix into the prefix cache, connections open
+                for i in range(100000, 100003):
                     await chk(i)
-                results[f"builtin_{name}_{key}"] = await measure(chk, idx[:n_b], server.counters, settle_s=settle_s)
+            tokens = {name: await measure(chk, list(range(500000, 500000 + min(20, counts[name]))),
+                                          server.counters, settle_s=settle_s) for name, chk in checks.items()}
+            names = list(checks)
+            lat: dict[str, list[float]] = {k: [] for k in names}
+            errors = dict.fromkeys(names, 0)
+            overhead: list[float] = []
+            for i in range(n):
+                r = i % len(names)
+                for name in names[r:] + names[:r]:
+                    if i >= counts[name]:
+                        continue
+                    timed.spent = 0.0
+                    t = time.perf_counter()
+                    ok = await checks[name](i)
+                    dt = time.perf_counter() - t
+                    lat[name].append(dt)
+                    errors[name] += not ok
+                    if name == "plugin":
+                        overhead.append(dt - timed.spent)
+            for name in names:
+                tk = tokens[name]
+                results[f"{name}_{d.value}"] = {
+                    **summary(lat[name]), "n": len(lat[name]), "errors": errors[name] + tk["errors"],
+                    **{k: tk[k] for k in ("decode_tokens", "prompt_tokens", "cached_tokens", "requests")}}
+            results[f"plugin_{d.value}"]["cpu_overhead_us_p50"] = pct(overhead, 50) * 1e6
+            results[f"plugin_{d.value}"]["cpu_overhead_us_mean"] = statistics.fmean(overhead) * 1e6
     await rt.aclose()
     return results
 
@@ -428,8 +442,9 @@ def fmt_checks(title: str, res: dict[str, Any], variants: list[str]) -> str:
                 lines.append(f"  {d:6} vs {name:26} decode {ratio(p['decode_tokens'], o['decode_tokens'])}  "
                              f"p50 {ratio(p['p50'], o['p50'])}  p95 {ratio(p['p95'], o['p95'])}  "
                              f"p99 {ratio(p['p99'], o['p99'])}")
-        lines.append(f"  {d:6} plugin overhead vs raw request: p50 {p['p50'] - res[f'raw_{d}']['p50']:+.3f} ms; "
-                     f"plugin CPU outside the engine call {p['cpu_overhead_us_mean']:.0f} us/check")
+        lines.append(f"  {d:6} plugin vs raw request: p50 {p['p50'] - res[f'raw_{d}']['p50']:+.3f} ms "
+                     f"({ratio(p['p50'], res[f'raw_{d}']['p50'])}); plugin time outside the HTTP engine call "
+                     f"p50 {p['cpu_overhead_us_p50']:.0f} us, mean {p['cpu_overhead_us_mean']:.0f} us per check")
     return "\n".join(lines)
 
 
@@ -538,6 +553,10 @@ async def amain(args: argparse.Namespace) -> dict[str, Any]:
                 results["standin_zero"]["policies"] = await policies_section(guard.url, main.url, tmp / "zero",
                                                                              100 if q else 400)
                 print(fmt_pol("stand-in, zero model latency", results["standin_zero"]["policies"]), flush=True)
+                # NeMo's own cost of running two rails, with a guard that costs nothing
+                results["standin_zero"]["e2e"] = await e2e_section(guard.url, main.url, tmp / "zero", 20 if q else 100,
+                                                                   False)
+                print(fmt_e2e("stand-in, zero model latency", results["standin_zero"]["e2e"]), flush=True)
         vpy = args.vllm_python or os.environ.get("NEMO_CSR_VLLM_PYTHON")
         if not vpy or not Path(vpy).exists():
             print("\n##### real vLLM: SKIPPED (no vLLM python: pass --vllm-python PATH or set NEMO_CSR_VLLM_PYTHON)")
@@ -550,7 +569,10 @@ async def amain(args: argparse.Namespace) -> dict[str, Any]:
                     server.url, main.url, tmp, args, settle_s=0.3, n=20 if q else 60,
                     variants=[("card_format", True, 20 if q else 60), ("documented", False, 3 if q else 8)],
                     builtin_card=True, per_level=32 if q else 64, e2e_n=10 if q else 30)
-                results["vllm"]["metrics_total"] = server.counters()
+                m = results["vllm"]["metrics_total"] = server.counters()
+                print(f"\nvLLM /metrics over the whole run: prefix cache hits {m['cached']:.0f} / queries "
+                      f"{m['queried']:.0f} tokens = {m['cached'] / max(1.0, m['queried']):.1%} hit rate; "
+                      f"{m['requests']:.0f} requests, {m['generated']:.0f} generated tokens")
     return results
 
 
