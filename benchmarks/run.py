@@ -569,7 +569,9 @@ def plot(results: dict[str, Any], path: Path) -> None:
         ax.set_xticks(xs, [str(x) for x in xs])
         ax.set_xlabel("checks in flight")
         ax.set_ylabel("input-check latency (ms)")
-        ax.set_title(results[name]["title"], fontsize=10)
+        short = {"standin": "stand-in, GPU-like latency model (assumed)",
+                 "vllm": "real vLLM 0.32 CPU, tiny random Gemma-3 (2 cores)"}
+        ax.set_title(short.get(name, name), fontsize=10)
         ax.grid(True, which="both", alpha=0.3)
         ax.legend(fontsize=8)
     fig.suptitle("nemo-csr-rail vs NeMo built-in content safety check (same server, same run)", fontsize=11)
@@ -649,7 +651,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--skip-standin", action="store_true")
     ap.add_argument("--json", default=str(ROOT / "benchmarks" / "results" / "latest.json"))
     ap.add_argument("--plot", default=str(ROOT / "docs" / "img" / "latency_vs_concurrency.png"))
+    ap.add_argument("--replot", metavar="JSON", help="only redraw the plot from a results file")
     args = ap.parse_args(argv)
+    if args.replot:
+        plot(json.loads(Path(args.replot).read_text()), Path(args.plot))
+        return 0
     import logging
 
     logging.getLogger("nemo_csr_rail").setLevel(logging.WARNING)

@@ -31,6 +31,7 @@ from nemo_csr_rail.prompt import GuardPrompt
 
 TOP_LOGPROBS = 5
 SHARD_CONNECTIONS = 16
+KEEPALIVE_EXPIRY_S = 3.0
 _CONTEXT_MARKERS = ("maximum context length", "context length", "too long", "max_model_len")
 
 
@@ -165,7 +166,10 @@ class VllmHttpEngine:
             headers=headers,
             verify=self._verify,
             timeout=httpx.Timeout(30.0, connect=5.0),
-            limits=httpx.Limits(max_connections=connections, max_keepalive_connections=connections),
+            # Drop idle connections before the server does (uvicorn, which serves vLLM, closes them after 5 s, as
+            # does httpx by default): reusing one the server is closing right now fails the check with a ReadError.
+            limits=httpx.Limits(max_connections=connections, max_keepalive_connections=connections,
+                                keepalive_expiry=KEEPALIVE_EXPIRY_S),
         )
 
     def _pool(self) -> _LoopPool:
