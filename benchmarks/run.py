@@ -301,13 +301,16 @@ async def per_check(server: Any, guard_url: str, main_url: str, tmp: Path, n: in
             for name, _, n_b in builtin_variants:
                 checks[f"builtin_{name}"] = builtin_checker(builtins[name], d)
                 counts[f"builtin_{name}"] = n_b
+            # Each system judges its own messages (same shape, never seen before), so no system finds the
+            # conversation in the prefix cache because another one just sent it.
+            base = {name: 1_000_000 * (k + 1) for k, name in enumerate(checks)}
             prep = checks["raw"].prepare  # type: ignore[attr-defined]
             for i in range(n):
-                prep(i)
-            for chk in checks.values():  # policy prefix into the prefix cache, connections open
-                for i in range(100000, 100003):
-                    await chk(i)
-            tokens = {name: await measure(chk, list(range(500000, 500000 + min(20, counts[name]))),
+                prep(base["raw"] + i)
+            for name, chk in checks.items():  # policy prefix into the prefix cache, connections open
+                for i in range(3):
+                    await chk(base[name] + 900_000 + i)
+            tokens = {name: await measure(chk, [base[name] + 500_000 + i for i in range(min(20, counts[name]))],
                                           server.counters, settle_s=settle_s) for name, chk in checks.items()}
             names = list(checks)
             lat: dict[str, list[float]] = {k: [] for k in names}
@@ -320,7 +323,7 @@ async def per_check(server: Any, guard_url: str, main_url: str, tmp: Path, n: in
                         continue
                     timed.spent = 0.0
                     t = time.perf_counter()
-                    ok = await checks[name](i)
+                    ok = await checks[name](base[name] + i)
                     dt = time.perf_counter() - t
                     lat[name].append(dt)
                     errors[name] += not ok
@@ -600,7 +603,11 @@ async def run_section(name: str, title: str, server: Any, guard_url: str, main_u
 
 async def amain(args: argparse.Namespace) -> dict[str, Any]:
     results: dict[str, Any] = {"args": vars(args), "standin_model": STANDIN_MODEL}
-    tmp = Path(tempfile.mkdtemp(prefix="csr-bench-"))
+    with tempfile.TemporaryDirectory(prefix="csr-bench-") as tmp_dir:
+        return await _amain(args, results, Path(tmp_dir))
+
+
+async def _amain(args: argparse.Namespace, results: dict[str, Any], tmp: Path) -> dict[str, Any]:
     q = args.quick
     with StandInProcess("main") as main:
         if not args.skip_standin:
@@ -657,7 +664,12 @@ def main(argv: list[str] | None = None) -> int:
         plot(json.loads(Path(args.replot).read_text()), Path(args.plot))
         return 0
     import logging
+    import signal
 
+    def _term(*_: object) -> None:  # SIGTERM: unwind, so the servers we started are stopped
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, _term)
     logging.getLogger("nemo_csr_rail").setLevel(logging.WARNING)
     results = asyncio.run(amain(args))
     Path(args.json).parent.mkdir(parents=True, exist_ok=True)
