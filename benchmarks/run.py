@@ -51,8 +51,10 @@ FULL_OUTPUT_REGEX = "Prompt harm: (harmful|unharmful)\nResponse harm: (harmful|u
 # ------------------------------------------------------------------------------------------------- workload
 def user_msg(i: int) -> str:
     t = TOPICS[i % len(TOPICS)]
-    return (f"Hi! Could you help me plan a {t} for {3 + i % 9} people next month? We like simple food, short walks "
-            f"and quiet places, and the budget is about {40 + i} euros per person. Reference {i}.")
+    # The number comes first: messages share no text beyond the guard's fixed prompt prefix, so no check finds
+    # part of its conversation in the prefix cache because of an earlier, unrelated one.
+    return (f"[{i}] Hi! Could you help me plan a {t} for {3 + i % 9} people next month? We like simple food, short "
+            f"walks and quiet places, and the budget is about {40 + i} euros per person.")
 
 
 def bot_msg(i: int) -> str:

@@ -117,6 +117,7 @@ def test_prefilling_the_forced_tokens_equals_decoding_them(vllm_url):
             tail, _, _ = _complete_ids(client, vllm_url, ids + gen[:cut], VALUE)
             assert verdicts.parse("Response harm:" + tail).response_harm == full.response_harm, (user, text, tail)
             compared += 1
+    print(f"token-exact split vs full generation: {compared} of {len(USERS) * len(POLICIES)} compared, all equal")
     assert compared >= len(USERS)
 
 
@@ -143,6 +144,12 @@ async def test_split_output_check_equals_full_generation(vllm_url):
                 if canonical:
                     assert v.response_harm == full.response_harm, rows[-1]
     print(json.dumps(rows, indent=1))
+    canon = [r for r in rows if r["canonical_forced_tokens"]]
+    print(f"split vs full: {len(rows)} checks, prompt verdict equal {sum(r['split'][0] == r['full'][0] for r in rows)}, "
+          f"response verdict equal {sum(r['split'][1] == r['full'][1] for r in rows)}; canonical forced tokens "
+          f"{len(canon)}, of which response verdict equal {sum(r['split'][1] == r['full'][1] for r in canon)}; "
+          f"guess kept {sum(r['requests'] == 2 for r in rows)}; decoded tokens split "
+          f"{sum(r['split_tokens'] for r in rows)} vs full {sum(r['full_tokens'] for r in rows)}")
     assert sum(r["split_tokens"] for r in rows) < sum(r["full_tokens"] for r in rows)
 
 
