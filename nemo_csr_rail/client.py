@@ -35,6 +35,9 @@ class CheckResult:
     completion_tokens: int | None = None
     cached_tokens: int | None = None
     endpoint: str = ""
+    #: model requests this check sent (2, or 3 after a wrong guess, for a split output check; 0 when cached);
+    #: the token counts cover the completions used (the cancelled guess is not counted)
+    calls: int = 1
 
 
 class CsrClient:
@@ -58,6 +61,7 @@ class CsrClient:
         logprobs: bool = True,
         reasoning_max_tokens: int = 384,
         max_concurrency: int = 256,
+        split_output: bool = True,
         cache: TTLCache[Verdict] | None = None,
         engine: Engine | None = None,
         verify: bool | str = True,
@@ -74,6 +78,7 @@ class CsrClient:
         self.assistant_prefill = assistant_prefill
         self.logprobs = logprobs
         self.reasoning_max_tokens = reasoning_max_tokens
+        self.split_output = split_output
         self.cache = cache
 
     async def __aenter__(self) -> CsrClient:
@@ -89,7 +94,8 @@ class CsrClient:
                      reasoning: bool | None = None) -> prompts.GuardPrompt:
         return prompts.build(policy, direction, user_message, bot_message, reasoning=reasoning,
                              structured=self.structured_output, prefill=self.assistant_prefill,
-                             logprobs=self.logprobs, reasoning_max_tokens=self.reasoning_max_tokens)
+                             logprobs=self.logprobs, reasoning_max_tokens=self.reasoning_max_tokens,
+                             split_output=self.split_output)
 
     async def classify(self, policy: Policy | str, user_message: str, bot_message: str | None = None, *,
                        reasoning: bool | None = None) -> Verdict:
@@ -115,19 +121,61 @@ class CsrClient:
             ).hexdigest()
             hit = self.cache.get(key)
             if hit is not None:
-                return CheckResult(hit, (time.perf_counter() - start) * 1000, cached=True)
+                return CheckResult(hit, (time.perf_counter() - start) * 1000, cached=True, calls=0)
         budget = self.timeout_s if timeout_s is None else timeout_s
         try:
-            completion = await asyncio.wait_for(self.engine.complete(gp, timeout_s=budget), timeout=budget)
+            if gp.split_output:
+                verdict, completions, calls = await asyncio.wait_for(self._split(gp, budget), timeout=budget)
+            else:
+                completion = await asyncio.wait_for(self.engine.complete(gp, timeout_s=budget), timeout=budget)
+                verdict, completions, calls = interpret(gp, completion), [completion], 1
         except asyncio.TimeoutError:
             raise GuardTimeout(f"guard check exceeded {budget:g}s") from None
-        verdict = interpret(gp, completion)
         verdict.harm(direction)  # the field this direction needs must be present
         if key is not None and self.cache is not None:
             self.cache.put(key, verdict)
-        return CheckResult(verdict, (time.perf_counter() - start) * 1000, prompt_tokens=completion.prompt_tokens,
-                           completion_tokens=completion.completion_tokens, cached_tokens=completion.cached_tokens,
-                           endpoint=completion.endpoint)
+        return CheckResult(verdict, (time.perf_counter() - start) * 1000,
+                           prompt_tokens=_total(c.prompt_tokens for c in completions),
+                           completion_tokens=_total(c.completion_tokens for c in completions),
+                           cached_tokens=_total(c.cached_tokens for c in completions),
+                           endpoint=completions[-1].endpoint, calls=calls)
+
+    async def _split(self, gp: prompts.GuardPrompt, budget: float) -> tuple[Verdict, list[Completion], int]:
+        """Output check, reasoning off: the prompt verdict and the response step (guessing 'unharmful') in parallel.
+
+        The response step is kept only if the model's own prompt verdict equals the guess; otherwise it is asked again
+        with the right prefill (its prefix is cached by then). The decision is therefore exactly the one of the full
+        ``Prompt harm: X\nResponse harm: Y`` generation, without decoding the forced ``\nResponse harm:`` tokens.
+        """
+        guess = "unharmful"
+        deadline = time.monotonic() + budget
+        first = asyncio.ensure_future(self.engine.complete(gp, timeout_s=budget))
+        step = prompts.response_step(gp, guess, logprobs=self.logprobs)
+        second = asyncio.ensure_future(self.engine.complete(step, timeout_s=budget))
+        try:
+            head = await first
+            prompt_harm = interpret(gp, head).harm(Direction.INPUT)
+            if prompt_harm != guess:
+                second.cancel()
+                step = prompts.response_step(gp, prompt_harm, logprobs=self.logprobs)
+                second = asyncio.ensure_future(
+                    self.engine.complete(step, timeout_s=max(0.001, deadline - time.monotonic())))
+            tail = await second
+        except BaseException:
+            for t in (first, second):
+                t.cancel()
+            raise
+        response = interpret(step, tail)
+        raw = gp.prefill + head.text + RESPONSE_JOIN + tail.text
+        return replace(response, prompt_harm=prompt_harm, raw=raw), [head, tail], 2 if prompt_harm == guess else 3
+
+
+RESPONSE_JOIN = prompts.RESPONSE_PREFILL
+
+
+def _total(values: object) -> int | None:
+    known = [v for v in values if isinstance(v, int)]  # type: ignore[attr-defined]
+    return sum(known) if known else None
 
 
 def interpret(gp: prompts.GuardPrompt, completion: Completion) -> Verdict:
@@ -139,7 +187,10 @@ def interpret(gp: prompts.GuardPrompt, completion: Completion) -> Verdict:
             raise VerdictParseError(f"model output truncated at max_tokens={gp.max_tokens}: {exc.message}") from None
         raise
     if gp.want_logprobs and completion.logprobs:
-        conf = verdicts.confidence_from_logprobs(completion.text, completion.logprobs, gp.direction)
+        value_first = gp.prefill.lower().endswith("response harm:" if gp.direction is Direction.OUTPUT
+                                                  else "prompt harm:")
+        conf = verdicts.confidence_from_logprobs(completion.text, completion.logprobs, gp.direction,
+                                                 value_first=value_first)
         if conf is not None:
             verdict = replace(verdict, confidence=round(conf, 6))
     return verdict

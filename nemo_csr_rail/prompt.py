@@ -7,7 +7,14 @@ first and never varies between calls, so vLLM's prefix cache reuses it; the conv
 Decoding plan. The rail needs one word from the model. With reasoning off we prefill the assistant turn with
 ``Prompt harm:`` (``continue_final_message``) and constrain the continuation to the verdict grammar, so the real
 model decodes one or two tokens; with reasoning on we constrain the output to one bounded ``<think>`` line and the
-verdict, so it always parses and never rambles.
+verdict, so it always parses and never rambles. Every plan carries ``stop`` strings that end the request on the
+verdict's last token (vLLM would otherwise spend one more decode step sampling ``<eos>``).
+
+The output rail with reasoning off is split in two requests sent together (``split_output``): the prompt verdict as
+above, and a *response step* whose prefill already contains the prompt verdict (``Prompt harm: X\nResponse harm:``),
+so neither decodes the forced ``\nResponse harm:`` tokens. ``X`` is a guess (``unharmful``: the input rail let the
+prompt through); the client keeps the response step only if the model's own prompt verdict equals the guess, else it
+re-asks with the right one, so the decision is always the one the single full generation would give.
 """
 
 from __future__ import annotations
@@ -57,6 +64,14 @@ _TARGET = {
     Direction.OUTPUT: f"Prompt harm: {HARM}\nResponse harm: {HARM}",
 }
 NO_THINK_MAX_TOKENS = 32
+RESPONSE_PREFILL = "\nResponse harm:"
+# Stop right after the verdict word: both answers end in "harmful". With reasoning on, the verdict line starts after a
+# newline, which the one-line <think> body cannot contain, so the stop cannot fire inside the reasoning.
+_STOP_VALUE = ("harmful",)
+_STOP_LINE = {
+    Direction.INPUT: ("\nPrompt harm: harmful", "\nPrompt harm: unharmful"),
+    Direction.OUTPUT: ("\nResponse harm: harmful", "\nResponse harm: unharmful"),
+}
 
 # Chat-template control tokens of Gemma 3. vLLM renders the template to text and tokenizes it with special tokens
 # enabled, so these strings inside a message would become real turn boundaries. A word joiner after '<' keeps the
@@ -102,6 +117,9 @@ class GuardPrompt:
     regex: str | None
     max_tokens: int
     want_logprobs: bool
+    stop: tuple[str, ...] = ()
+    #: an output check whose prompt verdict is decoded alone; the client adds the response step (module doc)
+    split_output: bool = False
 
     @property
     def messages(self) -> list[dict[str, str]]:
@@ -122,6 +140,7 @@ def build(
     prefill: bool = True,
     logprobs: bool = True,
     reasoning_max_tokens: int = 384,
+    split_output: bool = True,
 ) -> GuardPrompt:
     if direction is Direction.OUTPUT and bot_message is None:
         raise ValueError("an output check needs the bot message")
@@ -130,8 +149,22 @@ def build(
     target = _TARGET[direction]
     if think:
         return GuardPrompt(text, direction, True, "", THINK_REGEX + target if structured else None,
-                           reasoning_max_tokens, False)
+                           reasoning_max_tokens, False, _STOP_LINE[direction])
     if prefill:
+        if direction is Direction.OUTPUT and split_output:
+            # the prompt-verdict half of the split plan; response_step() gives the other half
+            return GuardPrompt(text, direction, False, PREFILL, _TARGET[Direction.INPUT][len(PREFILL):] if structured
+                               else None, NO_THINK_MAX_TOKENS, False, _STOP_VALUE, True)
+        stop = _STOP_VALUE if direction is Direction.INPUT else _STOP_LINE[direction]
         return GuardPrompt(text, direction, False, PREFILL, target[len(PREFILL):] if structured else None,
-                           NO_THINK_MAX_TOKENS, logprobs)
-    return GuardPrompt(text, direction, False, "", target if structured else None, NO_THINK_MAX_TOKENS, logprobs)
+                           NO_THINK_MAX_TOKENS, logprobs, stop)
+    stop = _STOP_VALUE if direction is Direction.INPUT else _STOP_LINE[direction]
+    return GuardPrompt(text, direction, False, "", target if structured else None, NO_THINK_MAX_TOKENS, logprobs, stop)
+
+
+def response_step(gp: GuardPrompt, prompt_harm: str, *, logprobs: bool = True) -> GuardPrompt:
+    """The response half of a split output check: the prompt verdict is prefilled, only the response one decoded."""
+    if not gp.split_output:
+        raise ValueError("response_step() needs the prompt half of a split output check")
+    return GuardPrompt(gp.text, Direction.OUTPUT, False, f"{PREFILL} {prompt_harm}{RESPONSE_PREFILL}",
+                       f" {HARM}" if gp.regex is not None else None, NO_THINK_MAX_TOKENS, logprobs, _STOP_VALUE)

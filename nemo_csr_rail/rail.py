@@ -51,7 +51,7 @@ class RailRuntime:
             self.clients[model_type] = CsrClient(
                 engine=engine, timeout_s=s.timeout_s, structured_output=s.structured_output,
                 assistant_prefill=s.assistant_prefill, logprobs=s.logprobs,
-                reasoning_max_tokens=s.reasoning_max_tokens, cache=self.cache,
+                reasoning_max_tokens=s.reasoning_max_tokens, split_output=s.split_output, cache=self.cache,
             )
         self._refusals: deque[str] = deque(maxlen=256)
 
@@ -67,9 +67,17 @@ class RailRuntime:
         from nemo_csr_rail.engines.http import VllmHttpEngine
 
         ep = resolved.endpoints[model_type]
-        return VllmHttpEngine(ep.base_urls, ep.model, api_key=ep.api_key, max_retries=s.max_retries,
-                              max_concurrency=s.max_concurrency, verify=ep.verify,
-                              breaker_threshold=s.breaker.threshold, breaker_cooldown_s=s.breaker.cooldown_s)
+        # One engine (one connection pool and concurrency bound per event loop) per endpoint per process, shared by
+        # every config and policy that points at it.
+        key = (ep.base_urls, ep.model, ep.api_key, repr(ep.verify), s.max_retries, s.max_concurrency,
+               s.breaker.threshold, s.breaker.cooldown_s)
+        engine = _ENGINES.get(key)
+        if engine is None:
+            engine = _ENGINES[key] = VllmHttpEngine(
+                ep.base_urls, ep.model, api_key=ep.api_key, max_retries=s.max_retries,
+                max_concurrency=s.max_concurrency, verify=ep.verify,
+                breaker_threshold=s.breaker.threshold, breaker_cooldown_s=s.breaker.cooldown_s)
+        return engine
 
     def policy(self, name: str | None) -> Policy:
         """Resolve a flow's ``$policy``; a missing or unsubstituted one means the only (or 'default') policy."""
@@ -208,6 +216,7 @@ def _with_long_input(out: RailOutcome, info: dict[str, Any]) -> RailOutcome:
     return RailOutcome.allow(reason=out.reason, metadata=meta)
 
 
+_ENGINES: dict[tuple[Any, ...], Engine] = {}
 _BY_FINGERPRINT: dict[str, RailRuntime] = {}
 _BY_ID: dict[int, tuple[Any, RailRuntime]] = {}
 
@@ -232,3 +241,4 @@ def reset_runtimes() -> None:
     """Forget every runtime (tests, hot reload). Pooled connections are dropped with them."""
     _BY_FINGERPRINT.clear()
     _BY_ID.clear()
+    _ENGINES.clear()

@@ -163,6 +163,9 @@ class PluginSettings(_Strict):
     assistant_prefill: bool = True
     logprobs: bool = True
     reasoning_max_tokens: int = Field(default=384, ge=16)
+    #: reasoning-off output checks: decode the prompt verdict and a prefilled response step in parallel (verified,
+    #: same decision) instead of the whole two-line answer; False = one request decoding both lines
+    split_output: bool = True
     max_concurrency: int = Field(default=256, ge=1)
     refusal: str | None = None
     error_refusal: str = DEFAULT_ERROR_REFUSAL

@@ -104,21 +104,22 @@ def parse(text: str, *, reasoning_content: str | None = None) -> Verdict:
 
 
 def confidence_from_logprobs(
-    generated: str, entries: Sequence[dict[str, Any]] | None, direction: Direction
+    generated: str, entries: Sequence[dict[str, Any]] | None, direction: Direction, *, value_first: bool = False
 ) -> float | None:
     """P(harmful) at the token where the deciding verdict word starts, renormalised over the two answers.
 
     ``generated`` is the text the server returned (without prefill); ``entries`` are vLLM's
     ``choices[0].logprobs.content``. Tokens that could begin either answer (e.g. a bare space) are ignored.
+    ``value_first``: the prefill ended with the deciding key, so the generated text starts with the value.
     """
     if not entries:
         return None
     key = "prompt harm:" if direction is Direction.INPUT else "response harm:"
     low = generated.lower()
-    at = low.rfind(key)
+    at = -1 if value_first else low.rfind(key)
     if at < 0:
         # With the assistant prefill the key is not part of the generated text; the value starts it.
-        if direction is not Direction.INPUT:
+        if direction is not Direction.INPUT and not value_first:
             return None
         start = 0
     else:

@@ -153,8 +153,15 @@ def test_decoding_plan_per_mode() -> None:
     gp = prompt.build(p, Direction.INPUT, "u", None)
     assert gp.prefill == "Prompt harm:" and gp.regex == " (harmful|unharmful)" and gp.want_logprobs
     assert gp.messages[-1] == {"role": "assistant", "content": "Prompt harm:"}
-    gp = prompt.build(p, Direction.OUTPUT, "u", "b")
+    assert gp.stop == ("harmful",)  # end on the verdict's last token, not one <eos> step later
+    gp = prompt.build(p, Direction.OUTPUT, "u", "b")  # split: prompt verdict + response step, sent together
+    assert gp.split_output and gp.prefill == "Prompt harm:" and gp.regex == " (harmful|unharmful)"
+    step = prompt.response_step(gp, "unharmful")
+    assert step.messages[-1] == {"role": "assistant", "content": "Prompt harm: unharmful\nResponse harm:"}
+    assert step.regex == " (harmful|unharmful)" and step.want_logprobs and step.stop == ("harmful",)
+    gp = prompt.build(p, Direction.OUTPUT, "u", "b", split_output=False)
     assert gp.regex == " (harmful|unharmful)\nResponse harm: (harmful|unharmful)"
+    assert gp.stop == ("\nResponse harm: harmful", "\nResponse harm: unharmful")
     gp = prompt.build(p, Direction.INPUT, "u", None, reasoning=True)
     assert gp.prefill == "" and gp.regex.startswith("<think>\\n") and gp.text.endswith("/think")
     assert not gp.want_logprobs and len(gp.messages) == 1

@@ -6,6 +6,7 @@ import json
 
 import pytest
 
+from nemo_csr_rail import prompt as prompts
 from nemo_csr_rail.policy import Direction
 from tests.e2e_helpers import ask, csr_outcomes, expected_prompt, guard_texts, rails_for
 from tests.support.rails_configs import GUARD_MODEL, V2_MAIN_FLOW, write_config
@@ -119,17 +120,20 @@ def test_exact_request_for_each_layout(tmp_path, guard, main_llm):
     rails = rails_for(v1_config(tmp_path, guard, main_llm, inp=("retail", "safety", "retail_fast"),
                                 out=("retail", "safety", "retail_fast")))
     asyncio.run(ask(rails, "Where is my order?"))
-    got = {(r["messages"][0]["content"]): r for r in guard.chat_requests()}
-    assert len(got) == 6
+    got = {(r["messages"][0]["content"], r["messages"][-1]["content"]): r for r in guard.chat_requests()}
+    assert len(got) == 8  # the two reasoning-off output checks (safety, retail_fast) are split in two requests
     for name in ("retail", "safety", "retail_fast"):
         for d, bot in ((Direction.INPUT, None), (Direction.OUTPUT, HELLO)):
             gp = expected_prompt(PLUGIN, name, d, "Where is my order?", bot)
-            body = got[gp.text]
-            assert body["model"] == GUARD_MODEL and body["temperature"] == 0.0
-            assert body["messages"] == gp.messages
-            assert body["structured_outputs"] == {"regex": gp.regex}
-            assert body["max_tokens"] == gp.max_tokens
-            assert ("logprobs" in body) == gp.want_logprobs
+            plans = [gp, prompts.response_step(gp, "unharmful")] if gp.split_output else [gp]
+            for plan in plans:
+                body = got[(plan.text, plan.messages[-1]["content"])]
+                assert body["model"] == GUARD_MODEL and body["temperature"] == 0.0
+                assert body["messages"] == plan.messages
+                assert body["structured_outputs"] == {"regex": plan.regex}
+                assert body["max_tokens"] == plan.max_tokens
+                assert ("logprobs" in body) == plan.want_logprobs
+                assert body["stop"] == list(plan.stop) and body["include_stop_str_in_output"] is True
     # One literal: custom policy, reasoning on, input rail (card layout B).
     literal = (
         "You are a classifier for analyzing interactions between humans and LLMs. Given a request from a human "
@@ -139,7 +143,7 @@ def test_exact_request_for_each_layout(tmp_path, guard, main_llm):
         'following format:\n\n"Prompt harm: <harmful/unharmful>\nResponse harm: <harmful/unharmful>"\n\n'
         "Only output the answer in the format specified above after thinking about the request and response. /think"
     )
-    assert literal in got
+    assert literal in {text for text, _ in got}
 
 
 # ------------------------------------------------------------------------------------------------ parallel rails

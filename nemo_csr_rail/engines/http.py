@@ -124,6 +124,7 @@ def _is_tls_failure(exc: BaseException) -> bool:
 # connections in one pool that dominates the CPU (measured: 256 in flight made the client CPU-bound and checks
 # missed their deadline). Several small pools, each request on the least busy one, keep that cost flat.
 POOL_SHARD = 8
+KEEPALIVE_EXPIRY_S = 3.0
 
 
 class _Pool:
@@ -196,7 +197,10 @@ class VllmHttpEngine:
                     headers=headers,
                     verify=ctx,
                     timeout=httpx.Timeout(30.0, connect=5.0),
-                    limits=httpx.Limits(max_connections=per, max_keepalive_connections=per),
+                    # Drop idle connections before the server does (uvicorn, which serves vLLM, closes them
+                    # after 5 s): reusing one the server is closing right now fails the check with a ReadError.
+                    limits=httpx.Limits(max_connections=per, max_keepalive_connections=per,
+                                        keepalive_expiry=KEEPALIVE_EXPIRY_S),
                 )
                 for _ in range(shards)
             ]
@@ -219,6 +223,9 @@ class VllmHttpEngine:
         if prompt.want_logprobs:
             body["logprobs"] = True
             body["top_logprobs"] = TOP_LOGPROBS
+        if prompt.stop:
+            body["stop"] = list(prompt.stop)
+            body["include_stop_str_in_output"] = True
         return body
 
     def _order(self) -> list[_Replica]:

