@@ -70,6 +70,9 @@ async def test_every_mode_returns_a_parsed_verdict(engine, kind, direction, reas
     else:
         assert not comp.text.startswith("Prompt harm:")  # only the continuation of the prefill comes back
         assert v.confidence is not None and 0.0 < v.confidence < 1.0
+        if gp.split_output:  # the prompt half of a split output check asks for no logprobs
+            assert comp.logprobs is None
+            return
         entries = comp.logprobs
         # like vLLM: one entry per generated token, the closing stop token last (counted, not in the text)
         assert entries and "".join(e["token"] for e in entries[:-1]) == comp.text

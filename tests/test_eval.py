@@ -57,6 +57,13 @@ def expected(rows: list[dict], ap: dict[str, bool], ar: dict[tuple[str, str], bo
     return {"prompt": f1_of(p), "response": f1_of(q)}
 
 
+def check_requests(server) -> list[dict]:
+    """One request per check: the response step of a split output check (its prefill already carries the prompt
+    verdict) is the second half of the same check, not another one."""
+    return [r for r in server.chat_requests()
+            if not (len(r["messages"]) > 1 and "\nResponse harm:" in r["messages"][-1]["content"])]
+
+
 def n_units(rows: list[dict]) -> int:
     return sum(bool(r.get("prompt_label")) + bool(r.get("response_label")) for r in rows)
 
@@ -79,7 +86,7 @@ def test_report_f1_equals_independent_computation(tmp_path):
         rc = run_eval("--config", str(cfg), "--policy", "safety", "--dataset", str(ds), "--out", str(out),
                       "--concurrency", "4")
         assert rc == 0
-        assert len(s.chat_requests()) == n_units(rows)
+        assert len(check_requests(s)) == n_units(rows)
     rep = json.loads((out / "report.json").read_text())
     want = expected(rows, ap, ar)
     for d in ("prompt", "response"):
@@ -111,7 +118,7 @@ def test_per_row_policy_and_check_shapes(tmp_path):
         cfg = config(tmp_path / "cfg", s.url)
         assert run_eval("--config", str(cfg), "--policy", "safety", "--dataset",
                         str(write_jsonl(tmp_path / "d.jsonl", rows)), "--out", str(tmp_path / "o")) == 0
-        by_user = {judged_user(r): r for r in s.chat_requests()}
+        by_user = {judged_user(r): r for r in check_requests(s)}
     custom = by_user["custom row"]["messages"][0]["content"]
     plain = by_user["plain row"]["messages"][0]["content"]
     assert CUSTOM_POLICY in custom and CUSTOM_POLICY not in plain
@@ -127,7 +134,7 @@ def test_unknown_row_policy_is_a_usage_error(tmp_path, capsys):
         cfg = config(tmp_path / "cfg", s.url)
         rc = run_eval("--config", str(cfg), "--dataset", str(write_jsonl(tmp_path / "d.jsonl", rows)),
                       "--policy", "safety", "--out", str(tmp_path / "o"))
-        assert rc == 2 and not s.chat_requests()
+        assert rc == 2 and not check_requests(s)
     assert "nope" in capsys.readouterr().err
 
 
@@ -189,24 +196,24 @@ def test_resume_after_limit_sends_only_the_rest(tmp_path):
         cfg = config(tmp_path / "cfg", s.url)
         args = ["--config", str(cfg), "--policy", "safety", "--dataset", str(ds), "--out", str(out), "--no-plots"]
         assert run_eval(*args, "--limit", "7") == 0
-        first = [judged_user(r) for r in s.chat_requests()]
+        first = [judged_user(r) for r in check_requests(s)]
         assert sorted(first) == sorted(f"item {i}" for i in range(7))
         assert run_eval(*args) == 0
-        second = [judged_user(r) for r in s.chat_requests()[7:]]
+        second = [judged_user(r) for r in check_requests(s)[7:]]
         assert sorted(second) == sorted(f"item {i}" for i in range(7, 20))
         assert run_eval(*args) == 0  # nothing left: no request at all
-        assert len(s.chat_requests()) == 20
+        assert len(check_requests(s)) == 20
         # a record cut short by a crash is dropped and that check re-sent
         lines = (out / "rows.jsonl").read_text().splitlines(keepends=True)
         (out / "rows.jsonl").write_text("".join(lines[:-1]) + lines[-1][:25])
         assert run_eval(*args) == 0
-        assert len(s.chat_requests()) == 21
+        assert len(check_requests(s)) == 21
         cut_id = json.loads(lines[-1])["id"]
-        assert judged_user(s.chat_requests()[-1]) == next(r["prompt"] for r in rows if r["id"] == cut_id)
+        assert judged_user(check_requests(s)[-1]) == next(r["prompt"] for r in rows if r["id"] == cut_id)
         # other settings into the same directory are refused, not mixed
         assert run_eval(*args[:3], "custom", *args[4:]) == 2
         assert run_eval(*args[:3], "custom", *args[4:], "--overwrite") == 0
-        assert len(s.chat_requests()) == 41
+        assert len(check_requests(s)) == 41
     rep = json.loads((out / "report.json").read_text())
     assert rep["complete"] and rep["settings"]["policy"] == "custom" and rep["directions"]["prompt"]["rows"] == 20
 
@@ -237,10 +244,10 @@ def test_resume_after_sigint_sends_only_missing_rows(tmp_path):
         assert 8 <= len(saved) < n
         rep = json.loads((out / "report.json").read_text())
         assert rep["complete"] is False and rep["directions"]["prompt"]["missing"] == n - len(saved)
-        before = len(s.chat_requests())
+        before = len(check_requests(s))
         done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120)
         assert done.returncode == 0, done.stderr
-        resent = [judged_user(r) for r in s.chat_requests()[before:]]
+        resent = [judged_user(r) for r in check_requests(s)[before:]]
     by_text = {r["prompt"]: r["id"] for r in rows}
     assert sorted(by_text[t] for t in resent) == sorted(set(by_text.values()) - saved)  # only the rest, once each
     records = [json.loads(x) for x in rows_file.read_text().splitlines()]
@@ -260,7 +267,7 @@ def test_compare_reasoning_side_by_side(tmp_path):
         rc = run_eval("--config", str(cfg), "--policy", "safety", "--dataset",
                       str(write_jsonl(tmp_path / "d.jsonl", rows)), "--out", str(out), "--compare", "reasoning")
         assert rc == 0
-        modes = [r["messages"][0]["content"].rsplit(" ", 1)[-1] for r in s.chat_requests()]
+        modes = [r["messages"][0]["content"].rsplit(" ", 1)[-1] for r in check_requests(s)]
     assert modes.count("/think") == modes.count("/no_think") == n_units(rows)
     rep = json.loads((out / "report.json").read_text())
     a, b = rep["runs"]
@@ -281,14 +288,14 @@ def test_compare_policy_and_endpoint(tmp_path):
         cfg = config(tmp_path / "cfg", s1.url)
         assert run_eval("--config", str(cfg), "--policy", "safety", "--dataset", str(ds), "--out",
                         str(tmp_path / "o1"), "--compare-policy", "custom") == 0
-        contents = [r["messages"][0]["content"] for r in s1.chat_requests()]
+        contents = [r["messages"][0]["content"] for r in check_requests(s1)]
         assert sum(CUSTOM_POLICY in c for c in contents) == 6 and len(contents) == 12
         rep = json.loads((tmp_path / "o1" / "report.json").read_text())
         assert [r["settings"]["policy"] for r in rep["runs"]] == ["safety", "custom"]
-        before = len(s1.chat_requests())
+        before = len(check_requests(s1))
         assert run_eval("--config", str(cfg), "--policy", "safety", "--dataset", str(ds), "--out",
                         str(tmp_path / "o2"), "--compare-base-url", s2.url) == 0
-        assert len(s1.chat_requests()) - before == 6 and len(s2.chat_requests()) == 6
+        assert len(check_requests(s1)) - before == 6 and len(check_requests(s2)) == 6
         rep = json.loads((tmp_path / "o2" / "report.json").read_text())
         assert [r["settings"]["endpoint"] for r in rep["runs"]] == [s1.url, s2.url]
         assert run_eval("--config", str(cfg), "--policy", "safety", "--dataset", str(ds), "--out",
@@ -399,4 +406,4 @@ def test_shared_xstest_and_response_set_through_eval(tmp_path):
             d = "prompt" if "xstest" in rel else "response"
             assert rep["directions"][d]["scored"] == n and rep["dataset"]["rows_evaluated"] == n
             assert rep["settings"]["limit"] == n
-        assert len(s.chat_requests()) == 17
+        assert len(check_requests(s)) == 17
