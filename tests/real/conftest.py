@@ -12,6 +12,9 @@ from tests.support import vllm_server as vs
 @pytest.fixture(scope="session")
 def vllm_server():
     """The running server (``.base_url``, ``.root``, ``.model``, ``.log_path``, ``.timings``), stopped at the end."""
+    if os.environ.get("CSR_VLLM_URL"):
+        yield vs.attach(os.environ["CSR_VLLM_URL"])
+        return
     python, why = vs.find_vllm_python()
     if python is None:
         if os.environ.get("CSR_REQUIRE_VLLM") == "1":

@@ -11,6 +11,7 @@ Environment:
 ``CSR_REQUIRE_VLLM=1``     a missing vLLM fails the tests instead of skipping them (CI sets it)
 ``CSR_TEST_CACHE``         where the checkpoint, logs and vLLM/inductor caches go (default ``.cache/`` here)
 ``CSR_VLLM_START_TIMEOUT`` seconds to wait for ``/health`` (default 240)
+``CSR_VLLM_URL``           use this already running server (root URL) instead of starting one (development)
 
 Manual use: ``python -m tests.support.vllm_server`` starts one and prints its ``/v1`` URL until Ctrl-C.
 """
@@ -123,7 +124,7 @@ class VllmServer:
     root: str
     model_path: Path
     log_path: Path
-    proc: subprocess.Popen
+    proc: subprocess.Popen | None
     model: str = SERVED_NAME
     timings: dict[str, float] = field(default_factory=dict)
 
@@ -144,7 +145,7 @@ class VllmServer:
 
     def stop(self) -> None:
         """SIGTERM the process group (API server, EngineCore, worker), SIGKILL after 30 s."""
-        if self.proc.poll() is None:
+        if self.proc is not None and self.proc.poll() is None:
             try:
                 os.killpg(self.proc.pid, signal.SIGTERM)
                 self.proc.wait(30)
@@ -193,6 +194,16 @@ def start(python: str, *, extra: Sequence[str] = (), timeout_s: float | None = N
     t3 = time.monotonic()
     server.timings = {"model_build_s": round(t1 - t0, 1), "start_to_health_s": round(t2 - t1, 1),
                       "warm_up_s": round(t3 - t2, 1)}
+    return server
+
+
+def attach(root: str) -> VllmServer:
+    """A server somebody else started (``CSR_VLLM_URL``): used as is, never stopped."""
+    root = root.rstrip("/").removesuffix("/v1")
+    r = httpx.get(root + "/v1/models", timeout=10)
+    r.raise_for_status()
+    server = VllmServer(root, Path(""), Path(""), None, model=r.json()["data"][0]["id"])
+    warm_up(server)
     return server
 
 

@@ -88,7 +88,10 @@ def record(root: str, model: str = MODEL) -> dict[str, Any]:
     with httpx.Client(base_url=root.rstrip("/"), timeout=120) as client:
         for name, (method, path, body) in requests(model).items():
             r = client.request(method, path, json=body)
-            out[name] = {"status": r.status_code, "shape": shape(r.json())}
+            data = r.json()
+            out[name] = {"status": r.status_code, "shape": shape(data)}
+            if isinstance(data, dict) and isinstance(data.get("error"), dict):
+                out[name]["message"] = str(data["error"].get("message"))[:300]
     return out
 
 
