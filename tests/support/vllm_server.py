@@ -100,6 +100,9 @@ def server_env(tmp: Path | None = None) -> dict[str, str]:
     return env
 
 
+_env = server_env  # the name other test modules (embedded/serve tests) use
+
+
 def build_tiny_model(python: str, out: Path) -> Path:
     """Build (once) with the vLLM venv's torch/transformers, so the test venv needs neither.
 
