@@ -50,7 +50,7 @@ def _input_outcome(outcomes):
 ODD = {
     "control_chars": "where\x00is\x07my\x1b[31m order\x7f\x08?",
     "binary_junk": bytes(range(256)).decode("latin-1") * 4,
-    "very_long_line": "x" * 7000,  # under max_chars, over the server's context: a real 400
+    "very_long_line": "x" * 7900,  # under max_chars, over the server's context: a real 400
     "non_english_zh": "我的订单在哪里？请帮我查一下物流信息。",
     "non_english_ar": "أين طلبي؟ أحتاج إلى تتبع الشحنة.",
     "non_english_ru": "Где мой заказ? Помогите отследить посылку.",

@@ -116,7 +116,7 @@ def count_prompt_tokens(text: str) -> int:
 class Fault:
     """One injected misbehaviour, consumed by the next matching request.
 
-    kind: ``hang`` (read the request, never answer), ``trickle`` (send the response one byte every ``delay_s``),
+    kind: ``hang`` (read the request, never answer), ``trickle`` (send the response in ~200 small pieces, one every ``delay_s``),
     ``reset`` (send the headers and part of the body, then RST), ``status`` (answer ``status`` with ``body`` and
     ``headers``), ``raw`` (send ``body`` verbatim as a 200 JSON response: invalid JSON, empty choices …),
     ``text`` (answer with ``text`` as the model output, bypassing the regex, with ``finish_reason``),
@@ -133,17 +133,17 @@ class Fault:
     path: str = "/v1/chat/completions"
 
 
-def error_body(status: int, message: str) -> dict[str, Any]:
+def error_body(status: int, message: str, param: str | None = None) -> dict[str, Any]:
     """vLLM's ErrorResponse (openai/protocol.py): ``{"error": {message, type, param, code}}``."""
     types = {400: "BadRequestError", 401: "Unauthorized", 404: "NotFoundError", 429: "TooManyRequests",
              500: "InternalServerError", 502: "BadGateway", 503: "ServiceUnavailable"}
-    return {"error": {"message": message, "type": types.get(status, "Error"), "param": None, "code": status}}
+    return {"error": {"message": message, "type": types.get(status, "Error"), "param": param, "code": status}}
 
 
 class BadRequest(Exception):
-    def __init__(self, status: int, message: str):
+    def __init__(self, status: int, message: str, param: str | None = None):
         super().__init__(message)
-        self.status, self.message = status, message
+        self.status, self.message, self.param = status, message, param
 
 
 # ------------------------------------------------------------------------------------------------------- server
@@ -321,7 +321,7 @@ class StandIn:
         try:
             result = self._answer(body, path)
         except BadRequest as exc:
-            await _send_json(writer, exc.status, error_body(exc.status, exc.message))
+            await _send_json(writer, exc.status, error_body(exc.status, exc.message, exc.param))
             return True
         payload, n_prompt, n_out = result
         delay = self.latency_s + n_prompt * self.prefill_per_token_s + n_out * self.per_token_s
@@ -345,7 +345,7 @@ class StandIn:
             try:
                 payload, _, _ = self._answer(body, fault.path)
             except BadRequest as exc:
-                await _send_json(writer, exc.status, error_body(exc.status, exc.message))
+                await _send_json(writer, exc.status, error_body(exc.status, exc.message, exc.param))
                 return True
             await _send_json(writer, 200, payload)
             return True
@@ -369,8 +369,9 @@ class StandIn:
         head = _head(200, len(data), "application/json", {})
         if k == "trickle":
             writer.write(head)
-            for i in range(len(data)):
-                writer.write(data[i:i + 1])
+            step = max(1, len(data) // 200)  # ~200 slow writes whatever the body size
+            for i in range(0, len(data), step):
+                writer.write(data[i:i + step])
                 await writer.drain()
                 await asyncio.sleep(fault.delay_s or 0.05)
             return True
@@ -411,7 +412,8 @@ class StandIn:
 
     def _answer(self, body: dict[str, Any], path: str) -> tuple[dict[str, Any], int, int]:
         if body.get("model") != self.model:
-            raise BadRequest(404, f"The model `{body.get('model')}` does not exist.")
+            raise BadRequest(404, f"The model `{body.get('model')}` does not exist. Valid aliases: {self.model}.",
+                             "model")
         msgs = body.get("messages")
         if path == "/v1/chat/completions" and (not isinstance(msgs, list) or not msgs):
             raise BadRequest(400, "messages: Field required" if msgs is None else "messages must not be empty")
@@ -425,13 +427,16 @@ class StandIn:
         n_prompt = count_prompt_tokens(prompt_text) + 4 * len(msgs or [])
         max_tokens = body.get("max_tokens") or body.get("max_completion_tokens")
         if max_tokens is not None and (not isinstance(max_tokens, int) or max_tokens < 1):
-            raise BadRequest(400, f"max_tokens must be at least 1, got {max_tokens}.")
-        want = max_tokens or (self.max_model_len - n_prompt)
-        if n_prompt + (max_tokens or 0) > self.max_model_len or n_prompt >= self.max_model_len:
+            raise BadRequest(400, f"max_tokens must be at least 1, got {max_tokens}. "
+                                  f"(parameter=max_tokens, value={max_tokens})", "max_tokens")
+        if n_prompt > self.max_model_len:
+            # vLLM 0.32 rejects only a prompt that alone exceeds the context; it clamps max_tokens otherwise.
             raise BadRequest(400, (
-                f"This model's maximum context length is {self.max_model_len} tokens. However, you requested "
-                f"{n_prompt + (max_tokens or 0)} tokens ({n_prompt} in the messages, {max_tokens or 0} in the "
-                "completion). Please reduce the length of the messages or completion."))
+                f"This model's maximum context length is {self.max_model_len} tokens. However, your prompt "
+                f"contains at least {self.max_model_len + 1} input tokens, which exceeds this limit even without "
+                f"any output tokens. Please reduce the length of the input prompt. "
+                f"(parameter=input_tokens, value={self.max_model_len + 1})"), "input_tokens")
+        want = min(max_tokens or self.max_model_len, self.max_model_len - n_prompt)
         full = self.responder(body)
         prefill = ""
         if cont and msgs and msgs[-1].get("role") == "assistant":
@@ -451,15 +456,20 @@ class StandIn:
             if s and at >= 0:
                 text, stop_reason = text[:at], s
                 toks = tokenize(text)
+        eos = False
         if len(toks) > want:
             toks, finish = toks[:want], "length"
             text = "".join(toks)
-        logprobs = self._logprobs(toks) if body.get("logprobs") else None
+        elif stop_reason is None and len(toks) < want:
+            eos = True  # the model ended its turn: vLLM counts <end_of_turn> and lists it in logprobs
+        logprobs = self._logprobs(toks + (["<end_of_turn>"] if eos else [])) if body.get("logprobs") else None
         cached = self._cache_lookup(prompt_text, n_prompt)
-        payload = self._chat_payload(body, text, finish, logprobs, n_prompt, len(toks), cached, stop_reason)
+        role = msgs[-1].get("role", "assistant") if cont and msgs else "assistant"
+        payload = self._chat_payload(body, text, finish, logprobs, n_prompt, len(toks) + eos, cached, stop_reason,
+                                     role)
         with self._lock:
             self.metrics["requests"] += 1
-        return payload, n_prompt, len(toks)
+        return payload, n_prompt, len(toks) + eos
 
     def _cache_lookup(self, prompt_text: str, n_prompt: int) -> int:
         """Model vLLM's prefix cache crudely: tokens up to the conversation are cached after the first request."""
@@ -492,7 +502,9 @@ class StandIn:
         return {"content": content}
 
     def _chat_payload(self, body: dict[str, Any], text: str, finish: str, logprobs: dict[str, Any] | None,
-                      n_prompt: int, n_out: int, cached: int = 0, stop_reason: str | None = None) -> dict[str, Any]:
+                      n_prompt: int, n_out: int, cached: int = 0, stop_reason: str | None = None,
+                      role: str = "assistant") -> dict[str, Any]:
+        """Exactly the keys vLLM 0.32 returns (checked by tests/real/test_standin_fidelity.py)."""
         return {
             "id": f"chatcmpl-{uuid.uuid4().hex}",
             "object": "chat.completion",
@@ -500,21 +512,27 @@ class StandIn:
             "model": body.get("model", self.model),
             "choices": [{
                 "index": 0,
-                "message": {"role": "assistant", "content": text, "refusal": None, "annotations": None,
-                            "audio": None, "function_call": None, "tool_calls": [], "reasoning": None,
-                            "reasoning_content": None},
+                "message": {"role": role, "content": text, "refusal": None, "annotations": None,
+                            "audio": None, "function_call": None, "reasoning": None},
                 "logprobs": logprobs,
                 "finish_reason": finish,
                 "stop_reason": stop_reason,
                 "token_ids": None,
+                "routed_experts": None,
             }],
             "service_tier": None,
-            "system_fingerprint": None,
+            "system_fingerprint": "vllm-0.32.0-standin",
             "usage": {"prompt_tokens": n_prompt, "total_tokens": n_prompt + n_out, "completion_tokens": n_out,
-                      "prompt_tokens_details": {"cached_tokens": cached}},
+                      "prompt_tokens_details": {"cached_tokens": cached,
+                                                "created_cache_tokens": 0 if cached else (n_prompt // 128) * 128,
+                                                "multimodal_tokens": None},
+                      "completion_tokens_details": None},
             "prompt_logprobs": None,
             "prompt_token_ids": None,
+            "prompt_text": None,
             "kv_transfer_params": None,
+            "ec_transfer_params": None,
+            "metrics": None,
         }
 
     async def _stream(self, writer: asyncio.StreamWriter, payload: dict[str, Any], body: dict[str, Any]) -> None:
