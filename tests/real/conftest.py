@@ -6,16 +6,27 @@ import os
 
 import pytest
 
-from tests.support import vllm_server
+from tests.support import vllm_server as vs
 
 
 @pytest.fixture(scope="session")
-def vllm():
-    python = vllm_server.vllm_python()
+def vllm_server():
+    """The running server (``.base_url``, ``.root``, ``.model``, ``.log_path``, ``.timings``), stopped at the end."""
+    if os.environ.get("CSR_VLLM_URL"):
+        yield vs.attach(os.environ["CSR_VLLM_URL"])
+        return
+    python, why = vs.find_vllm_python()
     if python is None:
         if os.environ.get("CSR_REQUIRE_VLLM") == "1":
-            pytest.fail("CSR_REQUIRE_VLLM=1 but no vLLM venv: set CSR_VLLM_PYTHON (see .ci/install_vllm.sh)")
-        pytest.skip("no vLLM CPU venv (set CSR_VLLM_PYTHON; .ci/install_vllm.sh makes one)")
-    server = vllm_server.start(python)
+            pytest.fail(f"CSR_REQUIRE_VLLM=1 but {why}", pytrace=False)
+        pytest.skip(f"real vLLM tests skipped: {why}")
+    server = vs.start(python)
+    print(f"\nvLLM server {server.base_url} ready: {server.timings} (log {server.log_path})")
     yield server
     server.stop()
+
+
+@pytest.fixture(scope="session")
+def vllm(vllm_server):
+    """Alias used by the first real-vLLM tests."""
+    return vllm_server
