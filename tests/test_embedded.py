@@ -74,9 +74,11 @@ async def test_every_mode_returns_a_parsed_verdict(engine, kind, direction, reas
             assert comp.logprobs is None
             return
         entries = comp.logprobs
-        # like vLLM: one entry per generated token, the closing stop token last (counted, not in the text)
-        assert entries and "".join(e["token"] for e in entries[:-1]) == comp.text
-        assert entries[-1]["token"] in ("<eos>", "<end_of_turn>") and len(entries) == comp.completion_tokens
+        # like vLLM: one entry per generated token; a stop string ends on the verdict (no stop token), otherwise
+        # the closing stop token comes last (counted, not in the text)
+        decoded = "".join(e["token"] for e in entries)
+        assert decoded in (comp.text, comp.text + "<eos>", comp.text + "<end_of_turn>"), decoded
+        assert len(entries) == comp.completion_tokens
         for e in entries:
             assert set(e) == {"token", "logprob", "bytes", "top_logprobs"} and e["logprob"] <= 0
             assert 1 <= len(e["top_logprobs"]) <= 5

@@ -323,6 +323,7 @@ class EmbeddedEngine:
         entries: list[dict[str, Any]] = []
         finish = "length"
         stop_token: tuple[int, float, list[tuple[int, float]]] | None = None
+        stopped_text: str | None = None
         with torch.inference_mode():
             inp = torch.tensor([ids], device=m.device)
             out = m.model(input_ids=inp, use_cache=True, logits_to_keep=1)
@@ -342,6 +343,13 @@ class EmbeddedEngine:
                     entries.append(self._entry(m, *lp))
                 if matcher is not None:
                     matcher.accept(choice)
+                if prompt.stop:
+                    # Like vLLM's stop strings (kept in the output): end on the verdict, no <eos> step after it.
+                    so_far = m.tokenizer.decode(out_ids, skip_special_tokens=True)
+                    ends = [so_far.find(s) + len(s) for s in prompt.stop if s in so_far]
+                    if ends:
+                        stopped_text, finish = so_far[:min(ends)], "stop"
+                        break
                 if len(out_ids) >= prompt.max_tokens:
                     break  # finish_reason "length", even when the grammar is complete (as vLLM reports it)
                 out = m.model(input_ids=torch.tensor([[choice]], device=m.device), past_key_values=past,
@@ -359,7 +367,7 @@ class EmbeddedEngine:
                     stop_token = (eos[best], float(logp[best]),
                                   [(eos[i], v) for i, v in zip(top.indices.tolist(), top.values.tolist(), strict=True)])
                     break
-        text = m.tokenizer.decode(out_ids, skip_special_tokens=True)
+        text = stopped_text if stopped_text is not None else m.tokenizer.decode(out_ids, skip_special_tokens=True)
         n_out = len(out_ids)
         if stop_token is not None:
             n_out += 1

@@ -133,45 +133,58 @@ async def test_fast_path_gives_the_same_verdict_as_full_generation(vllm_server):
     bias = {str(t): 100 for t in canon}
     same_canon, same_raw, total, fast_tokens = 0, 0, 0, []
     mismatches = []
+
+    def fast_decision(gp: prompts.GuardPrompt, bias: dict | None) -> tuple[tuple[str, ...], dict]:
+        """The plugin's reasoning-off plan: the prompt word after the prefill; on the output rail the response
+        step (prefill `Prompt harm: X\\nResponse harm:` with the model's own X) decodes the response word."""
+        body = engine.payload(gp) | ({"logit_bias": bias} if bias else {})
+        resp = _post(s, body)
+        text = resp["choices"][0]["message"]["content"]
+        m = re.fullmatch(gp.regex, text)
+        assert m, text
+        v = interpret(gp, VllmHttpEngine._completion(httpx.Response(200, json=resp), s.base_url))
+        assert v.prompt_harm == m.group(1)  # the plugin's own parser reads the same word
+        if not gp.split_output:
+            return m.groups(), resp
+        step = prompts.response_step(gp, m.group(1))
+        resp2 = _post(s, engine.payload(step) | ({"logit_bias": bias} if bias else {}))
+        m2 = re.fullmatch(step.regex, resp2["choices"][0]["message"]["content"])
+        assert m2, resp2["choices"][0]["message"]["content"]
+        return (m.group(1), m2.group(1)), resp
+
     for i, user in enumerate(PROMPTS):
         policy = CUSTOM if i % 2 == 0 else TAXONOMY
         for direction in (Direction.INPUT, Direction.OUTPUT):
             bot = BOT if direction is Direction.OUTPUT else None
             gp = prompts.build(policy, direction, user, bot, reasoning=False)
-            fast_body = engine.payload(gp)
-            assert fast_body["messages"][-1] == {"role": "assistant", "content": "Prompt harm:"}
+            assert engine.payload(gp)["messages"][-1] == {"role": "assistant", "content": "Prompt harm:"}
             full_body = {"model": s.model, "messages": [{"role": "user", "content": gp.text}], "temperature": 0,
                          "max_tokens": 128, "structured_outputs": {"regex": FULL_REGEX[direction]}}
-            fast = _post(s, {**fast_body, "logit_bias": bias})
+            n = 1 if direction is Direction.INPUT else 2
+
+            def full_words(resp: dict, direction=direction, n=n) -> tuple[str, ...]:
+                m = re.fullmatch(FULL_REGEX[direction], resp["choices"][0]["message"]["content"])
+                assert m, resp["choices"][0]["message"]["content"]
+                return m.groups()[:n]
+
+            fast_words, fast = fast_decision(gp, bias)
             full = _post(s, {**full_body, "logit_bias": bias})
-            fast_raw = _post(s, fast_body)
+            fast_raw_words, _ = fast_decision(gp, None)
             full_raw = _post(s, full_body)
-
-            def words(resp: dict, fast: bool, gp=gp, direction=direction) -> tuple[str, ...]:
-                text = resp["choices"][0]["message"]["content"]
-                m = re.fullmatch(gp.regex if fast else FULL_REGEX[direction], text)
-                assert m, text
-                return m.groups()[: 1 if direction is Direction.INPUT else 2]
-
-            # the plugin's own parser reads the fast answer (raw and canonical alike)
-            for resp in (fast, fast_raw):
-                v = interpret(gp, VllmHttpEngine._completion(httpx.Response(200, json=resp), s.base_url))
-                got = (v.prompt_harm,) + ((v.response_harm,) if direction is Direction.OUTPUT else ())
-                assert got == words(resp, True)
             total += 1
-            if words(fast, True) == words(full, False):
+            if fast_words == full_words(full):
                 same_canon += 1
             else:
-                mismatches.append((policy.name, direction.value, user, fast["choices"][0]["message"]["content"],
+                mismatches.append((policy.name, direction.value, user, fast_words,
                                    full["choices"][0]["message"]["content"]))
-            same_raw += words(fast_raw, True) == words(full_raw, False)
+            same_raw += fast_raw_words == full_words(full_raw)
             if direction is Direction.INPUT:
                 fast_tokens.append(fast["usage"]["completion_tokens"])
     print(f"\nfast path vs full generation, same canonical-token bias: {same_canon}/{total} agree; "
           f"unbiased (random model spells the header in fragments): {same_raw}/{total} agree; "
           f"canonical fast-path input completion tokens: {sorted(set(fast_tokens))}")
     assert mismatches == []
-    # verdict word + the stop token: nothing else is decoded
+    # the verdict word only: the stop string ends the request on it (no extra <eos> step)
     assert max(fast_tokens) <= 2
 
 
@@ -185,6 +198,11 @@ async def test_logprobs_confidence_and_decoded_tokens(vllm_server):
         for user in PROMPTS[:6]:
             for direction in (Direction.INPUT, Direction.OUTPUT):
                 bot = BOT if direction is Direction.OUTPUT else None
+                if direction is Direction.OUTPUT:  # split plan: the confidence comes from the response step
+                    res = await c.check(TAXONOMY, direction, user, bot, reasoning=False)
+                    assert res.verdict.confidence is not None and 0.0 <= res.verdict.confidence <= 1.0
+                    counts["output"].append(res.completion_tokens)
+                    continue
                 gp = c.build_prompt(TAXONOMY, direction, user, bot, reasoning=False)
                 comp = await c.engine.complete(gp, timeout_s=120)
                 v = interpret(gp, comp)

