@@ -61,7 +61,9 @@ HARM = "(harmful|unharmful)"
 THINK_REGEX = r"<think>\n[^\n<]{1,600}\n</think>\n\n"
 _TARGET = {
     Direction.INPUT: f"Prompt harm: {HARM}",
-    Direction.OUTPUT: f"Prompt harm: {HARM}\nResponse harm: {HARM}",
+    # The format line asks for "Response harm:"; the card's own example output writes "Response Harm:". Where the
+    # model writes that line itself, the grammar accepts either spelling rather than force one on it.
+    Direction.OUTPUT: f"Prompt harm: {HARM}\nResponse [hH]arm: {HARM}",
 }
 NO_THINK_MAX_TOKENS = 32
 RESPONSE_PREFILL = "\nResponse harm:"
@@ -70,7 +72,8 @@ RESPONSE_PREFILL = "\nResponse harm:"
 _STOP_VALUE = ("harmful",)
 _STOP_LINE = {
     Direction.INPUT: ("\nPrompt harm: harmful", "\nPrompt harm: unharmful"),
-    Direction.OUTPUT: ("\nResponse harm: harmful", "\nResponse harm: unharmful"),
+    Direction.OUTPUT: ("\nResponse harm: harmful", "\nResponse harm: unharmful",
+                       "\nResponse Harm: harmful", "\nResponse Harm: unharmful"),
 }
 
 # Chat-template control tokens of Gemma 3. vLLM renders the template to text and tokenizes it with special tokens

@@ -160,8 +160,9 @@ def test_decoding_plan_per_mode() -> None:
     assert step.messages[-1] == {"role": "assistant", "content": "Prompt harm: unharmful\nResponse harm:"}
     assert step.regex == " (harmful|unharmful)" and step.want_logprobs and step.stop == ("harmful",)
     gp = prompt.build(p, Direction.OUTPUT, "u", "b", split_output=False)
-    assert gp.regex == " (harmful|unharmful)\nResponse harm: (harmful|unharmful)"
-    assert gp.stop == ("\nResponse harm: harmful", "\nResponse harm: unharmful")
+    assert gp.regex == " (harmful|unharmful)\nResponse [hH]arm: (harmful|unharmful)"
+    assert gp.stop == ("\nResponse harm: harmful", "\nResponse harm: unharmful", "\nResponse Harm: harmful",
+                       "\nResponse Harm: unharmful")
     gp = prompt.build(p, Direction.INPUT, "u", None, reasoning=True)
     assert gp.prefill == "" and gp.regex.startswith("<think>\\n") and gp.text.endswith("/think")
     assert not gp.want_logprobs and len(gp.messages) == 1
