@@ -1,4 +1,5 @@
-"""A real vLLM CPU server for the whole session (skipped when no vLLM venv is available, unless required)."""
+"""A real vLLM CPU server shared by the tests in this package and stopped after them (an idle vLLM still holds
+CPU, and the tests after it include deadline-sensitive fault tests). Skipped without a vLLM venv, unless required."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ import pytest
 from tests.support import vllm_server as vs
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def vllm_server():
     """The running server (``.base_url``, ``.root``, ``.model``, ``.log_path``, ``.timings``), stopped at the end."""
     if os.environ.get("CSR_VLLM_URL"):
@@ -26,7 +27,7 @@ def vllm_server():
     server.stop()
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def vllm(vllm_server):
     """Alias used by the first real-vLLM tests."""
     return vllm_server
