@@ -229,7 +229,10 @@ def test_resume_after_sigint_sends_only_missing_rows(tmp_path):
         cfg = config(tmp_path / "cfg", s.url)
         cmd = [sys.executable, "-m", "nemo_csr_rail.cli.main", "eval", "--config", str(cfg), "--policy", "safety",
                "--dataset", str(ds), "--out", str(out), "--concurrency", "2", "--no-plots", "--no-progress"]
-        proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        # A CI runner may start the suite with SIGINT ignored (a background job); the child must get the default
+        # disposition back, or Python keeps ignoring Ctrl-C and the run is never interrupted.
+        proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
         deadline = time.monotonic() + 60
         rows_file = out / "rows.jsonl"
         while time.monotonic() < deadline:
