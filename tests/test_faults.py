@@ -8,7 +8,6 @@ others are not), the elapsed time against ``timeout_s``, and the rail's decision
 from __future__ import annotations
 
 import logging
-import socket
 import time
 from dataclasses import dataclass, field
 
@@ -26,17 +25,12 @@ from nemo_csr_rail.errors import (
 )
 from nemo_csr_rail.policy import Direction, Policy
 from nemo_csr_rail.rail import reset_runtimes
+from tests.support.net import free_port
 from tests.support.runtime import POLITICS, runtime
 from tests.support.standin import Fault, StandIn, error_body
 
 TIMEOUT = 2.0
 SLACK = 0.6  # scheduling + connection teardown; every bound below is timeout_s + SLACK
-
-
-def _closed_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @dataclass
@@ -127,7 +121,7 @@ async def test_fault_matrix(name: str, on_error: str, guard: StandIn, caplog) ->
 
 
 async def test_connection_refused_is_retried_then_unavailable() -> None:
-    rt = runtime(f"http://127.0.0.1:{_closed_port()}/v1", timeout_s=TIMEOUT)
+    rt = runtime(f"http://127.0.0.1:{free_port()}/v1", timeout_s=TIMEOUT)
     t0 = time.monotonic()
     out = await rt.check("think", Direction.INPUT, "hello")
     assert time.monotonic() - t0 <= TIMEOUT + SLACK

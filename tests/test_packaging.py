@@ -57,3 +57,14 @@ def test_installed_wheel_layout_loads_in_guardrails(wheel, tmp_path, guard, main
                           timeout=120)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "policy forbids" in proc.stdout
+
+
+def test_path_command_gives_the_colangpath_for_editable_installs():
+    """The README's editable-install recipe: `export COLANGPATH=$(nemo-csr-rail path --colangpath)`."""
+    run = [sys.executable, "-m", "nemo_csr_rail.cli.main", "path"]
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    pkg = subprocess.run(run, capture_output=True, text=True, env=env, check=True).stdout.strip()
+    colangpath = subprocess.run([*run, "--colangpath"], capture_output=True, text=True, env=env,
+                                check=True).stdout.strip()
+    assert Path(pkg) == ROOT / "nemo_csr_rail" and (Path(pkg) / "flows.co").is_file()
+    assert Path(colangpath) == ROOT  # the folder that holds nemo_csr_rail/, as import_paths needs

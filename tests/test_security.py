@@ -216,32 +216,13 @@ async def test_metadata_has_no_user_text(guard) -> None:
 
 def test_metadata_over_nemoguardrails_server_has_no_user_text(tmp_path, guard, main_llm) -> None:
     """The outcome returned by `nemoguardrails server` (generation log) carries no user text."""
-    import socket
-    import sys
-
-    from tests.test_server_langchain_client import _env
+    from tests.support.guardrails_server import guardrails_server
 
     cfg = write_config(tmp_path / "shop", guard_url=guard.url, main_url=main_llm.url,
                        plugin={"policies": {"retail": {"policy": "Do not discuss politics or religion."}}},
                        input_flows=['csr check input $policy="retail"'],
                        output_flows=['csr check output $policy="retail"'])
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    code = ("import uvicorn; from nemoguardrails.server import api; "
-            f"api.app.rails_config_path = {str(cfg)!r}; "
-            f"uvicorn.run(api.app, host='127.0.0.1', port={port}, log_level='warning')")
-    proc = subprocess.Popen([sys.executable, "-c", code], env=_env(), stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT)
-    base = f"http://127.0.0.1:{port}"
-    try:
-        for _ in range(300):
-            try:
-                if httpx.get(base + "/v1/rails/configs", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.1)
+    with guardrails_server(cfg) as base:
         found = 0
         for text in (USER_SECRET, USER_SECRET + " vote"):
             r = httpx.post(base + "/v1/chat/completions", timeout=30, json={
@@ -254,6 +235,3 @@ def test_metadata_over_nemoguardrails_server_has_no_user_text(tmp_path, guard, m
                         found += 1
                         assert "4111" not in json.dumps(act["return_value"])
         assert found == 3  # input+output for the allowed turn, input for the blocked one
-    finally:
-        proc.terminate()
-        proc.wait(10)

@@ -2,11 +2,8 @@
 
 from __future__ import annotations
 
-import os
-import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import httpx
@@ -14,24 +11,12 @@ import pytest
 
 from nemo_csr_rail import CsrClient, Verdict
 from nemo_csr_rail.errors import GuardUnavailable
+from tests.support.guardrails_server import env, guardrails_server
 from tests.support.rails_configs import MAIN_MODEL, V2_MAIN_FLOW, write_config
 
 ROOT = Path(__file__).resolve().parents[1]
 PLUGIN = {"policies": {"retail": {"policy": "Do not discuss politics or religion."}}}
 REASON_IN = "The user asks for content that the policy forbids, so the request is harmful."
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _env() -> dict[str, str]:
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join([str(ROOT), env.get("PYTHONPATH", "")])
-    env["COLANGPATH"] = str(ROOT)
-    return env
 
 
 @pytest.fixture
@@ -40,25 +25,8 @@ def server_dir(tmp_path, guard, main_llm):
     cfg = write_config(tmp_path / "shop", guard_url=guard.url, main_url=main_llm.url, plugin=PLUGIN,
                        input_flows=['csr check input $policy="retail"'],
                        output_flows=['csr check output $policy="retail"'])
-    port = _free_port()
-    code = ("import uvicorn; from nemoguardrails.server import api; "
-            f"api.app.rails_config_path = {str(cfg)!r}; "
-            f"uvicorn.run(api.app, host='127.0.0.1', port={port}, log_level='warning')")
-    proc = subprocess.Popen([sys.executable, "-c", code], env=_env(), stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT)
-    base = f"http://127.0.0.1:{port}"
-    for _ in range(300):
-        try:
-            if httpx.get(base + "/v1/rails/configs", timeout=1).status_code == 200:
-                break
-        except httpx.HTTPError:
-            pass
-        if proc.poll() is not None:
-            raise RuntimeError(proc.stdout.read().decode())
-        time.sleep(0.1)
-    yield base, guard
-    proc.terminate()
-    proc.wait(10)
+    with guardrails_server(cfg) as base:
+        yield base, guard
 
 
 def _chat(base: str, text: str, **guardrails) -> httpx.Response:
@@ -113,7 +81,7 @@ def test_nemoguardrails_chat_cli(colang2, tmp_path, guard, main_llm):
                        colang2=colang2, main_co=v2 if colang2 else None)
     proc = subprocess.run([sys.executable, "-m", "nemoguardrails", "chat", "--config", str(cfg)],
                           input="Where is my order?\ntell me about politics\n", capture_output=True, text=True,
-                          env=_env(), timeout=120)
+                          env=env(), timeout=120)
     out = " ".join(proc.stdout.split())  # the chat CLI wraps long lines
     assert "Hello! How can I help you today?" in out, out + proc.stderr
     assert REASON_IN in out

@@ -152,7 +152,8 @@ async def _policy_check(client: Any, endpoint: str, policy: Any, direction: str,
 
 
 async def diagnose(rails_config: Any, resolved: Any, timeout_s: float | None = None) -> list[Row]:
-    from nemo_csr_rail.eval.runner import make_client, make_engine
+    from nemo_csr_rail.engines.factory import build_engine
+    from nemo_csr_rail.eval.runner import make_client
     from nemo_csr_rail.policy import compile_policies
 
     s = resolved.plugin
@@ -164,7 +165,7 @@ async def diagnose(rails_config: Any, resolved: Any, timeout_s: float | None = N
         by_model.setdefault(policies[name].model_type, []).append((name, d, r))
     for model_type in sorted({p.model_type for p in policies.values()}):
         if s.engine == "embedded" and model_type == s.model:
-            engine = make_engine(resolved, model_type, None, 1)
+            engine = build_engine(resolved, model_type, max_concurrency=1)
             load = await _embedded_load(engine)
             rows.append(load)
             targets = [(engine.endpoint, engine)] if load.ok else []
@@ -175,7 +176,7 @@ async def diagnose(rails_config: Any, resolved: Any, timeout_s: float | None = N
                 row = await _models_check(url, ep.model, ep.api_key, ep.verify, timeout_s or max(s.timeout_s, 5.0))
                 rows.append(row)
                 if row.ok:
-                    targets.append((url, make_engine(resolved, model_type, url, 1)))
+                    targets.append((url, build_engine(resolved, model_type, base_urls=[url], max_concurrency=1)))
         for label, engine in targets:
             client = make_client(resolved, model_type, engine=engine, timeout_s=timeout_s or s.timeout_s)
             try:

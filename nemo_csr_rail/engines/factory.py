@@ -1,0 +1,32 @@
+"""Which engine a guard model resolves to, built with the plugin's settings, in one place.
+
+The rails, ``check``, ``eval`` and ``doctor`` all go through here, so a setting (retries, concurrency, TLS, circuit
+breaker, embedded device) applies the same way whichever entry point runs the check.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from nemo_csr_rail.engines.base import Engine
+from nemo_csr_rail.settings import ResolvedSettings
+
+
+def build_engine(resolved: ResolvedSettings, model_type: str, *, base_urls: Sequence[str] | None = None,
+                 max_concurrency: int | None = None) -> Engine:
+    """The embedded engine when the config selects it for this model (and no URL overrides it), else vLLM over HTTP
+    at the model's ``base_url(s)`` or at ``base_urls``."""
+    s = resolved.plugin
+    if not base_urls and s.engine == "embedded" and model_type == s.model:
+        from nemo_csr_rail.engines.embedded import EmbeddedEngine
+
+        ep = resolved.endpoints.get(model_type)
+        return EmbeddedEngine(s.embedded.model_path or (ep.model if ep else ""), device=s.embedded.device,
+                              dtype=s.embedded.dtype)
+    from nemo_csr_rail.engines.http import VllmHttpEngine
+
+    ep = resolved.endpoints[model_type]
+    urls = tuple(u.rstrip("/") for u in base_urls) if base_urls else ep.base_urls
+    return VllmHttpEngine(urls, ep.model, api_key=ep.api_key, max_retries=s.max_retries,
+                          max_concurrency=max_concurrency or s.max_concurrency, verify=ep.verify,
+                          breaker_threshold=s.breaker.threshold, breaker_cooldown_s=s.breaker.cooldown_s)
