@@ -4,16 +4,21 @@
 Runs the plugin's NeMo action (``csr_check_input`` / ``csr_check_output``, with a real ``RailsConfig``) against the
 vLLM-shaped stand-in, which runs in a *separate process* so that file descriptors, tasks and RSS measured here are
 the plugin's alone. Reports decisions by kind, escaped exceptions (must be 0), per-check latency against the
-deadline, open file descriptors and asyncio tasks before/after, and RSS over the first vs the last 1000 checks.
+deadline, open file descriptors and asyncio tasks before/after, RSS over the run, and glibc's own count of heap
+bytes in use vs free-but-held (which tells a leak from fragmentation).
 
     PYTHONPATH=. COLANGPATH=. python benchmarks/soak.py --n 10000 --concurrency 256 --fault-rate 0.05
+    # the same soak with httpx's default backend (baseline) and the plugin's buffered transport, with ratios
+    PYTHONPATH=. COLANGPATH=. python benchmarks/soak.py --n 100000 --compare
 """
 
 from __future__ import annotations
 
 import argparse
+import array
 import asyncio
 import collections
+import ctypes
 import gc
 import json
 import os
@@ -66,6 +71,36 @@ def rss_kb() -> int:
     return -1
 
 
+class _MallInfo2(ctypes.Structure):
+    _fields_ = [(name, ctypes.c_size_t) for name in
+                ("arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks", "uordblks", "fordblks",
+                 "keepcost")]
+
+
+def malloc_kb() -> tuple[int, int]:
+    """glibc's own view of the heap: (bytes in use, bytes free but still held), in KB; (-1, -1) off glibc.
+
+    RSS alone cannot tell a leak (in-use grows) from fragmentation (free-but-held grows), which is the question
+    the soak has to answer.
+    """
+    try:
+        libc = ctypes.CDLL(None)
+        fn = libc.mallinfo2
+    except (OSError, AttributeError):
+        return -1, -1
+    fn.restype = _MallInfo2
+    mi = fn()
+    return (mi.uordblks + mi.hblkhd) // 1024, mi.fordblks // 1024
+
+
+def malloc_trim() -> bool:
+    """Ask glibc to hand free-but-held heap pages back to the OS; what RSS drops by was never live memory."""
+    try:
+        return bool(ctypes.CDLL(None).malloc_trim(0))
+    except (OSError, AttributeError):
+        return False
+
+
 def fd_count() -> int:
     return len(os.listdir("/proc/self/fd"))
 
@@ -81,7 +116,7 @@ def start_server(fault_rate: float) -> tuple[subprocess.Popen, str]:
 
 
 async def run_soak(url: str, *, n: int, concurrency: int, timeout_s: float, on_error: str = "block",
-                   sample_every: int = 1) -> dict[str, Any]:
+                   samples: int = 200, transport: str = "buffered") -> dict[str, Any]:
     import yaml
     from nemoguardrails import RailsConfig
 
@@ -93,15 +128,20 @@ async def run_soak(url: str, *, n: int, concurrency: int, timeout_s: float, on_e
                     "model": "nvidia/Nemotron-Content-Safety-Reasoning-4B", "parameters": {"base_url": url}}],
         "custom_data": {"nemo_csr_rail": {
             "timeout_s": timeout_s, "on_error": on_error, "max_concurrency": concurrency,
+            "http_transport": transport,
             "policies": {"think": {"policy": "Do not discuss politics or religion.", "reasoning": True},
                          "fast": {"policy": "Do not discuss politics or religion.", "reasoning": False}}}},
     }))
     runtime_for(config)  # build (validate) before measuring
     gc.collect()
     fds_before, tasks_before = fd_count(), len(asyncio.all_tasks())
+    # Everything the harness keeps is allocated up front, so that any growth measured is the plugin's.
+    sample_every = max(1, n // samples)
     rss: list[int] = []
+    heap: list[tuple[int, int]] = []
     decisions: collections.Counter[str] = collections.Counter()
-    latencies: list[float] = []
+    latencies = array.array("d", bytes(8 * n))
+    done = 0
     escaped: list[str] = []
     counter = iter(range(n))
 
@@ -125,12 +165,15 @@ async def run_soak(url: str, *, n: int, concurrency: int, timeout_s: float, on_e
             except BaseException as exc:  # counting what escapes is the point
                 escaped.append(f"{type(exc).__name__}: {exc}")
                 return
-            latencies.append(time.monotonic() - t0)
+            nonlocal done
+            latencies[done] = time.monotonic() - t0
+            done += 1
             m = out.metadata
             key = f"{m.get('decision')}:" + (str(m.get("error_kind")) if m.get("failed") else "verdict")
             decisions[key] += 1
-            if len(latencies) % sample_every == 0:
+            if done % sample_every == 0:
                 rss.append(rss_kb())
+                heap.append(malloc_kb())
 
     t0, cpu0 = time.monotonic(), time.process_time()
     await asyncio.gather(*(worker() for _ in range(concurrency)))
@@ -140,10 +183,13 @@ async def run_soak(url: str, *, n: int, concurrency: int, timeout_s: float, on_e
     await asyncio.sleep(0.2)
     gc.collect()
     fds_after, tasks_after = fd_count(), len(asyncio.all_tasks())
-    k = min(1000, max(1, len(rss) // 4))
-    lat = sorted(latencies)
+    rss_end, heap_end = rss_kb(), malloc_kb()
+    trimmed = malloc_trim()
+    rss_trimmed, heap_trimmed = rss_kb(), malloc_kb()
+    k = max(1, len(rss) // 10)
+    lat = sorted(latencies[:done])
     return {
-        "n": n, "concurrency": concurrency, "timeout_s": timeout_s, "wall_s": round(wall, 2), "client_cpu_s": round(cpu, 2),
+        "n": n, "concurrency": concurrency, "http_transport": transport, "timeout_s": timeout_s, "wall_s": round(wall, 2), "client_cpu_s": round(cpu, 2),
         "checks_per_s": round(n / wall, 1),
         "decided": sum(decisions.values()), "escaped": len(escaped), "escaped_examples": escaped[:3],
         "decisions": dict(sorted(decisions.items())),
@@ -153,9 +199,50 @@ async def run_soak(url: str, *, n: int, concurrency: int, timeout_s: float, on_e
         "tasks_before": tasks_before, "tasks_after": tasks_after,
         "rss_kb_first": round(statistics.mean(rss[:k])) if rss else None,
         "rss_kb_last": round(statistics.mean(rss[-k:])) if rss else None,
-        "rss_window": k,
+        # warm-up (pools filling, caches, first allocations) is over after the first tenth
+        "rss_kb_second_tenth": round(statistics.mean(rss[k:2 * k])) if len(rss) >= 2 * k else None,
+        "rss_window_checks": k * sample_every,
         "rss_kb_quartiles": [rss[min(len(rss) - 1, q * len(rss) // 4)] for q in range(5)] if rss else [],
+        "heap_in_use_kb_quartiles": [heap[min(len(heap) - 1, q * len(heap) // 4)][0] for q in range(5)] if heap else [],
+        "heap_free_held_kb_quartiles": [heap[min(len(heap) - 1, q * len(heap) // 4)][1] for q in range(5)]
+        if heap else [],
+        "end": {"rss_kb": rss_end, "heap_in_use_kb": heap_end[0], "heap_free_held_kb": heap_end[1]},
+        "after_malloc_trim": {"trimmed": trimmed, "rss_kb": rss_trimmed, "heap_in_use_kb": heap_trimmed[0],
+                              "heap_free_held_kb": heap_trimmed[1]},
     }
+
+
+def compare(args: list[str]) -> int:
+    """Baseline (httpx's own backend) and the plugin's buffered transport, each soaked in a fresh process.
+
+    A fresh process each, because heap fragmentation left by one run would count against the next. Prints both
+    results and the ratios buffered / baseline.
+    """
+    runs: dict[str, dict[str, Any]] = {}
+    for transport in ("httpx", "buffered"):
+        out = subprocess.run([sys.executable, __file__, *args, "--transport", transport], cwd=ROOT,
+                             stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+        runs[transport] = json.loads(out.stdout)
+        runs[transport]["exit_code"] = out.returncode
+    base, buf = runs["httpx"], runs["buffered"]
+
+    def growth(r: dict[str, Any]) -> float:  # MB, mean RSS of the last tenth minus that of the second tenth
+        return (r["rss_kb_last"] - r["rss_kb_second_tenth"]) / 1024
+
+    rows = [
+        ("checks/s", base["checks_per_s"], buf["checks_per_s"]),
+        ("client CPU ms per check", 1000 * base["client_cpu_s"] / base["n"], 1000 * buf["client_cpu_s"] / buf["n"]),
+        ("latency p50 s", base["latency_s"]["p50"], buf["latency_s"]["p50"]),
+        ("latency p99 s", base["latency_s"]["p99"], buf["latency_s"]["p99"]),
+        ("RSS growth after warm-up, MB", growth(base), growth(buf)),
+        ("heap free-but-held at end, MB", base["end"]["heap_free_held_kb"] / 1024, buf["end"]["heap_free_held_kb"] / 1024),
+    ]
+    print(json.dumps(runs, indent=2))
+    print(f"\n{'':32} {'httpx (baseline)':>17} {'buffered':>10} {'ratio':>7}")
+    for name, b, v in rows:
+        ratio = f"{v / b:7.2f}" if b else "      -"
+        print(f"{name:32} {b:17.3f} {v:10.3f} {ratio}")
+    return max(r["exit_code"] for r in runs.values())
 
 
 def main() -> None:
@@ -165,10 +252,18 @@ def main() -> None:
     ap.add_argument("--fault-rate", type=float, default=0.05)
     ap.add_argument("--timeout", type=float, default=2.0)
     ap.add_argument("--on-error", choices=["block", "allow"], default="block")
+    ap.add_argument("--transport", choices=["buffered", "httpx"], default="buffered",
+                    help="the plugin's http_transport setting (httpx = httpx's default backend, the baseline)")
+    ap.add_argument("--compare", action="store_true",
+                    help="soak both transports, each in a fresh process, and print ratios buffered / httpx")
     a = ap.parse_args()
+    if a.compare:
+        argv = [x for x in sys.argv[1:] if x != "--compare"]
+        sys.exit(compare(argv))
     proc, url = start_server(a.fault_rate)
     try:
-        res = asyncio.run(run_soak(url, n=a.n, concurrency=a.concurrency, timeout_s=a.timeout, on_error=a.on_error))
+        res = asyncio.run(run_soak(url, n=a.n, concurrency=a.concurrency, timeout_s=a.timeout, on_error=a.on_error,
+                                   transport=a.transport))
     finally:
         proc.terminate()
         proc.wait(10)

@@ -51,6 +51,7 @@ class RailRuntime:
             engine = (engines or {}).get(model_type) or self._engine(resolved, model_type)
             self.clients[model_type] = CsrClient.from_settings(s, engine, cache=self.cache)
         self._refusals: deque[str] = deque(maxlen=256)
+        self._refusal_blob: str | None = ""  # the refusals joined by NUL, rebuilt lazily after a block
 
     @staticmethod
     def _engine(resolved: ResolvedSettings, model_type: str) -> Engine:
@@ -61,7 +62,7 @@ class RailRuntime:
         # by every config and policy that points at it.
         ep = resolved.endpoints[model_type]
         key = (ep.base_urls, ep.model, ep.api_key, repr(ep.verify), s.max_retries, s.max_concurrency,
-               s.breaker.threshold, s.breaker.cooldown_s)
+               s.breaker.threshold, s.breaker.cooldown_s, s.http_transport)
         engine = _ENGINES.get(key)
         if engine is None:
             engine = _ENGINES[key] = build_engine(resolved, model_type)
@@ -82,8 +83,18 @@ class RailRuntime:
             raise ConfigError(f"policies.{name}", f"unknown policy; defined: {', '.join(sorted(self.policies))}") from None
 
     def _is_own_refusal(self, bot_message: str) -> bool:
+        """Whether the bot message is (a streamed chunk of) a refusal this runtime issued.
+
+        A substring match, because streaming output rails see chunks. One search in a NUL-joined blob of the
+        remembered refusals keeps it a single C-level scan on every output check, however many are remembered;
+        the NUL keeps a match from spanning two refusals.
+        """
         text = bot_message.strip()
-        return bool(text) and any(text in r for r in self._refusals)
+        if not text or "\0" in text:
+            return False
+        if self._refusal_blob is None:
+            self._refusal_blob = "\0".join(self._refusals)
+        return text in self._refusal_blob
 
     async def check(self, policy_name: str | None, direction: Direction, user_message: str | None,
                     bot_message: str | None = None) -> RailOutcome:
@@ -140,6 +151,7 @@ class RailRuntime:
                                      error_refusal=self.settings.error_refusal)
         if out.is_blocked:
             self._refusals.append(str(out.metadata.get("refusal", "")))
+            self._refusal_blob = None
         log.info("csr %s policy=%s decision=%s%s latency_ms=%s", direction.value, label, out.decision.value,
                  " (check failed: " + str(out.metadata.get("error_kind")) + ")" if out.metadata.get("failed") else "",
                  out.metadata.get("latency_ms"))

@@ -167,6 +167,9 @@ class PluginSettings(_Strict):
     #: same decision) instead of the whole two-line answer; False = one request decoding both lines
     split_output: bool = True
     max_concurrency: int = Field(default=256, ge=1)
+    #: the HTTP engine's sockets: "buffered" reads every connection into one reusable buffer (flat memory, less CPU;
+    #: engines/transport.py); "httpx" is httpx's default backend, kept as a fallback
+    http_transport: Literal["buffered", "httpx"] = "buffered"
     refusal: str | None = None
     error_refusal: str = DEFAULT_ERROR_REFUSAL
     cache: CacheSettings = CacheSettings()

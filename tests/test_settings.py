@@ -53,6 +53,7 @@ def test_good_config_resolves(tmp_path: Path) -> None:
         (GOOD.replace('$policy="retail"', '$policy="retial"'), "policies.retial", "unknown policy"),
         (GOOD.replace("policies:", "on_error: maybe\n    policies:"), "on_error", "block"),
         (GOOD.replace("policies:", "timeout_s: 0\n    policies:"), "timeout_s", "greater than 0"),
+        (GOOD.replace("policies:", "http_transport: anyio\n    policies:"), "http_transport", "'buffered' or 'httpx'"),
         ("custom_data: {}\n", "", "missing"),
     ],
 )

@@ -202,3 +202,35 @@ async def test_cache_keeps_the_reasoning_and_respects_models_cache(server, tmp_p
 
 def test_stand_in_model_name_matches():
     assert GUARD_MODEL == "nvidia/Nemotron-Content-Safety-Reasoning-4B"
+
+
+async def test_own_refusals_are_recognised_whole_or_chunked_and_only_while_remembered(guard):
+    """The output rail skips the plugin's own refusal (also streamed chunks of it), never text spanning two."""
+    from tests.support.runtime import runtime as make_runtime
+
+    rt = make_runtime(guard.url, policies={
+        "one": {"policy": "Do not discuss politics.", "reasoning": False, "refusal": "Refused by the first rule."},
+        "two": {"policy": "Do not discuss politics.", "reasoning": False, "refusal": "Declined under rule two."},
+    })
+    try:
+        first = await rt.check("one", Direction.INPUT, "politics 1")
+        second = await rt.check("two", Direction.INPUT, "politics 2")
+        assert first.is_blocked and second.is_blocked
+        r1, r2 = first.metadata["refusal"], second.metadata["refusal"]
+        assert (r1, r2) == ("Refused by the first rule.", "Declined under rule two.")
+        sent = len(guard.chat_requests())
+
+        async def output(bot: str) -> str:
+            return (await rt.check("one", Direction.OUTPUT, "hi", bot)).metadata.get("skipped", "")
+
+        assert await output(r1) == "the plugin's own refusal"
+        assert await output("  " + r2[:10] + "\n") == "the plugin's own refusal", "a streamed chunk"
+        assert len(guard.chat_requests()) == sent, "a refusal must not be sent to the guard again"
+        assert await output(r1[-5:] + r2[:5]) == "", "text spanning two refusals is checked"
+        assert await output("Your parcel ships today.") == ""
+        # 256 newer refusals push the first one out of memory: then it is checked like any bot message.
+        await asyncio.gather(*(rt.check("two", Direction.INPUT, f"politics {i}") for i in range(256)))
+        assert await output(r1) == ""
+        assert await output(r2) == "the plugin's own refusal"
+    finally:
+        await rt.aclose()

@@ -16,11 +16,12 @@ import time
 import weakref
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 import httpx
 
 from nemo_csr_rail.engines.base import Completion
+from nemo_csr_rail.engines.transport import BufferedBackend, BufferedTransport
 from nemo_csr_rail.errors import (
     ConfigError,
     CsrError,
@@ -167,6 +168,7 @@ class VllmHttpEngine:
         verify: bool | str = True,
         breaker_threshold: int = 3,
         breaker_cooldown_s: float = 2.0,
+        transport: Literal["buffered", "httpx"] = "buffered",
     ) -> None:
         if not base_urls:
             raise ValueError("at least one base_url is required")
@@ -177,6 +179,9 @@ class VllmHttpEngine:
         self._max_concurrency = max_concurrency
         self._verify = verify
         self._breaker = (breaker_threshold, breaker_cooldown_s)
+        if transport not in ("buffered", "httpx"):
+            raise ValueError(f"transport must be 'buffered' or 'httpx', not {transport!r}")
+        self._transport = transport
         self._next = 0
         self._per_loop: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _Pool] = weakref.WeakKeyDictionary()
 
@@ -192,15 +197,18 @@ class VllmHttpEngine:
             ctx = _ssl_context(self._verify)
             shards = max(1, -(-self._max_concurrency // POOL_SHARD))
             per = -(-self._max_concurrency // shards)
+            # Drop idle connections before the server does (uvicorn, which serves vLLM, closes them after 5 s):
+            # reusing one the server is closing right now fails the check with a ReadError.
+            limits = httpx.Limits(max_connections=per, max_keepalive_connections=per,
+                                  keepalive_expiry=KEEPALIVE_EXPIRY_S)
+            backend = BufferedBackend() if self._transport == "buffered" else None  # one read buffer per loop
             clients = [
                 httpx.AsyncClient(
                     headers=headers,
                     verify=ctx,
                     timeout=httpx.Timeout(30.0, connect=5.0),
-                    # Drop idle connections before the server does (uvicorn, which serves vLLM, closes them
-                    # after 5 s): reusing one the server is closing right now fails the check with a ReadError.
-                    limits=httpx.Limits(max_connections=per, max_keepalive_connections=per,
-                                        keepalive_expiry=KEEPALIVE_EXPIRY_S),
+                    limits=limits,
+                    transport=BufferedTransport(backend=backend, verify=ctx, limits=limits) if backend else None,
                 )
                 for _ in range(shards)
             ]

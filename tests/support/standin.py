@@ -442,6 +442,8 @@ class StandIn:
         if cont and msgs and msgs[-1].get("role") == "assistant":
             prefill = msgs[-1].get("content") or ""
         text = full[len(prefill):] if prefill and full.startswith(prefill) else full
+        if prefill and not full.startswith(prefill):
+            text = _continue_after(prefill, full)
         regex = (body.get("structured_outputs") or {}).get("regex")
         if regex is not None:
             text = _constrain(text, regex)
@@ -560,6 +562,18 @@ class StandIn:
         _write_chunk(writer, b"data: [DONE]\n\n")
         writer.write(b"0\r\n\r\n")
         await writer.drain()
+
+
+def _continue_after(prefill: str, full: str) -> str:
+    """The model's continuation of a prefill that disagrees with the answer it 'wants'.
+
+    A real model forced to start with ``Prompt harm: unharmful\nResponse harm:`` still judges the response as it
+    would have: the stand-in continues after the prefill's last label (``Response harm:``) with what the scripted
+    answer says there, and with the whole scripted answer when it has no such label.
+    """
+    label = prefill.rsplit("\n", 1)[-1]
+    at = full.find(label) if label.strip() else -1
+    return full[at + len(label):] if at >= 0 else full
 
 
 def _constrain(text: str, regex: str) -> str:
