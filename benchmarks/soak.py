@@ -139,6 +139,7 @@ async def run_soak(url: str, *, n: int, concurrency: int, timeout_s: float, on_e
     sample_every = max(1, n // samples)
     rss: list[int] = []
     heap: list[tuple[int, int]] = []
+    blocks: list[int] = []  # live Python objects' memory blocks: flat unless Python objects accumulate
     decisions: collections.Counter[str] = collections.Counter()
     latencies = array.array("d", bytes(8 * n))
     done = 0
@@ -174,6 +175,7 @@ async def run_soak(url: str, *, n: int, concurrency: int, timeout_s: float, on_e
             if done % sample_every == 0:
                 rss.append(rss_kb())
                 heap.append(malloc_kb())
+                blocks.append(sys.getallocatedblocks())
 
     t0, cpu0 = time.monotonic(), time.process_time()
     await asyncio.gather(*(worker() for _ in range(concurrency)))
@@ -202,14 +204,19 @@ async def run_soak(url: str, *, n: int, concurrency: int, timeout_s: float, on_e
         # warm-up (pools filling, caches, first allocations) is over after the first tenth
         "rss_kb_second_tenth": round(statistics.mean(rss[k:2 * k])) if len(rss) >= 2 * k else None,
         "rss_window_checks": k * sample_every,
-        "rss_kb_quartiles": [rss[min(len(rss) - 1, q * len(rss) // 4)] for q in range(5)] if rss else [],
-        "heap_in_use_kb_quartiles": [heap[min(len(heap) - 1, q * len(heap) // 4)][0] for q in range(5)] if heap else [],
-        "heap_free_held_kb_quartiles": [heap[min(len(heap) - 1, q * len(heap) // 4)][1] for q in range(5)]
-        if heap else [],
+        # at 0%, 10%, ..., 100% of the run
+        "rss_kb_deciles": _deciles(rss),
+        "heap_in_use_kb_deciles": _deciles([h[0] for h in heap]),
+        "heap_free_held_kb_deciles": _deciles([h[1] for h in heap]),
+        "python_blocks_deciles": _deciles(blocks),
         "end": {"rss_kb": rss_end, "heap_in_use_kb": heap_end[0], "heap_free_held_kb": heap_end[1]},
         "after_malloc_trim": {"trimmed": trimmed, "rss_kb": rss_trimmed, "heap_in_use_kb": heap_trimmed[0],
                               "heap_free_held_kb": heap_trimmed[1]},
     }
+
+
+def _deciles(samples: list[int]) -> list[int]:
+    return [samples[min(len(samples) - 1, q * len(samples) // 10)] for q in range(11)] if samples else []
 
 
 def compare(args: list[str]) -> int:
