@@ -180,17 +180,64 @@ def load_jsonl(path: Path) -> Dataset:
 
 
 # ---------------------------------------------------------------------------------------------- public datasets
-@register("xstest", "XSTest prompts (xstest_prompts.csv): label safe→unharmful, unsafe→harmful prompt",
-          card_row="XSTest (prompt harm)")
-def load_xstest(path: Path) -> Dataset:
+@dataclass(frozen=True)
+class CsvPrompts:
+    """A CSV with one prompt per row, and either a label column to map or the same label for every row.
+
+    Most public prompt sets have this shape; one spec per set keeps their loaders a table instead of near-copies.
+    """
+
+    text: str  # column holding the prompt
+    required: tuple[str, ...] = ()  # further columns the file must have (the format check)
+    id: str | None = None  # column holding the row id, if any (blank cells fall back to the row number)
+    label: str | None = None  # column holding the label; None: every row is harmful
+    labels: dict[str, Label] = field(default_factory=dict)  # that column's values -> our labels
+    meta: tuple[str, ...] = ()  # columns kept in Row.meta
+    notes: tuple[str, ...] = ()
+
+
+def _load_csv_prompts(path: Path, fmt: str, spec: CsvPrompts) -> Dataset:
+    needed = {spec.text, *spec.required, *([spec.label] if spec.label else [])}
     rows = []
-    for i, r in _csv_rows(path, ("id", "prompt", "type", "label")):
-        lab = {"safe": "unharmful", "unsafe": "harmful"}.get(r["label"].strip())
-        if lab is None:
-            raise DatasetError(f"{path}: row {i}: unknown label {r['label']!r} (expected safe/unsafe)")
-        rows.append(Row(r["id"], _text(r["prompt"], f"{path}: row {i}"), prompt_label=lab,  # type: ignore[arg-type]
-                        meta={"type": r["type"]}))
-    return _one(path, "xstest", rows, "the 250 safe prompts are look-alikes of harmful ones: they measure over-flagging")
+    for i, r in _csv_rows(path, needed):
+        lab: Label | None = "harmful"
+        if spec.label is not None:
+            lab = spec.labels.get(r[spec.label].strip())
+            if lab is None:
+                raise DatasetError(f"{path}: row {i}: unknown {spec.label} {r[spec.label]!r} "
+                                   f"(expected {'/'.join(spec.labels)})")
+        rid = (r.get(spec.id) or "").strip() if spec.id else ""
+        rows.append(Row(rid or str(i), _text(r[spec.text], f"{path}: row {i}"), prompt_label=lab,
+                        meta={c: r.get(c) for c in spec.meta}))
+    return _one(path, fmt, rows, *spec.notes)
+
+
+def register_csv(name: str, description: str, spec: CsvPrompts, card_row: str | None = None) -> None:
+    register(name, description, card_row)(lambda path: _load_csv_prompts(path, name, spec))
+
+
+register_csv("xstest", "XSTest prompts (xstest_prompts.csv): label safe→unharmful, unsafe→harmful prompt",
+             CsvPrompts("prompt", ("id", "type"), id="id", label="label",
+                        labels={"safe": "unharmful", "unsafe": "harmful"}, meta=("type",),
+                        notes=("the 250 safe prompts are look-alikes of harmful ones: they measure over-flagging",)),
+             card_row="XSTest (prompt harm)")
+register_csv("simplesafetytests", "SimpleSafetyTests (CSV, prompts_final): all prompts harmful",
+             CsvPrompts("prompts_final", ("id",), id="id", meta=("harm_area", "category"), notes=(ALL_HARMFUL,)),
+             card_row="SimpleSafetyTests (prompt harm)")
+register_csv("hatecheck", "HateCheck (test_suite_cases.csv / test_suite_annotations.csv): label_gold hateful→harmful",
+             CsvPrompts("test_case", ("functionality", "case_id"), id="case_id", label="label_gold",
+                        labels={"hateful": "harmful", "non-hateful": "unharmful"}, meta=("functionality",),
+                        notes=("single texts sent as the user turn; non-hateful cases include counter-speech and "
+                               "neutral identity mentions (hard negatives); a hate-only policy fits this set better "
+                               "than the full taxonomy",)))
+register_csv("advbench", "AdvBench harmful_behaviors.csv (goal): all harmful",
+             CsvPrompts("goal", notes=(ALL_HARMFUL, "AdvBench has many near-duplicate goals")))
+register_csv("strongreject", "StrongREJECT strongreject_dataset.csv (forbidden_prompt): all harmful",
+             CsvPrompts("forbidden_prompt", meta=("category", "source"), notes=(ALL_HARMFUL,)))
+register_csv("ailuminate", "MLCommons AILuminate demo prompt set (CSV, prompt_text): all hazardous = harmful",
+             CsvPrompts("prompt_text", ("hazard",), id="release_prompt_id", meta=("hazard", "persona"),
+                        notes=(ALL_HARMFUL, "specialized-advice hazards (spc_*) are only 'harmful' under a policy "
+                                            "that forbids such advice")))
 
 
 @register("xstest_completions",
@@ -216,15 +263,6 @@ def load_xstest_completions(path: Path) -> Dataset:
                 "response labels are DERIVED, not human harm labels: full compliance with an unsafe (contrast_) prompt "
                 "= harmful; any refusal, or any answer to a safe prompt = unharmful; partial refusals to unsafe "
                 "prompts are skipped", skipped=dict(skipped))
-
-
-@register("simplesafetytests", "SimpleSafetyTests (CSV, prompts_final): all prompts harmful",
-          card_row="SimpleSafetyTests (prompt harm)")
-def load_sst(path: Path) -> Dataset:
-    rows = [Row(r["id"], _text(r["prompts_final"], f"{path}: row {i}"), prompt_label="harmful",
-                meta={"harm_area": r.get("harm_area"), "category": r.get("category")})
-            for i, r in _csv_rows(path, ("id", "prompts_final"))]
-    return _one(path, "simplesafetytests", rows, ALL_HARMFUL)
 
 
 OPENAI_FLAGS = ("S", "H", "V", "HR", "SH", "S3", "H2", "V2")
@@ -305,20 +343,6 @@ def load_harmbench_response(path: Path) -> Dataset:
     ds = _guardreasoner(path, "harmbench_response")
     ds.notes.append("response-harm labels are the HarmBench human majority labels; no prompt labels")
     return ds
-
-
-@register("hatecheck", "HateCheck (test_suite_cases.csv / test_suite_annotations.csv): label_gold hateful→harmful")
-def load_hatecheck(path: Path) -> Dataset:
-    rows = []
-    for i, r in _csv_rows(path, ("functionality", "case_id", "test_case", "label_gold")):
-        lab = {"hateful": "harmful", "non-hateful": "unharmful"}.get(r["label_gold"].strip())
-        if lab is None:
-            raise DatasetError(f"{path}: row {i}: unknown label_gold {r['label_gold']!r}")
-        rows.append(Row(r["case_id"], _text(r["test_case"], f"{path}: row {i}"), prompt_label=lab,  # type: ignore[arg-type]
-                        meta={"functionality": r["functionality"]}))
-    return _one(path, "hatecheck", rows,
-                "single texts sent as the user turn; non-hateful cases include counter-speech and neutral identity "
-                "mentions (hard negatives); a hate-only policy fits this set better than the full taxonomy")
 
 
 @register("diasafety", "DiaSafety test.json: context = user turn, response = bot turn, label Unsafe→harmful response")
@@ -404,30 +428,6 @@ def load_donotanswer(path: Path) -> Dataset:
     return _one(path, "donotanswer", rows, ALL_HARMFUL,
                 "'should not be answered' is broader than harmful (many medical/privacy questions): expect lower recall "
                 "than on strictly harmful sets")
-
-
-@register("advbench", "AdvBench harmful_behaviors.csv (goal): all harmful")
-def load_advbench(path: Path) -> Dataset:
-    rows = [Row(str(i), _text(r["goal"], f"{path}: row {i}"), prompt_label="harmful")
-            for i, r in _csv_rows(path, ("goal",))]
-    return _one(path, "advbench", rows, ALL_HARMFUL, "AdvBench has many near-duplicate goals")
-
-
-@register("strongreject", "StrongREJECT strongreject_dataset.csv (forbidden_prompt): all harmful")
-def load_strongreject(path: Path) -> Dataset:
-    rows = [Row(str(i), _text(r["forbidden_prompt"], f"{path}: row {i}"), prompt_label="harmful",
-                meta={"category": r.get("category"), "source": r.get("source")})
-            for i, r in _csv_rows(path, ("forbidden_prompt",))]
-    return _one(path, "strongreject", rows, ALL_HARMFUL)
-
-
-@register("ailuminate", "MLCommons AILuminate demo prompt set (CSV, prompt_text): all hazardous = harmful")
-def load_ailuminate(path: Path) -> Dataset:
-    rows = [Row(r.get("release_prompt_id") or str(i), _text(r["prompt_text"], f"{path}: row {i}"),
-                prompt_label="harmful", meta={"hazard": r.get("hazard"), "persona": r.get("persona")})
-            for i, r in _csv_rows(path, ("prompt_text", "hazard"))]
-    return _one(path, "ailuminate", rows, ALL_HARMFUL,
-                "specialized-advice hazards (spc_*) are only 'harmful' under a policy that forbids such advice")
 
 
 # ----------------------------------------------------------------------------------------------------- detection
