@@ -36,18 +36,27 @@ def response(body: bytes, *, status: int = 200, close: bool = False) -> bytes:
     return (head + ("connection: close\r\n" if close else "") + "\r\n").encode() + body
 
 
-@pytest.fixture
-async def serve() -> AsyncIterator[Callable[[Handler], Awaitable[str]]]:
-    servers: list[asyncio.Server] = []
+class Servers:
+    """Starts raw HTTP servers on 127.0.0.1 for one test; ``await servers(handler)`` gives the URL."""
 
-    async def start(handler: Handler) -> str:
+    def __init__(self) -> None:
+        self.started: list[asyncio.Server] = []
+
+    async def __call__(self, handler: Handler) -> str:
         server = await asyncio.start_server(handler, "127.0.0.1", 0)
-        servers.append(server)
+        self.started.append(server)
         return f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}"
 
-    yield start
-    for s in servers:
-        s.close()
+    def close(self) -> None:
+        for s in self.started:
+            s.close()
+
+
+@pytest.fixture
+async def serve() -> AsyncIterator[Servers]:
+    servers = Servers()
+    yield servers
+    servers.close()
 
 
 def client(**limits: float) -> httpx.AsyncClient:
@@ -216,3 +225,27 @@ async def test_http_transport_setting_selects_the_sockets_and_both_check(guard, 
         assert used == {"BufferedTransport" if transport == "buffered" else "AsyncHTTPTransport"}
     finally:
         await rt.aclose()
+
+
+def test_the_transport_behaves_the_same_on_uvloop() -> None:
+    """uvicorn runs ``nemoguardrails server`` on uvloop when it is installed: the same socket tests, on that loop."""
+    uvloop = pytest.importorskip("uvloop")
+
+    async def main() -> None:
+        assert type(asyncio.get_running_loop()).__module__.startswith("uvloop")
+        servers = Servers()
+        try:
+            await test_bodies_larger_than_the_read_buffer_and_the_high_water_mark_arrive_whole(servers)
+            await test_concurrent_connections_sharing_one_read_buffer_never_mix_bytes(servers)
+            await test_keep_alive_reuses_a_connection_but_not_one_the_server_dropped(servers)
+            await test_faults_surface_as_httpx_exceptions(servers)
+            await test_a_server_that_stops_reading_a_large_request_is_a_write_timeout(servers)
+            await test_a_cancelled_request_leaves_the_pool_usable(servers)
+        finally:
+            servers.close()
+
+    loop = uvloop.new_event_loop()
+    try:
+        loop.run_until_complete(main())
+    finally:
+        loop.close()
