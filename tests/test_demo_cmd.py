@@ -106,9 +106,19 @@ def test_packaged_config_copy_becomes_a_loadable_config(tmp_path):
 
 def test_demo_over_http_shows_allow_input_block_output_block(capsys):
     """Against the vLLM-shaped stand-in (harmful iff a marker word such as 'vote' occurs): all three outcomes."""
-    from tests.support.standin import StandIn
+    from tests.support.standin import HARMFUL_MARKERS, StandIn, last_user_content, verdict_responder
 
-    with StandIn() as guard:
+    # As a real guard would judge: the retail policy forbids politics, the general safety taxonomy does not.
+    # Otherwise both parallel input rails block turn 2 and which refusal wins (and which check gets cancelled
+    # before it is recorded) is a race.
+    by_policy = verdict_responder()
+    by_taxonomy = verdict_responder(tuple(m for m in HARMFUL_MARKERS if m not in ("vote", "politic", "religio")))
+
+    def responder(body):
+        custom = "Custom Policy:" in last_user_content(body)
+        return (by_policy if custom else by_taxonomy)(body)
+
+    with StandIn(responder=responder) as guard:
         assert main(["demo", "--engine", "http", "--base-url", guard.url]) == 0
         n_checks = len(guard.chat_requests())
     out = capsys.readouterr().out
@@ -117,9 +127,7 @@ def test_demo_over_http_shows_allow_input_block_output_block(capsys):
     assert t1.count("-> ALLOW") == 3 and f"[bot]  {demo_cmd.TURNS[0][1]}" in t1
     assert "input  policy=retail   reasoning=on  -> BLOCK" in t2 and "(not called: the input was blocked)" in t2
     assert "why: The user asks for content that the policy forbids" in t2
-    # Both input policies flag 'vote' here and run in parallel: either refusal may answer first.
-    assert ("[bot]  Sorry, I can't help with that. The user asks for content" in t2
-            or "[bot]  I'm sorry, I can't help with that." in t2), t2
+    assert "[bot]  Sorry, I can't help with that. The user asks for content" in t2, t2
     assert f"[{demo_cmd.SCRIPTED_LABEL}] {demo_cmd.TURNS[2][1]}" in t3
     assert "output policy=retail   reasoning=on  -> BLOCK" in t3 and "[bot]  Sorry, I can't help with that." in t3
     assert n_checks >= 7

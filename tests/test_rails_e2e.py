@@ -155,6 +155,7 @@ async def test_parallel_input_rails_all_run_and_first_block_wins(tmp_path, guard
     assert reply == HELLO
     assert len(guard.chat_requests()) == 2
     guard.requests.clear()
+    guard.hold_answers(2)  # neither check is answered before both were sent: the first block cannot pre-empt
     reply, _ = await ask(rails, "EVIL plan about politics")
     assert len(guard.chat_requests()) == 2, "both parallel rails must have sent their check"
     assert reply in {"Sorry, I can't help with that. The user asks for content that the policy forbids, so the "

@@ -189,6 +189,8 @@ class StandIn:
         self._prefixes: set[str] = set()
         self.metrics = {"queries": 0, "hits": 0, "requests": 0}
         self._lock = threading.Lock()
+        self._hold: tuple[int, float] | None = None  # (requests to wait for, deadline): see hold_answers
+        self._held = 0
 
     # -- lifecycle -------------------------------------------------------------------------------------------
     @property
@@ -227,6 +229,26 @@ class StandIn:
     def inject(self, *faults: Fault) -> None:
         with self._lock:
             self.faults.extend(faults)
+
+    def hold_answers(self, n: int, timeout_s: float = 10.0) -> None:
+        """Answer nothing until ``n`` more chat requests have arrived (or ``timeout_s`` passed), then answer all.
+
+        A barrier, so a test can prove that concurrent callers all reached the server before any got an answer
+        (e.g. parallel rails, where the first block cancels the rest) without betting on timing.
+        """
+        with self._lock:
+            self._hold, self._held = (n, time.monotonic() + timeout_s), 0
+
+    async def _wait_for_hold(self) -> None:
+        with self._lock:
+            if self._hold is None:
+                return
+            self._held += 1
+            n, deadline = self._hold
+        while self._held < n and time.monotonic() < deadline:
+            await asyncio.sleep(0.005)
+        with self._lock:
+            self._hold = None
 
     def chat_requests(self) -> list[dict[str, Any]]:
         return [r for r in self.requests if "messages" in r]
@@ -315,6 +337,7 @@ class StandIn:
         with self._lock:
             self.requests.append(body)
             self.headers_seen.append(headers)
+        await self._wait_for_hold()
         fault = self._take_fault(path)
         if fault is not None:
             return await self._apply_fault(fault, body, writer)
