@@ -131,3 +131,27 @@ def test_demo_over_http_shows_allow_input_block_output_block(capsys):
     assert f"[{demo_cmd.SCRIPTED_LABEL}] {demo_cmd.TURNS[2][1]}" in t3
     assert "output policy=retail   reasoning=on  -> BLOCK" in t3 and "[bot]  Sorry, I can't help with that." in t3
     assert n_checks >= 7
+
+
+@pytest.mark.embedded
+def test_quickstart_demo_script_installs_and_runs(tmp_path):
+    """The README's first quickstart command, as typed (``./tools/demo.sh``), on the tiny checkpoint.
+
+    It installs into the venv running these tests (already complete, so pip only confirms it) and runs the demo
+    with the embedded engine, which must show all three turns and exit 0.
+    """
+    import os
+    import subprocess
+    import sys
+
+    from tests.support.tiny_cache import tiny_checkpoint
+
+    if sys.prefix == sys.base_prefix:
+        pytest.skip("tools/demo.sh installs into a venv; these tests are not running in one")
+    env = {**os.environ, "CSR_VENV": sys.prefix, "PIP_DISABLE_PIP_VERSION_CHECK": "1"}
+    proc = subprocess.run([str(ROOT / "tools" / "demo.sh"), "--model", str(tiny_checkpoint()), "--device", "cpu"],
+                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.count("--- turn ") == 3 and proc.stdout.count("[bot]") == 3
+    assert "NOT THE REAL GUARD MODEL" in proc.stdout, "a random-weight model must be labelled as such"
+    assert "Traceback" not in proc.stdout + proc.stderr

@@ -114,6 +114,26 @@ async def test_unconstrained_decoding_matches_transformers_generate(engine):
     assert comp.text == m.tokenizer.decode(out[0, ids.shape[1]:], skip_special_tokens=True)
 
 
+async def test_kv_cache_goes_by_the_name_this_transformers_takes(engine, recwarn):
+    """transformers 5 renamed ``past_key_values`` to ``cache`` and warns on the old name at every decode step:
+    the engine asks the model which one it takes, so a check is silent (and still plain greedy decoding, above)."""
+    import inspect
+
+    m = engine.load()
+    assert m.cache_arg in inspect.signature(m.model.forward).parameters
+    gp = prompts.build(POLICIES["custom"], Direction.INPUT, "hello", None, reasoning=True)
+    await engine.complete(gp, timeout_s=60)
+    assert not [w for w in recwarn if "past_key_values" in str(w.message)]
+
+
+async def test_a_model_that_returns_no_kv_cache_fails_closed(engine, monkeypatch):
+    m = engine.load()
+    monkeypatch.setattr(m, "cache_arg", "no_such_cache")
+    gp = prompts.build(POLICIES["custom"], Direction.INPUT, "hello", None, reasoning=True)
+    with pytest.raises(EngineUnavailable, match="returned no KV cache"):
+        await engine.complete(gp, timeout_s=60)
+
+
 async def test_concurrent_checks_are_serialised_and_deterministic(engine):
     c = client(engine)
     texts = [f"question number {i}" for i in range(6)]

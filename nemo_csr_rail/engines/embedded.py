@@ -18,6 +18,7 @@ generation runs in a worker thread under a lock, and stops early when its caller
 from __future__ import annotations
 
 import asyncio
+import inspect
 import math
 import threading
 import time
@@ -130,10 +131,28 @@ class _Loaded:
     max_len: int
     grammars: dict[str, Grammar]
     lock: threading.Lock
+    cache_arg: str = "past_key_values"  # the forward() argument that carries the KV cache (see _cache_arg)
 
 
 _MODELS: dict[tuple[str, str, str], _Loaded] = {}
 _MODELS_LOCK = threading.Lock()
+
+
+def _cache_arg(model: Any) -> str:
+    """transformers 5.x renamed the KV-cache argument (and output field) ``past_key_values`` to ``cache`` and warns
+    on every use of the old name; older releases only know the old one. Ask the model which it takes."""
+    try:
+        params = inspect.signature(model.forward).parameters
+    except (TypeError, ValueError):
+        return "past_key_values"
+    return "cache" if "cache" in params else "past_key_values"
+
+
+def _kv_cache(out: Any, arg: str) -> Any:
+    # Without its cache the next one-token step would be judged with no context at all: never carry on silently.
+    if arg not in out or out[arg] is None:
+        raise RuntimeError(f"the model returned no KV cache ({arg!r})")
+    return out[arg]
 
 
 def _eos_ids(model: Any, tokenizer: Any) -> frozenset[int]:
@@ -251,7 +270,7 @@ class EmbeddedEngine:
         return _Loaded(model=model, tokenizer=tokenizer, torch=torch, device=device, dtype=dtype, path=path,
                        table=table, by_bytes=by_bytes, max_token_len=max((len(b) for b in by_bytes), default=1),
                        eos_ids=_eos_ids(model, tokenizer), max_len=_max_len(model),
-                       grammars={}, lock=threading.Lock())
+                       grammars={}, lock=threading.Lock(), cache_arg=_cache_arg(model))
 
     # -- prompt -----------------------------------------------------------------------------------------------
     def render(self, prompt: GuardPrompt) -> str:
@@ -327,7 +346,7 @@ class EmbeddedEngine:
         with torch.inference_mode():
             inp = torch.tensor([ids], device=m.device)
             out = m.model(input_ids=inp, use_cache=True, logits_to_keep=1)
-            past = out.past_key_values
+            past = _kv_cache(out, m.cache_arg)
             for _ in range(prompt.max_tokens):
                 if cancel.is_set() or time.monotonic() > deadline:
                     raise GuardTimeout("embedded guard check exceeded its deadline")
@@ -352,9 +371,9 @@ class EmbeddedEngine:
                         break
                 if len(out_ids) >= prompt.max_tokens:
                     break  # finish_reason "length", even when the grammar is complete (as vLLM reports it)
-                out = m.model(input_ids=torch.tensor([[choice]], device=m.device), past_key_values=past,
-                              use_cache=True)
-                past = out.past_key_values
+                out = m.model(input_ids=torch.tensor([[choice]], device=m.device), use_cache=True,
+                              **{m.cache_arg: past})
+                past = _kv_cache(out, m.cache_arg)
                 if matcher is not None and matcher.finished:
                     # The grammar is complete, so only a stop token may follow; vLLM generates it, counts it and
                     # reports its logprob (renormalised over the stop tokens), but leaves it out of the text.
