@@ -178,7 +178,9 @@ async def test_a_cancelled_request_leaves_the_pool_usable(serve) -> None:
         assert (await c.post(f"{url}/1", content=b"still fine")).content == b"still fine"
 
 
-async def test_tls_connection_reads_whole_bodies(tmp_path) -> None:
+@pytest.fixture
+def tls_cert(tmp_path) -> tuple[str, ssl.SSLContext]:
+    """A self-signed certificate for 127.0.0.1: (its path, a server context that presents it)."""
     import shutil
     import subprocess
 
@@ -190,12 +192,17 @@ async def test_tls_connection_reads_whole_bodies(tmp_path) -> None:
                    check=True, capture_output=True)
     server_ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     server_ctx.load_cert_chain(str(cert), str(key))
+    return str(cert), server_ctx
+
+
+async def test_tls_connection_reads_whole_bodies(tls_cert) -> None:
+    cert, server_ctx = tls_cert
     server = await asyncio.start_server(echo_digest, "127.0.0.1", 0, ssl=server_ctx)
     url = f"https://127.0.0.1:{server.sockets[0].getsockname()[1]}"
     body = b"0123456789abcdef" * 20_000  # 320 KB
     lim = httpx.Limits(max_connections=4)
     try:
-        verified = ssl.create_default_context(cafile=str(cert))
+        verified = ssl.create_default_context(cafile=cert)
         async with httpx.AsyncClient(transport=BufferedTransport(backend=BufferedBackend(), verify=verified,
                                                                  limits=lim)) as c:
             r = await c.post(f"{url}/3", content=body)
@@ -207,6 +214,114 @@ async def test_tls_connection_reads_whole_bodies(tmp_path) -> None:
                 await c.get(f"{url}/")
     finally:
         server.close()
+
+
+async def test_tls_to_a_server_that_already_closed_fails_at_once_as_connect_error(tls_cert) -> None:
+    """The peer's close is processed before the handshake starts (a busy loop): fail now, not at the timeout."""
+    cert, _ = tls_cert
+
+    async def close_at_once(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writer.close()
+
+    async def busy_between_connect_and_tls(event: str, info: dict) -> None:
+        if event == "connection.connect_tcp.complete":
+            await asyncio.sleep(0.1)
+
+    server = await asyncio.start_server(close_at_once, "127.0.0.1", 0)
+    url = f"https://127.0.0.1:{server.sockets[0].getsockname()[1]}/"
+    transport = BufferedTransport(backend=BufferedBackend(), verify=ssl.create_default_context(cafile=cert),
+                                  limits=httpx.Limits())
+    try:
+        async with httpx.AsyncClient(transport=transport, timeout=httpx.Timeout(30, connect=10)) as c:
+            t0 = asyncio.get_running_loop().time()
+            with pytest.raises(httpx.ConnectError, match="before the TLS handshake"):
+                await c.get(url, extensions={"trace": busy_between_connect_and_tls})
+            assert asyncio.get_running_loop().time() - t0 < 5, "must not wait for the connect timeout"
+    finally:
+        server.close()
+
+
+async def test_connection_info_is_readable_after_a_tls_connection_closed(tls_cert) -> None:
+    cert, server_ctx = tls_cert
+
+    async def answer_and_close(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await read_request(reader)
+        writer.write(response(b"ok", close=True))
+        await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(answer_and_close, "127.0.0.1", 0, ssl=server_ctx)
+    port = server.sockets[0].getsockname()[1]
+    transport = BufferedTransport(backend=BufferedBackend(), verify=ssl.create_default_context(cafile=cert),
+                                  limits=httpx.Limits())
+    try:
+        async with httpx.AsyncClient(transport=transport) as c:
+            r = await c.get(f"https://127.0.0.1:{port}/")
+            await asyncio.sleep(0.1)  # the connection is gone by now
+            stream = r.extensions["network_stream"]
+            assert stream.get_extra_info("server_addr") == ("127.0.0.1", port)
+            assert stream.get_extra_info("ssl_object") is not None
+            assert stream.get_extra_info("is_readable") is True
+            assert stream.get_extra_info("no such key") is None
+    finally:
+        server.close()
+
+
+def test_an_idle_connection_the_server_closed_while_the_loop_was_busy_is_not_reused() -> None:
+    """The server (its own thread) drops each kept-alive connection 20 ms after answering; the client's loop is
+    blocked meanwhile, so the FIN waits in the kernel, unseen by any callback. The next request must not take that
+    connection (httpcore asks ``is_readable``), or it fails with 'Server disconnected'."""
+    import threading
+    import time
+
+    port: list[int] = []
+    stop = threading.Event()
+
+    async def answer_then_drop(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await read_request(reader)
+        writer.write(response(b"ok"))
+        await writer.drain()
+        await asyncio.sleep(0.02)
+        writer.close()
+
+    def server_thread() -> None:
+        async def main() -> None:
+            server = await asyncio.start_server(answer_then_drop, "127.0.0.1", 0)
+            port.append(server.sockets[0].getsockname()[1])
+            while not stop.is_set():
+                await asyncio.sleep(0.02)
+            server.close()
+
+        asyncio.run(main())
+
+    thread = threading.Thread(target=server_thread, daemon=True)
+    thread.start()
+    while not port:
+        time.sleep(0.01)
+
+    async def main() -> list[str]:
+        answers = []
+        async with client(keepalive_expiry=30) as c:
+            for _ in range(10):
+                answers.append((await c.get(f"http://127.0.0.1:{port[0]}/")).text)
+                time.sleep(0.1)  # blocks the loop: the server's FIN arrives meanwhile
+        return answers
+
+    try:
+        assert asyncio.run(main()) == ["ok"] * 10
+    finally:
+        stop.set()
+        thread.join(5)
+
+
+async def test_a_socket_option_the_system_rejects_is_a_connect_error(serve) -> None:
+    import httpcore
+
+    url = await serve(echo_digest)
+    port = int(url.rsplit(":", 1)[1])
+    bogus = (__import__("socket").SOL_SOCKET, 12345, 1)
+    with pytest.raises(httpcore.ConnectError, match="socket option"):
+        await BufferedBackend().connect_tcp("127.0.0.1", port, timeout=2, socket_options=[bogus])
 
 
 @pytest.mark.parametrize("transport", ["buffered", "httpx"])
@@ -241,6 +356,7 @@ def test_the_transport_behaves_the_same_on_uvloop() -> None:
             await test_faults_surface_as_httpx_exceptions(servers)
             await test_a_server_that_stops_reading_a_large_request_is_a_write_timeout(servers)
             await test_a_cancelled_request_leaves_the_pool_usable(servers)
+            await test_a_socket_option_the_system_rejects_is_a_connect_error(servers)
         finally:
             servers.close()
 

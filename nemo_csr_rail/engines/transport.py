@@ -16,7 +16,9 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import select
 import ssl
+import sys
 from collections.abc import Iterable
 from typing import Any
 
@@ -28,6 +30,22 @@ READ_BUFFER = 64 * 1024
 HIGH_WATER = 1024 * 1024
 
 SocketOption = tuple[Any, ...]  # as for socket.setsockopt
+
+
+def _socket_readable(sock: Any) -> bool:
+    """Whether the kernel holds data (or a FIN/RST) for ``sock`` that the event loop has not delivered yet.
+
+    A server can close an idle kept-alive connection while this loop is busy elsewhere; until the loop runs the
+    read callback, only the socket itself knows. A closed or missing socket counts as readable (don't reuse it).
+    """
+    fd = -1 if sock is None else sock.fileno()
+    if fd < 0:
+        return True
+    if sys.platform == "win32" or not hasattr(select, "poll"):  # pragma: no cover
+        return bool(select.select([fd], [], [], 0)[0])
+    poller = select.poll()
+    poller.register(fd, select.POLLIN)
+    return bool(poller.poll(0))
 
 
 def _expire(fut: asyncio.Future[None]) -> None:
@@ -113,6 +131,9 @@ class BufferedStream(httpcore.AsyncNetworkStream):
     def __init__(self, protocol: _Protocol, transport: asyncio.Transport) -> None:
         self._protocol = protocol
         self._transport = transport
+        # Read once, while the transport is open: CPython's TLS transport raises from get_extra_info once it has
+        # been closed after the connection was lost, and callers may ask after the response (network_stream).
+        self._info = {key: transport.get_extra_info(key) for key in ("ssl_object", "sockname", "peername", "socket")}
 
     async def read(self, max_bytes: int, timeout: float | None = None) -> bytes:
         p = self._protocol
@@ -161,6 +182,11 @@ class BufferedStream(httpcore.AsyncNetworkStream):
 
     async def start_tls(self, ssl_context: ssl.SSLContext, server_hostname: str | None = None,
                         timeout: float | None = None) -> httpcore.AsyncNetworkStream:
+        p = self._protocol
+        if p.closed or p.eof or self._transport.is_closing():
+            # asyncio's start_tls on a connection the peer already closed waits for a handshake that never comes.
+            self._transport.close()
+            raise httpcore.ConnectError("connection closed by the server before the TLS handshake")
         loop = asyncio.get_running_loop()
         try:
             tls = await asyncio.wait_for(
@@ -178,21 +204,13 @@ class BufferedStream(httpcore.AsyncNetworkStream):
         return BufferedStream(self._protocol, tls)  # type: ignore[arg-type]
 
     def get_extra_info(self, info: str) -> Any:
-        t = self._transport
-        if info == "ssl_object":
-            return t.get_extra_info("ssl_object")
-        if info == "client_addr":
-            return t.get_extra_info("sockname")
-        if info == "server_addr":
-            return t.get_extra_info("peername")
-        if info == "socket":
-            return t.get_extra_info("socket")
         if info == "is_readable":
-            # httpcore asks this of an idle pooled connection: anything received (data, EOF, reset) means the
-            # server dropped or spoiled it, and it must not be reused.
+            # httpcore asks this of an idle pooled connection: anything received (data, EOF, reset), whether the
+            # loop has delivered it yet or it still waits in the kernel, means the server dropped or spoiled it.
             p = self._protocol
-            return bool(p.chunks) or p.eof or p.closed
-        return None
+            return bool(p.chunks) or p.eof or p.closed or _socket_readable(self._info["socket"])
+        key = {"client_addr": "sockname", "server_addr": "peername"}.get(info, info)
+        return self._info.get(key) if key in ("ssl_object", "sockname", "peername", "socket") else None
 
 
 class BufferedBackend(httpcore.AsyncNetworkBackend):
@@ -210,9 +228,13 @@ class BufferedBackend(httpcore.AsyncNetworkBackend):
             raise httpcore.ConnectTimeout("timed out connecting to the guard server") from None
         except OSError as exc:  # refused, unreachable, DNS (socket.gaierror)
             raise httpcore.ConnectError(str(exc)) from exc
-        sock = transport.get_extra_info("socket")
-        for option in socket_options or ():
-            sock.setsockopt(*option)
+        try:
+            sock = transport.get_extra_info("socket")
+            for option in socket_options or ():
+                sock.setsockopt(*option)
+        except OSError as exc:
+            transport.close()
+            raise httpcore.ConnectError(f"cannot set a socket option: {exc}") from exc
         return BufferedStream(protocol, transport)
 
     async def connect_tcp(self, host: str, port: int, timeout: float | None = None, local_address: str | None = None,
