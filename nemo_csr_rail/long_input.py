@@ -9,6 +9,7 @@ fraction covered. Any harmful window blocks the whole message.
 
 from __future__ import annotations
 
+import json
 import math
 from dataclasses import dataclass
 
@@ -59,7 +60,9 @@ def scrub(message: str, *texts: str | None) -> str:
         t = text.strip()
         if len(t) < 12:
             continue
-        probes = {t[:40], t[-40:]} if len(t) > 40 else {t}
+        # Servers quote input raw, JSON-escaped or as a Python repr (newlines as \n, non-ASCII as \uXXXX).
+        forms = {t, json.dumps(t)[1:-1], json.dumps(t, ensure_ascii=False)[1:-1], repr(t)[1:-1]}
+        probes = {p for f in forms for p in ((f[:40], f[-40:]) if len(f) > 40 else (f,))}
         if any(p in message for p in probes):
             return "[error message withheld: it quoted the checked text; log_user_text shows it at DEBUG]"
     return message

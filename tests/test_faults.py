@@ -240,3 +240,74 @@ async def test_fault_end_to_end_reply(on_error: str, tmp_path, guard: StandIn, m
     else:
         assert reply == "Hello! How can I help you today?"
     reset_runtimes()
+
+
+# ---------------------------------------------------------------- the engine keeps the deadline on its own
+def _engine_and_prompt(url: str, **kw):
+    from nemo_csr_rail.engines.http import VllmHttpEngine
+    from tests.support.standin import GUARD_MODEL
+
+    prompt = CsrClient(url).build_prompt(Policy.custom("p", POLITICS), Direction.INPUT, "hi", None, False)
+    return VllmHttpEngine([url], GUARD_MODEL, **kw), prompt
+
+
+async def test_engine_deadline_bounds_a_trickled_answer(guard: StandIn) -> None:
+    """httpx's read timeout is per read; a server that keeps sending a little never trips it. The engine's own
+    deadline covers the whole response, so VllmHttpEngine used directly ends on time too."""
+    guard.inject(Fault(kind="trickle", delay_s=0.05))
+    engine, prompt = _engine_and_prompt(guard.url)
+    t0 = time.monotonic()
+    with pytest.raises(GuardTimeout):
+        await engine.complete(prompt, timeout_s=0.5)
+    assert time.monotonic() - t0 <= 0.5 + SLACK
+    await engine.aclose()
+
+
+async def test_waiting_for_a_request_slot_counts_against_the_deadline(guard: StandIn) -> None:
+    import asyncio
+
+    guard.inject(Fault(kind="delay", delay_s=1.5))
+    engine, prompt = _engine_and_prompt(guard.url, max_concurrency=1)
+    slow = asyncio.ensure_future(engine.complete(prompt, timeout_s=3.0))
+    await asyncio.sleep(0.1)  # the only slot is taken
+    t0 = time.monotonic()
+    with pytest.raises(GuardTimeout, match="max_concurrency"):
+        await engine.complete(prompt, timeout_s=0.3)
+    assert time.monotonic() - t0 <= 0.3 + SLACK
+    await slow
+    await engine.aclose()
+
+
+def test_a_new_event_loop_per_call_does_not_keep_old_connections(guard: StandIn) -> None:
+    """Sync callers (NeMo's generate(), scripts) run each check in a fresh loop: the pools of ended loops are let
+    go, so connections and descriptors do not pile up, and aclose() works from yet another loop."""
+    import asyncio
+    import gc
+    import os
+
+    def fds() -> int:
+        return len(os.listdir("/proc/self/fd"))
+
+    client = CsrClient(guard.url, timeout_s=2.0)
+    asyncio.run(client.classify(POLITICS, "warm up", reasoning=False))
+    gc.collect()
+    before = fds()
+    for i in range(40):
+        asyncio.run(client.classify(POLITICS, f"question {i}", reasoning=False))
+    gc.collect()
+    time.sleep(0.2)  # the stand-in (another thread) sees the closed connections
+    assert len(client.engine._per_loop) <= 1
+    # Before, every loop kept its pool: +2 descriptors and one server-side connection per call (80 and 40 here).
+    assert fds() - before < 20
+    assert len(guard._writers) <= 5, "connections of ended loops must be closed"
+    asyncio.run(client.aclose())
+    assert not client.engine._per_loop
+
+
+def test_scrub_catches_checked_text_quoted_escaped() -> None:
+    from nemo_csr_rail.long_input import scrub
+
+    secret = "my card is 4111 1111 1111 1111\nexp 12/29 cvv 123 — «merci»"
+    for quoted in (secret, repr(secret), __import__("json").dumps(secret), __import__("json").dumps(secret)[1:-1]):
+        assert "4111" not in scrub(f"400 Bad Request: cannot process {quoted} here", secret)
+    assert scrub("400 Bad Request: invalid parameter", secret) == "400 Bad Request: invalid parameter"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 
 from nemo_csr_rail.policy import Direction
@@ -117,3 +118,77 @@ async def test_all_replicas_down_is_a_labelled_failure() -> None:
     rt = runtime(urls, timeout_s=1.0)
     out = await rt.check("fast", Direction.INPUT, "hello")
     assert out.is_blocked and out.metadata["error_kind"] == "guard_unavailable"
+
+
+# ------------------------------------------------------------------ replicas that hang instead of failing fast
+def _blackhole() -> tuple[list, str]:
+    """A listener whose accept queue is full: new connection attempts hang (as to a host that drops packets)."""
+    import socket
+
+    srv = socket.socket()
+    srv.bind(("127.0.0.1", 0))
+    srv.listen(0)
+    port = srv.getsockname()[1]
+    held = [srv]
+    for _ in range(4):
+        s = socket.socket()
+        s.setblocking(False)
+        with contextlib.suppress(BlockingIOError):
+            s.connect(("127.0.0.1", port))
+        held.append(s)
+    time.sleep(0.2)
+    return held, f"http://127.0.0.1:{port}/v1"
+
+
+async def test_a_hung_replica_leaves_time_for_the_healthy_one_and_its_breaker_opens() -> None:
+    """One replica accepts and never answers. Each attempt gets a share of the deadline while other replicas are
+    left to try, so no check fails, and the timeouts count against the hung replica until its breaker opens."""
+    with StandIn() as good, StandIn() as hung:
+        hung.inject(*[Fault(kind="hang")] * 100)
+        rt = runtime([good.url, hung.url], timeout_s=1.0, breaker=BREAKER)
+        for i in range(10):
+            t0 = time.monotonic()
+            out = await rt.check("fast", Direction.INPUT, f"order {i}")
+            assert out.metadata["failed"] is False, out.metadata
+            assert time.monotonic() - t0 < 1.0 + 0.6
+        assert len(hung.chat_requests()) == BREAKER["threshold"], "open breaker: no more requests to it"
+        assert _engine(rt).breaker_states()[hung.url] == "open"
+        await rt.aclose()
+
+
+async def test_a_replica_that_drops_connection_attempts_fails_over_too() -> None:
+    held, dead = _blackhole()
+    try:
+        with StandIn() as good:
+            rt = runtime([good.url, dead], timeout_s=1.0, breaker=BREAKER)
+            outs = [await rt.check("fast", Direction.INPUT, f"order {i}") for i in range(8)]
+            assert [o.metadata["failed"] for o in outs] == [False] * 8, [o.metadata for o in outs]
+            assert _engine(rt).breaker_states()[dead] == "open"
+            await rt.aclose()
+    finally:
+        for s in held:
+            s.close()
+
+
+async def test_retry_after_from_one_replica_is_honoured_after_another_fails() -> None:
+    """A answers 429 with Retry-After: 0.6 s, B is down: the next round waits the 0.6 s, whichever failed last."""
+    import socket
+
+    from nemo_csr_rail import CsrClient, Policy
+    from nemo_csr_rail.engines.http import VllmHttpEngine
+    from tests.support.standin import GUARD_MODEL
+
+    s0 = socket.socket()
+    s0.bind(("127.0.0.1", 0))
+    dead = f"http://127.0.0.1:{s0.getsockname()[1]}/v1"
+    s0.close()
+    with StandIn() as a:
+        a.inject(Fault(kind="status", status=429, headers={"Retry-After": "0.6"}, body=error_body(429, "slow down")))
+        engine = VllmHttpEngine([a.url, dead], GUARD_MODEL, breaker_threshold=99)
+        engine._next = 0  # a first, then the dead one
+        t0 = time.monotonic()
+        prompt = CsrClient(a.url).build_prompt(Policy.custom("p", "x"), Direction.INPUT, "hi", None, False)
+        await engine.complete(prompt, timeout_s=3.0)
+        assert time.monotonic() - t0 >= 0.6 - 0.05
+        assert len(a.chat_requests()) == 2
+        await engine.aclose()

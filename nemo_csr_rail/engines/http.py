@@ -193,6 +193,7 @@ class VllmHttpEngine:
         loop = asyncio.get_running_loop()
         pool = self._per_loop.get(loop)
         if pool is None or pool.closed:
+            self._forget_closed_loops()
             headers = {"Authorization": f"Bearer {self._api_key}"} if self._api_key else {}
             ctx = _ssl_context(self._verify)
             shards = max(1, -(-self._max_concurrency // POOL_SHARD))
@@ -250,26 +251,48 @@ class VllmHttpEngine:
     async def complete(self, prompt: GuardPrompt, *, timeout_s: float) -> Completion:
         deadline = time.monotonic() + timeout_s
         pool = self._client()
-        sem = pool.sem
         body = self.payload(prompt)
+        sem = pool.sem
+        if sem.locked():  # back-pressure: waiting for a slot is part of the check's deadline
+            try:
+                await asyncio.wait_for(sem.acquire(), max(0.0, deadline - time.monotonic()))
+            except asyncio.TimeoutError:
+                raise GuardTimeout(f"guard check exceeded {timeout_s:g}s waiting for one of the "
+                                   f"{self._max_concurrency} request slots (max_concurrency)") from None
+        else:
+            await sem.acquire()
+        try:
+            return await self._attempts(pool, body, deadline, timeout_s)
+        finally:
+            sem.release()
+
+    async def _attempts(self, pool: _Pool, body: dict[str, Any], deadline: float, timeout_s: float) -> Completion:
         threshold, cooldown = self._breaker
         last: CsrError | None = None
+        retry_after = 0.0  # the longest Retry-After of the current round, whichever replica sent it
         attempt = 0
 
-        async def attempt_on(replica: _Replica) -> Completion:
-            nonlocal last
+        async def attempt_on(replica: _Replica, share: int) -> Completion:
+            """One request to ``replica``, with 1/``share`` of the time left: when other replicas are still to be
+            tried this round, a replica that hangs (or drops connection attempts) must leave them time to answer."""
+            nonlocal last, retry_after
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 raise GuardTimeout(f"guard check exceeded {timeout_s:g}s" + (f" (last error: {last.message})" if last else ""))
+            budget = remaining / share
             try:
                 with pool.lease() as client:
-                    result = await self._post(client, replica.base_url, body, remaining)
+                    try:
+                        result = await asyncio.wait_for(self._post(client, replica.base_url, body, budget), budget)
+                    except asyncio.TimeoutError:  # httpx's timeouts are per read: this bounds the whole response
+                        raise GuardTimeout(f"guard server at {replica.base_url} did not answer in time") from None
             except (GuardUnavailable, GuardHTTPError, GuardTimeout) as exc:
                 last = exc
                 if isinstance(exc, GuardTLSError) or (isinstance(exc, GuardHTTPError) and not exc.retryable):
                     raise  # the server is up and answered; no retry can change this
                 replica.record(False, threshold=threshold, cooldown_s=cooldown)
-                if isinstance(exc, GuardTimeout):
+                retry_after = max(retry_after, getattr(exc, "retry_after", None) or 0.0)
+                if isinstance(exc, GuardTimeout) and share == 1:
                     raise  # the whole remaining budget was spent on this attempt
                 raise _Retry() from None
             except CsrError:
@@ -278,46 +301,35 @@ class VllmHttpEngine:
             replica.record(True, threshold=threshold, cooldown_s=cooldown)
             return result
 
-        async with sem:
-            while True:
-                now = time.monotonic()
-                deferred: list[_Replica] = []
-                tried = False
-                for replica in self._order():
-                    state = replica.state(now)
-                    if state == "open" or (state == "half_open" and replica.probing):
-                        deferred.append(replica)
-                        continue
-                    tried = True
-                    probe = state == "half_open"
+        while True:
+            now = time.monotonic()
+            order = self._order()
+            ready = [r for r in order if not (r.state(now) == "open" or (r.state(now) == "half_open" and r.probing))]
+            # Every breaker open: a guard must still try rather than fail every check for cooldown_s.
+            candidates = ready or order
+            retry_after = 0.0
+            for i, replica in enumerate(candidates):
+                probe = bool(ready) and replica.state(time.monotonic()) == "half_open"
+                if probe:
+                    if replica.probing:
+                        continue  # another check took the probe meanwhile
+                    replica.probing = True
+                try:
+                    return await attempt_on(replica, len(candidates) - i)
+                except _Retry:
+                    continue
+                finally:
                     if probe:
-                        replica.probing = True
-                    try:
-                        return await attempt_on(replica)
-                    except _Retry:
-                        continue
-                    finally:
-                        if probe:
-                            replica.probing = False
-                if not tried:
-                    # Every breaker is open: a guard must still try rather than fail every check for cooldown_s.
-                    for replica in deferred:
-                        try:
-                            return await attempt_on(replica)
-                        except _Retry:
-                            continue
-                attempt += 1
-                if attempt > self._max_retries:
-                    assert last is not None
-                    raise last
-                delay = min(0.05 * (2 ** attempt), 1.0) * random.uniform(0.5, 1.5)
-                ra = getattr(last, "retry_after", None)
-                if ra is not None:
-                    delay = max(delay, ra)
-                if time.monotonic() + delay >= deadline:
-                    assert last is not None
-                    raise last
-                await asyncio.sleep(delay)
+                        replica.probing = False
+            attempt += 1
+            if attempt > self._max_retries:
+                assert last is not None
+                raise last
+            delay = max(min(0.05 * (2 ** attempt), 1.0) * random.uniform(0.5, 1.5), retry_after)
+            if time.monotonic() + delay >= deadline:
+                assert last is not None
+                raise last
+            await asyncio.sleep(delay)
 
     async def _post(self, client: httpx.AsyncClient, base_url: str, body: dict[str, Any], remaining: float) -> Completion:
         url = base_url + "/chat/completions"
@@ -378,8 +390,19 @@ class VllmHttpEngine:
         except (KeyError, TypeError, AttributeError, IndexError) as exc:
             raise GuardProtocolError(f"guard server at {base_url} returned an unexpected body ({type(exc).__name__})") from None
 
+    def _forget_closed_loops(self) -> None:
+        """Drop the pools of event loops that have ended (a new loop per call, as sync callers do).
+
+        A pool's connections refer to their loop, so the weak mapping alone never lets go of them; their sockets
+        can no longer be closed through the dead loop, so the transports close them when collected.
+        """
+        for loop in [lp for lp in self._per_loop if lp.is_closed()]:
+            del self._per_loop[loop]
+
     async def aclose(self) -> None:
-        for pool in list(self._per_loop.values()):
-            for client in pool.clients:
-                await client.aclose()
+        """Close this event loop's connections; forget every other loop's (they cannot be closed from here)."""
+        pool = self._per_loop.pop(asyncio.get_running_loop(), None)
         self._per_loop.clear()
+        for client in pool.clients if pool else ():
+            with contextlib.suppress(Exception):
+                await client.aclose()
