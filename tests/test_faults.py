@@ -295,7 +295,9 @@ def test_a_new_event_loop_per_call_does_not_keep_old_connections(guard: StandIn)
     for i in range(40):
         asyncio.run(client.classify(POLITICS, f"question {i}", reasoning=False))
     gc.collect()
-    time.sleep(0.2)  # the stand-in (another thread) sees the closed connections
+    deadline = time.monotonic() + 5
+    while len(guard._writers) > 5 and time.monotonic() < deadline:
+        time.sleep(0.05)  # the stand-in (another thread) sees the closed connections
     assert len(client.engine._per_loop) <= 1
     # Before, every loop kept its pool: +2 descriptors and one server-side connection per call (80 and 40 here).
     assert fds() - before < 20
