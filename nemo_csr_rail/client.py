@@ -17,7 +17,7 @@ from nemo_csr_rail import prompt as prompts
 from nemo_csr_rail import verdict as verdicts
 from nemo_csr_rail.cache import TTLCache
 from nemo_csr_rail.engines.base import Completion, Engine
-from nemo_csr_rail.errors import CsrError, GuardTimeout, VerdictParseError
+from nemo_csr_rail.errors import CsrError, VerdictParseError
 from nemo_csr_rail.policy import Direction, Policy
 from nemo_csr_rail.verdict import Verdict
 
@@ -26,8 +26,6 @@ if TYPE_CHECKING:
 
 DEFAULT_BASE_URL = "http://127.0.0.1:8000/v1"
 DEFAULT_MODEL = "nvidia/Nemotron-Content-Safety-Reasoning-4B"
-# How long after its deadline a check is cut off if the engine has not ended it itself (it normally has).
-DEADLINE_BACKSTOP_S = 0.2
 
 
 @dataclass(frozen=True)
@@ -138,17 +136,13 @@ class CsrClient:
             if hit is not None:
                 return CheckResult(hit, (time.perf_counter() - start) * 1000, cached=True, calls=0)
         budget = self.timeout_s if timeout_s is None else timeout_s
-        # The engine keeps the deadline itself (and classifies what ran out: a hung replica, a full queue), so this
-        # backstop fires a little later: cancelling the engine at the same instant would hide that from it.
-        backstop = budget + DEADLINE_BACKSTOP_S
-        try:
-            if gp.split_output:
-                verdict, completions, calls = await asyncio.wait_for(self._split(gp, budget), timeout=backstop)
-            else:
-                completion = await asyncio.wait_for(self.engine.complete(gp, timeout_s=budget), timeout=backstop)
-                verdict, completions, calls = interpret(gp, completion), [completion], 1
-        except asyncio.TimeoutError:
-            raise GuardTimeout(f"guard check exceeded {budget:g}s") from None
+        # Every engine ends its own calls by their deadline (it knows what ran out: a hung replica, a full queue,
+        # a busy model), so no second timer runs here.
+        if gp.split_output:
+            verdict, completions, calls = await self._split(gp, budget)
+        else:
+            completion = await self.engine.complete(gp, timeout_s=budget)
+            verdict, completions, calls = interpret(gp, completion), [completion], 1
         verdict.harm(direction)  # the field this direction needs must be present
         if key is not None and self.cache is not None:
             self.cache.put(key, verdict)

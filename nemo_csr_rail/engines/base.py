@@ -30,6 +30,9 @@ class Completion:
 class Engine(Protocol):
     name: str
 
-    async def complete(self, prompt: GuardPrompt, *, timeout_s: float) -> Completion: ...
+    async def complete(self, prompt: GuardPrompt, *, timeout_s: float) -> Completion:
+        """The model's answer, or a :class:`~nemo_csr_rail.errors.CsrError`; ends within ``timeout_s`` (raising
+        ``GuardTimeout``) whatever it waits on: callers set no timer of their own."""
+        ...
 
     async def aclose(self) -> None: ...

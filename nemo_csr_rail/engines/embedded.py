@@ -131,7 +131,7 @@ class _Loaded:
     max_len: int
     grammars: dict[str, Grammar]
     lock: threading.Lock
-    cache_arg: str = "past_key_values"  # the forward() argument that carries the KV cache (see _cache_arg)
+    cache_arg: str  # the forward() argument that carries the KV cache (see _cache_arg)
 
 
 _MODELS: dict[tuple[str, str, str], _Loaded] = {}
@@ -304,7 +304,12 @@ class EmbeddedEngine:
         task = asyncio.ensure_future(asyncio.to_thread(self._complete_sync, prompt, deadline, cancel))
         task.add_done_callback(lambda t: t.cancelled() or t.exception())  # an abandoned run's error is not "lost"
         try:
-            return await asyncio.shield(task)
+            # The worker checks the deadline between tokens; this also bounds the wait for the model lock, the
+            # load and the prefill, which it cannot interrupt.
+            return await asyncio.wait_for(asyncio.shield(task), max(0.0, deadline - time.monotonic()))
+        except asyncio.TimeoutError:
+            cancel.set()
+            raise GuardTimeout(f"embedded guard check exceeded {timeout_s:g}s") from None
         except asyncio.CancelledError:
             cancel.set()  # the worker stops at its next token; a load in progress finishes for the next check
             raise

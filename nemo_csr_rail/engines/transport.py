@@ -133,7 +133,8 @@ class BufferedStream(httpcore.AsyncNetworkStream):
         self._transport = transport
         # Read once, while the transport is open: CPython's TLS transport raises from get_extra_info once it has
         # been closed after the connection was lost, and callers may ask after the response (network_stream).
-        self._info = {key: transport.get_extra_info(key) for key in ("ssl_object", "sockname", "peername", "socket")}
+        self._info = {name: transport.get_extra_info(key) for name, key in (
+            ("ssl_object", "ssl_object"), ("client_addr", "sockname"), ("server_addr", "peername"), ("socket", "socket"))}
 
     async def read(self, max_bytes: int, timeout: float | None = None) -> bytes:
         p = self._protocol
@@ -209,8 +210,7 @@ class BufferedStream(httpcore.AsyncNetworkStream):
             # loop has delivered it yet or it still waits in the kernel, means the server dropped or spoiled it.
             p = self._protocol
             return bool(p.chunks) or p.eof or p.closed or _socket_readable(self._info["socket"])
-        key = {"client_addr": "sockname", "server_addr": "peername"}.get(info, info)
-        return self._info.get(key) if key in ("ssl_object", "sockname", "peername", "socket") else None
+        return self._info.get(info)
 
 
 class BufferedBackend(httpcore.AsyncNetworkBackend):
