@@ -78,3 +78,13 @@ def test_code_needs_no_python_newer_than_requires_python():
                            "--eval-annotations", "nemo_csr_rail", "benchmarks", "tools", "tests"],
                           cwd=ROOT, capture_output=True, text=True)
     assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def test_ci_runs_the_readme_test_command_verbatim():
+    """CI must run what the README tells a user to run, not a private variant of it."""
+    readme = (ROOT / "README.md").read_text()
+    quickstart = readme.split("## Quickstart", 1)[1].split("```bash", 1)[1].split("```", 1)[0]
+    (test_cmd,) = [ln.split("#", 1)[0].strip() for ln in quickstart.splitlines() if "test" in ln.split("#", 1)[0]]
+    ci = [ln.strip() for ln in (ROOT / ".ci" / "run").read_text().splitlines()
+          if ln.strip() and not ln.startswith(("#", "set ", "cd "))]
+    assert ci == [test_cmd] == ["./tools/test.sh"]
