@@ -150,7 +150,7 @@ class EmbeddedSettings(_Strict):
     dtype: str = "auto"
 
 
-TELEMETRY_EXTRA_MODULES = ("prometheus_client", "opentelemetry.trace")
+TELEMETRY_EXTRA_MODULES = ("prometheus_client", "opentelemetry", "opentelemetry.trace")
 
 
 class TelemetrySettings(_Strict):
@@ -191,7 +191,7 @@ class TelemetrySettings(_Strict):
                 found = importlib.util.find_spec(module) is not None
             except (ImportError, ValueError):
                 found = False
-            if not found:
+            if not found and module.split(".")[0] not in missing:
                 missing.append(module.split(".")[0])
         if missing:
             raise ValueError(f"needs the 'telemetry' extra: pip install 'nemo-csr-rail[telemetry]' "
