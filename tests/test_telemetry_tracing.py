@@ -148,3 +148,24 @@ def test_without_an_sdk_nothing_is_recorded_and_no_traceparent_is_sent(tmp_path)
                           cwd=str(tmp_path))
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip() == "OK ProxyTracerProvider"
+
+
+@pytest.mark.parametrize("colang2", [False, True], ids=["colang1", "colang2"])
+async def test_llmrails_checks_join_the_applications_trace(colang2, spans, tmp_path, guard, main_llm):
+    from opentelemetry import trace
+
+    from tests.e2e_helpers import ask, rails_for
+    from tests.support.rails_configs import V2_MAIN_FLOW, write_config
+
+    plugin = {"policies": {"retail": {"policy": POLITICS}}, "telemetry": {}}
+    v2 = V2_MAIN_FLOW + '\nflow input rails $input_text\n  csr check input $policy="retail"\n'
+    cfg = write_config(tmp_path / "cfg", guard_url=guard.url, main_url=main_llm.url, plugin=plugin, colang2=colang2,
+                       input_flows=None if colang2 else ['csr check input $policy="retail"'],
+                       main_co=v2 if colang2 else None)
+    rails = rails_for(cfg)
+    with trace.get_tracer("app").start_as_current_span("app.request") as app:
+        await ask(rails, "tell me about politics")
+    (span,) = check_spans(spans)
+    assert span.parent.span_id == app.get_span_context().span_id
+    assert span.attributes["csr.decision"] == "block"
+    assert traceparent(guard.headers_seen[-1])[0] == f"{app.get_span_context().trace_id:032x}"
