@@ -140,7 +140,12 @@ async def test_a_writer_stuck_in_io_does_not_delay_checks(tmp_path, guard):
         assert out.metadata["decision"] == "allow"
     assert not rt.telemetry.audit.flush(0.2), "the writer is stuck, as intended"
     got: list[bytes] = []
-    reader = threading.Thread(target=lambda: got.append(open(fifo, "rb").read()))
+
+    def read_all() -> None:
+        with open(fifo, "rb") as f:
+            got.append(f.read())
+
+    reader = threading.Thread(target=read_all)
     reader.start()  # unblock the writer: everything queued meanwhile arrives
     assert rt.telemetry.audit.flush(10)
     rt.telemetry.audit.close()

@@ -13,7 +13,7 @@ from nemo_csr_rail.policy import Direction
 from nemo_csr_rail.settings import parse_plugin_settings
 from tests.support.net import dead_url, free_port
 from tests.support.runtime import POLITICS, runtime
-from tests.support.standin import Fault, StandIn
+from tests.support.standin import Fault
 from tests.telemetry_helpers import metrics_endpoint, sample, scrape  # noqa: F401 - fixture
 
 pytestmark = pytest.mark.usefixtures("metrics_endpoint")
