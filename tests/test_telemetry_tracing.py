@@ -137,8 +137,9 @@ def test_without_an_sdk_nothing_is_recorded_and_no_traceparent_is_sent(tmp_path)
 
         with StandIn() as guard:
             rt = runtime(guard.url, telemetry={})
-            with tracing.start_check_span("input", "think") as span:
-                assert not span.is_recording()
+            span, token = tracing.start_check_span("input", "think")
+            assert not span.is_recording() and token is None
+            tracing.end_check_span(span, token)
             out = asyncio.run(rt.check("think", Direction.INPUT, "politics"))
             assert out.metadata["decision"] == "block"
             assert "traceparent" not in guard.headers_seen[-1], guard.headers_seen[-1]

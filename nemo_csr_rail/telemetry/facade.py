@@ -62,17 +62,13 @@ class EngineInstrument:
         counter = self._requests.get(key)
         if counter is None:
             counter = self._requests[key] = metrics.GUARD_REQUESTS.labels(*key)
-        counter.inc()
         per = self._per_replica.get(attempt.replica)
         if per is None:
             r = attempt.replica
             per = self._per_replica[r] = (metrics.GUARD_REQUEST_DURATION.labels(r), metrics.GUARD_RETRIES.labels(r),
                                           metrics.BREAKER_OPENED.labels(r))
-        per[0].observe(attempt.seconds)
-        if attempt.retry:
-            per[1].inc()
-        if attempt.breaker_after == "open" and attempt.breaker_before != "open":
-            per[2].inc()
+        metrics.record_request(per, counter, attempt.seconds, attempt.retry,
+                               attempt.breaker_after == "open" and attempt.breaker_before != "open")
         scope = _scope.get()
         if scope is not None:
             scope.requests += 1
@@ -103,7 +99,7 @@ class CheckTelemetry:
         self.metrics_endpoint = (metrics.serve(settings.prometheus_host, settings.prometheus_port)
                                  if settings.prometheus_port is not None else None)
         self._series: dict[tuple[str, str], metrics.PolicySeries] = {}
-        self._in_flight = {d.value: metrics.CHECKS_IN_FLIGHT.labels(d.value) for d in Direction}
+        self._in_flight = metrics.IN_FLIGHT
 
     def watch(self, engine: Any) -> None:
         """Report an engine's requests and breaker states (HTTP engines; the embedded one has neither)."""
@@ -119,17 +115,18 @@ class CheckTelemetry:
         d = direction.value
         scope = _Scope()
         token = _scope.set(scope)
-        gauge = self._in_flight[d]
-        gauge.inc()
+        started, finished = self._in_flight[d]
+        next(started)
         start = time.perf_counter()
+        span, span_token = tracing.start_check_span(d, policy_name)
         try:
-            with tracing.start_check_span(d, policy_name) as span:
-                out = await check(policy_name, direction, user_message, bot_message)
-                elapsed = time.perf_counter() - start
-                tracing.finish_check_span(span, out.metadata, replica=scope.replica, requests=scope.requests,
-                                          retries=scope.retries, capture_text=self.capture_explanation)
+            out = await check(policy_name, direction, user_message, bot_message)
+            elapsed = time.perf_counter() - start
+            tracing.finish_check_span(span, out.metadata, replica=scope.replica, requests=scope.requests,
+                                      retries=scope.retries, capture_text=self.capture_explanation)
         finally:
-            gauge.dec()
+            tracing.end_check_span(span, span_token)
+            next(finished)
             _scope.reset(token)
         self._record(out.metadata, policy_name, d, elapsed, user_message, bot_message)
         return out
@@ -146,17 +143,10 @@ class CheckTelemetry:
             series = self._series[(policy, direction)] = metrics.PolicySeries.of(policy, direction)
         failed = bool(meta.get("failed"))
         blocked = meta.get("decision") == "block"
-        series.outcome[("error_" if failed else "") + ("blocked" if blocked else "allowed")].inc()
-        series.duration.observe(elapsed)
-        if failed:
-            metrics.CHECK_ERRORS.labels(policy, direction, str(meta.get("error_kind") or "error")).inc()
-        if meta.get("cached"):
-            series.cache_hits.inc()
-        for kind, key in (("prompt", "prompt_tokens"), ("completion", "completion_tokens"),
-                          ("cached", "cached_tokens")):
-            n = meta.get(key)
-            if n:
-                series.tokens[kind].inc(n)
+        metrics.record_check(series, ("error_" if failed else "") + ("blocked" if blocked else "allowed"), elapsed,
+                             (policy, direction, str(meta.get("error_kind") or "error")) if failed else None,
+                             bool(meta.get("cached")),
+                             (meta.get("prompt_tokens"), meta.get("completion_tokens"), meta.get("cached_tokens")))
         if self.audit is None:
             return
         record: dict[str, Any] = {
