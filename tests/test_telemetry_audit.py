@@ -10,6 +10,8 @@ import threading
 from datetime import datetime, timezone
 
 import pytest
+from hypothesis import HealthCheck, example, given, settings
+from hypothesis import strategies as st
 
 from nemo_csr_rail.policy import Direction
 from nemo_csr_rail.telemetry import audit
@@ -183,3 +185,22 @@ async def test_a_writer_far_behind_drops_and_counts_instead_of_growing(tmp_path,
     rt = runtime(guard.url, telemetry={"audit_log": str(path)})
     assert (await rt.check("think", Direction.INPUT, "hello")).metadata["decision"] == "allow"
     assert rt.telemetry.audit.dropped == 1
+
+
+@given(texts=st.lists(st.text(alphabet=st.characters(exclude_categories=()), max_size=200), min_size=1, max_size=8))
+@example(texts=["lone \ud800 surrogate", "line\nbreak \x00 nul \"quote\" 🙂"])
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+def test_any_text_gives_one_valid_json_line_per_record(tmp_path_factory, texts):
+    """Newlines, NULs, quotes, non-BMP characters and lone surrogates: one parseable line per record, text intact."""
+    path = tmp_path_factory.mktemp("fuzz") / "audit.jsonl"
+    writer = audit.AuditWriter(str(path))
+    for i, t in enumerate(texts):
+        writer.submit({"ts": 1.0 + i, "user_text": t, "bot_text": t[::-1]})
+    assert writer.flush(10)
+    writer.close()
+    lines = path.read_bytes().split(b"\n")
+    assert lines[-1] == b"" and len(lines) == len(texts) + 1
+    got = [json.loads(line) for line in lines[:-1]]
+    assert [g["user_text"] for g in got] == texts and [g["bot_text"] for g in got] == [t[::-1] for t in texts]
+    assert got[0]["ts"] == "1970-01-01T00:00:01.000000+00:00"
+    assert writer.written == len(texts) and writer.write_errors == 0

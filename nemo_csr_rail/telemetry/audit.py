@@ -102,7 +102,11 @@ class AuditWriter:
                 except queue.Empty:
                     break
             if batch:
-                self._write(batch)
+                try:
+                    self._write(batch)
+                except Exception:  # a bug here must not end the thread: later records would pile up unwritten
+                    self.write_errors += len(batch)
+                    log.exception("telemetry: audit writer failed on a batch of %d records", len(batch))
             for w in waiters:
                 w.set()
             if stop:
@@ -111,7 +115,7 @@ class AuditWriter:
 
     def _write(self, batch: list[dict[str, Any]]) -> None:
         try:
-            data = "".join(_line(r) for r in batch).encode()
+            data = b"".join(_line(r) for r in batch)
             fd = self._open()
             view = memoryview(data)
             while view:
@@ -152,12 +156,19 @@ class AuditWriter:
         self._fd, self._identity = None, None
 
 
-def _line(record: dict[str, Any]) -> str:
-    """One JSON line; a float ``ts`` (epoch seconds, cheap to take on the check's path) becomes UTC ISO-8601 here."""
+def _line(record: dict[str, Any]) -> bytes:
+    """One UTF-8 JSON line; a float ``ts`` (epoch seconds, cheap to take on the check's path) becomes UTC ISO-8601.
+
+    Text that is not valid Unicode (lone surrogates, which Python strings can hold) cannot be written as UTF-8: that
+    record is written with JSON ``\\u`` escapes instead, so every line stays valid JSON whatever the user typed.
+    """
     ts = record.get("ts")
     if isinstance(ts, float):
         record["ts"] = datetime.fromtimestamp(ts, timezone.utc).isoformat(timespec="microseconds")
-    return json.dumps(record, ensure_ascii=False, default=str) + "\n"
+    try:
+        return (json.dumps(record, ensure_ascii=False, default=str) + "\n").encode()
+    except UnicodeEncodeError:
+        return (json.dumps(record, ensure_ascii=True, default=str) + "\n").encode()
 
 
 _writers: dict[str, AuditWriter] = {}
