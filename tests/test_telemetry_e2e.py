@@ -118,3 +118,18 @@ def test_guardrails_server_several_configs_one_endpoint(tmp_path, guard, main_ll
     got = [json.loads(x) for x in audit.read_text().splitlines()]
     assert sorted((r["policy"], r["decision"]) for r in got) == [
         ("srv_bank", "block"), ("srv_misc", "allow"), ("srv_shop", "allow")]
+
+
+def test_overhead_benchmark_runs(tmp_path):
+    """benchmarks/telemetry_overhead.py cannot rot: a tiny run (structure only; nothing here is timed)."""
+    import subprocess
+    import sys
+
+    from tests.support.guardrails_server import ROOT, env
+
+    proc = subprocess.run([sys.executable, "-m", "benchmarks.telemetry_overhead", "--checks", "40", "--rounds", "2"],
+                          capture_output=True, text=True, env=env(), cwd=str(ROOT), timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = proc.stdout
+    assert "audit records written: 480" in out  # (200 warm-up + 40 measured) x 2 variants, each audited
+    assert "OTel API without SDK" in out and "OTel SDK recording every span" in out
