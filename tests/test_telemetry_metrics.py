@@ -217,3 +217,23 @@ def test_every_metric_the_dashboard_and_alerts_read_exists():
         assert required in used
     for rule in ('outcome="error_allowed"', "histogram_quantile(0.95", "csr_guard_breaker_state"):
         assert any(rule in e for e in exprs), rule
+
+
+async def test_in_flight_counts_a_running_check_and_a_timeout_is_an_error_of_its_kind(guard):
+    import asyncio
+
+    port = free_port()
+    rt = runtime(guard.url, telemetry={"prometheus_port": port}, policies={"inf": {"policy": POLITICS}},
+                 max_retries=0, timeout_s=1.0)
+    guard.inject(Fault(kind="hang"))  # the guard accepts the request and never answers: the check waits
+    task = asyncio.ensure_future(rt.check("inf", Direction.OUTPUT, "hi", "Sure."))
+    while not guard.requests:
+        await asyncio.sleep(0.01)
+    text = await asyncio.to_thread(scrape, port)
+    assert sample(text, "csr_checks_in_flight", direction="output") == 1
+    out = await task
+    assert out.metadata["error_kind"] == "guard_timeout"
+    text = await asyncio.to_thread(scrape, port)
+    assert sample(text, "csr_checks_in_flight", direction="output") == 0
+    assert sample(text, "csr_check_errors_total", policy="inf", direction="output", kind="guard_timeout") == 1
+    assert sample(text, "csr_guard_requests_total", replica=guard.url, status="timeout") == 1
