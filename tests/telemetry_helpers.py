@@ -30,3 +30,11 @@ def metrics_endpoint():
     metrics.stop_endpoint()
     yield
     metrics.stop_endpoint()
+
+
+def value(name: str, **labels: str) -> float:
+    """A series' current value in this process (0 when absent): the baseline for series keyed by a replica URL,
+    whose port an earlier test's server may have had."""
+    from prometheus_client import REGISTRY
+
+    return REGISTRY.get_sample_value(name, labels) or 0.0

@@ -13,7 +13,7 @@ from tests.e2e_helpers import ask, rails_for
 from tests.support.guardrails_server import guardrails_server
 from tests.support.net import free_port
 from tests.support.rails_configs import MAIN_MODEL, V2_MAIN_FLOW, write_config
-from tests.telemetry_helpers import metrics_endpoint, sample, scrape  # noqa: F401 - fixture
+from tests.telemetry_helpers import metrics_endpoint, sample, scrape, value  # noqa: F401 - fixture
 
 POLITICS = "Do not discuss politics or religion."
 REASON_IN = "The user asks for content that the policy forbids, so the request is harmful."
@@ -44,6 +44,7 @@ async def test_llmrails_turns_are_counted_per_check_and_audited(colang2, tmp_pat
                        plugin=plugin(name, port, str(audit)), colang2=colang2,
                        main_co=V2_MAIN_FLOW + V2_RAILS.format(p=name) if colang2 else None, **flows)
     rails = rails_for(cfg)
+    ok_before = value("csr_guard_requests_total", replica=guard.url, status="200")
     assert (await ask(rails, "Where is my order?"))[0].startswith("Hello!")     # input + output: allowed
     assert REASON_IN in (await ask(rails, "tell me about politics"))[0]          # input: blocked
     assert "EVIL" not in (await ask(rails, "TRIGGEROUT please"))[0]              # input allowed, output blocked
@@ -52,7 +53,8 @@ async def test_llmrails_turns_are_counted_per_check_and_audited(colang2, tmp_pat
     assert sample(text, "csr_checks_total", policy=name, direction="input", outcome="blocked") == 1
     assert sample(text, "csr_checks_total", policy=name, direction="output", outcome="allowed") == 1
     assert sample(text, "csr_checks_total", policy=name, direction="output", outcome="blocked") == 1
-    assert sample(text, "csr_guard_requests_total", replica=guard.url, status="200") == len(guard.chat_requests())
+    assert sample(text, "csr_guard_requests_total", replica=guard.url, status="200") - ok_before == \
+        len(guard.chat_requests())
     from nemo_csr_rail.rail import runtime_for
 
     assert runtime_for(rails.config).telemetry.audit.flush(10)
