@@ -244,3 +244,17 @@ async def test_in_flight_counts_a_running_check_and_a_timeout_is_an_error_of_its
     assert sample(text, "csr_checks_in_flight", direction="output") == 0
     assert sample(text, "csr_check_errors_total", policy="inf", direction="output", kind="guard_timeout") == 1
     assert sample(text, "csr_guard_requests_total", replica=guard.url, status="timeout") - timeouts == 1
+
+
+async def test_a_long_input_checked_in_windows_is_one_check(guard):
+    port = free_port()
+    rt = runtime(guard.url, telemetry={"prometheus_port": port}, policies={"li": {"policy": POLITICS}},
+                 long_input={"max_chars": 256, "window_chars": 128, "max_windows": 4})
+    ok_before = value("csr_guard_requests_total", replica=guard.url, status="200")
+    out = await rt.check("li", Direction.INPUT, "Where is my order? " * 40)
+    windows = out.metadata["long_input"]["windows"]
+    assert windows > 1 and out.metadata["decision"] == "allow"
+    text = scrape(port)
+    assert sample(text, "csr_checks_total", policy="li", direction="input", outcome="allowed") == 1
+    assert sample(text, "csr_check_duration_seconds_count", policy="li", direction="input") == 1
+    assert sample(text, "csr_guard_requests_total", replica=guard.url, status="200") - ok_before == windows
