@@ -50,6 +50,7 @@ class RailRuntime:
         for model_type in {p.model_type for p in self.policies.values()}:
             engine = (engines or {}).get(model_type) or self._engine(resolved, model_type)
             self.clients[model_type] = CsrClient.from_settings(s, engine, cache=self.cache)
+        self.telemetry = _telemetry(resolved, self.policies, [c.engine for c in self.clients.values()])
         self._refusals: deque[str] = deque(maxlen=256)
         self._refusal_blob: str | None = ""  # the refusals joined by NUL, rebuilt lazily after a block
 
@@ -98,6 +99,13 @@ class RailRuntime:
 
     async def check(self, policy_name: str | None, direction: Direction, user_message: str | None,
                     bot_message: str | None = None) -> RailOutcome:
+        """Decide one turn; with ``telemetry`` configured, the decision is also measured, traced and audited."""
+        if self.telemetry is not None:
+            return await self.telemetry.observe(self._decide, policy_name, direction, user_message, bot_message)
+        return await self._decide(policy_name, direction, user_message, bot_message)
+
+    async def _decide(self, policy_name: str | None, direction: Direction, user_message: str | None,
+                      bot_message: str | None = None) -> RailOutcome:
         start = time.perf_counter()
         label = policy_name or "?"
         try:
@@ -205,6 +213,18 @@ class RailRuntime:
     async def aclose(self) -> None:
         for c in self.clients.values():
             await c.aclose()
+
+
+def _telemetry(resolved: ResolvedSettings, policies: dict[str, Policy], engines: list[Engine]) -> Any:
+    """The config's telemetry (imported only when configured: its packages are an optional extra)."""
+    if resolved.plugin.telemetry is None:
+        return None
+    from nemo_csr_rail.telemetry.facade import CheckTelemetry
+
+    telemetry = CheckTelemetry(resolved.plugin.telemetry, policies)
+    for engine in engines:
+        telemetry.watch(engine)
+    return telemetry
 
 
 def _with_long_input(out: RailOutcome, info: dict[str, Any]) -> RailOutcome:

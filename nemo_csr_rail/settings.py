@@ -150,6 +150,55 @@ class EmbeddedSettings(_Strict):
     dtype: str = "auto"
 
 
+TELEMETRY_EXTRA_MODULES = ("prometheus_client", "opentelemetry", "opentelemetry.trace")
+
+
+class TelemetrySettings(_Strict):
+    """Metrics, audit trail and traces (docs/operations.md). Needs ``pip install nemo-csr-rail[telemetry]``.
+
+    The section exists to be switched on explicitly: without it the plugin imports none of the telemetry packages and
+    behaves exactly as before. The extra is checked here, at load time, so a missing package is a ConfigError that
+    names the extra rather than an ImportError on the first user turn.
+    """
+
+    #: serve Prometheus ``/metrics`` on this port (one endpoint per process, shared by every config); absent: none
+    prometheus_port: int | None = Field(default=None, ge=1, le=65535)
+    prometheus_host: str = "127.0.0.1"
+    #: append one JSON line per guard decision to this file (written by a background thread, rotation-safe)
+    audit_log: str | None = None
+    #: also put the user's and the bot's text into each audit record and the reasoning into the trace event
+    audit_include_text: bool = False
+
+    @field_validator("audit_log")
+    @classmethod
+    def _audit_path(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        path = Path(os.path.expanduser(value))
+        if not value.strip() or path.is_dir():
+            raise ValueError(f"audit_log {value!r} must be a file path, not a directory")
+        if not path.parent.is_dir():
+            raise ValueError(f"audit_log {value!r}: directory {str(path.parent)!r} does not exist")
+        return str(path)
+
+    @model_validator(mode="after")
+    def _extra_installed(self) -> TelemetrySettings:
+        import importlib.util
+
+        missing = []
+        for module in TELEMETRY_EXTRA_MODULES:
+            try:
+                found = importlib.util.find_spec(module) is not None
+            except (ImportError, ValueError):
+                found = False
+            if not found and module.split(".")[0] not in missing:
+                missing.append(module.split(".")[0])
+        if missing:
+            raise ValueError(f"needs the 'telemetry' extra: pip install 'nemo-csr-rail[telemetry]' "
+                             f"(missing: {', '.join(missing)})")
+        return self
+
+
 class PluginSettings(_Strict):
     """The whole plugin section. Defaults are the ones we recommend in production."""
 
@@ -177,6 +226,7 @@ class PluginSettings(_Strict):
     long_input: LongInputSettings = LongInputSettings()
     tls: TlsSettings = TlsSettings()
     breaker: BreakerSettings = BreakerSettings()
+    telemetry: TelemetrySettings | None = None
     policies: dict[str, PolicySettings] = Field(min_length=1)
 
     @field_validator("refusal")

@@ -134,3 +134,36 @@ def test_embedded_engine(tmp_path, capsys):
     rc, data = doctor_json(cfg(tmp_path, "http://127.0.0.1:9/v1", plugin=plugin), capsys)
     assert rc == 1
     assert data["checks"][0]["detail"].startswith("engine_unavailable") and "missing" in data["checks"][0]["detail"]
+
+
+# ---------------------------------------------------------------------------------------------------- telemetry
+def test_telemetry_is_reported_and_the_metrics_endpoint_probed(tmp_path, capsys):
+    from nemo_csr_rail.rail import runtime_for
+    from nemo_csr_rail.telemetry import metrics
+    from tests.e2e_helpers import rails_for
+    from tests.support.net import free_port
+
+    port = free_port()
+    audit = tmp_path / "audit.jsonl"
+    plugin = {**PLUGIN, "telemetry": {"prometheus_port": port, "audit_log": str(audit)}}
+    metrics.stop_endpoint()
+    try:
+        with StandIn() as guard:
+            path = cfg(tmp_path, guard.url, plugin=plugin)
+            rc, data = doctor_json(path, capsys)  # the application is not running: nothing serves /metrics
+            assert rc == 1
+            by = {c["check"]: c for c in data["checks"]}
+            assert by["telemetry"]["ok"] and f"metrics on 127.0.0.1:{port}" in by["telemetry"]["detail"]
+            assert "user/bot text off" in by["telemetry"]["detail"]
+            assert by["metrics"]["endpoint"] == f"http://127.0.0.1:{port}/metrics"
+            assert not by["metrics"]["ok"] and by["metrics"]["detail"].startswith("nothing answers")
+            assert by["audit"]["ok"] and by["audit"]["detail"] == "will be created"
+            assert all(c["ok"] for c in data["checks"] if c["check"] not in ("metrics",))
+
+            runtime_for(rails_for(path).config)  # the application loads the config: the endpoint starts
+            rc, data = doctor_json(path, capsys)
+            assert rc == 0, data
+            metrics_row = next(c for c in data["checks"] if c["check"] == "metrics")
+            assert metrics_row["ok"] and metrics_row["detail"].startswith("answers:")
+    finally:
+        metrics.stop_endpoint()

@@ -35,6 +35,13 @@ def test_wheel_contents(wheel):
     assert "Requires-Dist: nemoguardrails<0.25,>=0.24.1" in text
     entry = zipfile.ZipFile(wheel).read(next(n for n in names if n.endswith("entry_points.txt"))).decode()
     assert "nemo-csr-rail = nemo_csr_rail.cli.main:main" in entry
+    for f in ("nemo_csr_rail/telemetry/__init__.py", "nemo_csr_rail/telemetry/facade.py",
+              "nemo_csr_rail/telemetry/metrics.py", "nemo_csr_rail/telemetry/audit.py",
+              "nemo_csr_rail/telemetry/tracing.py"):
+        assert f in names, f
+    assert "Provides-Extra: telemetry" in text
+    assert 'Requires-Dist: prometheus-client>=0.20; extra == "telemetry"' in text
+    assert 'Requires-Dist: opentelemetry-api>=1.20; extra == "telemetry"' in text
 
 
 def test_installed_wheel_layout_loads_in_guardrails(wheel, tmp_path, guard, main_llm):

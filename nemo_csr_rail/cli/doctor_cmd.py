@@ -6,6 +6,10 @@
 3. for each policy and each mode the config uses — direction from the rails flows, reasoning on/off from the
    policy — one real check goes through the same client as the rails, and must come back with a parsed verdict.
 
+4. with a ``telemetry`` section: what it turns on, whether the ``/metrics`` endpoint answers with the plugin's
+   metrics (it is served by the process that loads the config — run doctor while that process runs), and whether
+   the audit log can be appended to.
+
 Prints a table (or ``--json``): endpoint / policy / direction / reasoning → PASS/FAIL, latency, detail. The verdict
 itself is not judged (a benign probe may be flagged by a strict policy); only that a verdict came back. Exit 0 when
 every row passes, 1 otherwise, 2 for a config or usage error.
@@ -151,6 +155,52 @@ async def _policy_check(client: Any, endpoint: str, policy: Any, direction: str,
     return row
 
 
+def _local_host(host: str) -> str:
+    h = "127.0.0.1" if host in ("0.0.0.0", "", "::") else host
+    return f"[{h}]" if ":" in h and not h.startswith("[") else h
+
+
+async def _telemetry_rows(telemetry: Any) -> list[Row]:
+    """What the telemetry section turns on, whether the metrics endpoint answers, whether the audit log is writable."""
+    import os
+
+    import httpx
+
+    parts = [f"metrics on {telemetry.prometheus_host}:{telemetry.prometheus_port}"
+             if telemetry.prometheus_port is not None else "metrics in-process only (no prometheus_port)"]
+    if telemetry.audit_log:
+        parts.append(f"audit log {telemetry.audit_log} (user/bot text {'on' if telemetry.audit_include_text else 'off'})")
+    parts.append("csr.check spans via the OpenTelemetry API (exported when the application installs an SDK)")
+    rows = [Row(endpoint="-", check="telemetry", ok=True, detail="; ".join(parts))]
+    if telemetry.prometheus_port is not None:
+        url = f"http://{_local_host(telemetry.prometheus_host)}:{telemetry.prometheus_port}/metrics"
+        row = Row(endpoint=url, check="metrics")
+        start = time.perf_counter()
+        try:
+            async with httpx.AsyncClient(timeout=5.0) as client:
+                resp = await client.get(url)
+            series = [ln for ln in resp.text.splitlines() if ln.startswith("csr_")]
+            if resp.status_code != 200:
+                row.detail = f"answered HTTP {resp.status_code}"
+            elif "csr_checks_total" not in resp.text:
+                row.detail = "answers, but serves no csr_ metrics: is another program on this port?"
+            else:
+                row.ok, row.detail = True, f"answers: {len(series)} csr_ series"
+        except httpx.HTTPError as exc:
+            row.detail = (f"nothing answers ({type(exc).__name__}): the endpoint runs inside the process that loads "
+                          "this config (nemoguardrails server or your application); run doctor while it runs")
+        row.latency_ms = (time.perf_counter() - start) * 1000
+        rows.append(row)
+    if telemetry.audit_log:
+        path = telemetry.audit_log
+        target = path if os.path.exists(path) else os.path.dirname(path) or "."
+        writable = os.access(target, os.W_OK)
+        rows.append(Row(endpoint=path, check="audit", ok=writable,
+                        detail=("appendable" if os.path.exists(path) else "will be created") if writable else
+                        f"{target} is not writable by this user: records would be lost (and counted)"))
+    return rows
+
+
 async def diagnose(rails_config: Any, resolved: Any, timeout_s: float | None = None) -> list[Row]:
     from nemo_csr_rail.engines.factory import build_engine
     from nemo_csr_rail.eval.runner import make_client
@@ -190,6 +240,8 @@ async def diagnose(rails_config: Any, resolved: Any, timeout_s: float | None = N
                                 if model_type in resolved.endpoints and s.engine != "embedded" else "embedded",
                                 check="policy", policy=name, direction=d, reasoning="on" if r else "off",
                                 detail="skipped: the guard endpoint is not usable (see above)"))
+    if s.telemetry is not None:
+        rows += await _telemetry_rows(s.telemetry)
     return rows
 
 

@@ -26,6 +26,36 @@ class Completion:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
+@dataclass(frozen=True)
+class Attempt:
+    """One request an engine sent to one replica, as reported to an :class:`Instrument`.
+
+    ``status`` is the HTTP status code as text (``"200"``, ``"503"``) or what went wrong before one came back
+    (``timeout``, ``unreachable``, ``tls_error``, ``protocol_error``, ``config_error``, ``cancelled``). ``retry`` is
+    true for every attempt of a call after its first (a retry on the same replica or a failover to another);
+    ``breaker`` is the replica's circuit-breaker state before and after the attempt.
+    """
+
+    replica: str
+    status: str
+    seconds: float
+    retry: bool
+    breaker_before: str
+    breaker_after: str
+
+
+class Instrument(Protocol):
+    """What an engine reports to telemetry, if one is attached; engines import no telemetry package themselves."""
+
+    def request_headers(self) -> dict[str, str] | None:
+        """Extra headers for the next guard request (W3C ``traceparent``), or None."""
+        ...
+
+    def attempt(self, attempt: Attempt) -> None:
+        """Called once per request sent, after the replica's breaker recorded its result; must not raise."""
+        ...
+
+
 @runtime_checkable
 class Engine(Protocol):
     name: str

@@ -20,7 +20,7 @@ from typing import Any, Literal
 
 import httpx
 
-from nemo_csr_rail.engines.base import Completion
+from nemo_csr_rail.engines.base import Attempt, Completion, Instrument
 from nemo_csr_rail.engines.transport import BufferedBackend, BufferedTransport
 from nemo_csr_rail.errors import (
     ConfigError,
@@ -89,6 +89,18 @@ def _status_error(resp: httpx.Response, model: str) -> CsrError:
         404: f" (is the server serving model {model!r}? compare with /v1/models or vLLM's --served-model-name)",
     }.get(status, "")
     return GuardHTTPError(status, msg + hint)
+
+
+def attempt_status(exc: BaseException | None) -> str:
+    """How one request ended, for :class:`Attempt`: the HTTP status, or the failure that left none."""
+    if isinstance(exc, GuardHTTPError):
+        return str(exc.status)
+    for kind, status in ((InputTooLong, "400"), (GuardTLSError, "tls_error"), (GuardTimeout, "timeout"),
+                         (GuardUnavailable, "unreachable"), (GuardProtocolError, "protocol_error"),
+                         (ConfigError, "config_error")):
+        if isinstance(exc, kind):
+            return status
+    return "error"
 
 
 def _retry_after(resp: httpx.Response) -> float | None:
@@ -184,6 +196,8 @@ class VllmHttpEngine:
         self._transport = transport
         self._next = 0
         self._per_loop: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _Pool] = weakref.WeakKeyDictionary()
+        #: telemetry's hook (nemo_csr_rail.telemetry): per-request reports and trace headers; None = not observed
+        self.instrument: Instrument | None = None
 
     @property
     def base_urls(self) -> tuple[str, ...]:
@@ -271,6 +285,30 @@ class VllmHttpEngine:
         last: CsrError | None = None
         retry_after = 0.0  # the longest Retry-After of the current round, whichever replica sent it
         attempt = 0
+        sent = 0
+
+        async def observed(replica: _Replica, share: int) -> Completion:
+            """``attempt_on``, reported to the instrument (if any) once the breaker has recorded the result."""
+            nonlocal sent
+            instrument = self.instrument
+            if instrument is None:
+                return await attempt_on(replica, share)
+            retry, sent = sent > 0, sent + 1
+            before, status, t0 = replica.state(time.monotonic()), "cancelled", time.perf_counter()
+            try:
+                result = await attempt_on(replica, share)
+                status = "200"
+                return result
+            except _Retry:
+                status = attempt_status(last)
+                raise
+            except CsrError as exc:
+                status = attempt_status(exc)
+                raise
+            finally:
+                with contextlib.suppress(Exception):
+                    instrument.attempt(Attempt(replica.base_url, status, time.perf_counter() - t0, retry, before,
+                                               replica.state(time.monotonic())))
 
         async def attempt_on(replica: _Replica, share: int) -> Completion:
             """One request to ``replica``, with 1/``share`` of the time left: when other replicas are still to be
@@ -315,7 +353,7 @@ class VllmHttpEngine:
                         continue  # another check took the probe meanwhile
                     replica.probing = True
                 try:
-                    return await attempt_on(replica, len(candidates) - i)
+                    return await observed(replica, len(candidates) - i)
                 except _Retry:
                     continue
                 finally:
@@ -333,8 +371,10 @@ class VllmHttpEngine:
 
     async def _post(self, client: httpx.AsyncClient, base_url: str, body: dict[str, Any], remaining: float) -> Completion:
         url = base_url + "/chat/completions"
+        headers = self.instrument.request_headers() if self.instrument is not None else None
         try:
-            resp = await client.post(url, json=body, timeout=httpx.Timeout(remaining, connect=min(remaining, 5.0)))
+            resp = await client.post(url, json=body, headers=headers,
+                                     timeout=httpx.Timeout(remaining, connect=min(remaining, 5.0)))
         except httpx.TimeoutException as exc:
             if isinstance(exc, httpx.ConnectTimeout):
                 raise GuardUnavailable(f"guard server at {base_url} did not accept the connection in time") from None

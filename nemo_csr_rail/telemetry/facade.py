@@ -1,0 +1,170 @@
+"""What the runtime calls once per check, and the hook the HTTP engine reports its requests to.
+
+:meth:`CheckTelemetry.observe` wraps one whole check: it makes the ``csr.check`` span current (so the guard
+request's ``traceparent`` names it), runs the check, and then records the outcome once — metrics, the audit record
+and the span's attributes — from the ``RailOutcome`` metadata, which is already the single description of a
+decision. Per check, not per HTTP attempt: retries, failovers, split output requests and long-input windows are
+inside one check. The per-request view (replica, status, retries, breaker) comes from :data:`ENGINE_INSTRUMENT`,
+which the HTTP engine calls per request; a context variable ties those requests to the check that sent them.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import hashlib
+import os
+import time
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Any
+
+from nemoguardrails.actions.rail_outcome import RailOutcome
+
+from nemo_csr_rail.engines.base import Attempt
+from nemo_csr_rail.policy import Direction, Policy
+from nemo_csr_rail.settings import TelemetrySettings
+from nemo_csr_rail.telemetry import metrics, tracing
+from nemo_csr_rail.telemetry.audit import AuditWriter, writer_for
+
+#: OpenTelemetry's GenAI switch for message content; also turns on the trace event's explanation
+GENAI_CAPTURE_ENV = "OTEL_INSTRUMENTATION_GENAI_CAPTURE_MESSAGE_CONTENT"
+SKIP_REASONS = {"empty bot message": "empty_message", "empty user message": "empty_message",
+                "the plugin's own refusal": "own_refusal"}
+
+Check = Callable[[str | None, Direction, Any, Any], Awaitable[RailOutcome]]
+
+
+class _Scope:
+    """What the engine's requests tell about the check they belong to (filled by :class:`EngineInstrument`)."""
+
+    __slots__ = ("replica", "requests", "retries")
+
+    def __init__(self) -> None:
+        self.replica: str | None = None
+        self.requests = 0
+        self.retries = 0
+
+
+_scope: contextvars.ContextVar[_Scope | None] = contextvars.ContextVar("csr_check_scope", default=None)
+
+
+class EngineInstrument:
+    """Per-request metrics and trace headers for the HTTP engine; one per process (metrics are process-wide)."""
+
+    def __init__(self) -> None:
+        self._requests: dict[tuple[str, str], Any] = {}
+        self._per_replica: dict[str, tuple[Any, Any, Any]] = {}
+
+    def request_headers(self) -> dict[str, str] | None:
+        return tracing.trace_headers()
+
+    def attempt(self, attempt: Attempt) -> None:
+        key = (attempt.replica, attempt.status)
+        counter = self._requests.get(key)
+        if counter is None:
+            counter = self._requests[key] = metrics.GUARD_REQUESTS.labels(*key)
+        per = self._per_replica.get(attempt.replica)
+        if per is None:
+            r = attempt.replica
+            per = self._per_replica[r] = (metrics.GUARD_REQUEST_DURATION.labels(r), metrics.GUARD_RETRIES.labels(r),
+                                          metrics.BREAKER_OPENED.labels(r))
+        metrics.record_request(per, counter, attempt.seconds, attempt.retry,
+                               attempt.breaker_after == "open" and attempt.breaker_before != "open")
+        scope = _scope.get()
+        if scope is not None:
+            scope.requests += 1
+            scope.retries += attempt.retry
+            scope.replica = attempt.replica
+
+
+ENGINE_INSTRUMENT = EngineInstrument()
+
+
+def policy_sha256(policy: Policy) -> str:
+    """Digest of the policy block exactly as the prompt carries it, so any change to what the guard judges shows."""
+    return hashlib.sha256(policy.body.encode("utf-8", "surrogatepass")).hexdigest()
+
+
+class CheckTelemetry:
+    """One config's telemetry: its settings, its policies' digests; the series and writers are process-wide."""
+
+    def __init__(self, settings: TelemetrySettings, policies: Mapping[str, Policy]) -> None:
+        self.settings = settings
+        self.include_text = settings.audit_include_text
+        self.capture_explanation = settings.audit_include_text or \
+            os.environ.get(GENAI_CAPTURE_ENV, "").strip().lower() == "true"
+        self.policy_sha256 = {name: policy_sha256(p) for name, p in policies.items()}
+        self.audit: AuditWriter | None = writer_for(settings.audit_log) if settings.audit_log else None
+        if self.audit is not None:
+            metrics.SCRAPE_TIME.audit_writers.add(self.audit)
+        self.metrics_endpoint = (metrics.serve(settings.prometheus_host, settings.prometheus_port)
+                                 if settings.prometheus_port is not None else None)
+        self._series: dict[tuple[str, str], metrics.PolicySeries] = {}
+        self._in_flight = metrics.IN_FLIGHT
+
+    def watch(self, engine: Any) -> None:
+        """Report an engine's requests and breaker states (HTTP engines; the embedded one has neither)."""
+        if hasattr(engine, "instrument"):
+            engine.instrument = ENGINE_INSTRUMENT
+        if callable(getattr(engine, "breaker_states", None)):
+            metrics.SCRAPE_TIME.engines.add(engine)
+
+    async def observe(self, check: Check, policy_name: str | None, direction: Direction, user_message: Any,
+                      bot_message: Any) -> RailOutcome:
+        """Run ``check`` inside a ``csr.check`` span and record what it decided. The check itself never raises
+        (the runtime turns every failure into an outcome); a cancelled check is not a decision and records none."""
+        d = direction.value
+        scope = _Scope()
+        token = _scope.set(scope)
+        started, finished = self._in_flight[d]
+        next(started)
+        start = time.perf_counter()
+        span, span_token = tracing.start_check_span(d, policy_name)
+        try:
+            out = await check(policy_name, direction, user_message, bot_message)
+            elapsed = time.perf_counter() - start
+            tracing.finish_check_span(span, out.metadata, replica=scope.replica, requests=scope.requests,
+                                      retries=scope.retries, capture_text=self.capture_explanation)
+        finally:
+            tracing.end_check_span(span, span_token)
+            next(finished)
+            _scope.reset(token)
+        self._record(out.metadata, policy_name, d, elapsed, user_message, bot_message)
+        return out
+
+    def _record(self, meta: dict[str, Any], policy_name: str | None, direction: str, elapsed: float,
+                user_message: Any, bot_message: Any) -> None:
+        policy = str(meta.get("policy") or policy_name or "?")
+        skipped = meta.get("skipped")
+        if skipped:
+            metrics.CHECKS_SKIPPED.labels(policy, direction, SKIP_REASONS.get(skipped, "other")).inc()
+            return
+        series = self._series.get((policy, direction))
+        if series is None:
+            series = self._series[(policy, direction)] = metrics.PolicySeries.of(policy, direction)
+        failed = bool(meta.get("failed"))
+        blocked = meta.get("decision") == "block"
+        metrics.record_check(series, ("error_" if failed else "") + ("blocked" if blocked else "allowed"), elapsed,
+                             (policy, direction, str(meta.get("error_kind") or "error")) if failed else None,
+                             bool(meta.get("cached")),
+                             (meta.get("prompt_tokens"), meta.get("completion_tokens"), meta.get("cached_tokens")))
+        if self.audit is None:
+            return
+        record: dict[str, Any] = {
+            "ts": time.time(),  # formatted as UTC ISO-8601 by the writer thread, off the check's path
+            "policy": policy,
+            "policy_sha256": self.policy_sha256.get(policy),
+            "direction": direction,
+            "decision": "block" if blocked else "allow",
+            "failed": failed,
+            "error_kind": meta.get("error_kind"),
+            "prompt_harm": meta.get("prompt_harm"),
+            "response_harm": meta.get("response_harm"),
+            "reasoning": meta.get("reasoning"),
+            "confidence": meta.get("confidence"),
+            "latency_ms": round(elapsed * 1000, 2),
+            "cached": bool(meta.get("cached", False)),
+        }
+        if self.include_text:
+            record["user_text"] = None if user_message is None else str(user_message)
+            record["bot_text"] = None if bot_message is None else str(bot_message)
+        self.audit.submit(record)
