@@ -20,9 +20,14 @@ re-asks with the right one, so the decision is always the one the single full ge
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from nemo_csr_rail.policy import Direction, Policy
+
+if TYPE_CHECKING:
+    from nemo_csr_rail.conversation import Turn
 
 _TAXONOMY_HEAD = (
     "You are a classifier for analyzing interactions between humans and LLMs. Given a request from a human user "
@@ -144,11 +149,21 @@ def build(
     logprobs: bool = True,
     reasoning_max_tokens: int = 384,
     split_output: bool = True,
+    history: Sequence[Turn] = (),
 ) -> GuardPrompt:
+    """The plan of one check. ``history`` (earlier messages, oldest first) is used by topic policies only: the
+    other layouts have no place for it."""
     if direction is Direction.OUTPUT and bot_message is None:
         raise ValueError("an output check needs the bot message")
     think = policy.reasoning(direction) if reasoning is None else reasoning
-    text = render(policy, user_message, bot_message, reasoning=think)
+    if policy.kind == "topic":
+        if direction is not Direction.INPUT:
+            raise ValueError(f"policy {policy.name!r} is a topic policy: it judges user messages only")
+        from nemo_csr_rail import prompt_topic  # layout C has its own module, which uses neutralize() from here
+
+        text = prompt_topic.render(policy, history, user_message, reasoning=think)
+    else:
+        text = render(policy, user_message, bot_message, reasoning=think)
     target = _TARGET[direction]
     if think:
         return GuardPrompt(text, direction, True, "", THINK_REGEX + target if structured else None,

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
 from nemo_csr_rail.errors import ConfigError
 from nemo_csr_rail.taxonomy import TAXONOMIES
@@ -28,6 +28,9 @@ DEFAULT_INPUT_REFUSAL = "I'm sorry, I can't help with that. {reasoning}"
 DEFAULT_OUTPUT_REFUSAL = "I'm sorry, I can't share that answer. {reasoning}"
 DEFAULT_ERROR_REFUSAL = "I'm sorry, I can't respond right now: the safety check could not run."
 REFUSAL_FIELDS = frozenset({"reasoning", "policy"})
+#: earlier messages a topic policy sends by default (a user or a bot message counts one)
+DEFAULT_HISTORY_TURNS = 6
+POLICY_KINDS = ("policy", "taxonomy", "categories", "topic")
 FLOW_POLICY_RE = re.compile(r'csr check (input|output)\s+\$policy\s*=\s*"?([^"\s)]+)"?')
 
 OnError = Literal["block", "allow"]
@@ -54,6 +57,10 @@ class PolicySettings(_Strict):
     taxonomy: str | None = None
     categories: list[str | CategorySpec] | None = None
     extra_categories: list[str | CategorySpec] | None = None
+    #: layout C: the system instruction that bounds the conversation (a topic-following policy, input rails only)
+    topic: str | None = None
+    #: topic policies: how many earlier messages go into "Conversation history:" (default DEFAULT_HISTORY_TURNS)
+    history_turns: int | None = Field(default=None, ge=0)
     reasoning: bool | DirectionalReasoning | None = None
     refusal: str | None = None
     on_error: OnError | None = None
@@ -67,20 +74,30 @@ class PolicySettings(_Strict):
             raise ValueError(f"unknown taxonomy {value!r}; known: {', '.join(sorted(TAXONOMIES))}")
         return value
 
-    @field_validator("policy")
+    @field_validator("policy", "topic")
     @classmethod
-    def _non_blank_policy(cls, value: str | None) -> str | None:
+    def _non_blank_policy(cls, value: str | None, info: ValidationInfo) -> str | None:
         if value is not None and not value.strip():
-            raise ValueError("policy text is empty")
+            raise ValueError("policy text is empty" if info.field_name == "policy" else "topic instruction is empty")
+        return value
+
+    @field_validator("history_turns")
+    @classmethod
+    def _history_needs_topic(cls, value: int | None, info: ValidationInfo) -> int | None:
+        # a field validator (not the model one) so the error names policies.NAME.history_turns
+        if value is not None and info.data.get("topic") is None:
+            raise ValueError("'history_turns' only applies to a topic policy ('topic: ...'); the other layouts "
+                             "have no conversation history")
         return value
 
     @model_validator(mode="after")
     def _one_kind(self) -> PolicySettings:
-        kinds = [k for k in ("policy", "taxonomy", "categories") if getattr(self, k) is not None]
+        kinds = [k for k in POLICY_KINDS if getattr(self, k) is not None]
         if not kinds:
-            raise ValueError("a policy needs one of 'policy' (free text), 'taxonomy' or 'categories'")
+            raise ValueError("a policy needs one of 'policy' (free text), 'taxonomy', 'categories' or 'topic' "
+                             "(a topic-following system instruction)")
         if len(kinds) > 1:
-            raise ValueError(f"a policy takes exactly one of 'policy', 'taxonomy', 'categories'; got {kinds}")
+            raise ValueError(f"a policy takes exactly one of 'policy', 'taxonomy', 'categories', 'topic'; got {kinds}")
         if self.extra_categories is not None and self.taxonomy is None:
             raise ValueError("'extra_categories' only extends a 'taxonomy'")
         if self.categories is not None and not self.categories:
@@ -355,6 +372,12 @@ def resolve(rails_config: Any) -> ResolvedSettings:
                 f"policies.{name}",
                 f"flow 'csr check {direction} $policy=\"{name}\"' names an unknown policy; "
                 f"defined: {', '.join(sorted(plugin.policies))}",
+            )
+        if direction == "output" and plugin.policies[name].topic is not None:
+            raise ConfigError(
+                f"policies.{name}",
+                f"is a topic policy, which judges user messages only; flow 'csr check output $policy=\"{name}\"' "
+                "cannot use it (check the bot's answers with a 'policy' or 'taxonomy' policy)",
             )
     blob = json.dumps(
         [plugin.model_dump(mode="json"), {k: repr(v) + str(v.api_key) for k, v in endpoints.items()}],
