@@ -159,7 +159,8 @@ def build(
     if policy.kind == "topic":
         if direction is not Direction.INPUT:
             raise ValueError(f"policy {policy.name!r} is a topic policy: it judges user messages only")
-        from nemo_csr_rail import prompt_topic  # layout C has its own module, which uses neutralize() from here
+        # layout C has its own module, which uses neutralize() from here: imported when first needed
+        from nemo_csr_rail import prompt_topic
 
         text = prompt_topic.render(policy, history, user_message, reasoning=think)
     else:

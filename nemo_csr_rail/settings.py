@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from nemo_csr_rail.errors import ConfigError
 from nemo_csr_rail.taxonomy import TAXONOMIES
@@ -76,14 +76,14 @@ class PolicySettings(_Strict):
 
     @field_validator("policy", "topic")
     @classmethod
-    def _non_blank_policy(cls, value: str | None, info: ValidationInfo) -> str | None:
+    def _non_blank_policy(cls, value: str | None, info: Any) -> str | None:
         if value is not None and not value.strip():
             raise ValueError("policy text is empty" if info.field_name == "policy" else "topic instruction is empty")
         return value
 
     @field_validator("history_turns")
     @classmethod
-    def _history_needs_topic(cls, value: int | None, info: ValidationInfo) -> int | None:
+    def _history_needs_topic(cls, value: int | None, info: Any) -> int | None:
         # a field validator (not the model one) so the error names policies.NAME.history_turns
         if value is not None and info.data.get("topic") is None:
             raise ValueError("'history_turns' only applies to a topic policy ('topic: ...'); the other layouts "
