@@ -82,7 +82,7 @@ def fit_history(history: Sequence[Turn], *, max_turns: int, max_chars: int | Non
     usable = [t for t in history if t.text.strip()]
     kept: list[Turn] = []
     room = None if max_chars is None else max_chars - len(current)
-    for turn in reversed(usable[len(usable) - max_turns:] if max_turns > 0 else []):
+    for turn in reversed(usable[max(0, len(usable) - max_turns):]):
         cost = len(turn.text) + LINE_OVERHEAD
         if room is not None:
             if cost > room:

@@ -186,6 +186,7 @@ def test_history_keeps_the_last_history_turns_non_blank_messages() -> None:
     plan = fit_history(convo, max_turns=6, max_chars=None, current="now")
     assert [t.text for t in plan.turns] == ["m4", "m5", "m6", "m7", "m8", "m9"] and plan.dropped == 4
     assert fit_history(convo, max_turns=0, max_chars=None, current="x").turns == ()
+    assert fit_history(convo[:3], max_turns=6, max_chars=None, current="x").turns == tuple(convo[:3])
 
 
 def test_budget_cuts_oldest_first_never_the_current_message() -> None:
