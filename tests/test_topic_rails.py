@@ -20,6 +20,7 @@ from nemo_csr_rail.policy import Direction, compile_policies
 from nemo_csr_rail.rail import runtime_for
 from nemo_csr_rail.settings import PluginSettings
 from tests.e2e_helpers import csr_outcomes, guard_texts, rails_for
+from tests.support.colang2_chat import V2Chat
 from tests.support.guardrails_server import guardrails_server
 from tests.support.rails_configs import MAIN_MODEL, V2_MAIN_FLOW, write_config
 from tests.support.topic_prompt import split_topic_prompt
@@ -153,24 +154,6 @@ V2_RAILS = V2_MAIN_FLOW + '\nflow input rails $input_text\n  csr check input $po
 def v2(tmp_path, guard, main_llm):
     return write_config(tmp_path / "v2", guard_url=guard.url, main_url=main_llm.url, plugin=PLUGIN, colang2=True,
                         main_co=V2_RAILS)
-
-
-class V2Chat:
-    """An application that keeps the Colang 2.x ``State`` between turns (as ``nemoguardrails chat`` does)."""
-
-    def __init__(self, rails) -> None:
-        self.rails, self.state, self.pending = rails, None, []
-
-    async def say(self, text: str) -> str:
-        from nemoguardrails.utils import new_event_dict, new_uuid
-
-        events = [*self.pending, new_event_dict("UtteranceUserActionFinished", final_transcript=text,
-                                                action_uid=new_uuid(), is_success=True)]
-        out, self.state = await self.rails.process_events_async(events, self.state)
-        said = [e for e in out if e["type"] == "StartUtteranceBotAction"]
-        self.pending = [new_event_dict("UtteranceBotActionFinished", action_uid=e["action_uid"], is_success=True,
-                                       final_script=e["script"]) for e in said]
-        return " ".join(e["script"] for e in said)
 
 
 async def test_colang2_history_from_the_state_the_application_carries(tmp_path, guard, main_llm):
