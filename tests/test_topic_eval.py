@@ -18,8 +18,8 @@ from nemo_csr_rail.eval import datasets
 from tests.eval_helpers import f1_of, write_jsonl
 from tests.support.rails_configs import retarget
 from tests.support.standin import StandIn, looks_harmful, verdict_responder
+from tests.support.topic_prompt import OFF_TOPIC_MARKERS as OFF_TOPIC
 from tests.support.topic_prompt import split_topic_prompt
-from tests.test_topic_examples import OFF_TOPIC
 
 ROOT = Path(__file__).resolve().parents[1]
 DIALOGUES = ROOT / "tests" / "data" / "topic_dialogues.jsonl"

@@ -16,12 +16,13 @@ from tests.e2e_helpers import rails_for
 from tests.support.colang2_chat import V2Chat
 from tests.support.rails_configs import V2_MAIN_FLOW, retarget
 from tests.support.standin import HARMFUL_MARKERS, StandIn, verdict_responder
-from tests.support.topic_prompt import split_topic_prompt
+from tests.support.topic_prompt import OFF_TOPIC_MARKERS, split_topic_prompt
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "example_configs"
 HELLO = "Hello! How can I help you today?"
 # the scripted guard: off topic iff the current message names one of these (it never reads the history)
-OFF_TOPIC = (*HARMFUL_MARKERS, "stock", "invest", "competitor", "recipe")
+OFF_TOPIC = OFF_TOPIC_MARKERS
+assert set(HARMFUL_MARKERS) <= set(OFF_TOPIC)  # the harm markers the generic example test relies on still block
 
 
 @pytest.fixture

@@ -48,3 +48,9 @@ def split_topic_prompt(text: str) -> TopicPrompt | None:
             history.append((role, said) if sep and role in ("user", "bot") else ("?", line))
     return TopicPrompt(text[tax + len(TAXONOMY):hist_start], history, text[hist_end + len(CURRENT):tail],
                        text.rstrip().endswith("/think"), block)
+
+
+#: the stand-in 'model' for topic tests: the current message is off topic iff it names one of these (with
+#: ``standin.verdict_responder(OFF_TOPIC_MARKERS)``); it never reads the history
+OFF_TOPIC_MARKERS = ("evil", "bomb", "politic", "religio", "vote", "firewall", "ssn", "kill",
+                     "stock", "invest", "competitor", "recipe")
