@@ -75,3 +75,10 @@ def test_messages_rows_are_strict(tmp_path, line, msg):
     path = write_jsonl(tmp_path / "d.jsonl", [{"prompt": "ok", "prompt_label": "harmful"}, line])
     with pytest.raises(datasets.DatasetError, match=msg):
         datasets.load(path)
+
+
+def test_check_command_refuses_a_response_for_a_topic_policy(capsys):
+    argv = ["check", "--config", str(ROOT / "example_configs" / "support_bot"), "--policy", "support",
+            "--base-url", "http://127.0.0.1:9/v1", "--response", "an answer", "hi"]
+    assert main(argv) == 2
+    assert "topic policy" in capsys.readouterr().err
