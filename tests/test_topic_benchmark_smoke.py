@@ -20,5 +20,5 @@ def test_prefix_cache_benchmark_sends_the_conversation(guard, capsys):
     assert all(t["prompt_tokens"] > 0 for c in res["cases"] for t in c["per_turn"])
     assert "baseline" in baseline["name"] and "vs baseline" in capsys.readouterr().out
     texts = [split_topic_prompt(r["messages"][0]["content"]) for r in guard.chat_requests()]
-    assert len(texts) == 18 and texts[5].history[0] == ("user", "Hi, my printer won't connect to Wi-Fi.")
+    assert len(texts) == 19 and texts[6].history[0] == ("user", "Hi, my printer won't connect to Wi-Fi.")
     assert texts[-1].history[0][1].startswith("[turn 5] "), "the baseline shares no history between turns"
