@@ -146,7 +146,7 @@ class RailRuntime:
                 except InputTooLong:
                     out = await self._long_input(policy, direction, user, bot, "server_context", deadline, history)
         except CsrError as exc:
-            scrubbed = scrub(exc.message, user_message, bot_message)
+            scrubbed = scrub(exc.message, user_message, bot_message, *(t.text for t in history or ()))
             if scrubbed != exc.message:  # user text stays out of INFO+ logs and metadata, whatever the settings
                 if self.settings.log_user_text:
                     log.debug("csr %s policy=%s unscrubbed error: %s", direction.value, label, exc.message)

@@ -138,6 +138,21 @@ async def test_non_topic_policies_send_no_history(tmp_path, guard, main_llm):
     assert "history_messages" not in outcomes[0]["metadata"]
 
 
+async def test_a_server_error_quoting_the_history_is_scrubbed(tmp_path, guard, main_llm):
+    from tests.support.standin import Fault, error_body
+
+    secret = "my account number is 12345678 and my pin is 4321"
+    for _ in range(3):
+        guard.inject(Fault("status", status=500, body=error_body(500, f"cannot process: user: {secret}")))
+    rails = rails_for(v1(tmp_path, guard, main_llm, max_retries=0))
+    reply, outcomes = await generate(rails, [{"role": "user", "content": secret}, {"role": "assistant", "content": "ok"},
+                                             {"role": "user", "content": "Thanks"}])
+    assert "could not run" in reply
+    meta = outcomes[0]["metadata"]
+    assert meta["failed"] is True and meta["decision"] == "block"
+    assert secret not in json.dumps(meta) and "withheld" in meta["error"]
+
+
 async def test_topic_policy_asked_for_an_output_check_at_run_time_blocks(guard):
     from tests.support.runtime import rails_config
 
