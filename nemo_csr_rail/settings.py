@@ -32,6 +32,8 @@ REFUSAL_FIELDS = frozenset({"reasoning", "policy"})
 DEFAULT_HISTORY_TURNS = 6
 POLICY_KINDS = ("policy", "taxonomy", "categories", "topic")
 FLOW_POLICY_RE = re.compile(r'csr check (input|output)\s+\$policy\s*=\s*"?([^"\s)]+)"?')
+#: a call of the output check that names no policy (not a flow definition)
+BARE_OUTPUT_RE = re.compile(r'(?m)^(?!\s*(?:define\s+)?flow\b)[^\n#]*\bcsr check output\b(?![ \t]+\$policy)')
 
 OnError = Literal["block", "allow"]
 
@@ -329,6 +331,15 @@ def _endpoint_from_model(model_type: str, entry: Any, tls: TlsSettings | None = 
 
 def referenced_policies(rails_config: Any) -> set[tuple[str, str]]:
     """(direction, policy) pairs named by flows in config.yml rails lists and in the config's own .co files."""
+    return {(m.group(1), m.group(2)) for t in _flow_texts(rails_config) for m in FLOW_POLICY_RE.finditer(t)}
+
+
+def uses_unnamed_output_check(rails_config: Any) -> bool:
+    """Whether a flow calls ``csr check output`` without a ``$policy`` (it then uses the implicit policy)."""
+    return any(BARE_OUTPUT_RE.search(t) for t in _flow_texts(rails_config))
+
+
+def _flow_texts(rails_config: Any) -> list[str]:
     texts: list[str] = []
     rails = getattr(rails_config, "rails", None)
     for direction in ("input", "output"):
@@ -340,7 +351,7 @@ def referenced_policies(rails_config: Any) -> set[tuple[str, str]]:
             root = Path(path)
             if root.is_dir():
                 texts.extend(p.read_text(errors="replace") for p in sorted(root.rglob("*.co")))
-    return {(m.group(1), m.group(2)) for t in texts for m in FLOW_POLICY_RE.finditer(t)}
+    return texts
 
 
 def resolve(rails_config: Any) -> ResolvedSettings:
@@ -379,6 +390,14 @@ def resolve(rails_config: Any) -> ResolvedSettings:
                 f"is a topic policy, which judges user messages only; flow 'csr check output $policy=\"{name}\"' "
                 "cannot use it (check the bot's answers with a 'policy' or 'taxonomy' policy)",
             )
+    names = list(plugin.policies)
+    implicit = names[0] if len(names) == 1 else ("default" if "default" in names else None)
+    if implicit is not None and plugin.policies[implicit].topic is not None and uses_unnamed_output_check(rails_config):
+        raise ConfigError(
+            f"policies.{implicit}",
+            "is a topic policy, which judges user messages only; a 'csr check output' flow that names no $policy "
+            "would use it (name a 'policy' or 'taxonomy' policy there)",
+        )
     blob = json.dumps(
         [plugin.model_dump(mode="json"), {k: repr(v) + str(v.api_key) for k, v in endpoints.items()}],
         sort_keys=True,

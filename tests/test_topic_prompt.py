@@ -298,3 +298,18 @@ def test_readme_dialogue_moderation_config_is_valid() -> None:
     policy = compile_policies(plugin)["support"]
     assert policy.kind == "topic" and policy.history_turns == 6 and policy.reasoning(Direction.INPUT)
     assert cfg["rails"]["input"]["flows"] == ['csr check input $policy="support"']
+
+
+@pytest.mark.parametrize(("flows", "fails"), [
+    ("rails:\n  output: {flows: ['csr check output']}\n", True),  # the only policy is used implicitly
+    ("rails:\n  input: {flows: ['csr check input']}\n", False),  # judging user messages implicitly is fine
+])
+def test_an_output_check_naming_no_policy_cannot_fall_back_to_a_topic_policy(tmp_path: Path, flows: str,
+                                                                             fails: bool) -> None:
+    (tmp_path / "config.yml").write_text(GUARD + PLUGIN + flows)
+    if not fails:
+        assert resolve(RailsConfig.from_path(str(tmp_path))).plugin.policies["support"].topic
+        return
+    with pytest.raises(ConfigError) as exc:
+        resolve(RailsConfig.from_path(str(tmp_path)))
+    assert exc.value.key == "policies.support" and "names no $policy" in str(exc.value)
