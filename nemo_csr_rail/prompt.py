@@ -2,7 +2,9 @@
 
 The layouts are byte-for-byte those of the model card (``prompt-templates.md``): layout A for category lists,
 layout B for free-text policies, the mode switch (``/think`` or ``/no_think``) as the last token. The policy comes
-first and never varies between calls, so vLLM's prefix cache reuses it; the conversation comes after it.
+first and never varies between calls, so vLLM's prefix cache reuses it; the conversation comes after it. Layout C
+(topic following, with conversation history) is rendered by :mod:`nemo_csr_rail.prompt_topic` and decoded as an
+input check.
 
 Decoding plan. The rail needs one word from the model. With reasoning off we prefill the assistant turn with
 ``Prompt harm:`` (``continue_final_message``) and constrain the continuation to the verdict grammar, so the real
