@@ -4,6 +4,7 @@ Wire it with one line in ``config.yml`` â€” ``import_paths: [nemo_csr_rail]`` â€
 """
 
 from nemo_csr_rail.client import CheckResult, CsrClient
+from nemo_csr_rail.conversation import Turn
 from nemo_csr_rail.errors import (
     ConfigError,
     CsrError,
@@ -49,6 +50,7 @@ __all__ = [
     "GuardUnavailable",
     "InputTooLong",
     "Policy",
+    "Turn",
     "Verdict",
     "VerdictParseError",
     "package_dir",

@@ -12,6 +12,7 @@ from typing import Any
 from nemoguardrails.actions import action
 from nemoguardrails.actions.rail_outcome import RailOutcome
 
+from nemo_csr_rail.history_events import history_from_events
 from nemo_csr_rail.policy import Direction
 from nemo_csr_rail.rail import runtime_for
 
@@ -29,11 +30,18 @@ async def csr_check_input(
     context: dict[str, Any] | None = None,
     config: Any = None,
     text: str | None = None,
+    events: list[Any] | None = None,
     **kwargs: Any,
 ) -> RailOutcome:
-    """Check the user's message against ``policy``; block (with the reasoning) if the model finds it harmful."""
+    """Check the user's message against ``policy``; block (with the reasoning) if the model finds it harmful.
+
+    A topic policy also gets the conversation before the message, read from ``events`` (both Colang versions
+    pass them to an action that declares the parameter)."""
     user = text if text is not None else (context or {}).get("user_message")
-    return await runtime_for(config).check(_policy_arg(policy, kwargs), Direction.INPUT, user)
+    runtime = runtime_for(config)
+    name = _policy_arg(policy, kwargs)
+    history = history_from_events(events) if runtime.wants_history(name) else None
+    return await runtime.check(name, Direction.INPUT, user, history=history)
 
 
 @action(name="csr_check_output", is_system_action=True)

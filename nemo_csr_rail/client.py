@@ -9,13 +9,14 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import time
-from collections.abc import Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from nemo_csr_rail import prompt as prompts
 from nemo_csr_rail import verdict as verdicts
 from nemo_csr_rail.cache import TTLCache
+from nemo_csr_rail.conversation import Turn, as_turns, fit_history
 from nemo_csr_rail.engines.base import Completion, Engine
 from nemo_csr_rail.errors import CsrError, VerdictParseError
 from nemo_csr_rail.policy import Direction, Policy
@@ -26,6 +27,8 @@ if TYPE_CHECKING:
 
 DEFAULT_BASE_URL = "http://127.0.0.1:8000/v1"
 DEFAULT_MODEL = "nvidia/Nemotron-Content-Safety-Reasoning-4B"
+#: topic policies: history + current message budget without settings (the default long_input.max_chars)
+DEFAULT_HISTORY_MAX_CHARS = 8000
 
 
 @dataclass(frozen=True)
@@ -42,6 +45,10 @@ class CheckResult:
     #: model requests this check sent (2, or 3 after a wrong guess, for a split output check; 0 when cached);
     #: the token counts cover the completions used (the cancelled guess is not counted)
     calls: int = 1
+    #: topic policies: earlier messages sent in "Conversation history:" and those left out (turn limit or budget);
+    #: None for the layouts without history
+    history_sent: int | None = None
+    history_dropped: int | None = None
 
 
 class CsrClient:
@@ -69,6 +76,7 @@ class CsrClient:
         cache: TTLCache[Verdict] | None = None,
         engine: Engine | None = None,
         verify: bool | str = True,
+        history_max_chars: int | None = DEFAULT_HISTORY_MAX_CHARS,
     ) -> None:
         if engine is None:
             from nemo_csr_rail.engines.http import VllmHttpEngine
@@ -84,6 +92,7 @@ class CsrClient:
         self.reasoning_max_tokens = reasoning_max_tokens
         self.split_output = split_output
         self.cache = cache
+        self.history_max_chars = history_max_chars
 
     @classmethod
     def from_settings(cls, settings: PluginSettings, engine: Engine, *, cache: TTLCache[Verdict] | None = None,
@@ -92,7 +101,8 @@ class CsrClient:
         return cls(engine=engine, timeout_s=timeout_s or settings.timeout_s,
                    structured_output=settings.structured_output, assistant_prefill=settings.assistant_prefill,
                    logprobs=settings.logprobs, reasoning_max_tokens=settings.reasoning_max_tokens,
-                   split_output=settings.split_output, cache=cache)
+                   split_output=settings.split_output, cache=cache,
+                   history_max_chars=settings.long_input.max_chars)
 
     async def __aenter__(self) -> CsrClient:
         return self
@@ -104,28 +114,45 @@ class CsrClient:
         await self.engine.aclose()
 
     def build_prompt(self, policy: Policy, direction: Direction, user_message: str, bot_message: str | None,
-                     reasoning: bool | None = None) -> prompts.GuardPrompt:
+                     reasoning: bool | None = None, history: Sequence[Turn] = ()) -> prompts.GuardPrompt:
         return prompts.build(policy, direction, user_message, bot_message, reasoning=reasoning,
                              structured=self.structured_output, prefill=self.assistant_prefill,
                              logprobs=self.logprobs, reasoning_max_tokens=self.reasoning_max_tokens,
-                             split_output=self.split_output)
+                             split_output=self.split_output, history=history)
 
     async def classify(self, policy: Policy | str, user_message: str, bot_message: str | None = None, *,
-                       reasoning: bool | None = None) -> Verdict:
+                       reasoning: bool | None = None,
+                       history: Iterable[Turn | Mapping[str, Any]] | None = None) -> Verdict:
         """Judge a user message (and the bot's answer, if given) against a policy.
 
-        ``policy`` is a :class:`Policy` or free policy text (card layout B). Raises a
+        ``policy`` is a :class:`Policy` or free policy text (card layout B). ``history``: the conversation before
+        ``user_message`` (:class:`~nemo_csr_rail.conversation.Turn` objects or ``{"role", "content"}`` dicts,
+        oldest first), used by topic policies (:meth:`Policy.topic`). Raises a
         :class:`~nemo_csr_rail.errors.CsrError` subclass if no verdict could be obtained.
         """
         if isinstance(policy, str):
             policy = Policy.custom("custom", policy)
         direction = Direction.INPUT if bot_message is None else Direction.OUTPUT
-        return (await self.check(policy, direction, user_message, bot_message, reasoning=reasoning)).verdict
+        return (await self.check(policy, direction, user_message, bot_message, reasoning=reasoning,
+                                 history=history)).verdict
 
     async def check(self, policy: Policy, direction: Direction, user_message: str, bot_message: str | None, *,
-                    reasoning: bool | None = None, timeout_s: float | None = None) -> CheckResult:
+                    reasoning: bool | None = None, timeout_s: float | None = None,
+                    history: Iterable[Turn | Mapping[str, Any]] | None = None,
+                    history_max_chars: int | None = None) -> CheckResult:
+        """One check. For a topic policy, ``history`` is cut to its last ``history_turns`` messages and, oldest
+        first, to ``history_max_chars`` together with ``user_message`` (default: the client's, which is
+        ``long_input.max_chars`` for a client made from settings); the other layouts ignore it."""
         start = time.perf_counter()
-        gp = self.build_prompt(policy, direction, user_message, bot_message, reasoning)
+        plan = None
+        if policy.kind == "topic":
+            budget_chars = self.history_max_chars if history_max_chars is None else history_max_chars
+            plan = fit_history(as_turns(history), max_turns=policy.history_turns, max_chars=budget_chars,
+                               current=user_message)
+        gp = self.build_prompt(policy, direction, user_message, bot_message, reasoning,
+                               history=plan.turns if plan is not None else ())
+        sent = None if plan is None else plan.sent
+        dropped = None if plan is None else plan.dropped
         key = None
         if self.cache is not None:
             key = hashlib.sha256(
@@ -134,7 +161,8 @@ class CsrClient:
             ).hexdigest()
             hit = self.cache.get(key)
             if hit is not None:
-                return CheckResult(hit, (time.perf_counter() - start) * 1000, cached=True, calls=0)
+                return CheckResult(hit, (time.perf_counter() - start) * 1000, cached=True, calls=0,
+                                   history_sent=sent, history_dropped=dropped)
         budget = self.timeout_s if timeout_s is None else timeout_s
         # Every engine ends its own calls by their deadline (it knows what ran out: a hung replica, a full queue,
         # a busy model), so no second timer runs here.
@@ -150,7 +178,8 @@ class CsrClient:
                            prompt_tokens=_total(c.prompt_tokens for c in completions),
                            completion_tokens=_total(c.completion_tokens for c in completions),
                            cached_tokens=_total(c.cached_tokens for c in completions),
-                           endpoint=completions[-1].endpoint, calls=calls)
+                           endpoint=completions[-1].endpoint, calls=calls, history_sent=sent,
+                           history_dropped=dropped)
 
     async def _split(self, gp: prompts.GuardPrompt, budget: float) -> tuple[Verdict, list[Completion], int]:
         """Output check, reasoning off: the prompt verdict and the response step (guessing 'unharmful') in parallel.

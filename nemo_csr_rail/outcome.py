@@ -51,6 +51,9 @@ def from_result(policy: Policy, direction: Direction, result: CheckResult) -> Ra
         "cached_tokens": result.cached_tokens,
         "failed": False,
     }
+    if result.history_sent is not None:  # topic policies: counts only, never the messages themselves
+        meta["history_messages"] = result.history_sent
+        meta["history_dropped"] = result.history_dropped
     if not blocked:
         return RailOutcome.allow(reason=verdict.reasoning, metadata=meta)
     what = "prompt" if direction is Direction.INPUT else "response"

@@ -12,6 +12,7 @@ from enum import Enum
 from typing import Literal
 
 from nemo_csr_rail.settings import (
+    DEFAULT_HISTORY_TURNS,
     DEFAULT_INPUT_REFUSAL,
     DEFAULT_OUTPUT_REFUSAL,
     CategorySpec,
@@ -28,12 +29,13 @@ class Direction(str, Enum):
     OUTPUT = "output"
 
 
-PolicyKind = Literal["taxonomy", "custom"]
+PolicyKind = Literal["taxonomy", "custom", "topic"]
 
 
 @dataclass(frozen=True)
 class Policy:
-    """A policy ready to be rendered. ``body`` is the taxonomy block (layout A) or the policy text (layout B)."""
+    """A policy ready to be rendered. ``body`` is the taxonomy block (layout A), the policy text (layout B) or the
+    topic-following system instruction (layout C, with ``history_turns`` earlier messages)."""
 
     name: str
     kind: PolicyKind
@@ -45,6 +47,7 @@ class Policy:
     on_error: Literal["block", "allow"] = "block"
     threshold: float | None = None
     model_type: str = "nemotron_csr"
+    history_turns: int = 0
 
     def reasoning(self, direction: Direction) -> bool:
         return self.reasoning_input if direction is Direction.INPUT else self.reasoning_output
@@ -57,6 +60,16 @@ class Policy:
         """A free-text policy (card layout B), for the plain Python API."""
         return cls(name=name, kind="custom", body=text.strip(), reasoning_input=reasoning,
                    reasoning_output=reasoning, **kw)  # type: ignore[arg-type]
+
+    @classmethod
+    def topic(cls, name: str, instruction: str, *, history_turns: int = DEFAULT_HISTORY_TURNS, reasoning: bool = True,
+              **kw: object) -> Policy:
+        """A topic-following policy (card layout C): judge the user's message against the system instruction that
+        bounds the conversation, with the last ``history_turns`` messages as context. For the plain Python API."""
+        if history_turns < 0:
+            raise ValueError("history_turns must be >= 0")
+        return cls(name=name, kind="topic", body=instruction.rstrip(), reasoning_input=reasoning,
+                   reasoning_output=reasoning, history_turns=history_turns, **kw)  # type: ignore[arg-type]
 
     @classmethod
     def taxonomy(cls, name: str = "safety", categories: list[str] | None = None, *, reasoning: bool = False,
@@ -82,9 +95,14 @@ def render_categories(categories: list[str | CategorySpec]) -> str:
 
 
 def compile_policy(name: str, spec: PolicySettings, plugin: PluginSettings) -> Policy:
+    history_turns = 0
     if spec.policy is not None:
         kind: PolicyKind = "custom"
         body = spec.policy.strip()
+    elif spec.topic is not None:
+        kind = "topic"
+        body = spec.topic.rstrip()  # layout C: the instruction as written, trailing whitespace stripped
+        history_turns = DEFAULT_HISTORY_TURNS if spec.history_turns is None else spec.history_turns
     else:
         kind = "taxonomy"
         base: list[str | CategorySpec] = (
@@ -92,8 +110,8 @@ def compile_policy(name: str, spec: PolicySettings, plugin: PluginSettings) -> P
         )
         base += list(spec.extra_categories or [])
         body = render_categories(base)
-    # The card: reasoning helps custom policies, not the generic taxonomy.
-    default_reasoning = kind == "custom"
+    # The card: reasoning helps custom policies, not the generic taxonomy; its topic-following example is /think.
+    default_reasoning = kind in ("custom", "topic")
     if isinstance(spec.reasoning, bool) or spec.reasoning is None:
         r_in = r_out = default_reasoning if spec.reasoning is None else spec.reasoning
     else:
@@ -111,6 +129,7 @@ def compile_policy(name: str, spec: PolicySettings, plugin: PluginSettings) -> P
         on_error=spec.on_error or plugin.on_error,
         threshold=spec.threshold,
         model_type=spec.model or plugin.model,
+        history_turns=history_turns,
     )
 
 

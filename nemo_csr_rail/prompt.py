@@ -2,7 +2,9 @@
 
 The layouts are byte-for-byte those of the model card (``prompt-templates.md``): layout A for category lists,
 layout B for free-text policies, the mode switch (``/think`` or ``/no_think``) as the last token. The policy comes
-first and never varies between calls, so vLLM's prefix cache reuses it; the conversation comes after it.
+first and never varies between calls, so vLLM's prefix cache reuses it; the conversation comes after it. Layout C
+(topic following, with conversation history) is rendered by :mod:`nemo_csr_rail.prompt_topic` and decoded as an
+input check.
 
 Decoding plan. The rail needs one word from the model. With reasoning off we prefill the assistant turn with
 ``Prompt harm:`` (``continue_final_message``) and constrain the continuation to the verdict grammar, so the real
@@ -20,9 +22,14 @@ re-asks with the right one, so the decision is always the one the single full ge
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from nemo_csr_rail.policy import Direction, Policy
+
+if TYPE_CHECKING:
+    from nemo_csr_rail.conversation import Turn
 
 _TAXONOMY_HEAD = (
     "You are a classifier for analyzing interactions between humans and LLMs. Given a request from a human user "
@@ -144,11 +151,22 @@ def build(
     logprobs: bool = True,
     reasoning_max_tokens: int = 384,
     split_output: bool = True,
+    history: Sequence[Turn] = (),
 ) -> GuardPrompt:
+    """The plan of one check. ``history`` (earlier messages, oldest first) is used by topic policies only: the
+    other layouts have no place for it."""
     if direction is Direction.OUTPUT and bot_message is None:
         raise ValueError("an output check needs the bot message")
     think = policy.reasoning(direction) if reasoning is None else reasoning
-    text = render(policy, user_message, bot_message, reasoning=think)
+    if policy.kind == "topic":
+        if direction is not Direction.INPUT:
+            raise ValueError(f"policy {policy.name!r} is a topic policy: it judges user messages only")
+        # layout C has its own module, which uses neutralize() from here: imported when first needed
+        from nemo_csr_rail import prompt_topic
+
+        text = prompt_topic.render(policy, history, user_message, reasoning=think)
+    else:
+        text = render(policy, user_message, bot_message, reasoning=think)
     target = _TARGET[direction]
     if think:
         return GuardPrompt(text, direction, True, "", THINK_REGEX + target if structured else None,

@@ -8,9 +8,11 @@ policy, build the prompt, call the engine, parse, decide. It never raises: every
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import time
 from collections import deque
+from collections.abc import Sequence
 from typing import Any
 
 from nemoguardrails.actions.rail_outcome import RailOutcome
@@ -18,6 +20,7 @@ from nemoguardrails.actions.rail_outcome import RailOutcome
 from nemo_csr_rail import outcome
 from nemo_csr_rail.cache import TTLCache
 from nemo_csr_rail.client import CsrClient
+from nemo_csr_rail.conversation import Turn
 from nemo_csr_rail.engines.base import Engine
 from nemo_csr_rail.engines.factory import build_engine
 from nemo_csr_rail.errors import ConfigError, CsrError, GuardTimeout, InputTooLong
@@ -83,6 +86,15 @@ class RailRuntime:
         except KeyError:
             raise ConfigError(f"policies.{name}", f"unknown policy; defined: {', '.join(sorted(self.policies))}") from None
 
+    def wants_history(self, policy_name: str | None) -> bool:
+        """Whether a check with this policy sends conversation history (a topic policy), so callers only collect
+        it when it is used. An unknown policy answers False: :meth:`check` reports it."""
+        try:
+            policy = self.policy(policy_name)
+        except ConfigError:
+            return False
+        return policy.kind == "topic" and policy.history_turns > 0
+
     def _is_own_refusal(self, bot_message: str) -> bool:
         """Whether the bot message is (a streamed chunk of) a refusal this runtime issued.
 
@@ -98,19 +110,25 @@ class RailRuntime:
         return text in self._refusal_blob
 
     async def check(self, policy_name: str | None, direction: Direction, user_message: str | None,
-                    bot_message: str | None = None) -> RailOutcome:
-        """Decide one turn; with ``telemetry`` configured, the decision is also measured, traced and audited."""
+                    bot_message: str | None = None, history: Sequence[Turn] | None = None) -> RailOutcome:
+        """Decide one turn; with ``telemetry`` configured, the decision is also measured, traced and audited.
+        ``history``: the conversation before the user message (oldest first), sent by topic policies only."""
+        decide = self._decide if history is None else functools.partial(self._decide, history=history)
         if self.telemetry is not None:
-            return await self.telemetry.observe(self._decide, policy_name, direction, user_message, bot_message)
-        return await self._decide(policy_name, direction, user_message, bot_message)
+            return await self.telemetry.observe(decide, policy_name, direction, user_message, bot_message)
+        return await decide(policy_name, direction, user_message, bot_message)
 
     async def _decide(self, policy_name: str | None, direction: Direction, user_message: str | None,
-                      bot_message: str | None = None) -> RailOutcome:
+                      bot_message: str | None = None, history: Sequence[Turn] | None = None) -> RailOutcome:
         start = time.perf_counter()
         label = policy_name or "?"
         try:
             policy = self.policy(policy_name)
             label = policy.name
+            if policy.kind == "topic" and direction is Direction.OUTPUT:
+                # the config check catches flows that name it; this catches a $policy chosen at run time
+                raise ConfigError(f"policies.{policy.name}", "is a topic policy: it judges user messages only and "
+                                                               "cannot check the bot's answer")
             user = user_message if isinstance(user_message, str) else ("" if user_message is None else str(user_message))
             if direction is Direction.OUTPUT:
                 bot = bot_message if isinstance(bot_message, str) else ("" if bot_message is None else str(bot_message))
@@ -128,15 +146,16 @@ class RailRuntime:
             li = self.settings.long_input
             deadline = time.monotonic() + self.settings.timeout_s
             if len(user) + len(bot or "") > li.max_chars:
-                out = await self._long_input(policy, direction, user, bot, "max_chars", deadline)
+                out = await self._long_input(policy, direction, user, bot, "max_chars", deadline, history)
             else:
                 try:
-                    result = await self.clients[policy.model_type].check(policy, direction, user, bot)
+                    result = await self.clients[policy.model_type].check(policy, direction, user, bot,
+                                                                         history=history)
                     out = outcome.from_result(policy, direction, result)
                 except InputTooLong:
-                    out = await self._long_input(policy, direction, user, bot, "server_context", deadline)
+                    out = await self._long_input(policy, direction, user, bot, "server_context", deadline, history)
         except CsrError as exc:
-            scrubbed = scrub(exc.message, user_message, bot_message)
+            scrubbed = scrub(exc.message, user_message, bot_message, *(t.text for t in history or ()))
             if scrubbed != exc.message:  # user text stays out of INFO+ logs and metadata, whatever the settings
                 if self.settings.log_user_text:
                     log.debug("csr %s policy=%s unscrubbed error: %s", direction.value, label, exc.message)
@@ -166,8 +185,11 @@ class RailRuntime:
         return out
 
     async def _long_input(self, policy: Policy, direction: Direction, user: str, bot: str | None, trigger: str,
-                          deadline: float) -> RailOutcome:
-        """Apply ``long_input``: refuse, or check windows of the judged text and block if any is harmful."""
+                          deadline: float, history: Sequence[Turn] | None = None) -> RailOutcome:
+        """Apply ``long_input``: refuse, or check windows of the judged text and block if any is harmful.
+
+        A topic policy's windows carry no history (a budget of 0: the metadata counts it all as dropped), since the
+        current message alone already fills the guard's context."""
         li = self.settings.long_input
         chars = len(user) + len(bot or "")
         what = "message" if direction is Direction.INPUT else "answer"
@@ -185,7 +207,8 @@ class RailRuntime:
             if remaining <= 0:
                 raise GuardTimeout(f"guard check exceeded {self.settings.timeout_s:g}s while checking windows")
             calls = [client.check(policy, direction, w if context is None else context,
-                                  None if context is None else w, timeout_s=remaining) for w in plan.windows]
+                                  None if context is None else w, timeout_s=remaining, history=history,
+                                  history_max_chars=0) for w in plan.windows]
             results = await asyncio.gather(*calls, return_exceptions=True)
             info = {"strategy": "windows", "trigger": trigger, "chars": chars, "windows": len(plan.windows),
                     "window_chars": size, "coverage": plan.coverage}

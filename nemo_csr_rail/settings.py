@@ -28,7 +28,12 @@ DEFAULT_INPUT_REFUSAL = "I'm sorry, I can't help with that. {reasoning}"
 DEFAULT_OUTPUT_REFUSAL = "I'm sorry, I can't share that answer. {reasoning}"
 DEFAULT_ERROR_REFUSAL = "I'm sorry, I can't respond right now: the safety check could not run."
 REFUSAL_FIELDS = frozenset({"reasoning", "policy"})
+#: earlier messages a topic policy sends by default (a user or a bot message counts one)
+DEFAULT_HISTORY_TURNS = 6
+POLICY_KINDS = ("policy", "taxonomy", "categories", "topic")
 FLOW_POLICY_RE = re.compile(r'csr check (input|output)\s+\$policy\s*=\s*"?([^"\s)]+)"?')
+#: a call of the output check that names no policy (not a flow definition)
+BARE_OUTPUT_RE = re.compile(r'(?m)^(?!\s*(?:define\s+)?flow\b)[^\n#]*\bcsr check output\b(?![ \t]+\$policy)')
 
 OnError = Literal["block", "allow"]
 
@@ -54,6 +59,10 @@ class PolicySettings(_Strict):
     taxonomy: str | None = None
     categories: list[str | CategorySpec] | None = None
     extra_categories: list[str | CategorySpec] | None = None
+    #: layout C: the system instruction that bounds the conversation (a topic-following policy, input rails only)
+    topic: str | None = None
+    #: topic policies: how many earlier messages go into "Conversation history:" (default DEFAULT_HISTORY_TURNS)
+    history_turns: int | None = Field(default=None, ge=0)
     reasoning: bool | DirectionalReasoning | None = None
     refusal: str | None = None
     on_error: OnError | None = None
@@ -67,20 +76,30 @@ class PolicySettings(_Strict):
             raise ValueError(f"unknown taxonomy {value!r}; known: {', '.join(sorted(TAXONOMIES))}")
         return value
 
-    @field_validator("policy")
+    @field_validator("policy", "topic")
     @classmethod
-    def _non_blank_policy(cls, value: str | None) -> str | None:
+    def _non_blank_policy(cls, value: str | None, info: Any) -> str | None:
         if value is not None and not value.strip():
-            raise ValueError("policy text is empty")
+            raise ValueError("policy text is empty" if info.field_name == "policy" else "topic instruction is empty")
+        return value
+
+    @field_validator("history_turns")
+    @classmethod
+    def _history_needs_topic(cls, value: int | None, info: Any) -> int | None:
+        # a field validator (not the model one) so the error names policies.NAME.history_turns
+        if value is not None and info.data.get("topic") is None:
+            raise ValueError("'history_turns' only applies to a topic policy ('topic: ...'); the other layouts "
+                             "have no conversation history")
         return value
 
     @model_validator(mode="after")
     def _one_kind(self) -> PolicySettings:
-        kinds = [k for k in ("policy", "taxonomy", "categories") if getattr(self, k) is not None]
+        kinds = [k for k in POLICY_KINDS if getattr(self, k) is not None]
         if not kinds:
-            raise ValueError("a policy needs one of 'policy' (free text), 'taxonomy' or 'categories'")
+            raise ValueError("a policy needs one of 'policy' (free text), 'taxonomy', 'categories' or 'topic' "
+                             "(a topic-following system instruction)")
         if len(kinds) > 1:
-            raise ValueError(f"a policy takes exactly one of 'policy', 'taxonomy', 'categories'; got {kinds}")
+            raise ValueError(f"a policy takes exactly one of 'policy', 'taxonomy', 'categories', 'topic'; got {kinds}")
         if self.extra_categories is not None and self.taxonomy is None:
             raise ValueError("'extra_categories' only extends a 'taxonomy'")
         if self.categories is not None and not self.categories:
@@ -362,6 +381,15 @@ def _endpoint_from_model(model_type: str, entry: Any, tls: TlsSettings | None = 
 
 def referenced_policies(rails_config: Any) -> set[tuple[str, str]]:
     """(direction, policy) pairs named by flows in config.yml rails lists and in the config's own .co files."""
+    return {(m.group(1), m.group(2)) for t in _flow_texts(rails_config) for m in FLOW_POLICY_RE.finditer(t)}
+
+
+def uses_unnamed_output_check(rails_config: Any) -> bool:
+    """Whether a flow calls ``csr check output`` without a ``$policy`` (it then uses the implicit policy)."""
+    return any(BARE_OUTPUT_RE.search(t) for t in _flow_texts(rails_config))
+
+
+def _flow_texts(rails_config: Any) -> list[str]:
     texts: list[str] = []
     rails = getattr(rails_config, "rails", None)
     for direction in ("input", "output"):
@@ -373,7 +401,7 @@ def referenced_policies(rails_config: Any) -> set[tuple[str, str]]:
             root = Path(path)
             if root.is_dir():
                 texts.extend(p.read_text(errors="replace") for p in sorted(root.rglob("*.co")))
-    return {(m.group(1), m.group(2)) for t in texts for m in FLOW_POLICY_RE.finditer(t)}
+    return texts
 
 
 def resolve(rails_config: Any) -> ResolvedSettings:
@@ -406,6 +434,20 @@ def resolve(rails_config: Any) -> ResolvedSettings:
                 f"flow 'csr check {direction} $policy=\"{name}\"' names an unknown policy; "
                 f"defined: {', '.join(sorted(plugin.policies))}",
             )
+        if direction == "output" and plugin.policies[name].topic is not None:
+            raise ConfigError(
+                f"policies.{name}",
+                f"is a topic policy, which judges user messages only; flow 'csr check output $policy=\"{name}\"' "
+                "cannot use it (check the bot's answers with a 'policy' or 'taxonomy' policy)",
+            )
+    names = list(plugin.policies)
+    implicit = names[0] if len(names) == 1 else ("default" if "default" in names else None)
+    if implicit is not None and plugin.policies[implicit].topic is not None and uses_unnamed_output_check(rails_config):
+        raise ConfigError(
+            f"policies.{implicit}",
+            "is a topic policy, which judges user messages only; a 'csr check output' flow that names no $policy "
+            "would use it (name a 'policy' or 'taxonomy' policy there)",
+        )
     blob = json.dumps(
         [plugin.model_dump(mode="json"), {k: repr(v) + str(v.api_key) for k, v in endpoints.items()}],
         sort_keys=True,

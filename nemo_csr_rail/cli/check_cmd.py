@@ -124,7 +124,10 @@ def run(args: argparse.Namespace, *, stdin: TextIO | None = None, out: TextIO | 
         from nemo_csr_rail.policy import compile_policies
 
         _, resolved = load_resolved(args.config)
-        name = default_policy(compile_policies(resolved.plugin), args.policy)
+        policies = compile_policies(resolved.plugin)
+        name = default_policy(policies, args.policy)
+        if args.response is not None and policies[name].kind == "topic":
+            raise UsageError(f"policy {name!r} is a topic policy: it judges user messages only (drop --response)")
     except UsageError as exc:
         print(f"error: {exc}", file=err)
         return EXIT_USAGE

@@ -18,9 +18,11 @@ import json
 import re
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
+
+from nemo_csr_rail.conversation import Turn
 
 Label = Literal["harmful", "unharmful"]
 LABELS: frozenset[str] = frozenset({"harmful", "unharmful"})
@@ -33,7 +35,9 @@ class DatasetError(ValueError):
 
 @dataclass(frozen=True)
 class Row:
-    """One labelled item. ``prompt_label`` scores an input check, ``response_label`` an output check."""
+    """One labelled item. ``prompt_label`` scores an input check, ``response_label`` an output check.
+
+    ``history``: the conversation before ``prompt`` (multi-turn rows), sent by topic policies (layout C)."""
 
     id: str
     prompt: str
@@ -42,6 +46,7 @@ class Row:
     response_label: Label | None = None
     policy: str | None = None
     meta: dict[str, Any] = field(default_factory=dict, compare=False)
+    history: tuple[Turn, ...] = ()
 
     def label(self, direction: str) -> Label | None:
         return self.prompt_label if direction == "prompt" else self.response_label
@@ -142,10 +147,29 @@ ALL_HARMFUL = ("every item is harmful by construction, so this set measures reca
 
 
 # ------------------------------------------------------------------------------------------------- our own JSONL
-@register("jsonl", "Our JSONL: {id?, prompt, response?, prompt_label?, response_label?, policy?} per line")
+_MESSAGE_ROLES = {"user": "user", "assistant": "bot"}
+
+
+def _messages(value: Any, where: str) -> tuple[str, tuple[Turn, ...]]:
+    """A multi-turn row's ``messages``: (the last user message, the turns before it)."""
+    if not isinstance(value, list) or not value:
+        raise DatasetError(f"{where}: 'messages' must be a non-empty list of {{role, content}}")
+    turns: list[Turn] = []
+    for j, m in enumerate(value, start=1):
+        if not isinstance(m, dict) or set(m) - {"role", "content"} or m.get("role") not in _MESSAGE_ROLES:
+            raise DatasetError(f"{where}: messages[{j}] must be {{\"role\": \"user\"|\"assistant\", \"content\": …}}")
+        if not isinstance(m.get("content"), str):
+            raise DatasetError(f"{where}: messages[{j}].content must be a string")
+        turns.append(Turn(_MESSAGE_ROLES[m["role"]], m["content"]))  # type: ignore[arg-type]
+    if turns[-1].role != "user":
+        raise DatasetError(f"{where}: the last message must be the user's (the one the label is about)")
+    return _text(turns[-1].text, f"{where}: last message"), tuple(turns[:-1])
+
+
+@register("jsonl", "Our JSONL: {id?, prompt | messages, response?, prompt_label?, response_label?, policy?} per line")
 def load_jsonl(path: Path) -> Dataset:
     rows: list[Row] = []
-    allowed = {"id", "prompt", "response", "prompt_label", "response_label", "policy", "meta"}
+    allowed = {"id", "prompt", "messages", "response", "prompt_label", "response_label", "policy", "meta"}
     for i, rec in _jsonl_records(path):
         where = f"{path}:{i}"
         if not isinstance(rec, dict):
@@ -153,7 +177,15 @@ def load_jsonl(path: Path) -> Dataset:
         unknown = set(rec) - allowed
         if unknown:
             raise DatasetError(f"{where}: unknown field(s) {sorted(unknown)}; allowed: {sorted(allowed)}")
-        prompt = _text(rec.get("prompt"), where)
+        history: tuple[Turn, ...] = ()
+        if "messages" in rec:
+            # a multi-turn row: the label is about the last (user) message, judged in the light of the others
+            if "prompt" in rec or "response" in rec or "response_label" in rec:
+                raise DatasetError(f"{where}: a 'messages' row takes no 'prompt', 'response' or 'response_label' "
+                                   "(its prompt_label is about the last user message)")
+            prompt, history = _messages(rec["messages"], where)
+        else:
+            prompt = _text(rec.get("prompt"), where)
         response = rec.get("response")
         if response is not None and not isinstance(response, str):
             raise DatasetError(f"{where}: 'response' must be a string or null")
@@ -175,8 +207,11 @@ def load_jsonl(path: Path) -> Dataset:
             raise DatasetError(f"{where}: 'meta' must be an object")
         rid = rec.get("id")
         rows.append(Row(str(rid) if rid is not None else str(i), prompt, response, labels["prompt_label"],
-                        labels["response_label"], policy, meta))
-    return _one(path, "jsonl", rows)
+                        labels["response_label"], policy, meta, history))
+    multi = sum(1 for r in rows if r.history)
+    notes = [f"{multi} multi-turn row(s): the label is about the last user message; the earlier messages are sent "
+             "as the conversation history by topic policies (other layouts judge the last message alone)"] if multi else []
+    return _one(path, "jsonl", rows, *notes)
 
 
 # ---------------------------------------------------------------------------------------------- public datasets
@@ -535,8 +570,7 @@ def load(path: str | Path, fmt: str = "auto") -> Dataset:
     fixed = []
     for r in ds.rows:  # ids key the resume log, so they must be unique
         seen[r.id] += 1
-        fixed.append(r if seen[r.id] == 1 else Row(f"{r.id}~{seen[r.id]}", r.prompt, r.response, r.prompt_label,
-                                                     r.response_label, r.policy, r.meta))
+        fixed.append(r if seen[r.id] == 1 else replace(r, id=f"{r.id}~{seen[r.id]}"))
     ds.rows = fixed
     return ds
 

@@ -108,6 +108,8 @@ def check_record(policy: Policy, direction: str, reasoning: bool | None, result:
         cached_tokens=result.cached_tokens,
         error=None,
     )
+    if getattr(result, "history_sent", None) is not None:  # topic policies: how much of the conversation was sent
+        rec.update(history_messages=result.history_sent, history_dropped=result.history_dropped)
     return rec
 
 
@@ -294,7 +296,8 @@ class Runner:
         bot = row.response if d == "response" else None
         start = time.perf_counter()
         try:
-            result = await client.check(policy, _DIRECTION[d], row.prompt, bot, reasoning=spec.reasoning)
+            result = await client.check(policy, _DIRECTION[d], row.prompt, bot, reasoning=spec.reasoning,
+                                        history=row.history)
             rec = check_record(policy, d, spec.reasoning, result)
         except asyncio.CancelledError:
             raise

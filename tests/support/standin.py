@@ -29,6 +29,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from tests.support.topic_prompt import split_topic_prompt
+
 GUARD_MODEL = "nvidia/Nemotron-Content-Safety-Reasoning-4B"
 
 # Words whose presence makes the default responder call a message harmful (case-insensitive substrings).
@@ -39,7 +41,12 @@ Responder = Callable[[dict[str, Any]], str]
 
 # --------------------------------------------------------------------------------------------------- guard prompts
 def split_guard_prompt(text: str) -> tuple[str, str | None, bool]:
-    """(user message, bot message or None, reasoning requested) from a guard prompt in the card's layout."""
+    """(user message, bot message or None, reasoning requested) from a guard prompt in the card's layout.
+
+    Layout C (topic following) gives its *current* user message only: the history is context, never judged."""
+    topic = split_topic_prompt(text)
+    if topic is not None:
+        return topic.current, None, topic.think
     start = text.find("Human user:\n")
     user_start = start + len("Human user:\n")
     tail = max(text.rfind("\n\nUse the taxonomy"), text.rfind("\n\nUse the custom policy"))
