@@ -255,3 +255,21 @@ async def test_plain_client_takes_the_history(guard):
         assert res.verdict.prompt_harm == "harmful" and res.history_sent == 3 and res.history_dropped == 1
         res = await client.check(policy, Direction.INPUT, "ok", None, history=HISTORY, history_max_chars=60)
         assert res.history_sent == 0 and res.history_dropped == 4
+
+
+# ------------------------------------------------------------------------------------------------ with telemetry
+async def test_topic_history_reaches_the_guard_through_telemetry(tmp_path, guard, main_llm):
+    """The telemetry wrapper (issue 13) sits around every check: it must pass the history on, and the audit
+    record of a topic check is about the current message only."""
+    pytest.importorskip("prometheus_client")
+    audit = tmp_path / "audit.jsonl"
+    rails = rails_for(v1(tmp_path, guard, main_llm, telemetry={"audit_log": str(audit)}))
+    reply, outcomes = await generate(rails, [*CONVO, {"role": "user", "content": "And what about politics?"}])
+    assert reply == REFUSAL
+    (text,) = guard_texts(guard)
+    assert text == expected("support", "And what about politics?", HISTORY)
+    assert outcomes[0]["metadata"]["history_messages"] == 4
+    assert runtime_for(rails.config).telemetry.audit.flush(10)
+    (record,) = [json.loads(x) for x in audit.read_text().splitlines()]
+    assert (record["policy"], record["direction"], record["decision"]) == ("support", "input", "block")
+    assert "user_text" not in record and "printer" not in json.dumps(record).lower()
