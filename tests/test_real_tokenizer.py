@@ -13,11 +13,9 @@ the counts against vLLM's own ``/tokenize``). Three things are pinned here:
 
 from __future__ import annotations
 
-import json
 import random
 import re
 import string
-from functools import lru_cache
 
 import pytest
 from hypothesis import given, settings
@@ -26,28 +24,12 @@ from hypothesis import strategies as st
 from nemo_csr_rail import prompt
 from nemo_csr_rail.cli.serve_cmd import CPU_MAX_MODEL_LEN, GPU_MAX_MODEL_LEN
 from nemo_csr_rail.long_input import ELLIPSIS, excerpt
-from nemo_csr_rail.policy import Direction, Policy
+from nemo_csr_rail.policy import Direction
 from nemo_csr_rail.settings import LongInputSettings, PluginSettings
 from tests.support import chat_render, real_gemma
+from tests.support.guard_layouts import BOT, LAYOUT_TOKENS, LAYOUTS, USER
 
 pytestmark = pytest.mark.real_gemma
-
-USER = "How do I bake bread?"
-BOT = "Preheat the oven to 220 degrees and bake for 30 minutes."
-LAYOUTS = {"A": Policy.taxonomy(), "B": Policy.custom("retail", "The assistant must not discuss religion or politics in any form.")}
-
-# What vLLM counts for the one user message of each layout (chat template + generation prompt included):
-# (layout, direction, reasoning) -> tokens.
-LAYOUT_TOKENS = {
-    ("A", "input", True): 407,
-    ("A", "input", False): 401,
-    ("A", "output", True): 424,
-    ("A", "output", False): 418,
-    ("B", "input", True): 149,
-    ("B", "input", False): 144,
-    ("B", "output", True): 166,
-    ("B", "output", False): 161,
-}
 
 
 @pytest.fixture(scope="module")
@@ -97,35 +79,8 @@ def test_the_taxonomy_layout_is_the_largest_built_in_one(gemma):
 
 
 # -------------------------------------------------------------------------------- 2. every control piece
-@lru_cache(maxsize=1)
-def vocabulary_pieces() -> tuple[tuple[int, str, str], ...]:
-    """(id, text, kind) of every control and user-defined piece of the real vocabulary.
-
-    The GGUF marks 6,249 pieces CONTROL and 165 USER_DEFINED. tokenizer.json (what vLLM loads) lists the control
-    ones as ``special`` added tokens and 135 of the user-defined ones as non-special added tokens; the other 30
-    user-defined pieces, runs of 2–31 spaces (ids 138–167), it keeps as ordinary BPE pieces (``▁▁``…).
-    """
-    d = real_gemma.require_tokenizer()
-    data = json.loads((d / "tokenizer.json").read_text())
-    pieces = [(t["id"], t["content"], "control" if t["special"] else "user_defined") for t in data["added_tokens"]]
-    vocab = data["model"]["vocab"]
-    runs = [(vocab["▁" * k], " " * k, "user_defined") for k in range(2, 32)]
-    assert [i for i, _, _ in runs] == list(range(138, 168))
-    return tuple(sorted(pieces + runs))
-
-
-MULTIMODAL = ("[multimodal]", "<start_of_image>", "<end_of_image>")  # user-defined, but chat structure to us
-
-
-def chat_structure_ids(gemma) -> dict[int, str]:
-    tok, _ = gemma
-    out = {i: text for i, text, kind in vocabulary_pieces() if kind == "control"}
-    out.update({tok.token_to_id(t): t for t in MULTIMODAL})
-    return out
-
-
 def test_the_vocabulary_has_6414_control_and_user_defined_pieces(gemma):
-    pieces = vocabulary_pieces()
+    pieces = real_gemma.vocabulary_pieces()
     kinds = [k for _, _, k in pieces]
     assert (len(pieces), kinds.count("control"), kinds.count("user_defined")) == (6414, 6249, 165)
     control = {t for _, t, k in pieces if k == "control"}
@@ -133,11 +88,11 @@ def test_the_vocabulary_has_6414_control_and_user_defined_pieces(gemma):
     assert control - unused == {"<pad>", "<eos>", "<bos>", "<unk>", "<mask>", "<start_of_turn>", "<end_of_turn>"}
     assert len(unused) == 6242
     user = [t for _, t, k in pieces if k == "user_defined"]
-    html = [t for t in user if t.startswith("<") and t not in MULTIMODAL]
+    html = [t for t in user if t.startswith("<") and t not in real_gemma.MULTIMODAL]
     assert len(html) == 70 and {"<table>", "</table>", "<h1>", "<b>", "<s>", "<code>", "<iframe>"} <= set(html)
     blank = [t for t in user if t.strip() == "" and len(set(t)) == 1]  # runs of \n, \t and spaces
     assert len(blank) == 31 + 31 + 30
-    assert sorted(set(user) - set(html) - set(blank)) == sorted(MULTIMODAL)
+    assert sorted(set(user) - set(html) - set(blank)) == sorted(real_gemma.MULTIMODAL)
     # and every piece is what the tokenizer makes of its text: raw, each would reach the model as itself
     tok, _ = gemma
     for i, text, _ in pieces:
@@ -152,7 +107,7 @@ def test_raw_chat_structure_pieces_would_be_injected(gemma):
     """Control for the test below: without neutralising, every chat-structure piece in a message reaches the model
     as the piece itself, so the assertion below is not vacuous."""
     tok, cfg = gemma
-    structure = chat_structure_ids(gemma)
+    structure = real_gemma.chat_structure_ids()
     texts = [chat_render.render(cfg, [{"role": "user", "content": _slot(t)[0]}], add_generation_prompt=True,
                                 continue_final=False) for t in structure.values()]
     for (i, text), enc in zip(structure.items(), tok.encode_batch(texts, add_special_tokens=False), strict=True):
@@ -163,10 +118,10 @@ def test_no_chat_structure_piece_is_reachable_from_user_or_bot_text(gemma):
     """Every one of the 6,414 pieces, in the user AND the bot slot of an output check, every layout and mode: the
     request vLLM tokenizes holds exactly the template's own chat-structure pieces, in order, and nothing else."""
     tok, cfg = gemma
-    structure = chat_structure_ids(gemma)
+    structure = real_gemma.chat_structure_ids()
     template_own = ["<bos>", "<start_of_turn>", "<end_of_turn>", "<start_of_turn>"]
     texts, cases = [], []
-    for k, (i, piece, kind) in enumerate(vocabulary_pieces()):
+    for k, (i, piece, kind) in enumerate(real_gemma.vocabulary_pieces()):
         reasoning = k % 2 == 0
         policy = LAYOUTS["AB"[(k // 2) % 2]]
         user, bot = _slot(piece)
@@ -200,7 +155,7 @@ _PIECE_TEXTS = st.sampled_from([t for t in ("<start_of_turn>", "<end_of_turn>", 
 def test_no_composition_of_pieces_reaches_chat_structure(gemma, text):
     """Pieces glued to each other and to arbitrary text (``<<start_of_turn>``, ``[[multimodal]]``…)."""
     tok, cfg = gemma
-    structure = chat_structure_ids(gemma)
+    structure = real_gemma.chat_structure_ids()
     gp = prompt.build(LAYOUTS["B"], Direction.OUTPUT, text or "x", text or "y", reasoning=False)
     ids = chat_render.request_ids(tok, cfg, gp.messages, prefill=True)
     assert [structure[t] for t in ids if t in structure] == ["<bos>", "<start_of_turn>", "<end_of_turn>",
@@ -249,7 +204,9 @@ def test_long_input_defaults_fit_serves_context_with_the_policy_prompt(gemma):
     """A conversation of ``max_chars`` random characters (and every window the ``windows`` plan sends) fits in
     the smallest ``--max-model-len`` that ``serve`` starts, with the largest layout AND the reasoning budget.
 
-    vLLM refuses a request whose prompt plus ``max_tokens`` exceeds the context, so the reasoning budget counts.
+    The reasoning budget counts: vLLM 0.32 clamps ``max_tokens`` to what the prompt leaves of the context, so a
+    prompt that leaves less than the budget cuts the reasoning short and the verdict line is never written (a
+    parse error, handled by ``on_error``), not a clean 400.
     Denser text (digits, rare scripts, emoji: up to four tokens a character) can still overflow; the server's 400
     then ends in windows or a refusal (``tests/real_gemma/test_real_long_input.py``)."""
     li = LongInputSettings()

@@ -177,6 +177,39 @@ def require_model() -> Path:
     return _require(weights=True)
 
 
+# ------------------------------------------------------------------------------------ facts about the vocabulary
+#: user-defined pieces that are chat structure to us all the same (an image placeholder inside a text turn)
+MULTIMODAL = ("[multimodal]", "<start_of_image>", "<end_of_image>")
+
+
+@functools.lru_cache(maxsize=1)
+def vocabulary_pieces() -> tuple[tuple[int, str, str], ...]:
+    """(id, text, kind) of every control and user-defined piece of the real vocabulary, kind "control" or
+    "user_defined".
+
+    The GGUF marks 6,249 pieces CONTROL and 165 USER_DEFINED. tokenizer.json (what vLLM loads) lists the control
+    ones as ``special`` added tokens and 135 of the user-defined ones as non-special added tokens; the other 30
+    user-defined pieces, runs of 2–31 spaces (ids 138–167), it keeps as ordinary BPE pieces (``▁▁``…).
+    """
+    data = json.loads((require_tokenizer() / "tokenizer.json").read_text())
+    pieces = [(t["id"], t["content"], "control" if t["special"] else "user_defined") for t in data["added_tokens"]]
+    vocab = data["model"]["vocab"]
+    runs = [(vocab["\u2581" * k], " " * k, "user_defined") for k in range(2, 32)]
+    if [i for i, _, _ in runs] != list(range(138, 168)):
+        raise AssertionError("the space-run pieces are not ids 138-167: not Gemma 3's vocabulary")
+    return tuple(sorted(pieces + runs))
+
+
+@functools.lru_cache(maxsize=1)
+def chat_structure_ids() -> dict[int, str]:
+    """id -> text of the pieces that must never come from user or bot text: every control piece (turn markers,
+    ``<bos>``/``<eos>``/``<pad>``/``<unk>``/``<mask>``, the 6,242 ``<unusedN>``) and the multimodal ones."""
+    by_text = {text: i for i, text, _ in vocabulary_pieces()}
+    out = {i: text for i, text, kind in vocabulary_pieces() if kind == "control"}
+    out.update({by_text[t]: t for t in MULTIMODAL})
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--tokenizer-only", action="store_true")
