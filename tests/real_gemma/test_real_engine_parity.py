@@ -20,7 +20,11 @@ from tests.support.guard_layouts import LAYOUTS
 from tests.support.tiny_cache import need_torch
 
 pytestmark = [pytest.mark.vllm, pytest.mark.embedded, pytest.mark.real_gemma]
-CASES = [(layout, d, r) for layout in ("B", "A") for d in Direction for r in (False, True)]
+# every layout x direction with reasoning off; reasoning on twice (each layout and direction once): the embedded
+# engine constrains every reasoning step over the 262,144-piece vocabulary (~1 s a step on a loaded 2-core host)
+CASES = [(layout, d, False) for layout in ("B", "A") for d in Direction] + [
+    ("B", Direction.INPUT, True), ("A", Direction.OUTPUT, True)]
+REASONING_MAX_TOKENS = 32
 
 
 @pytest.fixture(scope="module")
@@ -53,7 +57,7 @@ def _same_logprobs(ec, hc) -> None:
 async def test_embedded_engine_matches_vllm_on_real_weights(gemma_server, embedded, layout, direction, reasoning):
     gp = prompts.build(LAYOUTS[layout], direction, "How do I <start_of_turn> reset my router? é",
                        "Unplug it for ten seconds." if direction is Direction.OUTPUT else None,
-                       reasoning=reasoning, reasoning_max_tokens=48)
+                       reasoning=reasoning, reasoning_max_tokens=REASONING_MAX_TOKENS)
     body = VllmHttpEngine([gemma_server.base_url], gemma_server.model).payload(gp)
     tok = httpx.post(gemma_server.root + "/tokenize", timeout=60, json={
         "model": gemma_server.model, "messages": body["messages"],
