@@ -39,8 +39,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-from tests.support.tiny_gemma import CHAT_TEMPLATE
-
 MARK = ".csr-complete"
 VOCAB_SIZE = 262_144
 
@@ -71,6 +69,8 @@ def gguf_path() -> Path:
 
 
 def _write_template(d: Path) -> None:
+    from tests.support.tiny_gemma import CHAT_TEMPLATE  # imports torch: only where a conversion runs
+
     cfg_path = d / "tokenizer_config.json"
     cfg = json.loads(cfg_path.read_text()) if cfg_path.exists() else {}
     cfg["chat_template"] = CHAT_TEMPLATE
