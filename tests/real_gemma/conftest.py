@@ -5,9 +5,10 @@ and its reasoning-on checks take ~1 s); this package runs the same kinds of real
 (docs/real-engine.md says which and why). The server starts after ``tests/real``'s has stopped (package-scoped
 fixtures), so the two never hold the CPU together.
 
-``--max-model-len`` is small (:data:`MAX_MODEL_LEN`): it still holds the largest layout with the reasoning budget,
-and it makes the server's own context-length 400 cheap to reach (``test_real_long_input.py``). Skipped without a
-vLLM venv or without the conversion's packages; with ``CSR_REQUIRE_VLLM=1`` (CI) either is a failure.
+``--max-model-len`` is small (``real_gemma.TEST_MAX_MODEL_LEN``, 1536): it still holds the largest layout with the
+reasoning budget, and it makes the server's own context-length 400 cheap to reach (``test_real_long_input.py``).
+Skipped without a vLLM venv or without the conversion's packages; with ``CSR_REQUIRE_VLLM=1`` (CI) either is a
+failure.
 """
 
 from __future__ import annotations
@@ -18,9 +19,6 @@ import pytest
 
 from tests.support import real_gemma
 from tests.support import vllm_server as vs
-
-#: the largest layout (424 tokens) + the 384-token reasoning budget fit; 3,000 random characters (~2,350) do not
-MAX_MODEL_LEN = 1536
 
 
 @pytest.fixture(scope="package")
@@ -35,7 +33,7 @@ def gemma_server():
             pytest.fail(f"CSR_REQUIRE_VLLM=1 but {why}", pytrace=False)
         pytest.skip(f"real vLLM tests skipped: {why}")
     model = real_gemma.require_model()
-    server = vs.start(python, model_dir=model, max_model_len=MAX_MODEL_LEN)
+    server = vs.start(python, model_dir=model, max_model_len=real_gemma.TEST_MAX_MODEL_LEN)
     print(f"\nvLLM serving Gemma 3 270M at {server.base_url}: {server.timings} (log {server.log_path})")
     yield server
     server.stop()

@@ -15,7 +15,7 @@ import pytest
 
 from nemo_csr_rail.policy import Direction
 from nemo_csr_rail.settings import LongInputSettings
-from tests.real_gemma.conftest import MAX_MODEL_LEN
+from tests.support.real_gemma import TEST_MAX_MODEL_LEN as MAX_MODEL_LEN
 from tests.support.runtime import runtime
 
 pytestmark = [pytest.mark.vllm, pytest.mark.real_gemma]
