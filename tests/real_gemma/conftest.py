@@ -20,6 +20,8 @@ import pytest
 from tests.support import real_gemma
 from tests.support import vllm_server as vs
 
+START_TIMEOUT_S = 480.0
+
 
 @pytest.fixture(scope="package")
 def gemma_server():
@@ -33,7 +35,9 @@ def gemma_server():
             pytest.fail(f"CSR_REQUIRE_VLLM=1 but {why}", pytrace=False)
         pytest.skip(f"real vLLM tests skipped: {why}")
     model = real_gemma.require_model()
-    server = vs.start(python, model_dir=model, max_model_len=real_gemma.TEST_MAX_MODEL_LEN)
+    # 1 GB of float32 weights: 80-100 s to /health on a quiet 2-core host, past the default 240 s on a loaded one
+    timeout = float(os.environ.get("CSR_VLLM_START_TIMEOUT") or START_TIMEOUT_S)
+    server = vs.start(python, model_dir=model, max_model_len=real_gemma.TEST_MAX_MODEL_LEN, timeout_s=timeout)
     print(f"\nvLLM serving Gemma 3 270M at {server.base_url}: {server.timings} (log {server.log_path})")
     yield server
     server.stop()
