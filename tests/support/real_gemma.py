@@ -217,7 +217,8 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--tokenizer-only", action="store_true")
     args = ap.parse_args(argv)
-    why = missing_requirements(weights=not args.tokenizer_only)
+    done = root_dir() / ("tokenizer" if args.tokenizer_only else "model")
+    why = None if _complete(done) else missing_requirements(weights=not args.tokenizer_only)
     if why:
         print(f"cannot convert Gemma 3 270M: {why}", file=sys.stderr)
         return 2
