@@ -30,9 +30,10 @@ REASONING_MAX_TOKENS = 32
 @pytest.fixture(scope="module")
 def embedded():
     need_torch()
-    from nemo_csr_rail.engines.embedded import EmbeddedEngine
+    from nemo_csr_rail.engines.embedded import EmbeddedEngine, unload_all
 
-    return EmbeddedEngine(str(real_gemma.require_model()), device="cpu", dtype="float32")
+    yield EmbeddedEngine(str(real_gemma.require_model()), device="cpu", dtype="float32")
+    unload_all()  # ~2 GB of float32 weights and token tables: not held for the rest of the suite
 
 
 async def _both(server, emb, gp):
