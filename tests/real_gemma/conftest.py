@@ -1,0 +1,43 @@
+"""A real vLLM CPU server serving Google's Gemma 3 270M (trained weights, real tokenizer), shared by this package.
+
+``tests/real`` keeps the tiny random Gemma-3 (random verdicts exercise both decisions and the split plan's re-ask,
+and its reasoning-on checks take ~1 s); this package runs the same kinds of real-engine checks on real weights
+(docs/real-engine.md says which and why). The server starts after ``tests/real``'s has stopped (package-scoped
+fixtures), so the two never hold the CPU together.
+
+``--max-model-len`` is small (``real_gemma.TEST_MAX_MODEL_LEN``, 1536): it still holds the largest layout with the
+reasoning budget, and it makes the server's own context-length 400 cheap to reach (``test_real_long_input.py``).
+Skipped without a vLLM venv or without the conversion's packages; with ``CSR_REQUIRE_VLLM=1`` (CI) either is a
+failure.
+"""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from tests.support import real_gemma
+from tests.support import vllm_server as vs
+
+START_TIMEOUT_S = 480.0
+
+
+@pytest.fixture(scope="package")
+def gemma_server():
+    """The running server (``.base_url``, ``.root``, ``.model``, ``.model_path``, ``.log_path``), stopped at the end."""
+    if os.environ.get("CSR_REAL_GEMMA_VLLM_URL"):  # development: a server somebody else started
+        yield vs.attach(os.environ["CSR_REAL_GEMMA_VLLM_URL"])
+        return
+    python, why = vs.find_vllm_python()
+    if python is None:
+        if os.environ.get("CSR_REQUIRE_VLLM") == "1":
+            pytest.fail(f"CSR_REQUIRE_VLLM=1 but {why}", pytrace=False)
+        pytest.skip(f"real vLLM tests skipped: {why}")
+    model = real_gemma.require_model()
+    # 1 GB of float32 weights: 80-100 s to /health on a quiet 2-core host, past the default 240 s on a loaded one
+    timeout = float(os.environ.get("CSR_VLLM_START_TIMEOUT") or START_TIMEOUT_S)
+    server = vs.start(python, model_dir=model, max_model_len=real_gemma.TEST_MAX_MODEL_LEN, timeout_s=timeout)
+    print(f"\nvLLM serving Gemma 3 270M at {server.base_url}: {server.timings} (log {server.log_path})")
+    yield server
+    server.stop()
