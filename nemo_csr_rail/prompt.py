@@ -21,11 +21,13 @@ re-asks with the right one, so the decision is always the one the single full ge
 
 from __future__ import annotations
 
-import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from nemo_csr_rail import prompt_topic
+from nemo_csr_rail.neutralize import WORD_JOINER as WORD_JOINER  # re-exported: callers predate the module
+from nemo_csr_rail.neutralize import neutralize
 from nemo_csr_rail.policy import Direction, Policy
 
 if TYPE_CHECKING:
@@ -83,36 +85,6 @@ _STOP_LINE = {
                        "\nResponse Harm: harmful", "\nResponse Harm: unharmful"),
 }
 
-# Chat-structure pieces of Gemma 3: every control piece (<pad> <eos> <bos> <unk> <mask> <start_of_turn>
-# <end_of_turn> <unusedN>) and the multimodal ones ([multimodal] <start_of_image> <end_of_image>
-# <image_soft_token>). vLLM renders the template to text and tokenizes it with special tokens enabled, so these
-# strings inside a message would become real turn boundaries. A word joiner after the opening '<' or '[' keeps the
-# text readable to the model but makes it ordinary text to the tokenizer. The HTML-like pieces of the vocabulary
-# (<table>, <b>, ...) are left alone: ordinary text to the model (docs/reliability.md). Proven against all 6,414
-# control and user-defined pieces of the real vocabulary in tests/test_real_tokenizer.py.
-_SPECIAL = re.compile(
-    r"<(?=/?(?:start_of_turn|end_of_turn|bos|eos|pad|unk|mask|start_of_image|end_of_image|image_soft_token"
-    r"|unused\d+|think)>)"
-    r"|\[(?=/?multimodal\])",
-    re.IGNORECASE,
-)
-# The mode switch is the prompt's last token; the same switch inside untrusted text is made inert the same way.
-_MODE = re.compile(r"/(?=(?:no_)?think)", re.IGNORECASE)
-_LONE_SURROGATE = re.compile(r"[\ud800-\udfff]")
-WORD_JOINER = "\u2060"
-
-
-def neutralize(text: str) -> str:
-    """Make untrusted text safe to embed: no chat-structure pieces, no ``<think>``/``</think>`` tags, no
-    ``/think``/``/no_think`` switch, no lone surrogates (which break JSON/UTF-8). A word joiner (U+2060) after the
-    ``<``, ``[`` or ``/`` keeps the text readable to the model while making it ordinary text to the tokenizer."""
-    if "<" in text or "[" in text:
-        text = _SPECIAL.sub(lambda m: m.group() + WORD_JOINER, text)
-    if "/" in text:
-        text = _MODE.sub("/" + WORD_JOINER, text)
-    return _LONE_SURROGATE.sub("\ufffd", text)
-
-
 def render(policy: Policy, user_message: str, bot_message: str | None, *, reasoning: bool) -> str:
     """The exact text of the one user message sent to the model."""
     convo = f"Human user:\n{neutralize(user_message)}\n\nAI assistant:\n{'None' if bot_message is None else neutralize(bot_message)}\n\n"
@@ -166,9 +138,6 @@ def build(
     if policy.kind == "topic":
         if direction is not Direction.INPUT:
             raise ValueError(f"policy {policy.name!r} is a topic policy: it judges user messages only")
-        # layout C has its own module, which uses neutralize() from here: imported when first needed
-        from nemo_csr_rail import prompt_topic
-
         text = prompt_topic.render(policy, history, user_message, reasoning=think)
     else:
         text = render(policy, user_message, bot_message, reasoning=think)

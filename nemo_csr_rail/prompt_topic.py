@@ -25,8 +25,8 @@ import re
 from collections.abc import Sequence
 
 from nemo_csr_rail.conversation import Turn
+from nemo_csr_rail.neutralize import neutralize
 from nemo_csr_rail.policy import Policy
-from nemo_csr_rail.prompt import neutralize
 
 HEAD = (
     "You are a classifier for analyzing interactions between humans and LLMs. Given a system instruction that\n"
