@@ -67,7 +67,10 @@ _CUSTOM_NO_THINK = "Only output the answer in the format specified above. /no_th
 
 PREFILL = "Prompt harm:"
 HARM = "(harmful|unharmful)"
-THINK_REGEX = r"<think>\n[^\n<]{1,600}\n</think>\n\n"
+# One trace line, bounded by max_tokens (reasoning_max_tokens) rather than in the regex: xgrammar compiles a
+# bounded repetition such as {1,600} into as many states, which takes 13 s against Gemma 3's 262k-piece vocabulary
+# (vLLM 0.32 gives up after 5 s with HTTP 500); the unbounded line compiles in 0.05 s (docs/performance.md).
+THINK_REGEX = r"<think>\n[^\n<]+\n</think>\n\n"
 _TARGET = {
     Direction.INPUT: f"Prompt harm: {HARM}",
     # The format line asks for "Response harm:"; the card's own example output writes "Response Harm:". Where the
