@@ -143,11 +143,12 @@ def read(plan: OneTokenPlan, completion: Completion) -> Completion:
 
 
 class PlanCache:
-    """Decisions per (endpoint, prefill), shared by every event loop; concurrent first checks share one look-up."""
+    """Decisions per (endpoint, prefill), shared by every event loop. Concurrent first checks share one look-up,
+    which runs as its own task: a check cancelled meanwhile (the split plan's discarded guess) does not waste it."""
 
     def __init__(self) -> None:
         self._done: dict[tuple[str, str], Decision] = {}
-        self._pending: dict[tuple[asyncio.AbstractEventLoop, str, str], asyncio.Future[Decision | None]] = {}
+        self._pending: dict[tuple[asyncio.AbstractEventLoop, str, str], asyncio.Task[Decision | None]] = {}
         self._lock = threading.Lock()
 
     def known(self, endpoint: str, prefill: str) -> Decision | None:
@@ -168,27 +169,22 @@ class PlanCache:
         loop = asyncio.get_running_loop()
         key = (loop, endpoint, prefill)
         with self._lock:
-            fut = self._pending.get(key)
-            owner = fut is None
-            if owner:
-                fut = self._pending[key] = loop.create_future()
-        assert fut is not None
-        if not owner:
-            return await asyncio.shield(fut)
+            task = self._pending.get(key)
+            if task is None:
+                task = self._pending[key] = loop.create_task(self._run(key, look_up))
+        return await asyncio.shield(task)
+
+    async def _run(self, key: tuple[asyncio.AbstractEventLoop, str, str],
+                   look_up: Callable[[], Awaitable[Decision | None]]) -> Decision | None:
         try:
             decision = await look_up()
-        except BaseException as exc:
-            fut.set_result(None)  # waiters use the grammar plan this time; the next check looks up again
+        except Exception:
+            decision = None  # this check uses the grammar plan; the next one looks up again
+        finally:
             with self._lock:
                 self._pending.pop(key, None)
-            if isinstance(exc, Exception):
-                return None
-            raise
         if decision is not None:
-            self._done[(endpoint, prefill)] = decision
-        fut.set_result(decision)
-        with self._lock:
-            self._pending.pop(key, None)
+            self._done[(key[1], key[2])] = decision
         return decision
 
 
