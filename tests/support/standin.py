@@ -387,7 +387,15 @@ class StandIn:
             else:
                 await _send_json(writer, 404, {"detail": "Not Found"})
             return True
-        if method == "POST" and path in ("/tokenize", "/detokenize") and self.serve_tokenize:
+        if method == "POST" and path in ("/tokenize", "/detokenize"):
+            fault = self._take_fault(path)
+            if fault is not None:
+                return await self._apply_fault(fault, {}, writer)
+            if not self.serve_tokenize:
+                with self._lock:
+                    self.tokenize_requests.append({"path": path})
+                await _send_json(writer, 404, {"detail": "Not Found"})
+                return True
             status, answer = self._tokenize(path, raw)
             await _send_json(writer, status, answer)
             return True
@@ -574,6 +582,7 @@ class StandIn:
         regex = (body.get("structured_outputs") or {}).get("regex")
         if regex is not None:
             text = _constrain(text, regex)
+        intent = text  # what the scripted model means to write, before any cut (its logprobs follow this)
         allowed = body.get("allowed_token_ids")
         if allowed is not None:
             if not isinstance(allowed, list) or not allowed:
@@ -599,7 +608,7 @@ class StandIn:
             text = "".join(toks)
         elif stop_reason is None and len(toks) < want and allowed is None:
             eos = True  # the model ended its turn: vLLM counts <end_of_turn> and lists it in logprobs
-        logprobs = self._logprobs(text, body, eos) if body.get("logprobs") else None
+        logprobs = self._logprobs(text, body, eos, intent) if body.get("logprobs") else None
         cached = self._cache_lookup(prompt_text, n_prompt)
         role = msgs[-1].get("role", "assistant") if cont and msgs else "assistant"
         payload = self._chat_payload(body, text, finish, logprobs, n_prompt, len(toks) + eos, cached, stop_reason,
@@ -635,7 +644,7 @@ class StandIn:
             raise BadRequest(400, f"chat template error: {exc}") from None
         return count_prompt_tokens(text)
 
-    def _logprobs(self, text: str, body: dict[str, Any], eos: bool) -> dict[str, Any]:
+    def _logprobs(self, text: str, body: dict[str, Any], eos: bool, intent: str) -> dict[str, Any]:
         """vLLM's ``logprobs.content`` for the generated ``text``. The scripted model puts ``confidence`` on the
         verdict it writes and the rest on the other verdict's first token, at the token where a verdict word starts;
         every other token is near-certain. ``logprob_token_ids`` lists exactly those ids (vLLM 0.32), else the
@@ -648,7 +657,7 @@ class StandIn:
         toks = encode(text)
         for tid, t in toks + ([(106, "<end_of_turn>")] if eos else []):
             alts: list[tuple[int, float]]
-            m = _VERDICT_AT.match(text, pos) if t else None
+            m = _VERDICT_AT.match(intent, pos) if t and intent.startswith(text) else None
             if m:
                 word = m.group(0)
                 other = word.replace(m.group(1), "unharmful" if m.group(1) == "harmful" else "harmful")
@@ -750,7 +759,7 @@ _VERDICT_AT = re.compile(r"(?<![A-Za-z]) ?(unharmful|harmful)\b")
 def _only_allowed(text: str, allowed: list[int]) -> str:
     """What a model that 'wants' ``text`` generates when only ``allowed`` token ids may be sampled (vLLM's
     ``allowed_token_ids``): its own tokens while they are allowed; where its first token is not, the allowed token
-    that spells the longest prefix of what it wanted. None of them: the test's script is wrong for this request."""
+    that spells the longest prefix of what it wanted."""
     toks = encode(text)
     keep = 0
     while keep < len(toks) and toks[keep][0] in allowed:
@@ -758,9 +767,8 @@ def _only_allowed(text: str, allowed: list[int]) -> str:
     if keep:
         return "".join(t for _, t in toks[:keep])
     fits = [p for p in (piece(t) for t in allowed) if p and text.startswith(p)]
-    if not fits:
-        raise BadRequest(500, f"stand-in: scripted answer {text!r} starts with none of the allowed tokens {allowed}")
-    return max(fits, key=len)
+    # none spells what it wanted (only a request made up for a shape check does this): the first allowed token
+    return max(fits, key=len) if fits else piece(allowed[0])
 
 
 def _constrain(text: str, regex: str) -> str:
