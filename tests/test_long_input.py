@@ -1,12 +1,14 @@
 """Inputs the guard cannot take whole, and odd inputs, end to end through NeMo Guardrails against the stand-in.
 
-The stand-in's ``max_model_len`` (2048 tokens, ~4 characters a token) makes a vLLM context-length 400 realistic.
+The stand-in's ``max_model_len`` (2048 tokens, counted with the real Gemma 3 tokenizer: the filler prose here is ~8
+characters a token, random symbols ~1.4) makes a vLLM context-length 400 realistic.
 """
 
 from __future__ import annotations
 
 import json
 import random
+import string
 
 import pytest
 
@@ -16,6 +18,7 @@ from nemo_csr_rail.settings import parse_plugin_settings
 from tests.e2e_helpers import ask, guard_texts, rails_for
 from tests.support.rails_configs import write_config
 from tests.support.runtime import runtime
+from tests.support.standin import StandIn
 
 POLITICS = "Do not discuss politics or religion."
 HELLO = "Hello! How can I help you today?"
@@ -50,7 +53,9 @@ def _input_outcome(outcomes):
 ODD = {
     "control_chars": "where\x00is\x07my\x1b[31m order\x7f\x08?",
     "binary_junk": bytes(range(256)).decode("latin-1") * 4,
-    "very_long_line": "x" * 7900,  # under max_chars, over the server's context: a real 400
+    # under max_chars, over the server's context (random symbols: ~5,800 real Gemma 3 tokens): a real 400
+    "very_long_line": "".join(random.Random(7).choice(string.ascii_letters + string.digits + "#%&*+=?@")
+                              for _ in range(7900)),
     "non_english_zh": "我的订单在哪里？请帮我查一下物流信息。",
     "non_english_ar": "أين طلبي؟ أحتاج إلى تتبع الشحنة.",
     "non_english_ru": "Где мой заказ? Помогите отследить посылку.",
@@ -174,9 +179,12 @@ async def test_server_context_400_with_refuse(tmp_path, guard, main_llm):
     assert len(guard.chat_requests()) == 1
 
 
-async def test_windows_shrink_when_the_server_context_is_smaller_than_configured(guard):
-    rt = runtime(guard.url, timeout_s=5.0, long_input={"max_chars": 20_000, "window_chars": 12_000})
-    out = await rt.check("fast", Direction.INPUT, _filler(30_000))
+async def test_windows_shrink_when_the_server_context_is_smaller_than_configured():
+    # 12,000 characters of filler are ~1,500 real tokens: a 1,024-token server cannot take such a window
+    with StandIn(max_model_len=1024) as small:
+        rt = runtime(small.url, timeout_s=5.0, long_input={"max_chars": 20_000, "window_chars": 12_000})
+        out = await rt.check("fast", Direction.INPUT, _filler(30_000))
+        await rt.aclose()
     meta = out.metadata
     assert meta["failed"] is False and meta["long_input"]["window_chars"] < 12_000
 

@@ -379,7 +379,13 @@ class VllmHttpEngine:
         timeout = httpx.Timeout(max(0.001, budget), connect=min(max(0.001, budget), 5.0))
 
         async def call(path: str, payload: dict[str, Any]) -> Any:
-            r = await client.post(root + path, json=payload, timeout=timeout)
+            try:
+                r = await client.post(root + path, json=payload, timeout=timeout)
+            except (httpx.ConnectError, httpx.ConnectTimeout) as exc:
+                # a dead replica: the same error its chat request would raise, so the failover logic applies
+                if _is_tls_failure(exc):
+                    raise GuardTLSError(f"TLS with the guard server at {base_url} failed: {exc}") from None
+                raise GuardUnavailable(f"guard server at {base_url} unreachable: {type(exc).__name__}: {exc}") from None
             if r.status_code == 200:
                 return r.json()
             if r.status_code in (401, 403, 408, 429) or r.status_code >= 500:

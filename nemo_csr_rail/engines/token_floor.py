@@ -37,6 +37,7 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from nemo_csr_rail.engines.base import Completion
+from nemo_csr_rail.errors import CsrError
 
 ONE_TOKEN = "one_token"
 GRAMMAR = "grammar"
@@ -172,12 +173,15 @@ class PlanCache:
             task = self._pending.get(key)
             if task is None:
                 task = self._pending[key] = loop.create_task(self._run(key, look_up))
+                task.add_done_callback(lambda t: t.cancelled() or t.exception())  # retrieved even if nobody waits
         return await asyncio.shield(task)
 
     async def _run(self, key: tuple[asyncio.AbstractEventLoop, str, str],
                    look_up: Callable[[], Awaitable[Decision | None]]) -> Decision | None:
         try:
             decision = await look_up()
+        except CsrError:
+            raise  # the replica is down or refuses us: the caller fails over exactly as for its own request
         except Exception:
             decision = None  # this check uses the grammar plan; the next one looks up again
         finally:

@@ -267,6 +267,7 @@ class StandIn:
         return self.root + "/v1"
 
     def start(self) -> StandIn:
+        real_tokenizer()  # once per process, before serving: a first request must not wait seconds for it
         self._thread = threading.Thread(target=self._run, name=f"standin-{self.model}", daemon=True)
         self._thread.start()
         if not self._ready.wait(10):
