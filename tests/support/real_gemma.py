@@ -30,6 +30,8 @@ import sys
 import time
 from pathlib import Path
 
+from tests.support.tiny_gemma import CHAT_TEMPLATE
+
 MARK = ".csr-complete"
 VOCAB_SIZE = 262_144
 
@@ -60,8 +62,6 @@ def gguf_path() -> Path:
 
 
 def _write_template(d: Path) -> None:
-    from tests.support.tiny_gemma import CHAT_TEMPLATE  # imports torch: only when converting
-
     cfg_path = d / "tokenizer_config.json"
     cfg = json.loads(cfg_path.read_text()) if cfg_path.exists() else {}
     cfg["chat_template"] = CHAT_TEMPLATE

@@ -19,6 +19,7 @@ import asyncio
 import contextlib
 import json
 import math
+import os
 import re
 import socket
 import struct
@@ -27,6 +28,7 @@ import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 GUARD_MODEL = "nvidia/Nemotron-Content-Safety-Reasoning-4B"
@@ -114,9 +116,7 @@ def real_tokenizer() -> Any:
                 from jinja2.sandbox import ImmutableSandboxedEnvironment
                 from tokenizers import Tokenizer
 
-                from tests.support.real_gemma import tokenizer_dir
-
-                d = tokenizer_dir()
+                d = _tokenizer_dir()
                 cfg = json.loads((d / "tokenizer_config.json").read_text())
 
                 def raise_exception(message: str) -> None:
@@ -128,6 +128,16 @@ def real_tokenizer() -> Any:
                 _TEMPLATE = (env.from_string(cfg["chat_template"]), cfg.get("bos_token") or "<bos>")
                 _TOKENIZER = Tokenizer.from_file(str(d / "tokenizer.json"))
     return _TOKENIZER
+
+
+def _tokenizer_dir() -> Path:
+    """The converted tokenizer (tests/support/real_gemma.py), without importing torch when it is already there."""
+    root = Path(os.environ.get("CSR_REAL_GEMMA_DIR") or Path.home() / ".cache" / "nemo-csr-rail" / "gemma3-270m")
+    if (root / "tokenizer" / ".csr-complete").is_file():
+        return root / "tokenizer"
+    from tests.support.real_gemma import tokenizer_dir  # converts it once (transformers + torch)
+
+    return tokenizer_dir()
 
 
 def encode(text: str) -> list[tuple[int, str]]:
