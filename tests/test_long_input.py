@@ -53,8 +53,9 @@ def _input_outcome(outcomes):
 ODD = {
     "control_chars": "where\x00is\x07my\x1b[31m order\x7f\x08?",
     "binary_junk": bytes(range(256)).decode("latin-1") * 4,
-    # under max_chars, over the server's context (random symbols: ~5,800 real Gemma 3 tokens): a real 400
-    "very_long_line": "".join(random.Random(7).choice(string.ascii_letters + string.digits + "#%&*+=?@")
+    # one line of random letters/digits/symbols, under max_chars (raised to 8000 for it below) and over the
+    # server's context (~2,000 tokens by the stand-in's count, ~6,100 by the real Gemma 3 tokenizer's): a real 400
+    "very_long_line": "".join(random.Random(0).choice(string.ascii_letters + string.digits + string.punctuation)
                               for _ in range(7900)),
     "non_english_zh": "我的订单在哪里？请帮我查一下物流信息。",
     "non_english_ar": "أين طلبي؟ أحتاج إلى تتبع الشحنة.",
@@ -65,7 +66,7 @@ ODD = {
 
 @pytest.mark.parametrize("name", list(ODD))
 async def test_odd_inputs_get_a_deliberate_decision(name, tmp_path, guard, main_llm):
-    rails = _rails(tmp_path, guard, main_llm)
+    rails = _rails(tmp_path, guard, main_llm, **({"long_input": {"max_chars": 8000}} if name == "very_long_line" else {}))
     reply, outcomes = await ask(rails, ODD[name])
     o = _input_outcome(outcomes)
     meta = o["metadata"]

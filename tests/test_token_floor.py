@@ -139,6 +139,7 @@ async def test_input_check_is_one_generated_token_for_either_verdict(user):
     assert res.verdict.confidence == pytest.approx(0.97 if want == "harmful" else 0.03, abs=1e-6)
     assert body["max_tokens"] == 1 and body["allowed_token_ids"] == [27583, 723]
     assert body["logprob_token_ids"] == [27583, 723] and "structured_outputs" not in body and "stop" not in body
+    assert "return_tokens_as_token_ids" not in body  # tokens come back as text, like the embedded engine's
     assert body["messages"][-1] == {"role": "assistant", "content": "Prompt harm:"}
 
 

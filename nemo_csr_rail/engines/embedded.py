@@ -382,8 +382,9 @@ class EmbeddedEngine:
             lps = [float(logp[t]) for t in plan.token_ids]
         best = max(range(len(scores)), key=lambda i: (scores[i], -plan.token_ids[i]))
         entries = None
-        if prompt.want_logprobs:
-            tops = sorted(zip(plan.token_ids, lps, strict=True), key=lambda x: -x[1])
+        if prompt.want_logprobs:  # as vLLM lists logprob_token_ids: the sampled token first, then the others
+            tops = [(plan.token_ids[best], lps[best])] + [(t, lp) for i, (t, lp) in
+                                                          enumerate(zip(plan.token_ids, lps, strict=True)) if i != best]
             entries = [self._entry(m, plan.token_ids[best], lps[best], tops)]
         return Completion(
             text=plan.words[best], finish_reason="length", logprobs=entries, prompt_tokens=len(ids),

@@ -58,7 +58,8 @@ class OneTokenPlan:
     pieces: tuple[str, ...]
 
     def word_for(self, token: str) -> str | None:
-        """The verdict a returned token stands for: ``"token_id:N"`` (``return_tokens_as_token_ids``) or its text."""
+        """The verdict a returned token stands for, by its text (unique: :func:`decide` checked it) or as
+        ``"token_id:N"`` (how vLLM names tokens under ``return_tokens_as_token_ids``)."""
         if token.startswith("token_id:"):
             try:
                 tid = int(token.split(":", 1)[1])
@@ -116,7 +117,6 @@ def payload(base: dict[str, Any], plan: OneTokenPlan, *, logprobs: bool) -> dict
         body["logprobs"] = True
         body["logprob_token_ids"] = list(plan.token_ids)
         body["top_logprobs"] = len(plan.token_ids)  # servers without logprob_token_ids still list the top ones
-        body["return_tokens_as_token_ids"] = True
     return body
 
 

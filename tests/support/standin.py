@@ -676,9 +676,10 @@ class StandIn:
                 alts = [(tid, math.log(p)), (encode(other)[0][0], math.log(max(1e-9, 1 - p)))]
             else:
                 alts = [(tid, math.log(0.999))]
-            if isinstance(wanted, list) and wanted:
+            if isinstance(wanted, list) and wanted:  # vLLM lists the sampled token first, then the others asked
                 known = dict(alts)
-                tops = [(int(w), known.get(int(w), math.log(1e-6))) for w in wanted]
+                tops = [(tid, alts[0][1])] + [(int(w), known.get(int(w), math.log(1e-6))) for w in wanted
+                                              if int(w) != tid]
             else:
                 tops = alts[: max(1, int(body.get("top_logprobs") or 0))] if body.get("top_logprobs") else []
 
