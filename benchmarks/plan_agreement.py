@@ -74,9 +74,13 @@ async def full_generation(client: httpx.AsyncClient, url: str, gp: prompts.Guard
     r.raise_for_status()
     data = r.json()
     choice = data["choices"][0]
-    toks = [e["token"] for e in (choice.get("logprobs") or {}).get("content") or []]
-    v = verdicts.parse(gp.prefill + (choice["message"]["content"] or ""))
-    return {"verdict": v, "tokens": toks, "completion_tokens": data["usage"]["completion_tokens"]}
+    entries = (choice.get("logprobs") or {}).get("content") or []
+    text = choice["message"]["content"] or ""
+    v = verdicts.parse(gp.prefill + text)
+    # P(harmful) where the grammar plan's verdict word starts (a bare ' ' first is skipped: it decides nothing)
+    conf = verdicts.confidence_from_logprobs(text, entries, Direction.INPUT, value_first=True)
+    return {"verdict": v, "tokens": [e["token"] for e in entries], "confidence": conf,
+            "completion_tokens": data["usage"]["completion_tokens"]}
 
 
 async def judge_input(sem: asyncio.Semaphore, fast: CsrClient, client: httpx.AsyncClient, url: str,
@@ -89,6 +93,7 @@ async def judge_input(sem: asyncio.Semaphore, fast: CsrClient, client: httpx.Asy
     return {"id": row.id, "label": row.prompt_label, "one_token": one.verdict.prompt_harm,
             "one_token_plan": one.decode_plan, "one_token_completion_tokens": one.completion_tokens,
             "confidence": one.verdict.confidence, "grammar": full["verdict"].prompt_harm,
+            "grammar_confidence": full["confidence"],
             "grammar_tokens": full["tokens"], "grammar_completion_tokens": full["completion_tokens"],
             "grammar_first_canonical": first in CANONICAL_FIRST}
 
@@ -112,11 +117,49 @@ async def judge_output(sem: asyncio.Semaphore, fast: CsrClient, slow: CsrClient,
             "one_token": [one.verdict.prompt_harm, one.verdict.response_harm], "one_token_plan": one.decode_plan,
             "one_token_completion_tokens": one.completion_tokens, "one_token_requests": one.calls,
             "split_grammar": [split.verdict.prompt_harm, split.verdict.response_harm],
+            "confidence": one.verdict.confidence, "split_grammar_confidence": split.verdict.confidence,
             "split_grammar_plan": split.decode_plan, "split_grammar_completion_tokens": split.completion_tokens,
             "full": [full["verdict"].prompt_harm, full["verdict"].response_harm], "full_tokens": toks,
             "full_completion_tokens": full["completion_tokens"],
             "full_first_canonical": bool(toks) and toks[0] in CANONICAL_FIRST,
             "full_response_first_canonical": resp_first in CANONICAL_FIRST}
+
+
+def _ranks(xs: list[float]) -> list[float]:
+    order = sorted(range(len(xs)), key=xs.__getitem__)
+    r = [0.0] * len(xs)
+    for rank, i in enumerate(order):
+        r[i] = float(rank)
+    return r
+
+
+def _pearson(a: list[float], b: list[float]) -> float | None:
+    n = len(a)
+    if n < 3:
+        return None
+    ma, mb = sum(a) / n, sum(b) / n
+    va, vb = sum((x - ma) ** 2 for x in a), sum((y - mb) ** 2 for y in b)
+    if not va or not vb:
+        return None
+    return round(sum((x - ma) * (y - mb) for x, y in zip(a, b, strict=True)) / (va * vb) ** 0.5, 4)
+
+
+def confidence_agreement(rows: list[dict[str, Any]], a: str, b: str) -> dict[str, Any]:
+    """The plans' P(harmful) compared where both are known: rank correlation, and whether the two plans put the
+    same checks above their own quartile (what a per-policy ``threshold`` tuned per plan would block; both
+    decisions then occur even when the greedy verdict never changes)."""
+    pairs = [(r[a], r[b]) for r in rows if r.get(a) is not None and r.get(b) is not None]
+    if len(pairs) < 3:
+        return {"n": len(pairs)}
+    xs, ys = [p[0] for p in pairs], [p[1] for p in pairs]
+    qx, qy = sorted(xs), sorted(ys)
+    out: dict[str, Any] = {"n": len(pairs), "spearman": _pearson(_ranks(xs), _ranks(ys)), "pearson": _pearson(xs, ys),
+                           "mean": [round(sum(xs) / len(xs), 4), round(sum(ys) / len(ys), 4)]}
+    for q in (25, 50, 75):
+        k = min(len(pairs) - 1, len(pairs) * q // 100)
+        tx, ty = qx[k], qy[k]
+        out[f"same_side_of_own_p{q}"] = f"{sum((x >= tx) == (y >= ty) for x, y in pairs)}/{len(pairs)}"
+    return out
 
 
 def summarise(inputs: list[dict[str, Any]], outputs: list[dict[str, Any]]) -> dict[str, Any]:
@@ -134,6 +177,7 @@ def summarise(inputs: list[dict[str, Any]], outputs: list[dict[str, Any]]) -> di
             "grammar_first_tokens": Counter(r["grammar_tokens"][0] if r["grammar_tokens"] else "" for r in inputs),
             "verdicts_one_token": Counter(r["one_token"] for r in inputs),
             "verdicts_grammar": Counter(r["grammar"] for r in inputs),
+            "confidence_one_token_vs_grammar": confidence_agreement(inputs, "confidence", "grammar_confidence"),
             "disagreements": [{k: r[k] for k in ("id", "one_token", "grammar", "grammar_tokens", "confidence")}
                               for r in inputs if r["one_token"] != r["grammar"]],
         }
@@ -151,6 +195,10 @@ def summarise(inputs: list[dict[str, Any]], outputs: list[dict[str, Any]]) -> di
             "full_first_token_canonical": sum(r["full_first_canonical"] for r in outputs),
             "full_response_first_token_canonical": sum(r["full_response_first_canonical"] for r in outputs),
             "one_token_plan_used": Counter(r["one_token_plan"] for r in outputs),
+            "verdicts_one_token": Counter(f"{r['one_token'][0]}/{r['one_token'][1]}" for r in outputs),
+            "verdicts_full": Counter(f"{r['full'][0]}/{r['full'][1]}" for r in outputs),
+            "confidence_one_token_vs_split_grammar": confidence_agreement(outputs, "confidence",
+                                                                          "split_grammar_confidence"),
             "completion_tokens_one_token": Counter(r["one_token_completion_tokens"] for r in outputs),
             "completion_tokens_split_grammar": Counter(r["split_grammar_completion_tokens"] for r in outputs),
             "completion_tokens_full": Counter(r["full_completion_tokens"] for r in outputs),
