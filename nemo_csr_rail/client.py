@@ -49,6 +49,9 @@ class CheckResult:
     #: None for the layouts without history
     history_sent: int | None = None
     history_dropped: int | None = None
+    #: "one_token" (every request decided from its first token), "grammar" (decoded under the grammar), "mixed";
+    #: "" when cached
+    decode_plan: str = ""
 
 
 class CsrClient:
@@ -179,7 +182,7 @@ class CsrClient:
                            completion_tokens=_total(c.completion_tokens for c in completions),
                            cached_tokens=_total(c.cached_tokens for c in completions),
                            endpoint=completions[-1].endpoint, calls=calls, history_sent=sent,
-                           history_dropped=dropped)
+                           history_dropped=dropped, decode_plan=_plan(completions))
 
     async def _split(self, gp: prompts.GuardPrompt, budget: float) -> tuple[Verdict, list[Completion], int]:
         """Output check, reasoning off: the prompt verdict and the response step (guessing 'unharmful') in parallel.
@@ -212,6 +215,11 @@ class CsrClient:
 
 
 
+def _plan(completions: list[Completion]) -> str:
+    plans = {c.decode_plan for c in completions}
+    return plans.pop() if len(plans) == 1 else "mixed"
+
+
 def _total(values: object) -> int | None:
     known = [v for v in values if isinstance(v, int)]  # type: ignore[attr-defined]
     return sum(known) if known else None
@@ -222,10 +230,14 @@ def interpret(gp: prompts.GuardPrompt, completion: Completion) -> Verdict:
     try:
         verdict = verdicts.parse(gp.prefill + completion.text, reasoning_content=completion.reasoning_content)
     except VerdictParseError as exc:
-        if completion.finish_reason == "length":
+        if completion.finish_reason == "length" and completion.decode_plan != "one_token":
             raise VerdictParseError(f"model output truncated at max_tokens={gp.max_tokens}: {exc.message}") from None
         raise
-    if gp.want_logprobs and completion.logprobs:
+    if gp.want_logprobs and completion.decode_plan == "one_token":
+        conf = verdicts.confidence_from_choices(completion.verdict_logprobs)
+        if conf is not None:
+            verdict = replace(verdict, confidence=round(conf, 6))
+    elif gp.want_logprobs and completion.logprobs:
         value_first = gp.prefill.lower().endswith("response harm:" if gp.direction is Direction.OUTPUT
                                                   else "prompt harm:")
         conf = verdicts.confidence_from_logprobs(completion.text, completion.logprobs, gp.direction,

@@ -49,6 +49,7 @@ def from_result(policy: Policy, direction: Direction, result: CheckResult) -> Ra
         "prompt_tokens": result.prompt_tokens,
         "completion_tokens": result.completion_tokens,
         "cached_tokens": result.cached_tokens,
+        "decode_plan": result.decode_plan or None,
         "failed": False,
     }
     if result.history_sent is not None:  # topic policies: counts only, never the messages themselves

@@ -12,6 +12,12 @@ model decodes one or two tokens; with reasoning on we constrain the output to on
 verdict, so it always parses and never rambles. Every plan carries ``stop`` strings that end the request on the
 verdict's last token (vLLM would otherwise spend one more decode step sampling ``<eos>``).
 
+One-token floor. Where the continuation is one bare verdict word (reasoning off, prefilled, structured: the input
+check and both halves of the split output check) the prompt says so (``verdict_choices``), and an engine that can
+restrict the first token to the two verdicts' first tokens decides from that token alone: one generated token, no
+decode step (:mod:`nemo_csr_rail.engines.token_floor`). The grammar and stop strings stay in the prompt for engines
+and servers that cannot.
+
 The output rail with reasoning off is split in two requests sent together (``split_output``): the prompt verdict as
 above, and a *response step* whose prefill already contains the prompt verdict (``Prompt harm: X\nResponse harm:``),
 so neither decodes the forced ``\nResponse harm:`` tokens. ``X`` is a guess (``unharmful``: the input rail let the
@@ -67,6 +73,7 @@ _CUSTOM_NO_THINK = "Only output the answer in the format specified above. /no_th
 
 PREFILL = "Prompt harm:"
 HARM = "(harmful|unharmful)"
+VERDICT_CHOICES = (" harmful", " unharmful")  # what HARM allows after a prefill that ends in "harm:"
 # One trace line, bounded by max_tokens (reasoning_max_tokens) rather than in the regex: xgrammar compiles a
 # bounded repetition such as {1,600} into as many states, which takes 13 s against Gemma 3's 262k-piece vocabulary
 # (vLLM 0.32 gives up after 5 s with HTTP 500); the unbounded line compiles in 0.05 s (docs/performance.md).
@@ -110,6 +117,9 @@ class GuardPrompt:
     stop: tuple[str, ...] = ()
     #: an output check whose prompt verdict is decoded alone; the client adds the response step (module doc)
     split_output: bool = False
+    #: the continuation is exactly one of these words (a bare verdict after the prefill), so an engine may decide
+    #: it from the first token alone (:mod:`nemo_csr_rail.engines.token_floor`); empty: decode the grammar
+    verdict_choices: tuple[str, ...] = ()
 
     @property
     def messages(self) -> list[dict[str, str]]:
@@ -152,10 +162,12 @@ def build(
         if direction is Direction.OUTPUT and split_output:
             # the prompt-verdict half of the split plan; response_step() gives the other half
             return GuardPrompt(text, direction, False, PREFILL, _TARGET[Direction.INPUT][len(PREFILL):] if structured
-                               else None, NO_THINK_MAX_TOKENS, False, _STOP_VALUE, True)
+                               else None, NO_THINK_MAX_TOKENS, False, _STOP_VALUE, True,
+                               VERDICT_CHOICES if structured else ())
         stop = _STOP_VALUE if direction is Direction.INPUT else _STOP_LINE[direction]
+        bare = structured and direction is Direction.INPUT  # the unsplit output plan decodes two lines
         return GuardPrompt(text, direction, False, PREFILL, target[len(PREFILL):] if structured else None,
-                           NO_THINK_MAX_TOKENS, logprobs, stop)
+                           NO_THINK_MAX_TOKENS, logprobs, stop, verdict_choices=VERDICT_CHOICES if bare else ())
     stop = _STOP_VALUE if direction is Direction.INPUT else _STOP_LINE[direction]
     return GuardPrompt(text, direction, False, "", target if structured else None, NO_THINK_MAX_TOKENS, logprobs, stop)
 
@@ -164,5 +176,7 @@ def response_step(gp: GuardPrompt, prompt_harm: str, *, logprobs: bool = True) -
     """The response half of a split output check: the prompt verdict is prefilled, only the response one decoded."""
     if not gp.split_output:
         raise ValueError("response_step() needs the prompt half of a split output check")
+    structured = gp.regex is not None
     return GuardPrompt(gp.text, Direction.OUTPUT, False, f"{PREFILL} {prompt_harm}{RESPONSE_PREFILL}",
-                       f" {HARM}" if gp.regex is not None else None, NO_THINK_MAX_TOKENS, logprobs, _STOP_VALUE)
+                       f" {HARM}" if structured else None, NO_THINK_MAX_TOKENS, logprobs, _STOP_VALUE,
+                       verdict_choices=VERDICT_CHOICES if structured else ())

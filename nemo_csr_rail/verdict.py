@@ -146,3 +146,18 @@ def confidence_from_logprobs(
             return p_h / (p_h + p_u) if p_h + p_u > 0 else None
         pos += len(token)
     return None
+
+
+def confidence_from_choices(logprobs: dict[str, float] | None) -> float | None:
+    """P(harmful) from the logprobs of the two verdicts' first tokens (the one-token plan), renormalised over the
+    pair: vLLM reports raw logprobs (before the allowed-ids mask), so the two need not sum to one. ``None`` unless
+    both are known: a candidate the server did not report is not assumed to be improbable."""
+    words = {k.strip().lower(): v for k, v in (logprobs or {}).items()}
+    if "harmful" not in words or "unharmful" not in words:
+        return None
+    lp_h, lp_u = words["harmful"], words["unharmful"]
+    if not (math.isfinite(lp_h) or math.isfinite(lp_u)):
+        return None
+    top = max(lp_h, lp_u)
+    p_h, p_u = math.exp(lp_h - top), math.exp(lp_u - top)
+    return p_h / (p_h + p_u)

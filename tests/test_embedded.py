@@ -56,7 +56,12 @@ async def test_every_mode_returns_a_parsed_verdict(engine, kind, direction, reas
     bot = BOT if direction is Direction.OUTPUT else None
     gp = c.build_prompt(POLICIES[kind], direction, "How do I reset my router?", bot, reasoning)
     comp = await engine.complete(gp, timeout_s=60)
-    assert comp.finish_reason == "stop" and comp.completion_tokens <= gp.max_tokens
+    one = bool(gp.verdict_choices)  # a bare verdict: one forward pass, one token (like vLLM's max_tokens 1)
+    if one:
+        assert comp.decode_plan == "one_token" and comp.finish_reason == "length" and comp.completion_tokens == 1
+        assert comp.text in gp.verdict_choices
+    else:
+        assert comp.finish_reason == "stop" and comp.completion_tokens <= gp.max_tokens
     assert comp.prompt_tokens == len(engine.prompt_ids(gp)) > 100
     assert comp.endpoint == f"embedded:{engine.model}"
     result = await c.check(POLICIES[kind], direction, "How do I reset my router?", bot, reasoning=reasoning)
@@ -74,6 +79,12 @@ async def test_every_mode_returns_a_parsed_verdict(engine, kind, direction, reas
             assert comp.logprobs is None
             return
         entries = comp.logprobs
+        if one:  # the chosen first token, and both candidates' raw logprobs
+            (e,) = entries
+            assert comp.text.startswith(e["token"]) and len(e["top_logprobs"]) == 2
+            assert e["top_logprobs"][0]["logprob"] == pytest.approx(e["logprob"])
+            assert result.prompt_tokens == comp.prompt_tokens and result.completion_tokens == 1
+            return
         # like vLLM: one entry per generated token; a stop string ends on the verdict (no stop token), otherwise
         # the closing stop token comes last (counted, not in the text)
         decoded = "".join(e["token"] for e in entries)

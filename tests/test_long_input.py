@@ -1,6 +1,7 @@
 """Inputs the guard cannot take whole, and odd inputs, end to end through NeMo Guardrails against the stand-in.
 
-The stand-in's ``max_model_len`` (2048 tokens, ~4 characters a token) makes a vLLM context-length 400 realistic.
+The stand-in's ``max_model_len`` (2048 tokens, counted with the real Gemma 3 tokenizer: the filler prose here is ~8
+characters a token, random symbols ~1.4) makes a vLLM context-length 400 realistic.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from nemo_csr_rail.settings import parse_plugin_settings
 from tests.e2e_helpers import ask, guard_texts, rails_for
 from tests.support.rails_configs import write_config
 from tests.support.runtime import runtime
+from tests.support.standin import StandIn
 
 POLITICS = "Do not discuss politics or religion."
 HELLO = "Hello! How can I help you today?"
@@ -178,9 +180,12 @@ async def test_server_context_400_with_refuse(tmp_path, guard, main_llm):
     assert len(guard.chat_requests()) == 1
 
 
-async def test_windows_shrink_when_the_server_context_is_smaller_than_configured(guard):
-    rt = runtime(guard.url, timeout_s=5.0, long_input={"max_chars": 20_000, "window_chars": 12_000})
-    out = await rt.check("fast", Direction.INPUT, _filler(30_000))
+async def test_windows_shrink_when_the_server_context_is_smaller_than_configured():
+    # 12,000 characters of filler are ~1,500 real tokens: a 1,024-token server cannot take such a window
+    with StandIn(max_model_len=1024) as small:
+        rt = runtime(small.url, timeout_s=5.0, long_input={"max_chars": 20_000, "window_chars": 12_000})
+        out = await rt.check("fast", Direction.INPUT, _filler(30_000))
+        await rt.aclose()
     meta = out.metadata
     assert meta["failed"] is False and meta["long_input"]["window_chars"] < 12_000
 

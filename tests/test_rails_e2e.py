@@ -130,9 +130,14 @@ def test_exact_request_for_each_layout(tmp_path, guard, main_llm):
                 body = got[(plan.text, plan.messages[-1]["content"])]
                 assert body["model"] == GUARD_MODEL and body["temperature"] == 0.0
                 assert body["messages"] == plan.messages
+                assert ("logprobs" in body) == plan.want_logprobs
+                if plan.verdict_choices:  # reasoning off: the one-token floor (real Gemma 3 ids of ' harmful', ' un')
+                    assert body["max_tokens"] == 1 and body["allowed_token_ids"] == [27583, 723]
+                    assert "structured_outputs" not in body and "stop" not in body
+                    assert body.get("logprob_token_ids", [27583, 723]) == [27583, 723]
+                    continue
                 assert body["structured_outputs"] == {"regex": plan.regex}
                 assert body["max_tokens"] == plan.max_tokens
-                assert ("logprobs" in body) == plan.want_logprobs
                 assert body["stop"] == list(plan.stop) and body["include_stop_str_in_output"] is True
     # One literal: custom policy, reasoning on, input rail (card layout B).
     literal = (

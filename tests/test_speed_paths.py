@@ -54,6 +54,10 @@ def policy(reasoning: bool = False, **kw: Any) -> Policy:
 ])
 async def test_split_output_check_decides_like_the_single_request(server, user, bot, expected):
     async with CsrClient(server.url) as split, CsrClient(server.url, split_output=False) as single:
+        # the first check on an endpoint looks up its one-token plans (/tokenize, once per prefill); after that
+        # both halves of a split check are always sent together
+        await split.check(policy(), Direction.OUTPUT, EVIL_USER + " (warm-up)", SAFE_BOT)
+        server.requests.clear()
         a = await split.check(policy(), Direction.OUTPUT, user, bot)
         b = await single.check(policy(), Direction.OUTPUT, user, bot)
     assert (a.verdict.prompt_harm, a.verdict.response_harm) == expected
@@ -66,9 +70,11 @@ async def test_split_output_check_decides_like_the_single_request(server, user, 
     if expected[0] == "harmful":
         want.append("Prompt harm: harmful\nResponse harm:")  # asked again after the wrong guess
     assert prefills == sorted(want)
-    # decoded tokens: the split plan never decodes the forced "\nResponse harm:" line
-    assert a.completion_tokens is not None and b.completion_tokens is not None
-    assert a.completion_tokens < b.completion_tokens or expected[0] == "harmful"
+    # decoded tokens: the split plan never decodes the forced "\nResponse harm:" line, and each half is one token
+    assert a.decode_plan == "one_token" and a.completion_tokens == 2
+    assert b.decode_plan == "grammar" and b.completion_tokens is not None and b.completion_tokens > 2
+    for body in bodies[: len(bodies) - 1]:
+        assert body["max_tokens"] == 1 and len(body["allowed_token_ids"]) == 2 and "stop" not in body
 
 
 async def test_every_reasoning_off_request_ends_on_the_verdict_token(server):
@@ -76,10 +82,13 @@ async def test_every_reasoning_off_request_ends_on_the_verdict_token(server):
         await guard.check(policy(), Direction.INPUT, SAFE_USER, None)
         await guard.check(policy(), Direction.OUTPUT, SAFE_USER, SAFE_BOT)
         await guard.check(policy(reasoning=True), Direction.OUTPUT, SAFE_USER, SAFE_BOT)
-    for body in server.chat_requests():
-        assert body["stop"] and body["include_stop_str_in_output"] is True
+    *fast, think = server.chat_requests()
+    assert len(fast) == 3
+    for body in fast:  # reasoning off: one token among the two verdicts' first tokens, nothing to stop
+        assert body["max_tokens"] == 1 and body["allowed_token_ids"] == [27583, 723] and "stop" not in body
+    assert think["stop"] and think["include_stop_str_in_output"] is True
     # the stand-in charges an <eos> step when no stop string ended the request, as vLLM does: none was charged
-    # 1 (input) + 1 + 1 (split output) + the reasoning answer, with no <eos> step anywhere
+    # 1 (input) + 1 + 1 (split output, ' unharmful' decided at ' un') + the reasoning answer, no <eos> step
     assert server.counters()["generated"] == 3 + _think_tokens(server)
 
 

@@ -24,6 +24,11 @@ class Completion:
     cached_tokens: int | None = None
     endpoint: str = ""
     extra: dict[str, Any] = field(default_factory=dict)
+    #: how the answer was decoded: "grammar" (structured output + stop strings) or "one_token" (the first token of
+    #: a verdict, chosen among exactly two: :mod:`nemo_csr_rail.engines.token_floor`)
+    decode_plan: str = "grammar"
+    #: one_token plan: the raw logprob of each verdict's first token that the server reported (word -> logprob)
+    verdict_logprobs: dict[str, float] | None = None
 
 
 @dataclass(frozen=True)

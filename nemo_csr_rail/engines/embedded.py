@@ -7,6 +7,9 @@ the vLLM HTTP engine, so the client, parser and rails cannot tell them apart:
   assistant turn is rendered as vLLM's ``continue_final_message`` does (the prompt ends
   ``<start_of_turn>model\\nPrompt harm:``) and the text returned is only the continuation;
 * greedy decoding up to ``max_tokens``, stopping at the model's end-of-turn / end-of-sequence tokens;
+* a bare-verdict prompt (``prompt.verdict_choices``) is decided like the HTTP engine's one-token plan
+  (:mod:`nemo_csr_rail.engines.token_floor`): one forward pass over the prompt, the two verdicts' first-token
+  logits compared, no generate loop;
 * ``prompt.regex`` is enforced token by token (:mod:`nemo_csr_rail.engines.constrain`), so the verdict parses
   even with random weights; ``logprobs`` come back in OpenAI's ``logprobs.content`` shape, over the allowed tokens
   only (renormalised), as vLLM reports them under a structured-output constraint.
@@ -22,11 +25,12 @@ import inspect
 import math
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from nemo_csr_rail import weights
+from nemo_csr_rail.engines import token_floor
 from nemo_csr_rail.engines.base import Completion
 from nemo_csr_rail.engines.constrain import Grammar, Matcher, Unsupported
 from nemo_csr_rail.errors import CsrError, EngineUnavailable, GuardTimeout, InputTooLong
@@ -132,6 +136,7 @@ class _Loaded:
     grammars: dict[str, Grammar]
     lock: threading.Lock
     cache_arg: str  # the forward() argument that carries the KV cache (see _cache_arg)
+    plans: dict[str, token_floor.Decision] = field(default_factory=dict)  # one-token plan per prefill
 
 
 _MODELS: dict[tuple[str, str, str], _Loaded] = {}
@@ -314,19 +319,46 @@ class EmbeddedEngine:
             cancel.set()  # the worker stops at its next token; a load in progress finishes for the next check
             raise
 
+    def one_token_plan(self, prompt: GuardPrompt) -> token_floor.Decision | None:
+        """The one-token plan for this prompt's prefill with this model's tokenizer (None: not a bare verdict)."""
+        if not prompt.verdict_choices or not prompt.prefill:
+            return None
+        m = self.load()
+        hit = m.plans.get(prompt.prefill)
+        if hit is None:
+            def ids(content: str) -> list[int]:
+                msgs = [{"role": "user", "content": token_floor.PROBE_USER}, {"role": "assistant", "content": content}]
+                text = m.tokenizer.apply_chat_template(msgs, tokenize=False, add_generation_prompt=False,
+                                                       continue_final_message=True)
+                return list(m.tokenizer(text, add_special_tokens=False)["input_ids"])
+
+            def piece(tid: int) -> str | None:
+                data = m.table[tid] if 0 <= tid < len(m.table) else None
+                return data.decode("utf-8", errors="replace") if data else None
+
+            hit = m.plans[prompt.prefill] = token_floor.decide(
+                prompt.verdict_choices, ids(prompt.prefill), [ids(prompt.prefill + w) for w in prompt.verdict_choices],
+                piece)
+        return hit
+
     def _complete_sync(self, prompt: GuardPrompt, deadline: float, cancel: threading.Event) -> Completion:
         m = self.load()
         ids = self.prompt_ids(prompt)
+        plan = self.one_token_plan(prompt)
+        plan = plan if isinstance(plan, token_floor.OneTokenPlan) else None
+        answer = 1 if plan is not None else prompt.max_tokens
         max_len = min(m.max_len, self.max_model_len) if self.max_model_len else m.max_len
-        if len(ids) + prompt.max_tokens > max_len:
+        if len(ids) + answer > max_len:
             raise InputTooLong(
                 f"the conversation does not fit the guard model's context: this model's maximum context length is "
-                f"{max_len} tokens, the check needs {len(ids) + prompt.max_tokens} ({len(ids)} in the prompt, "
-                f"{prompt.max_tokens} for the answer)")
+                f"{max_len} tokens, the check needs {len(ids) + answer} ({len(ids)} in the prompt, "
+                f"{answer} for the answer)")
         with m.lock:
             if cancel.is_set():
                 raise GuardTimeout("guard check cancelled before it started")
             try:
+                if plan is not None:
+                    return self._first_token(m, prompt, plan, ids)
                 return self._generate(m, prompt, ids, deadline, cancel)
             except CsrError:
                 raise
@@ -336,6 +368,30 @@ class EmbeddedEngine:
                     f"embedded engine failed during generation ({type(exc).__name__}: {str(exc)[:300]})"
                     + ("; the model does not fit this device's memory: use a smaller dtype or engine: http" if oom else "")
                 ) from None
+
+    def _first_token(self, m: _Loaded, prompt: GuardPrompt, plan: token_floor.OneTokenPlan,
+                     ids: list[int]) -> Completion:
+        """One forward pass; the verdict whose first token has the larger logit. The logprobs are over the whole
+        vocabulary (raw), as vLLM reports them; on an exact tie the lower token id wins, as vLLM's argmax does."""
+        torch = m.torch
+        with torch.inference_mode():
+            out = m.model(input_ids=torch.tensor([ids], device=m.device), use_cache=False, logits_to_keep=1)
+            logits = out.logits[0, -1].float()
+            logp = torch.log_softmax(logits, dim=-1)
+            scores = [float(logits[t]) for t in plan.token_ids]
+            lps = [float(logp[t]) for t in plan.token_ids]
+        best = max(range(len(scores)), key=lambda i: (scores[i], -plan.token_ids[i]))
+        entries = None
+        if prompt.want_logprobs:  # as vLLM lists logprob_token_ids: the sampled token first, then the others
+            tops = [(plan.token_ids[best], lps[best])] + [(t, lp) for i, (t, lp) in
+                                                          enumerate(zip(plan.token_ids, lps, strict=True)) if i != best]
+            entries = [self._entry(m, plan.token_ids[best], lps[best], tops)]
+        return Completion(
+            text=plan.words[best], finish_reason="length", logprobs=entries, prompt_tokens=len(ids),
+            completion_tokens=1, endpoint=self.endpoint, decode_plan=token_floor.ONE_TOKEN,
+            verdict_logprobs=dict(zip(plan.words, lps, strict=True)),
+            extra={"engine": "embedded", "device": m.device, "dtype": str(m.dtype).removeprefix("torch."),
+                   "constrained": True})
 
     def _generate(self, m: _Loaded, prompt: GuardPrompt, ids: list[int], deadline: float,
                   cancel: threading.Event) -> Completion:

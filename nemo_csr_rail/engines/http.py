@@ -20,6 +20,7 @@ from typing import Any, Literal
 
 import httpx
 
+from nemo_csr_rail.engines import token_floor
 from nemo_csr_rail.engines.base import Attempt, Completion, Instrument
 from nemo_csr_rail.engines.transport import BufferedBackend, BufferedTransport
 from nemo_csr_rail.errors import (
@@ -195,6 +196,7 @@ class VllmHttpEngine:
             raise ValueError(f"transport must be 'buffered' or 'httpx', not {transport!r}")
         self._transport = transport
         self._next = 0
+        self._plans = token_floor.PlanCache()  # one-token plan per (replica, prefill), looked up once
         self._per_loop: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _Pool] = weakref.WeakKeyDictionary()
         #: telemetry's hook (nemo_csr_rail.telemetry): per-request reports and trace headers; None = not observed
         self.instrument: Instrument | None = None
@@ -276,11 +278,12 @@ class VllmHttpEngine:
         else:
             await sem.acquire()
         try:
-            return await self._attempts(pool, body, deadline, timeout_s)
+            return await self._attempts(pool, body, deadline, timeout_s, prompt)
         finally:
             sem.release()
 
-    async def _attempts(self, pool: _Pool, body: dict[str, Any], deadline: float, timeout_s: float) -> Completion:
+    async def _attempts(self, pool: _Pool, body: dict[str, Any], deadline: float, timeout_s: float,
+                        prompt: GuardPrompt | None = None) -> Completion:
         threshold, cooldown = self._breaker
         last: CsrError | None = None
         retry_after = 0.0  # the longest Retry-After of the current round, whichever replica sent it
@@ -321,7 +324,8 @@ class VllmHttpEngine:
             try:
                 with pool.lease() as client:
                     try:
-                        result = await asyncio.wait_for(self._post(client, replica.base_url, body, budget), budget)
+                        result = await asyncio.wait_for(self._decode(client, replica.base_url, body, budget, prompt),
+                                                        budget)
                     except asyncio.TimeoutError:  # httpx's timeouts are per read: this bounds the whole response
                         raise GuardTimeout(f"guard server at {replica.base_url} did not answer in time") from None
             except (GuardUnavailable, GuardHTTPError, GuardTimeout) as exc:
@@ -368,6 +372,89 @@ class VllmHttpEngine:
                 assert last is not None
                 raise last
             await asyncio.sleep(delay)
+
+    async def _decode(self, client: httpx.AsyncClient, base_url: str, body: dict[str, Any], budget: float,
+                      prompt: GuardPrompt | None) -> Completion:
+        """One request to one replica: the one-token plan where the prompt and this replica allow it, else ``body``
+        (the grammar plan). A server that refuses the plan's parameters keeps the grammar plan from then on."""
+        start = time.monotonic()
+        plan = await self.plan_for(client, base_url, prompt, budget) if prompt is not None else None
+        if plan is None:
+            return await self._post(client, base_url, body, max(0.001, budget - (time.monotonic() - start)))
+        assert prompt is not None
+        try:
+            done = await self._post(client, base_url, token_floor.payload(body, plan, logprobs=prompt.want_logprobs),
+                                    max(0.001, budget - (time.monotonic() - start)))
+        except GuardHTTPError as exc:
+            if not token_floor.unsupported(exc.status, exc.message):
+                raise
+            self._plans.settle(base_url, prompt.prefill,
+                               token_floor.Fallback(f"the server refused the one-token request: {exc.message[:200]}"))
+            return await self._post(client, base_url, body, max(0.001, budget - (time.monotonic() - start)))
+        return token_floor.read(plan, done)
+
+    async def plan_for(self, client: httpx.AsyncClient, base_url: str, prompt: GuardPrompt,
+                       budget: float) -> token_floor.OneTokenPlan | None:
+        """The one-token plan for this prompt's prefill on this replica, or None (grammar plan)."""
+        if not prompt.verdict_choices or not prompt.prefill:
+            return None
+        known = self._plans.known(base_url, prompt.prefill)
+        if known is None:
+            known = await self._plans.get(base_url, prompt.prefill,
+                                          lambda: self._look_up(client, base_url, prompt, budget))
+        return known if isinstance(known, token_floor.OneTokenPlan) else None
+
+    def plan_decisions(self) -> dict[tuple[str, str], token_floor.Decision]:
+        """Every (replica, prefill) decided so far: a one-token plan or why not (``doctor``, tests)."""
+        return self._plans.decisions()
+
+    async def _look_up(self, client: httpx.AsyncClient, base_url: str, prompt: GuardPrompt,
+                       budget: float) -> token_floor.Decision | None:
+        """Ask the server how it tokenizes the prefill and the prefill + each verdict (``/tokenize``, chat form),
+        then what text each candidate first token decodes to (``/detokenize``). None: a transient failure (the
+        check uses the grammar plan and the next one asks again)."""
+        root = base_url[: -len("/v1")] if base_url.endswith("/v1") else base_url
+        timeout = httpx.Timeout(max(0.001, budget), connect=min(max(0.001, budget), 5.0))
+
+        async def call(path: str, payload: dict[str, Any]) -> Any:
+            try:
+                r = await client.post(root + path, json=payload, timeout=timeout)
+            except (httpx.ConnectError, httpx.ConnectTimeout) as exc:
+                # a dead replica: the same error its chat request would raise, so the failover logic applies
+                if _is_tls_failure(exc):
+                    raise GuardTLSError(f"TLS with the guard server at {base_url} failed: {exc}") from None
+                raise GuardUnavailable(f"guard server at {base_url} unreachable: {type(exc).__name__}: {exc}") from None
+            if r.status_code == 200:
+                return r.json()
+            if r.status_code in (401, 403, 408, 429) or r.status_code >= 500:
+                return None
+            return token_floor.Fallback(f"{path} answered HTTP {r.status_code}: {_error_message(r)[:200]}")
+
+        def chat(content: str) -> dict[str, Any]:
+            return {"model": self.model, "continue_final_message": True, "add_generation_prompt": False,
+                    "messages": [{"role": "user", "content": token_floor.PROBE_USER},
+                                 {"role": "assistant", "content": content}]}
+
+        try:
+            answers = await asyncio.gather(call("/tokenize", chat(prompt.prefill)),
+                                           *(call("/tokenize", chat(prompt.prefill + w)) for w in prompt.verdict_choices))
+            for a in answers:
+                if a is None or isinstance(a, token_floor.Fallback):
+                    return a
+            seqs = [a["tokens"] for a in answers]
+            if not all(isinstance(q, list) and all(isinstance(t, int) for t in q) for q in seqs):
+                return token_floor.Fallback("/tokenize returned no token list")
+            n = len(seqs[0])
+            firsts = sorted({q[n] for q in seqs[1:] if len(q) > n})
+            texts = await asyncio.gather(*(call("/detokenize", {"model": self.model, "tokens": [t]}) for t in firsts))
+            pieces: dict[int, str | None] = {}
+            for t, a in zip(firsts, texts, strict=True):
+                if a is None or isinstance(a, token_floor.Fallback):
+                    return a
+                pieces[t] = a.get("prompt") if isinstance(a, dict) and isinstance(a.get("prompt"), str) else None
+        except (httpx.HTTPError, ValueError, KeyError, TypeError, AttributeError):
+            return None
+        return token_floor.decide(prompt.verdict_choices, seqs[0], seqs[1:], pieces.get)
 
     async def _post(self, client: httpx.AsyncClient, base_url: str, body: dict[str, Any], remaining: float) -> Completion:
         url = base_url + "/chat/completions"

@@ -209,6 +209,10 @@ async def test_logprobs_confidence_and_decoded_tokens(vllm_server):
                 assert v.confidence is not None and 0.0 <= v.confidence <= 1.0
                 assert comp.logprobs and len(comp.logprobs) == comp.completion_tokens
                 decoded = "".join(e["token"] for e in comp.logprobs)
+                if comp.decode_plan == "one_token":  # one token, the first piece of the verdict word it maps to
+                    assert comp.completion_tokens == 1 and comp.text.startswith(decoded), decoded
+                    counts[direction.value].append(comp.completion_tokens)
+                    continue
                 # the generated text and at most one stop token (<eos> / <end_of_turn>), nothing more
                 assert decoded in (comp.text, comp.text + "<eos>", comp.text + "<end_of_turn>"), decoded
                 counts[direction.value].append(comp.completion_tokens)

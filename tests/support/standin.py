@@ -19,6 +19,7 @@ import asyncio
 import contextlib
 import json
 import math
+import os
 import re
 import socket
 import struct
@@ -27,6 +28,7 @@ import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from tests.support.topic_prompt import split_topic_prompt
@@ -104,18 +106,88 @@ def last_user_content(body: dict[str, Any]) -> str:
 
 
 # ---------------------------------------------------------------------------------------------------- tokenization
-_TOKEN = re.compile(r" ?[A-Za-z]+| ?[0-9]+|\n+| +|[^\sA-Za-z0-9]")
+# Google's real Gemma 3 tokenizer (262,144 pieces; the guard model's), so counts, logprobs and max_tokens truncation
+# see what vLLM sees: " unharmful" is " un", "harm", "ful". Loaded once per process (tests/support/real_gemma.py
+# converts it from the package registry once and caches it).
+_TOKENIZER: Any = None
+_TEMPLATE: Any = None
+_TOK_LOCK = threading.Lock()
+
+
+def real_tokenizer() -> Any:
+    global _TOKENIZER, _TEMPLATE
+    if _TOKENIZER is None:
+        with _TOK_LOCK:
+            if _TOKENIZER is None:
+                import jinja2
+                from jinja2.sandbox import ImmutableSandboxedEnvironment
+                from tokenizers import Tokenizer
+
+                d = _tokenizer_dir()
+                cfg = json.loads((d / "tokenizer_config.json").read_text())
+
+                def raise_exception(message: str) -> None:
+                    raise jinja2.exceptions.TemplateError(message)
+
+                env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True,
+                                                    extensions=["jinja2.ext.loopcontrols"])
+                env.globals["raise_exception"] = raise_exception
+                _TEMPLATE = (env.from_string(cfg["chat_template"]), cfg.get("bos_token") or "<bos>")
+                _TOKENIZER = Tokenizer.from_file(str(d / "tokenizer.json"))
+    return _TOKENIZER
+
+
+def _tokenizer_dir() -> Path:
+    """The converted tokenizer (tests/support/real_gemma.py), without importing torch when it is already there."""
+    root = Path(os.environ.get("CSR_REAL_GEMMA_DIR") or Path.home() / ".cache" / "nemo-csr-rail" / "gemma3-270m")
+    if (root / "tokenizer" / ".csr-complete").is_file():
+        return root / "tokenizer"
+    from tests.support.real_gemma import tokenizer_dir  # converts it once (transformers + torch)
+
+    return tokenizer_dir()
+
+
+def encode(text: str) -> list[tuple[int, str]]:
+    """(token id, the text it contributes) for each token of ``text``; the texts concatenate back to ``text`` (the
+    second and later byte-fallback pieces of one character contribute ``""``)."""
+    enc = real_tokenizer().encode(text, add_special_tokens=False)
+    out: list[tuple[int, str]] = []
+    last = 0
+    for tid, (a, b) in zip(enc.ids, enc.offsets, strict=True):
+        a = max(a, last)
+        out.append((tid, text[a:b] if b > a else ""))
+        last = max(last, b)
+    assert "".join(t for _, t in out) == text, text
+    return out
 
 
 def tokenize(text: str) -> list[str]:
-    """A crude but lossless tokenization: the pieces always concatenate back to ``text``."""
-    toks = _TOKEN.findall(text)
-    assert "".join(toks) == text
-    return toks
+    """The real tokenizer's pieces of ``text`` (lossless: they concatenate back to ``text``)."""
+    return [t for _, t in encode(text)]
+
+
+def piece(token_id: int) -> str:
+    """The text one token decodes to, as vLLM's ``/detokenize`` gives it."""
+    return real_tokenizer().decode([token_id], skip_special_tokens=False)
+
+
+def render_chat(messages: list[dict[str, Any]], *, add_generation_prompt: bool, continue_final_message: bool) -> str:
+    """The prompt text vLLM renders from chat messages (Gemma-3-it template; ``continue_final_message`` cut the way
+    transformers' ``apply_chat_template`` cuts it: right after the final message's content)."""
+    real_tokenizer()
+    template, bos = _TEMPLATE
+    text = template.render(messages=messages, bos_token=bos, add_generation_prompt=add_generation_prompt)
+    if continue_final_message and messages:
+        final = messages[-1].get("content")
+        final = final if isinstance(final, str) else ""
+        at = text.rfind(final.strip())
+        if final.strip() and at >= 0:
+            text = text[: at + len(final.strip())]
+    return text
 
 
 def count_prompt_tokens(text: str) -> int:
-    return max(1, len(text) // 4)
+    return max(1, len(real_tokenizer().encode(text, add_special_tokens=False).ids))
 
 
 # ------------------------------------------------------------------------------------------------------- faults
@@ -197,6 +269,9 @@ class StandIn:
         self.metrics = {"queries": 0, "hits": 0, "requests": 0}
         self._lock = threading.Lock()
         self._hold: tuple[int, float] | None = None  # (requests to wait for, deadline): see hold_answers
+        #: serve vLLM's /tokenize and /detokenize (False: answer 404 there, like NIM and other OpenAI servers)
+        self.serve_tokenize = True
+        self.tokenize_requests: list[dict[str, Any]] = []
         self._held = 0
 
     # -- lifecycle -------------------------------------------------------------------------------------------
@@ -209,6 +284,7 @@ class StandIn:
         return self.root + "/v1"
 
     def start(self) -> StandIn:
+        real_tokenizer()  # once per process, before serving: a first request must not wait seconds for it
         self._thread = threading.Thread(target=self._run, name=f"standin-{self.model}", daemon=True)
         self._thread.start()
         if not self._ready.wait(10):
@@ -329,6 +405,18 @@ class StandIn:
             else:
                 await _send_json(writer, 404, {"detail": "Not Found"})
             return True
+        if method == "POST" and path in ("/tokenize", "/detokenize"):
+            fault = self._take_fault(path)
+            if fault is not None:
+                return await self._apply_fault(fault, {}, writer)
+            if not self.serve_tokenize:
+                with self._lock:
+                    self.tokenize_requests.append({"path": path})
+                await _send_json(writer, 404, {"detail": "Not Found"})
+                return True
+            status, answer = self._tokenize(path, raw)
+            await _send_json(writer, status, answer)
+            return True
         if method != "POST" or path not in ("/v1/chat/completions", "/v1/completions"):
             await _send_json(writer, 404 if method == "POST" else 405,
                              {"detail": "Not Found" if method == "POST" else "Method Not Allowed"})
@@ -391,7 +479,7 @@ class StandIn:
             return True
         if k == "text":
             payload = self._chat_payload(body, fault.text, fault.finish_reason, None,
-                                         count_prompt_tokens(last_user_content(body)), 0)
+                                         count_prompt_tokens(last_user_content(body)), len(tokenize(fault.text)))
             await _send_json(writer, 200, payload)
             return True
         payload, _, _ = self._answer(body, fault.path)
@@ -416,6 +504,41 @@ class StandIn:
         raise ValueError(f"unknown fault kind {k!r}")
 
     # -- OpenAI / vLLM semantics ---------------------------------------------------------------------------
+    def _tokenize(self, path: str, raw: bytes) -> tuple[int, dict[str, Any]]:
+        """vLLM's ``/tokenize`` (chat or prompt form) and ``/detokenize``: same request and answer fields."""
+        try:
+            body = json.loads(raw or b"null")
+        except ValueError:
+            return 400, error_body(400, "JSON decode error")
+        if not isinstance(body, dict):
+            return 400, error_body(400, "Input should be a valid dictionary")
+        with self._lock:
+            self.tokenize_requests.append({"path": path, **body})
+        if body.get("model") not in (None, self.model):
+            return 404, error_body(404, f"The model `{body.get('model')}` does not exist. Valid aliases: "
+                                        f"{self.model}.", "model")
+        if path == "/detokenize":
+            tokens = body.get("tokens")
+            if not isinstance(tokens, list) or not all(isinstance(t, int) for t in tokens):
+                return 400, error_body(400, "tokens: Input should be a valid list of integers")
+            return 200, {"prompt": real_tokenizer().decode(tokens, skip_special_tokens=False)}
+        if "messages" in body:
+            cont = bool(body.get("continue_final_message"))
+            agp = bool(body.get("add_generation_prompt", True))
+            if cont and agp:
+                return 400, error_body(400, "Cannot set both `continue_final_message` and `add_generation_prompt` "
+                                            "to True.")
+            try:
+                text = render_chat(body["messages"], add_generation_prompt=agp, continue_final_message=cont)
+            except Exception as exc:
+                return 400, error_body(400, f"chat template error: {exc}")
+            special = bool(body.get("add_special_tokens", False))
+        else:
+            text, special = str(body.get("prompt") or ""), bool(body.get("add_special_tokens", True))
+        enc = real_tokenizer().encode(text, add_special_tokens=special)
+        return 200, {"count": len(enc.ids), "max_model_len": self.max_model_len, "tokens": list(enc.ids),
+                     "token_strs": list(enc.tokens) if body.get("return_token_strs") else None}
+
     def _models(self) -> dict[str, Any]:
         return {"object": "list", "data": [{
             "id": self.model, "object": "model", "created": int(time.time()), "owned_by": "vllm",
@@ -454,7 +577,7 @@ class StandIn:
         prompt_text = "".join(
             (m.get("content") if isinstance(m.get("content"), str) else json.dumps(m.get("content")))
             for m in msgs or [])
-        n_prompt = count_prompt_tokens(prompt_text) + 4 * len(msgs or [])
+        n_prompt = self._prompt_tokens(body, path)
         max_tokens = body.get("max_tokens") or body.get("max_completion_tokens")
         if max_tokens is not None and (not isinstance(max_tokens, int) or max_tokens < 1):
             raise BadRequest(400, f"max_tokens must be at least 1, got {max_tokens}. "
@@ -477,6 +600,12 @@ class StandIn:
         regex = (body.get("structured_outputs") or {}).get("regex")
         if regex is not None:
             text = _constrain(text, regex)
+        intent = text  # what the scripted model means to write, before any cut (its logprobs follow this)
+        allowed = body.get("allowed_token_ids")
+        if allowed is not None:
+            if not isinstance(allowed, list) or not allowed:
+                raise BadRequest(400, "allowed_token_ids is not None and empty!", "allowed_token_ids")
+            text = _only_allowed(text, [int(t) for t in allowed])
         toks = tokenize(text)
         finish = "stop"
         stops = body.get("stop") or []
@@ -490,12 +619,14 @@ class StandIn:
                 text, stop_reason = text[:at + (len(s) if keep_stop else 0)], s
                 toks = tokenize(text)
         eos = False
-        if len(toks) > want:
+        if len(toks) >= want and (len(toks) > want or allowed is not None):
+            # with allowed_token_ids the model cannot end its turn (<end_of_turn> is not allowed): it stops at
+            # max_tokens, as vLLM reports it
             toks, finish = toks[:want], "length"
             text = "".join(toks)
-        elif stop_reason is None and len(toks) < want:
+        elif stop_reason is None and len(toks) < want and allowed is None:
             eos = True  # the model ended its turn: vLLM counts <end_of_turn> and lists it in logprobs
-        logprobs = self._logprobs(toks + (["<end_of_turn>"] if eos else [])) if body.get("logprobs") else None
+        logprobs = self._logprobs(text, body, eos, intent) if body.get("logprobs") else None
         cached = self._cache_lookup(prompt_text, n_prompt)
         role = msgs[-1].get("role", "assistant") if cont and msgs else "assistant"
         payload = self._chat_payload(body, text, finish, logprobs, n_prompt, len(toks) + eos, cached, stop_reason,
@@ -517,21 +648,56 @@ class StandIn:
             self.metrics["hits"] += cached
         return cached
 
-    def _logprobs(self, toks: list[str]) -> dict[str, Any]:
+    def _prompt_tokens(self, body: dict[str, Any], path: str) -> int:
+        """The prompt's real token count: the chat template rendered as vLLM renders it, then tokenized."""
+        msgs = body.get("messages")
+        if path != "/v1/chat/completions" or not isinstance(msgs, list):
+            prompt = body.get("prompt")
+            return len(prompt) if isinstance(prompt, list) else count_prompt_tokens(str(prompt or ""))
+        cont = bool(body.get("continue_final_message"))
+        try:
+            text = render_chat(msgs, add_generation_prompt=bool(body.get("add_generation_prompt", True)) and not cont,
+                               continue_final_message=cont)
+        except Exception as exc:  # jinja2's TemplateError, malformed messages: vLLM answers 400
+            raise BadRequest(400, f"chat template error: {exc}") from None
+        return count_prompt_tokens(text)
+
+    def _logprobs(self, text: str, body: dict[str, Any], eos: bool, intent: str) -> dict[str, Any]:
+        """vLLM's ``logprobs.content`` for the generated ``text``. The scripted model puts ``confidence`` on the
+        verdict it writes and the rest on the other verdict's first token, at the token where a verdict word starts;
+        every other token is near-certain. ``logprob_token_ids`` lists exactly those ids (vLLM 0.32), else the
+        alternatives are the top ones; ``return_tokens_as_token_ids`` names tokens ``token_id:N`` as vLLM does
+        (the sampled token keeps its own bytes, the listed ones carry the bytes of that name)."""
+        as_ids = bool(body.get("return_tokens_as_token_ids"))
+        wanted = body.get("logprob_token_ids")
         content = []
-        for t in toks:
-            alts: list[tuple[str, float]]
-            word = t.strip()
-            if word in ("harmful", "unharmful"):
-                other = t.replace(word, "unharmful" if word == "harmful" else "harmful")
+        pos = 0
+        toks = encode(text)
+        for tid, t in toks + ([(106, "<end_of_turn>")] if eos else []):
+            alts: list[tuple[int, float]]
+            m = _VERDICT_AT.match(intent, pos) if t and intent.startswith(text) else None
+            if m:
+                word = m.group(0)
+                other = word.replace(m.group(1), "unharmful" if m.group(1) == "harmful" else "harmful")
                 p = self.confidence
-                alts = [(t, math.log(p)), (other, math.log(max(1e-9, 1 - p)))]
+                alts = [(tid, math.log(p)), (encode(other)[0][0], math.log(max(1e-9, 1 - p)))]
             else:
-                alts = [(t, math.log(0.999))]
+                alts = [(tid, math.log(0.999))]
+            if isinstance(wanted, list) and wanted:  # vLLM lists the sampled token first, then the others asked
+                known = dict(alts)
+                tops = [(tid, alts[0][1])] + [(int(w), known.get(int(w), math.log(1e-6))) for w in wanted
+                                              if int(w) != tid]
+            else:
+                tops = alts[: max(1, int(body.get("top_logprobs") or 0))] if body.get("top_logprobs") else []
+
+            def name(token_id: int, own: str | None = None) -> str:
+                return f"token_id:{token_id}" if as_ids else (own if own is not None else piece(token_id))
+
             content.append({
-                "token": t, "logprob": alts[0][1], "bytes": list(t.encode()),
-                "top_logprobs": [{"token": a, "logprob": lp, "bytes": list(a.encode())} for a, lp in alts],
+                "token": name(tid, t), "logprob": alts[0][1], "bytes": list(t.encode()),
+                "top_logprobs": [{"token": name(a), "logprob": lp, "bytes": list(name(a).encode())} for a, lp in tops],
             })
+            pos += len(t)
         return {"content": content}
 
     def _chat_payload(self, body: dict[str, Any], text: str, finish: str, logprobs: dict[str, Any] | None,
@@ -604,6 +770,24 @@ def _continue_after(prefill: str, full: str) -> str:
     label = prefill.rsplit("\n", 1)[-1]
     at = full.find(label) if label.strip() else -1
     return full[at + len(label):] if at >= 0 else full
+
+
+_VERDICT_AT = re.compile(r"(?<![A-Za-z]) ?(unharmful|harmful)\b")
+
+
+def _only_allowed(text: str, allowed: list[int]) -> str:
+    """What a model that 'wants' ``text`` generates when only ``allowed`` token ids may be sampled (vLLM's
+    ``allowed_token_ids``): its own tokens while they are allowed; where its first token is not, the allowed token
+    that spells the longest prefix of what it wanted."""
+    toks = encode(text)
+    keep = 0
+    while keep < len(toks) and toks[keep][0] in allowed:
+        keep += 1
+    if keep:
+        return "".join(t for _, t in toks[:keep])
+    fits = [p for p in (piece(t) for t in allowed) if p and text.startswith(p)]
+    # none spells what it wanted (only a request made up for a shape check does this): the first allowed token
+    return max(fits, key=len) if fits else piece(allowed[0])
 
 
 def _constrain(text: str, regex: str) -> str:
