@@ -77,7 +77,8 @@ def pct(xs: list[float], q: float) -> float:
 
 def summary(lat_s: list[float]) -> dict[str, float]:
     ms = [x * 1000 for x in lat_s]
-    return {"p50": pct(ms, 50), "p95": pct(ms, 95), "p99": pct(ms, 99), "mean": statistics.fmean(ms)}
+    return {"p50": pct(ms, 50), "p95": pct(ms, 95), "p99": pct(ms, 99),
+            "mean": statistics.fmean(ms) if ms else float("nan")}
 
 
 # ------------------------------------------------------------------------------------------------- configs
@@ -445,6 +446,8 @@ async def e2e_section(guard_url: str, main_url: str, tmp: Path, n: int, builtin_
                                              context={"user_message": user_msg(i)})
         if not a.is_blocked and not b.is_blocked:
             selected.append(i)
+    if not selected:  # e.g. a base model that calls everything harmful: no turn would reach the main LLM
+        return {"skipped": f"none of {8 * n} candidate turns was allowed by both input rails"}
     lat: dict[str, list[float]] = {k: [] for k in apps}
     counts = {k: {"answered": 0, "refused": 0, "errors": 0} for k in apps}
     for app in apps.values():  # warm-up
@@ -558,6 +561,8 @@ def fmt_pol(title: str, res: dict[str, Any]) -> str:
 
 
 def fmt_e2e(title: str, res: dict[str, Any]) -> str:
+    if "skipped" in res:
+        return f"\n== {title}: generate_async end to end: skipped ({res['skipped']}) =="
     base = res["no_rails"]
     lines = [f"\n== {title}: generate_async end to end (input + output rail; {base['n']} turns both input rails "
              "allow) ==",
