@@ -74,10 +74,12 @@ _CUSTOM_NO_THINK = "Only output the answer in the format specified above. /no_th
 PREFILL = "Prompt harm:"
 HARM = "(harmful|unharmful)"
 VERDICT_CHOICES = (" harmful", " unharmful")  # what HARM allows after a prefill that ends in "harm:"
-# One trace line, bounded by max_tokens (reasoning_max_tokens) rather than in the regex: xgrammar compiles a
-# bounded repetition such as {1,600} into as many states, which takes 13 s against Gemma 3's 262k-piece vocabulary
-# (vLLM 0.32 gives up after 5 s with HTTP 500); the unbounded line compiles in 0.05 s (docs/performance.md).
-THINK_REGEX = r"<think>\n[^\n<]+\n</think>\n\n"
+# One trace line of at most 600 characters: the bound makes the grammar itself close the trace in time (so even a
+# model that would ramble ends with a verdict rather than a truncation). Its cost: xgrammar needs ~13 s to compile
+# the bounded line against Gemma 3's 262k-piece vocabulary (0.05 s unbounded), and vLLM 0.32 answers HTTP 500 while
+# a compile takes over VLLM_REGEX_COMPILATION_TIMEOUT_S (5 s); compiles are cached, so only the first reasoning-on
+# request per direction after a server start is exposed. `serve` raises that timeout; docs/real-engine.md.
+THINK_REGEX = r"<think>\n[^\n<]{1,600}\n</think>\n\n"
 _TARGET = {
     Direction.INPUT: f"Prompt harm: {HARM}",
     # The format line asks for "Response harm:"; the card's own example output writes "Response Harm:". Where the

@@ -112,3 +112,25 @@ def test_health_url_and_detection():
     assert serve_cmd.health_url("0.0.0.0", 8000) == "http://127.0.0.1:8000"
     assert serve_cmd.health_url("::1", 8000) == "http://[::1]:8000"
     assert serve_cmd.detect_accelerator().kind in ("gpu", "cpu")
+
+
+def test_warm_grammars_compiles_every_grammar_the_plugin_sends(guard):
+    """After /health, serve sends one tiny request per grammar (vLLM caches compiled grammars), so the bounded
+    reasoning-on grammar (~13 s to compile on the real vocabulary) never costs a user's first check."""
+    from nemo_csr_rail import prompt
+    from nemo_csr_rail.policy import Direction, Policy
+
+    assert serve_cmd.warm_grammars(guard.root, NAME, None) == []
+    sent = {r["structured_outputs"]["regex"] for r in guard.chat_requests() if r.get("structured_outputs")}
+    for d in Direction:
+        gp = prompt.build(Policy.custom("p", "x"), d, "u", "b" if d is Direction.OUTPUT else None, reasoning=True)
+        assert gp.regex in sent, d
+        assert gp.regex.startswith(prompt.THINK_REGEX)
+    assert len(sent) == 2
+
+
+def test_warm_grammars_reports_a_server_it_cannot_reach():
+    from tests.support.net import free_port
+
+    problems = serve_cmd.warm_grammars(f"http://127.0.0.1:{free_port()}", NAME, None, timeout=2)
+    assert problems and all("refused" in p.lower() or "error" in p.lower() for p in problems), problems

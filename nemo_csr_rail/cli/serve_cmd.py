@@ -204,6 +204,35 @@ def _get(url: str, api_key: str | None, timeout: float = 3.0) -> tuple[int, byte
         return 0, b""
 
 
+#: vLLM gives up on a regex compile after 5 s (HTTP 500); the reasoning-on grammar's bounded trace line needs ~13 s
+#: against Gemma 3's 262k-piece vocabulary on a small CPU, so serve allows more and compiles both grammars up front
+REGEX_COMPILATION_TIMEOUT_S = "120"
+
+
+def warm_grammars(root: str, served_model_name: str, api_key: str | None, timeout: float = 180.0) -> list[str]:
+    """Compile the plugin's reasoning-on grammars on the fresh server (vLLM caches them), so no user's first
+    reasoning-on check waits for (or fails on) the compile; the reasoning-off ones are finite sets that compile in
+    milliseconds. Returns what could not be warmed; the server is usable either way."""
+    from nemo_csr_rail.policy import Direction, Policy
+    from nemo_csr_rail.prompt import build
+
+    prompts = [build(Policy.custom("warm-up", "No topic is off limits."), d, "Hello.",
+                     "Hello!" if d is Direction.OUTPUT else None, reasoning=True) for d in Direction]
+    failed = []
+    headers = {"Content-Type": "application/json", **({"Authorization": f"Bearer {api_key}"} if api_key else {})}
+    for gp in prompts:  # a real guard request of each direction, cut at one token: the grammar is what matters
+        regex = gp.regex or ""
+        body = json.dumps({"model": served_model_name, "messages": gp.messages, "max_tokens": 1, "temperature": 0,
+                           "structured_outputs": {"regex": regex}}).encode()
+        req = urllib.request.Request(root + "/v1/chat/completions", data=body, headers=headers)
+        try:
+            with urllib.request.urlopen(req, timeout=timeout):
+                pass
+        except (urllib.error.URLError, OSError, ValueError) as exc:
+            failed.append(f"{regex[:40]!r}: {exc}")
+    return failed
+
+
 def wait_ready(proc: subprocess.Popen, root: str, timeout: float, api_key: str | None) -> str | None:
     """None when /health answers 200; otherwise why not."""
     deadline = time.monotonic() + timeout
@@ -273,6 +302,7 @@ def run(args: argparse.Namespace) -> int:
     if api_key:
         env["VLLM_API_KEY"] = api_key
     env.setdefault("VLLM_NO_USAGE_STATS", "1")
+    env.setdefault("VLLM_REGEX_COMPILATION_TIMEOUT_S", REGEX_COMPILATION_TIMEOUT_S)
     proc = subprocess.Popen(cmd, env=env, start_new_session=True)
     forwarded: list[int] = []
 
@@ -295,6 +325,11 @@ def run(args: argparse.Namespace) -> int:
                 except subprocess.TimeoutExpired:
                     proc.kill()
             return 1 if not forwarded else _exit_code(proc.returncode or 1)
+        t1 = time.monotonic()
+        for problem in warm_grammars(root, args.served_model_name, api_key):
+            print(f"warning: could not pre-compile a guard grammar ({problem}); the first check using it may be "
+                  "slow", file=err)
+        print(f"grammars compiled in {time.monotonic() - t1:.1f}s", file=err, flush=True)
         _, body = _get(root + "/v1/models", api_key)
         names = []
         with contextlib.suppress(ValueError, AttributeError):

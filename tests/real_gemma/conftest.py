@@ -55,9 +55,9 @@ def gemma_server():
 def warm_reasoning_grammars(server, timeout_s: float = 300.0) -> dict[str, int]:
     """Send the first request of each reasoning-on grammar; the HTTP status each FIRST request got.
 
-    Found here: with the trace line bounded in the regex (``[^\\n<]{1,600}``), xgrammar took 10-40 s to compile it
-    against the real 262,144-piece vocabulary and vLLM 0.32 answered HTTP 500 after its 5 s regex-compile timeout.
-    The plugin's regex is now unbounded (``[^\\n<]+``, 0.05 s; ``max_tokens`` bounds the trace), and
+    Found here: xgrammar takes 10-40 s to compile the bounded trace line (``[^\\n<]{1,600}``) against the real
+    262,144-piece vocabulary, and vLLM 0.32 answered HTTP 500 after its default 5 s regex-compile timeout. The test
+    server, like ``nemo-csr-rail serve``, raises ``VLLM_REGEX_COMPILATION_TIMEOUT_S``;
     ``test_reasoning_grammars_compile_on_the_first_request`` asserts these first statuses are all 200. Should one
     not be, this still waits for the compile to land in xgrammar's cache, so the other tests are not disturbed.
     """

@@ -57,9 +57,9 @@ def test_vllm_counts_every_layout_as_the_offline_tests_do(gemma_server):
 
 
 def test_reasoning_grammars_compile_on_the_first_request(gemma_server):
-    """With the trace line bounded in the regex, vLLM answered the first reasoning-on request of each grammar with
-    HTTP 500 (xgrammar needed 10-40 s on the real vocabulary, vLLM waits 5 s). The first requests, sent by the
-    fixture before any other test, must all have been answered."""
+    """With vLLM's default 5 s regex-compile timeout, the first reasoning-on request of each grammar got HTTP 500
+    (xgrammar needs 10-40 s for the bounded trace line on the real vocabulary). With the timeout `serve` sets, the
+    first requests, sent by the fixture before any other test, must all be answered."""
     first = getattr(gemma_server, "first_grammar_status", None)
     if first is None:
         pytest.skip("attached to a server somebody else started: its grammars may be cached already")

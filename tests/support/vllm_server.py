@@ -30,6 +30,7 @@ from pathlib import Path
 
 import httpx
 
+from nemo_csr_rail.cli.serve_cmd import REGEX_COMPILATION_TIMEOUT_S
 from tests.support.net import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -92,6 +93,8 @@ def server_env(tmp: Path | None = None) -> dict[str, str]:
         "TORCHINDUCTOR_CACHE_DIR": str(base / "inductor"), "VLLM_HOST_IP": "127.0.0.1",
         "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "VLLM_NO_USAGE_STATS": "1", "DO_NOT_TRACK": "1",
     })
+    # as `nemo-csr-rail serve` does: the bounded reasoning grammar needs ~13 s to compile on the real vocabulary
+    env.setdefault("VLLM_REGEX_COMPILATION_TIMEOUT_S", REGEX_COMPILATION_TIMEOUT_S)
     env.pop("PYTHONPATH", None)  # the server runs in its own venv; the test checkout must not shadow anything
     return env
 
