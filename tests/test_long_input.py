@@ -55,8 +55,8 @@ ODD = {
     "binary_junk": bytes(range(256)).decode("latin-1") * 4,
     # one line of random letters/digits/symbols, under max_chars (raised to 8000 for it below) and over the
     # server's context (~2,000 tokens by the stand-in's count, ~6,100 by the real Gemma 3 tokenizer's): a real 400
-    "very_long_line": "".join(random.Random(0).choice(string.ascii_letters + string.digits + string.punctuation)
-                              for _ in range(7900)),
+    "very_long_line": "".join(random.Random(0).choices(string.ascii_letters + string.digits + string.punctuation,
+                                                       k=7900)),
     "non_english_zh": "我的订单在哪里？请帮我查一下物流信息。",
     "non_english_ar": "أين طلبي؟ أحتاج إلى تتبع الشحنة.",
     "non_english_ru": "Где мой заказ? Помогите отследить посылку.",

@@ -18,6 +18,7 @@ import pytest
 from nemo_csr_rail.client import CsrClient
 from nemo_csr_rail.engines import token_floor as tf
 from nemo_csr_rail.policy import Direction, Policy
+from tests.support import real_gemma
 from tests.support.standin import StandIn
 from tests.support.vllm_shapes import diff, requests, shape
 
@@ -103,7 +104,7 @@ async def test_embedded_one_forward_pass_decides_like_vllm(gemma):
 
 def test_standin_answers_the_one_token_request_like_vllm(gemma):
     names = ("chat_one_token", "tokenize_chat", "detokenize")
-    with StandIn(max_model_len=4096) as stand_in:
+    with StandIn(max_model_len=real_gemma.TEST_MAX_MODEL_LEN) as stand_in:  # the package server's
         for name in names:
             method, path, body = requests(gemma.model)[name]
             real = httpx.request(method, gemma.root + path, json=body, timeout=120)
