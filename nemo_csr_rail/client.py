@@ -20,6 +20,7 @@ from nemo_csr_rail.conversation import Turn, as_turns, fit_history
 from nemo_csr_rail.engines.base import Completion, Engine
 from nemo_csr_rail.errors import CsrError, VerdictParseError
 from nemo_csr_rail.policy import Direction, Policy
+from nemo_csr_rail.settings import LongInputSettings
 from nemo_csr_rail.verdict import Verdict
 
 if TYPE_CHECKING:
@@ -27,8 +28,8 @@ if TYPE_CHECKING:
 
 DEFAULT_BASE_URL = "http://127.0.0.1:8000/v1"
 DEFAULT_MODEL = "nvidia/Nemotron-Content-Safety-Reasoning-4B"
-#: topic policies: history + current message budget without settings (the default long_input.max_chars)
-DEFAULT_HISTORY_MAX_CHARS = 8000
+#: topic policies: history + current message budget for a client made without settings (long_input's default)
+DEFAULT_HISTORY_MAX_CHARS = LongInputSettings.model_fields["max_chars"].default
 
 
 @dataclass(frozen=True)

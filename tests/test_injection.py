@@ -19,6 +19,7 @@ from hypothesis import strategies as st
 from nemo_csr_rail import prompt
 from nemo_csr_rail.policy import Direction, Policy
 from nemo_csr_rail.verdict import parse
+from tests.support import chat_render
 from tests.support.runtime import runtime
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -65,25 +66,6 @@ def gemma_tokenizer():
     return tok, cfg
 
 
-def _render(cfg: dict, messages: list[dict], *, add_generation_prompt: bool, continue_final: bool) -> str:
-    """The chat template rendered the way transformers (and so vLLM) does: sandboxed jinja2, trim/lstrip blocks."""
-    from jinja2.exceptions import TemplateError
-    from jinja2.sandbox import ImmutableSandboxedEnvironment
-
-    def raise_exception(msg: str) -> None:
-        raise TemplateError(msg)
-
-    env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True)
-    env.globals["raise_exception"] = raise_exception
-    text = env.from_string(cfg["chat_template"]).render(
-        messages=messages, bos_token=cfg["bos_token"], eos_token=cfg["eos_token"],
-        add_generation_prompt=add_generation_prompt)
-    if continue_final:  # vLLM/transformers: cut everything after the final message's content
-        final = messages[-1]["content"].strip()
-        text = text[: text.rindex(final) + len(final)]
-    return text
-
-
 def _special_ids(tok) -> dict[int, str]:
     names = ["<pad>", "<eos>", "<bos>", "<unk>", "<start_of_turn>", "<end_of_turn>", "<start_of_image>",
              "<end_of_image>", "<image_soft_token>"]
@@ -92,7 +74,7 @@ def _special_ids(tok) -> dict[int, str]:
 
 def _guard_request_ids(tok, cfg, policy: Policy, direction: Direction, user: str, bot: str | None):
     gp = prompt.build(policy, direction, user, bot)
-    text = _render(cfg, gp.messages, add_generation_prompt=not gp.prefill, continue_final=bool(gp.prefill))
+    text = chat_render.render(cfg, gp.messages, add_generation_prompt=not gp.prefill, continue_final=bool(gp.prefill))
     return gp, text, tok.encode(text, add_special_tokens=False).ids
 
 

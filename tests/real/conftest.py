@@ -16,11 +16,7 @@ def vllm_server():
     if os.environ.get("CSR_VLLM_URL"):
         yield vs.attach(os.environ["CSR_VLLM_URL"])
         return
-    python, why = vs.find_vllm_python()
-    if python is None:
-        if os.environ.get("CSR_REQUIRE_VLLM") == "1":
-            pytest.fail(f"CSR_REQUIRE_VLLM=1 but {why}", pytrace=False)
-        pytest.skip(f"real vLLM tests skipped: {why}")
+    python = vs.require_vllm_python()
     server = vs.start(python)
     print(f"\nvLLM server {server.base_url} ready: {server.timings} (log {server.log_path})")
     yield server

