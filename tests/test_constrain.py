@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from nemo_csr_rail import prompt as prompts
-from nemo_csr_rail.engines.constrain import UNBOUNDED, Grammar, Matcher, Unsupported, compile_segments
+from nemo_csr_rail.engines.constrain import Grammar, Matcher, Unsupported, compile_segments
 from nemo_csr_rail.policy import Direction, Policy
 
 WORDS = [" harmful", " unharmful", " harm", "harm", "ful", " un", "Prompt", " Prompt", "Response", "<think>",
@@ -81,27 +81,10 @@ def test_segments_of_the_verdict_regexes() -> None:
     assert len(out) == 1 and len(out[0].strings) == 4  # type: ignore[union-attr]
 
 
-@pytest.mark.parametrize("bad", ["(ab)+", r"\d+", "[", "(a|b){3}"])
+@pytest.mark.parametrize("bad", ["a*", "(ab)+", "x{2,}", r"\d+", "[", "(a|b){3}"])
 def test_unsupported_constructs(bad: str) -> None:
     with pytest.raises(Unsupported):
         compile_segments(bad)
-
-
-def test_unbounded_repetition_keeps_few_states_however_long_the_line() -> None:
-    """An unbounded class line (``[^\\n<]+``, e.g. a trace bounded by max_tokens alone) is supported:
-    the matcher must accept any length and, past the minimum, stop counting, so its states do not grow."""
-    g = Grammar("<think>\n[^\n<]+\n</think>", BY_BYTES, MAXLEN)
-    (seg,) = [s for s in g.segments if not hasattr(s, "strings")]
-    assert (seg.lo, seg.hi) == (1, UNBOUNDED)
-    state = g.advance(g.start, b"<think>\n")
-    seen = set()
-    for _ in range(2000):
-        state = g.step_byte(state, ord("a"))
-        seen.add(state)
-    assert len(seen) == 1 and g.can_continue(state)
-    assert g.accepting(g.advance(state, b"\n</think>"))
-    assert not g.advance(g.start, b"<think>\n\n</think>"), "the line needs at least one character"
-    assert not g.advance(state, b"<"), "the class still excludes '<'"
 
 
 def test_special_and_unknown_tokens_are_never_allowed() -> None:

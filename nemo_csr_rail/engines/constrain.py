@@ -4,10 +4,10 @@ vLLM enforces ``structured_outputs.regex`` with xgrammar; the embedded engine en
 prompt builder only ever asks for two shapes (see :mod:`nemo_csr_rail.prompt`):
 
 * reasoning off — a finite set of strings (``" (harmful|unharmful)"`` after the prefill, two lines for output);
-* reasoning on — ``<think>\\n[^\\n<]+\\n</think>\\n\\n`` followed by that finite set.
+* reasoning on — ``<think>\\n[^\\n<]{1,600}\\n</think>\\n\\n`` followed by that finite set.
 
 So a regex is compiled (with Python's own regex parser) into a sequence of *segments*: a finite set of strings, or a
-repetition of one character class (bounded, or unbounded like the trace line, which ``max_tokens`` bounds). The matcher walks UTF-8 bytes through those segments as a small NFA whose
+bounded repetition of one character class. The matcher walks UTF-8 bytes through those segments as a small NFA whose
 state is a frozenset of positions; transitions are memoised, so checking a token costs a few dict look-ups.
 
 One deliberate addition to what xgrammar does: a *budget*. Every candidate token must leave a completion that still
@@ -28,7 +28,6 @@ except ImportError:  # pragma: no cover - Python 3.10
     import sre_constants as _c  # type: ignore[no-redef]
     import sre_parse as _p  # type: ignore[no-redef]
 
-UNBOUNDED = 2**62  # ``hi`` of an unbounded repetition
 MAX_FINITE = 4096  # the largest finite set a regex may expand to before it counts as unsupported
 END = (-1, 0)  # the accepting state
 _REPEAT0 = (0, 0, 0x80, 0xBF)  # a repetition before its first character
@@ -45,10 +44,7 @@ class Finite:
 
 @dataclass(frozen=True)
 class Repeat:
-    """``[class]{lo,hi}`` over characters; ``allowed[b]`` says whether an ASCII byte is in the class.
-
-    ``hi`` is :data:`UNBOUNDED` for ``+``/``*``: then only "at least ``lo`` seen" matters, so the count stops at ``lo``
-    and the matcher's states (and memoised transitions) stay few however long the text runs."""
+    """``[class]{lo,hi}`` over characters; ``allowed[b]`` says whether an ASCII byte is in the class."""
 
     allowed: tuple[bool, ...]
     non_ascii: bool
@@ -133,8 +129,10 @@ def compile_segments(regex: str) -> tuple[Segment, ...]:
                 allowed, non_ascii = tuple(i != 10 for i in range(128)), True
             else:
                 raise Unsupported(f"repetition of {sop}")
+            if hi is _c.MAXREPEAT:
+                raise Unsupported("unbounded repetition")
             flush()
-            segments.append(Repeat(allowed, non_ascii, int(lo), UNBOUNDED if hi is _c.MAXREPEAT else int(hi)))
+            segments.append(Repeat(allowed, non_ascii, int(lo), int(hi)))
         else:
             pending.append((op, av))
     flush()
@@ -226,8 +224,7 @@ class Grammar:
                 elif count < seg.hi and seg.accepts(byte):
                     tail = _utf8_tail(byte)
                     if tail is not None:
-                        seen = count + 1 if seg.hi != UNBOUNDED else min(count + 1, seg.lo)
-                        nxt.add((i, (seen, *tail)))
+                        nxt.add((i, (count + 1, *tail)))
         result = self._closure(nxt)
         self._step[key] = result
         return result
