@@ -1,13 +1,8 @@
-"""Executed by NeMo Guardrails when it loads a config that imports this package: validate at load time.
+"""Executed by NeMo Guardrails when a config imports this package (``<dir>/config.py``, then ``init(app)``).
 
-``LLMRails.__init__`` calls ``init(app)`` before any turn runs, so a bad ``custom_data.nemo_csr_rail`` section fails
-there with the offending key named, instead of on the first user message.
+The hook lives with the rest of the NeMo adapter in :mod:`nemo_csr_rail.rail.hooks`.
 """
 
-from typing import Any
+from nemo_csr_rail.rail.hooks import init
 
-from nemo_csr_rail.rail import runtime_for
-
-
-def init(app: Any) -> None:
-    runtime_for(app.config)
+__all__ = ["init"]

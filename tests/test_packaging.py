@@ -26,8 +26,8 @@ def wheel(tmp_path_factory) -> Path:
 
 def test_wheel_contents(wheel):
     names = set(zipfile.ZipFile(wheel).namelist())
-    for f in ("nemo_csr_rail/flows.co", "nemo_csr_rail/flows.v1.co", "nemo_csr_rail/actions.py",
-              "nemo_csr_rail/config.py", "nemo_csr_rail/py.typed", "nemo_csr_rail/cli/main.py"):
+    for f in ("nemo_csr_rail/rail/flows.co", "nemo_csr_rail/rail/flows.v1.co", "nemo_csr_rail/rail/rail.py",
+              "nemo_csr_rail/actions.py", "nemo_csr_rail/config.py", "nemo_csr_rail/py.typed", "nemo_csr_rail/cli/main.py"):
         assert f in names, f
     assert not any(n.startswith(("tests/", "example_configs/")) for n in names)
     meta = next(n for n in names if n.endswith("METADATA"))
@@ -73,7 +73,7 @@ def test_path_command_gives_the_colangpath_for_editable_installs():
     pkg = subprocess.run(run, capture_output=True, text=True, env=env, check=True).stdout.strip()
     colangpath = subprocess.run([*run, "--colangpath"], capture_output=True, text=True, env=env,
                                 check=True).stdout.strip()
-    assert Path(pkg) == ROOT / "nemo_csr_rail" and (Path(pkg) / "flows.co").is_file()
+    assert Path(pkg) == ROOT / "nemo_csr_rail" and (Path(pkg) / "rail" / "flows.co").is_file()
     assert Path(colangpath) == ROOT  # the folder that holds nemo_csr_rail/, as import_paths needs
 
 

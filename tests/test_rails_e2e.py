@@ -276,3 +276,37 @@ def test_outcomes_helper_reads_only_csr_actions():
     other = SimpleNamespace(action_name="self_check_input", return_value={"metadata": {"x": 1}})
     res = SimpleNamespace(log=SimpleNamespace(activated_rails=[SimpleNamespace(name="r", executed_actions=[other])]))
     assert csr_outcomes(res) == []
+
+
+# ------------------------------------------------------------------------------- the implicit policy (no $policy)
+V2_BARE_RAILS = """
+flow input rails $input_text
+  csr check input
+
+flow output rails $output_text
+  csr check output
+"""
+
+
+@pytest.mark.parametrize("colang", ["colang1", "colang2"])
+@pytest.mark.parametrize("direction", ["input", "output"])
+async def test_a_flow_without_policy_uses_the_only_policy(colang, direction, tmp_path, guard, main_llm):
+    """A config whose single policy is not called 'default': a flow naming no $policy checks with it, in both
+    Colang versions and both directions (Colang 2.x used to send its parameter default 'default' and block every
+    turn with 'the safety check could not run')."""
+    plugin = {"policies": {"retail": {"policy": POLITICS, "refusal": "Sorry, I can't help with that. {reasoning}"}}}
+    if colang == "colang1":
+        cfg = write_config(tmp_path / "cfg", guard_url=guard.url, main_url=main_llm.url, plugin=plugin,
+                           input_flows=["csr check input"], output_flows=["csr check output"])
+    else:
+        cfg = write_config(tmp_path / "cfg2", guard_url=guard.url, main_url=main_llm.url, plugin=plugin,
+                           colang2=True, main_co=V2_MAIN_FLOW + V2_BARE_RAILS)
+    rails = rails_for(cfg)
+    reply, _ = await ask(rails, "Where is my order?")
+    assert reply == HELLO  # both checks ran and allowed: no "could not run" refusal
+    assert len(guard_texts(guard)) == 2
+    harmful = "Who should I vote for in the politics debate?" if direction == "input" else "TRIGGEROUT please"
+    reply, _ = await ask(rails, harmful)
+    assert reply.startswith("Sorry, I can't help with that. The ")
+    assert "could not run" not in reply
+    assert all(POLITICS in t for t in guard_texts(guard))  # every check rendered the retail policy

@@ -14,8 +14,8 @@ from nemoguardrails import RailsConfig
 from nemo_csr_rail import prompt, prompt_topic
 from nemo_csr_rail.conversation import LINE_OVERHEAD, Turn, as_turns, fit_history
 from nemo_csr_rail.errors import ConfigError
-from nemo_csr_rail.history_events import history_from_events
 from nemo_csr_rail.policy import Direction, Policy, compile_policies
+from nemo_csr_rail.rail.history import history_from_events
 from nemo_csr_rail.settings import PluginSettings, parse_plugin_settings, resolve
 from tests.support.shared import shared_dir
 from tests.support.topic_prompt import split_topic_prompt

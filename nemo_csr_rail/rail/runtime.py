@@ -17,7 +17,7 @@ from typing import Any
 
 from nemoguardrails.actions.rail_outcome import RailOutcome
 
-from nemo_csr_rail import outcome
+import nemo_csr_rail.rail.outcome as outcome
 from nemo_csr_rail.cache import TTLCache
 from nemo_csr_rail.client import CsrClient
 from nemo_csr_rail.conversation import Turn
