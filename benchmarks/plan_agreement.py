@@ -36,6 +36,7 @@ if str(ROOT) not in sys.path:
 
 import httpx  # noqa: E402
 
+from nemo_csr_rail import plans  # noqa: E402
 from nemo_csr_rail import prompt as prompts  # noqa: E402
 from nemo_csr_rail import verdict as verdicts  # noqa: E402
 from nemo_csr_rail.client import CsrClient  # noqa: E402
@@ -78,7 +79,7 @@ async def full_generation(client: httpx.AsyncClient, url: str, gp: prompts.Guard
     text = choice["message"]["content"] or ""
     v = verdicts.parse(gp.prefill + text)
     # P(harmful) where the grammar plan's verdict word starts (a bare ' ' first is skipped: it decides nothing)
-    conf = verdicts.confidence_from_logprobs(text, entries, Direction.INPUT, value_first=True)
+    conf = plans.grammar.confidence(text, entries, Direction.INPUT, value_first=True)
     return {"verdict": v, "tokens": [e["token"] for e in entries], "confidence": conf,
             "completion_tokens": data["usage"]["completion_tokens"]}
 
@@ -87,7 +88,7 @@ async def judge_input(sem: asyncio.Semaphore, fast: CsrClient, client: httpx.Asy
                       row: datasets.Row) -> dict[str, Any]:
     async with sem:
         one = await fast.check(POLICY, Direction.INPUT, row.prompt, None, reasoning=False)
-        gp = prompts.build(POLICY, Direction.INPUT, row.prompt, None, reasoning=False)
+        gp = plans.build(POLICY, Direction.INPUT, row.prompt, None, reasoning=False)
         full = await full_generation(client, url, gp)
     first = full["tokens"][0] if full["tokens"] else ""
     return {"id": row.id, "label": row.prompt_label, "one_token": one.verdict.prompt_harm,
@@ -103,7 +104,7 @@ async def judge_output(sem: asyncio.Semaphore, fast: CsrClient, slow: CsrClient,
     async with sem:
         one = await fast.check(POLICY, Direction.OUTPUT, row.prompt, row.response, reasoning=False)
         split = await slow.check(POLICY, Direction.OUTPUT, row.prompt, row.response, reasoning=False)
-        gp = prompts.build(POLICY, Direction.OUTPUT, row.prompt, row.response, reasoning=False, split_output=False)
+        gp = plans.build(POLICY, Direction.OUTPUT, row.prompt, row.response, reasoning=False, split_output=False)
         full = await full_generation(client, url, gp)
     toks = full["tokens"]
     # the tokens of each value in the full generation: the first one after the prefill, and after "Response harm:"

@@ -38,9 +38,10 @@ from nemoguardrails.library.content_safety.actions import (  # noqa: E402
 )
 
 from benchmarks.servers import GUARD_MODEL, StandInProcess, VllmServer  # noqa: E402
+from nemo_csr_rail import plans  # noqa: E402
 from nemo_csr_rail import prompt as prompts  # noqa: E402
-from nemo_csr_rail.engines import token_floor  # noqa: E402
 from nemo_csr_rail.engines.http import VllmHttpEngine  # noqa: E402
+from nemo_csr_rail.plans import one_token  # noqa: E402
 from nemo_csr_rail.policy import Direction, Policy  # noqa: E402
 from nemo_csr_rail.rail import RailRuntime, reset_runtimes, runtime_for  # noqa: E402
 
@@ -223,14 +224,14 @@ def builtin_checker(rails: LLMRails, direction: Direction) -> Check:
     return run
 
 
-async def input_plan(client: httpx.AsyncClient, url: str) -> token_floor.OneTokenPlan | None:
+async def input_plan(client: httpx.AsyncClient, url: str) -> one_token.OneTokenPlan | None:
     """The one-token plan the plugin finds on this server for the input check's prefill (None: grammar plan)."""
-    gp = prompts.build(Policy.taxonomy("safety"), Direction.INPUT, "x", None)
+    gp = plans.build(Policy.taxonomy("safety"), Direction.INPUT, "x", None)
     return await VllmHttpEngine([url], GUARD_MODEL).plan_for(client, url, gp, 60)
 
 
 def raw_checker(client: httpx.AsyncClient, url: str, direction: Direction,
-                plan: token_floor.OneTokenPlan | None = None) -> Check:
+                plan: one_token.OneTokenPlan | None = None) -> Check:
     """The plugin's own request body, prebuilt, posted with a bare httpx client and JSON-decoded: the floor. Input:
     the one-token request where the server allows it (``plan``); output: the single two-line request."""
     engine = VllmHttpEngine([url], GUARD_MODEL)
@@ -239,11 +240,11 @@ def raw_checker(client: httpx.AsyncClient, url: str, direction: Direction,
 
     def body(i: int) -> bytes:
         if i not in bodies:
-            gp = prompts.build(pol, direction, user_msg(i), bot_msg(i) if direction is Direction.OUTPUT else None,
+            gp = plans.build(pol, direction, user_msg(i), bot_msg(i) if direction is Direction.OUTPUT else None,
                                split_output=False)
             data = engine.payload(gp)
             if plan is not None and gp.verdict_choices:
-                data = token_floor.payload(data, plan, logprobs=gp.want_logprobs)
+                data = one_token.payload(data, plan, logprobs=gp.want_logprobs)
             bodies[i] = json.dumps(data).encode()
         return bodies[i]
 

@@ -1,25 +1,27 @@
 """The plain Python API: classify a turn against a policy, no NeMo Guardrails required.
 
-``CsrClient`` is the pipeline policy → prompt → engine → verdict; the rails reuse exactly this object, so an
-application calling it directly gets the same prompts, parser, error handling and cache as the rails.
+``CsrClient`` is the pipeline policy → prompt → decode plan → engine → verdict; the rails reuse exactly this object,
+so an application calling it directly gets the same prompts, parser, error handling and cache as the rails. The
+plans (:mod:`nemo_csr_rail.plans`) build the requests and read the answers; the client only budgets, caches and
+accounts for them.
 """
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import time
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from nemo_csr_rail import prompt as prompts
-from nemo_csr_rail import verdict as verdicts
+from nemo_csr_rail import plans
 from nemo_csr_rail.cache import TTLCache
 from nemo_csr_rail.conversation import Turn, as_turns, fit_history
 from nemo_csr_rail.engines.base import Completion, Engine
-from nemo_csr_rail.errors import CsrError, VerdictParseError
+from nemo_csr_rail.errors import CsrError
+from nemo_csr_rail.plans import split_output
 from nemo_csr_rail.policy import Direction, Policy
+from nemo_csr_rail.prompt import GuardPrompt
 from nemo_csr_rail.settings import LongInputSettings
 from nemo_csr_rail.verdict import Verdict
 
@@ -118,8 +120,8 @@ class CsrClient:
         await self.engine.aclose()
 
     def build_prompt(self, policy: Policy, direction: Direction, user_message: str, bot_message: str | None,
-                     reasoning: bool | None = None, history: Sequence[Turn] = ()) -> prompts.GuardPrompt:
-        return prompts.build(policy, direction, user_message, bot_message, reasoning=reasoning,
+                     reasoning: bool | None = None, history: Sequence[Turn] = ()) -> GuardPrompt:
+        return plans.build(policy, direction, user_message, bot_message, reasoning=reasoning,
                              structured=self.structured_output, prefill=self.assistant_prefill,
                              logprobs=self.logprobs, reasoning_max_tokens=self.reasoning_max_tokens,
                              split_output=self.split_output, history=history)
@@ -171,10 +173,10 @@ class CsrClient:
         # Every engine ends its own calls by their deadline (it knows what ran out: a hung replica, a full queue,
         # a busy model), so no second timer runs here.
         if gp.split_output:
-            verdict, completions, calls = await self._split(gp, budget)
+            verdict, completions, calls = await split_output.run(self.engine, gp, budget, logprobs=self.logprobs)
         else:
             completion = await self.engine.complete(gp, timeout_s=budget)
-            verdict, completions, calls = interpret(gp, completion), [completion], 1
+            verdict, completions, calls = plans.read(gp, completion), [completion], 1
         verdict.harm(direction)  # the field this direction needs must be present
         if key is not None and self.cache is not None:
             self.cache.put(key, verdict)
@@ -185,36 +187,6 @@ class CsrClient:
                            endpoint=completions[-1].endpoint, calls=calls, history_sent=sent,
                            history_dropped=dropped, decode_plan=_plan(completions))
 
-    async def _split(self, gp: prompts.GuardPrompt, budget: float) -> tuple[Verdict, list[Completion], int]:
-        """Output check, reasoning off: the prompt verdict and the response step (guessing 'unharmful') in parallel.
-
-        The response step is kept only if the model's own prompt verdict equals the guess; otherwise it is asked again
-        with the right prefill (its prefix is cached by then). The decision is therefore exactly the one of the full
-        ``Prompt harm: X\nResponse harm: Y`` generation, without decoding the forced ``\nResponse harm:`` tokens.
-        """
-        guess = "unharmful"
-        deadline = time.monotonic() + budget
-        first = asyncio.ensure_future(self.engine.complete(gp, timeout_s=budget))
-        step = prompts.response_step(gp, guess, logprobs=self.logprobs)
-        second = asyncio.ensure_future(self.engine.complete(step, timeout_s=budget))
-        try:
-            head = await first
-            prompt_harm = interpret(gp, head).harm(Direction.INPUT)
-            if prompt_harm != guess:
-                second.cancel()
-                step = prompts.response_step(gp, prompt_harm, logprobs=self.logprobs)
-                second = asyncio.ensure_future(
-                    self.engine.complete(step, timeout_s=max(0.001, deadline - time.monotonic())))
-            tail = await second
-        except BaseException:
-            for t in (first, second):
-                t.cancel()
-            raise
-        response = interpret(step, tail)
-        raw = gp.prefill + head.text + prompts.RESPONSE_PREFILL + tail.text
-        return replace(response, prompt_harm=prompt_harm, raw=raw), [head, tail], 2 if prompt_harm == guess else 3
-
-
 
 def _plan(completions: list[Completion]) -> str:
     plans = {c.decode_plan for c in completions}
@@ -224,28 +196,6 @@ def _plan(completions: list[Completion]) -> str:
 def _total(values: object) -> int | None:
     known = [v for v in values if isinstance(v, int)]  # type: ignore[attr-defined]
     return sum(known) if known else None
-
-
-def interpret(gp: prompts.GuardPrompt, completion: Completion) -> Verdict:
-    """Completion → Verdict, with truncation reported as such rather than as a malformed answer."""
-    try:
-        verdict = verdicts.parse(gp.prefill + completion.text, reasoning_content=completion.reasoning_content)
-    except VerdictParseError as exc:
-        if completion.finish_reason == "length" and completion.decode_plan != "one_token":
-            raise VerdictParseError(f"model output truncated at max_tokens={gp.max_tokens}: {exc.message}") from None
-        raise
-    if gp.want_logprobs and completion.decode_plan == "one_token":
-        conf = verdicts.confidence_from_choices(completion.verdict_logprobs)
-        if conf is not None:
-            verdict = replace(verdict, confidence=round(conf, 6))
-    elif gp.want_logprobs and completion.logprobs:
-        value_first = gp.prefill.lower().endswith("response harm:" if gp.direction is Direction.OUTPUT
-                                                  else "prompt harm:")
-        conf = verdicts.confidence_from_logprobs(completion.text, completion.logprobs, gp.direction,
-                                                 value_first=value_first)
-        if conf is not None:
-            verdict = replace(verdict, confidence=round(conf, 6))
-    return verdict
 
 
 __all__ = ["CheckResult", "CsrClient", "CsrError", "Policy", "Verdict"]

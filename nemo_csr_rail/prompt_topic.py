@@ -2,7 +2,7 @@
 
 Byte for byte the current model card's topic-following example (``prompt-templates.md``, layout C), including the
 line break after "that" and the line of three spaces after the first paragraph. Only ``Prompt harm`` is asked for,
-so :func:`nemo_csr_rail.prompt.build` decodes and parses it exactly as an input check of the other layouts.
+so :func:`nemo_csr_rail.plans.build` decodes and parses it exactly as an input check of the other layouts.
 
 What the card does not give, and what we chose (docs: README "Dialogue moderation"):
 

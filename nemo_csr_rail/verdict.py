@@ -8,9 +8,7 @@ reach the parser.
 
 from __future__ import annotations
 
-import math
 import re
-from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -101,63 +99,3 @@ def parse(text: str, *, reasoning_content: str | None = None) -> Verdict:
         raise VerdictParseError("prompt verdict is None")
     return Verdict(prompt_harm=prompt, response_harm=found["response"][0] if found["response"] else None,
                    reasoning=reasoning, raw=text)
-
-
-def confidence_from_logprobs(
-    generated: str, entries: Sequence[dict[str, Any]] | None, direction: Direction, *, value_first: bool = False
-) -> float | None:
-    """P(harmful) at the token where the deciding verdict word starts, renormalised over the two answers.
-
-    ``generated`` is the text the server returned (without prefill); ``entries`` are vLLM's
-    ``choices[0].logprobs.content``. Tokens that could begin either answer (e.g. a bare space) are ignored.
-    ``value_first``: the prefill ended with the deciding key, so the generated text starts with the value.
-    """
-    if not entries:
-        return None
-    key = "prompt harm:" if direction is Direction.INPUT else "response harm:"
-    low = generated.lower()
-    at = -1 if value_first else low.rfind(key)
-    if at < 0:
-        # With the assistant prefill the key is not part of the generated text; the value starts it.
-        if direction is not Direction.INPUT and not value_first:
-            return None
-        start = 0
-    else:
-        start = at + len(key)
-    while start < len(generated) and generated[start] == " ":
-        start += 1
-    pos = 0
-    for entry in entries:
-        token = entry.get("token") or ""
-        if pos + len(token) > start:
-            prefix = generated[pos:start]
-            cand_h, cand_u = prefix + "harmful", prefix + "unharmful"
-            p_h = p_u = 0.0
-            for alt in entry.get("top_logprobs") or [{"token": token, "logprob": entry.get("logprob", 0.0)}]:
-                t, lp = alt.get("token") or "", alt.get("logprob")
-                if lp is None or not t:
-                    continue
-                is_h = cand_h.startswith(t) or t.startswith(cand_h)
-                is_u = cand_u.startswith(t) or t.startswith(cand_u)
-                if is_h and not is_u:
-                    p_h += math.exp(lp)
-                elif is_u and not is_h:
-                    p_u += math.exp(lp)
-            return p_h / (p_h + p_u) if p_h + p_u > 0 else None
-        pos += len(token)
-    return None
-
-
-def confidence_from_choices(logprobs: dict[str, float] | None) -> float | None:
-    """P(harmful) from the logprobs of the two verdicts' first tokens (the one-token plan), renormalised over the
-    pair: vLLM reports raw logprobs (before the allowed-ids mask), so the two need not sum to one. ``None`` unless
-    both are known: a candidate the server did not report is not assumed to be improbable."""
-    words = {k.strip().lower(): v for k, v in (logprobs or {}).items()}
-    if "harmful" not in words or "unharmful" not in words:
-        return None
-    lp_h, lp_u = words["harmful"], words["unharmful"]
-    if not (math.isfinite(lp_h) or math.isfinite(lp_u)):
-        return None
-    top = max(lp_h, lp_u)
-    p_h, p_u = math.exp(lp_h - top), math.exp(lp_u - top)
-    return p_h / (p_h + p_u)

@@ -7,6 +7,7 @@ from typing import Any
 
 from nemoguardrails import LLMRails, RailsConfig
 
+from nemo_csr_rail import plans
 from nemo_csr_rail import prompt as prompts
 from nemo_csr_rail.policy import Direction, compile_policies
 from nemo_csr_rail.settings import PluginSettings
@@ -45,7 +46,7 @@ def csr_outcomes(res: Any) -> list[dict[str, Any]]:
 def expected_prompt(plugin: dict[str, Any], policy: str, direction: Direction, user: str, bot: str | None,
                     *, reasoning: bool | None = None) -> prompts.GuardPrompt:
     pol = compile_policies(PluginSettings.model_validate(plugin))[policy]
-    return prompts.build(pol, direction, user, bot, reasoning=reasoning)
+    return plans.build(pol, direction, user, bot, reasoning=reasoning)
 
 
 def guard_texts(guard: Any) -> list[str]:

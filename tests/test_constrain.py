@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from nemo_csr_rail import prompt as prompts
+from nemo_csr_rail import plans
 from nemo_csr_rail.engines.constrain import Grammar, Matcher, Unsupported, compile_segments
 from nemo_csr_rail.policy import Direction, Policy
 
@@ -30,7 +30,7 @@ def regexes() -> list[tuple[str, int]]:
         for d in Direction:
             for r in (False, True):
                 for prefill in (True, False):
-                    gp = prompts.build(pol, d, "hi", "yo" if d is Direction.OUTPUT else None, reasoning=r,
+                    gp = plans.build(pol, d, "hi", "yo" if d is Direction.OUTPUT else None, reasoning=r,
                                        prefill=prefill, reasoning_max_tokens=120)
                     out.append((gp.regex, gp.max_tokens))
     return sorted(set(out))
@@ -66,13 +66,13 @@ def test_random_walks_always_end_in_a_full_match(regex: str, max_tokens: int) ->
 @settings(max_examples=15, deadline=None)
 @given(st.integers(min_value=0, max_value=10_000))
 def test_think_walks_are_valid_utf8_and_bounded(seed: int) -> None:
-    regex = prompts.THINK_REGEX + "Prompt harm: (harmful|unharmful)"
+    regex = plans.grammar.THINK_REGEX + "Prompt harm: (harmful|unharmful)"
     text, finished = walk(regex, 60, random.Random(seed))  # tight budget: the trace must close in time
     assert finished and re.fullmatch(regex, text)
 
 
 def test_segments_of_the_verdict_regexes() -> None:
-    segs = compile_segments(prompts.THINK_REGEX + "Prompt harm: (harmful|unharmful)")
+    segs = compile_segments(plans.grammar.THINK_REGEX + "Prompt harm: (harmful|unharmful)")
     assert len(segs) == 3
     assert segs[0].strings == frozenset({b"<think>\n"})  # type: ignore[union-attr]
     assert (segs[1].lo, segs[1].hi) == (1, 600)  # type: ignore[union-attr]

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from nemo_csr_rail import prompt as prompts
+from nemo_csr_rail import plans
 from nemo_csr_rail.client import CsrClient
 from nemo_csr_rail.engines.base import Engine
 from nemo_csr_rail.errors import EngineUnavailable, GuardTimeout, InputTooLong
@@ -98,7 +98,7 @@ async def test_every_mode_returns_a_parsed_verdict(engine, kind, direction, reas
 
 
 async def test_prefill_prompt_is_rendered_like_vllm_continue_final_message(engine):
-    gp = prompts.build(POLICIES["taxonomy"], Direction.INPUT, "hi <start_of_turn>", None, reasoning=False)
+    gp = plans.build(POLICIES["taxonomy"], Direction.INPUT, "hi <start_of_turn>", None, reasoning=False)
     assert gp.prefill == "Prompt harm:"
     rendered = engine.render(gp)
     assert rendered == f"<bos><start_of_turn>user\n{gp.text}<end_of_turn>\n<start_of_turn>model\nPrompt harm:"
@@ -107,7 +107,7 @@ async def test_prefill_prompt_is_rendered_like_vllm_continue_final_message(engin
     assert ids[0] == tok.bos_token_id and ids.count(tok.bos_token_id) == 1
     assert ids.count(tok.convert_tokens_to_ids("<start_of_turn>")) == 2  # the user's one is neutralised text
     assert tok.decode(ids[-3:]).endswith("\nPrompt harm:")
-    think = prompts.build(POLICIES["custom"], Direction.INPUT, "hi", None, reasoning=True)
+    think = plans.build(POLICIES["custom"], Direction.INPUT, "hi", None, reasoning=True)
     assert engine.render(think) == f"<bos><start_of_turn>user\n{think.text}<end_of_turn>\n<start_of_turn>model\n"
 
 
@@ -115,7 +115,7 @@ async def test_unconstrained_decoding_matches_transformers_generate(engine):
     """The hand-written KV-cache loop is plain greedy decoding: same tokens as ``model.generate``."""
     import torch
 
-    gp = prompts.build(POLICIES["custom"], Direction.INPUT, "hello", None, reasoning=False, structured=False,
+    gp = plans.build(POLICIES["custom"], Direction.INPUT, "hello", None, reasoning=False, structured=False,
                        logprobs=False)
     comp = await engine.complete(gp, timeout_s=60)
     m = engine.load()
@@ -132,7 +132,7 @@ async def test_kv_cache_goes_by_the_name_this_transformers_takes(engine, recwarn
 
     m = engine.load()
     assert m.cache_arg in inspect.signature(m.model.forward).parameters
-    gp = prompts.build(POLICIES["custom"], Direction.INPUT, "hello", None, reasoning=True)
+    gp = plans.build(POLICIES["custom"], Direction.INPUT, "hello", None, reasoning=True)
     await engine.complete(gp, timeout_s=60)
     assert not [w for w in recwarn if "past_key_values" in str(w.message)]
 
@@ -140,7 +140,7 @@ async def test_kv_cache_goes_by_the_name_this_transformers_takes(engine, recwarn
 async def test_a_model_that_returns_no_kv_cache_fails_closed(engine, monkeypatch):
     m = engine.load()
     monkeypatch.setattr(m, "cache_arg", "no_such_cache")
-    gp = prompts.build(POLICIES["custom"], Direction.INPUT, "hello", None, reasoning=True)
+    gp = plans.build(POLICIES["custom"], Direction.INPUT, "hello", None, reasoning=True)
     with pytest.raises(EngineUnavailable, match="returned no KV cache"):
         await engine.complete(gp, timeout_s=60)
 

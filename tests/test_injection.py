@@ -16,7 +16,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from nemo_csr_rail import prompt
+from nemo_csr_rail import plans, prompt
 from nemo_csr_rail.policy import Direction, Policy
 from nemo_csr_rail.verdict import parse
 from tests.support import chat_render
@@ -73,7 +73,7 @@ def _special_ids(tok) -> dict[int, str]:
 
 
 def _guard_request_ids(tok, cfg, policy: Policy, direction: Direction, user: str, bot: str | None):
-    gp = prompt.build(policy, direction, user, bot)
+    gp = plans.build(policy, direction, user, bot)
     text = chat_render.render(cfg, gp.messages, add_generation_prompt=not gp.prefill, continue_final=bool(gp.prefill))
     return gp, text, tok.encode(text, add_special_tokens=False).ids
 

@@ -24,19 +24,22 @@ RANK: dict[str, int] = {
     "policy": 2,
     "prompt_topic": 3,
     "prompt": 4,
-    "engines.base": 5,
-    "engines.token_floor": 6, "engines.http": 6, "engines.embedded": 6,
-    "engines.factory": 7,
-    "verdict": 8,
-    "client": 9,
-    "telemetry.metrics": 11, "telemetry.audit": 11, "telemetry.tracing": 11, "telemetry.facade": 12,
-    "telemetry": 12,
+    "verdict": 5,
+    "engines.base": 6,
+    # decode plans: each builds its requests and reads its completions
+    "plans.grammar": 7, "plans.one_token": 7, "plans.answers": 8, "plans.split_output": 9, "plans": 10,
+    # engines carry the plans' requests
+    "engines.replicas": 11, "engines.http": 12, "engines.embedded": 12,
+    "engines.factory": 13,
+    "client": 14,
+    "telemetry.metrics": 16, "telemetry.audit": 16, "telemetry.tracing": 16, "telemetry.facade": 17,
+    "telemetry": 17,
     # the NeMo adapter (nemo_csr_rail/rail/, laid out like a NeMo library rail): the only package that imports NeMo
-    "rail.outcome": 13, "rail.history": 13, "rail.rail_config": 13, "rail.rail": 13,
-    "rail.runtime": 14,
-    "rail": 15, "rail.actions": 15, "rail.hooks": 15,
+    "rail.outcome": 18, "rail.history": 18, "rail.rail_config": 18, "rail.rail": 18,
+    "rail.runtime": 19,
+    "rail": 20, "rail.actions": 20, "rail.hooks": 20,
     # the files NeMo loads from import_paths: one-line re-exports of the adapter
-    "actions": 16, "config": 16,
+    "actions": 21, "config": 21,
 }
 OUTSIDE = ("cli", "eval")
 
@@ -55,7 +58,10 @@ def _imports(path: Path) -> set[str]:
             if node.module == "nemo_csr_rail":
                 out.update(alias.name for alias in node.names)  # from nemo_csr_rail import prompt
             elif node.module.startswith("nemo_csr_rail."):
-                out.add(node.module.removeprefix("nemo_csr_rail."))
+                base = node.module.removeprefix("nemo_csr_rail.")
+                for alias in node.names:  # from nemo_csr_rail.plans import grammar: the module plans.grammar
+                    sub = PKG.joinpath(*base.split("."), alias.name)
+                    out.add(f"{base}.{alias.name}" if sub.with_suffix(".py").is_file() or sub.is_dir() else base)
         elif isinstance(node, ast.Import):
             out.update(a.name.removeprefix("nemo_csr_rail.") for a in node.names if a.name.startswith("nemo_csr_rail."))
     return out

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from nemo_csr_rail import prompt
+from nemo_csr_rail import plans, prompt
 from nemo_csr_rail.policy import Direction, Policy, compile_policies
 from nemo_csr_rail.settings import PluginSettings
 from tests.support.shared import shared_dir
@@ -150,23 +150,23 @@ def test_lone_surrogates_become_replacement_chars() -> None:
 
 def test_decoding_plan_per_mode() -> None:
     p = Policy.custom("p", "x", reasoning=False)
-    gp = prompt.build(p, Direction.INPUT, "u", None)
+    gp = plans.build(p, Direction.INPUT, "u", None)
     assert gp.prefill == "Prompt harm:" and gp.regex == " (harmful|unharmful)" and gp.want_logprobs
     assert gp.messages[-1] == {"role": "assistant", "content": "Prompt harm:"}
     assert gp.stop == ("harmful",)  # end on the verdict's last token, not one <eos> step later
-    gp = prompt.build(p, Direction.OUTPUT, "u", "b")  # split: prompt verdict + response step, sent together
+    gp = plans.build(p, Direction.OUTPUT, "u", "b")  # split: prompt verdict + response step, sent together
     assert gp.split_output and gp.prefill == "Prompt harm:" and gp.regex == " (harmful|unharmful)"
-    step = prompt.response_step(gp, "unharmful")
+    step = plans.split_output.response_step(gp, "unharmful")
     assert step.messages[-1] == {"role": "assistant", "content": "Prompt harm: unharmful\nResponse harm:"}
     assert step.regex == " (harmful|unharmful)" and step.want_logprobs and step.stop == ("harmful",)
-    gp = prompt.build(p, Direction.OUTPUT, "u", "b", split_output=False)
+    gp = plans.build(p, Direction.OUTPUT, "u", "b", split_output=False)
     assert gp.regex == " (harmful|unharmful)\nResponse [hH]arm: (harmful|unharmful)"
     assert gp.stop == ("\nResponse harm: harmful", "\nResponse harm: unharmful", "\nResponse Harm: harmful",
                        "\nResponse Harm: unharmful")
-    gp = prompt.build(p, Direction.INPUT, "u", None, reasoning=True)
+    gp = plans.build(p, Direction.INPUT, "u", None, reasoning=True)
     assert gp.prefill == "" and gp.regex.startswith("<think>\\n") and gp.text.endswith("/think")
     assert not gp.want_logprobs and len(gp.messages) == 1
-    gp = prompt.build(p, Direction.INPUT, "u", None, structured=False, prefill=False)
+    gp = plans.build(p, Direction.INPUT, "u", None, structured=False, prefill=False)
     assert gp.regex is None and gp.prefill == ""
     with pytest.raises(ValueError):
-        prompt.build(p, Direction.OUTPUT, "u", None)
+        plans.build(p, Direction.OUTPUT, "u", None)

@@ -11,8 +11,7 @@ import re
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from nemo_csr_rail import prompt
-from nemo_csr_rail.client import interpret
+from nemo_csr_rail import plans, prompt
 from nemo_csr_rail.engines.base import Completion
 from nemo_csr_rail.errors import CsrError, VerdictParseError
 from nemo_csr_rail.policy import Direction, Policy
@@ -89,11 +88,11 @@ _logprob_entry = st.fixed_dictionaries({
        max_size=4)), st.sampled_from(list(Direction)), st.booleans(), st.one_of(st.none(), _junk))
 def test_interpret_raises_only_plugin_errors(text, finish, logprobs, direction, reasoning, reasoning_content) -> None:
     """Completion → verdict: whatever the server sent, the outcome is a verdict or a CsrError."""
-    gp = prompt.build(Policy.custom("p", "x", reasoning=reasoning), direction, "u",
+    gp = plans.build(Policy.custom("p", "x", reasoning=reasoning), direction, "u",
                       None if direction is Direction.INPUT else "b")
     c = Completion(text=text, finish_reason=finish, logprobs=logprobs, reasoning_content=reasoning_content)
     try:
-        v = interpret(gp, c)
+        v = plans.read(gp, c)
     except CsrError:
         return
     if v.confidence is not None:
@@ -115,8 +114,8 @@ _hostile = st.lists(st.one_of(st.text(max_size=40), st.sampled_from([
 def test_exactly_one_conversation_block_in_every_layout(user, bot, taxonomy, reasoning, prefill) -> None:
     policy = Policy.taxonomy() if taxonomy else Policy.custom("p", "No politics.")
     direction = Direction.INPUT if bot is None else Direction.OUTPUT
-    gp = prompt.build(policy, direction, user, bot, reasoning=reasoning, prefill=prefill)
-    ref = prompt.build(policy, direction, "U", None if bot is None else "B", reasoning=reasoning, prefill=prefill)
+    gp = plans.build(policy, direction, user, bot, reasoning=reasoning, prefill=prefill)
+    ref = plans.build(policy, direction, "U", None if bot is None else "B", reasoning=reasoning, prefill=prefill)
     head, rest = ref.text.split("Human user:\nU\n\nAI assistant:\n", 1)
     tail = rest.split("\n\n", 1)[1] if bot is not None else rest[len("None\n\n"):]
     middle = f"Human user:\n{prompt.neutralize(user)}\n\nAI assistant:\n" + (

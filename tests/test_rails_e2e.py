@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from nemo_csr_rail import prompt as prompts
+from nemo_csr_rail import plans
 from nemo_csr_rail.policy import Direction
 from tests.e2e_helpers import ask, csr_outcomes, expected_prompt, guard_texts, rails_for
 from tests.support.rails_configs import GUARD_MODEL, V2_MAIN_FLOW, write_config
@@ -125,8 +125,8 @@ def test_exact_request_for_each_layout(tmp_path, guard, main_llm):
     for name in ("retail", "safety", "retail_fast"):
         for d, bot in ((Direction.INPUT, None), (Direction.OUTPUT, HELLO)):
             gp = expected_prompt(PLUGIN, name, d, "Where is my order?", bot)
-            plans = [gp, prompts.response_step(gp, "unharmful")] if gp.split_output else [gp]
-            for plan in plans:
+            requests = [gp, plans.split_output.response_step(gp, "unharmful")] if gp.split_output else [gp]
+            for plan in requests:
                 body = got[(plan.text, plan.messages[-1]["content"])]
                 assert body["model"] == GUARD_MODEL and body["temperature"] == 0.0
                 assert body["messages"] == plan.messages

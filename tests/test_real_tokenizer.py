@@ -21,7 +21,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from nemo_csr_rail import prompt
+from nemo_csr_rail import plans, prompt
 from nemo_csr_rail.cli.serve_cmd import CPU_MAX_MODEL_LEN, GPU_MAX_MODEL_LEN
 from nemo_csr_rail.long_input import ELLIPSIS, excerpt
 from nemo_csr_rail.policy import Direction
@@ -62,7 +62,7 @@ def test_it_is_the_real_gemma3_vocabulary(gemma):
 @pytest.mark.parametrize(("layout", "direction", "reasoning"), list(LAYOUT_TOKENS))
 def test_exact_token_count_of_every_card_layout(gemma, layout, direction, reasoning):
     d = Direction(direction)
-    gp = prompt.build(LAYOUTS[layout], d, USER, BOT if d is Direction.OUTPUT else None, reasoning=reasoning)
+    gp = plans.build(LAYOUTS[layout], d, USER, BOT if d is Direction.OUTPUT else None, reasoning=reasoning)
     n = len(_ids(gemma, [{"role": "user", "content": gp.text}], prefill=False))
     assert n == LAYOUT_TOKENS[(layout, direction, reasoning)]
     # What the plugin actually sends adds only its prefill's own tokens (the template's "\n" piece ends the turn
@@ -70,7 +70,7 @@ def test_exact_token_count_of_every_card_layout(gemma, layout, direction, reason
     sent = len(_ids(gemma, gp.messages, prefill=bool(gp.prefill)))
     assert sent == n + (_count(gemma, gp.prefill) if gp.prefill else 0)
     if gp.split_output:
-        step = prompt.response_step(gp, "unharmful")
+        step = plans.split_output.response_step(gp, "unharmful")
         assert len(_ids(gemma, step.messages, prefill=True)) == n + _count(gemma, step.prefill)
 
 
@@ -125,7 +125,7 @@ def test_no_chat_structure_piece_is_reachable_from_user_or_bot_text(gemma):
         reasoning = k % 2 == 0
         policy = LAYOUTS["AB"[(k // 2) % 2]]
         user, bot = _slot(piece)
-        gp = prompt.build(policy, Direction.OUTPUT, user, bot, reasoning=reasoning)
+        gp = plans.build(policy, Direction.OUTPUT, user, bot, reasoning=reasoning)
         texts.append(chat_render.render(cfg, gp.messages, add_generation_prompt=not gp.prefill,
                                         continue_final=bool(gp.prefill)))
         cases.append((i, piece, kind))
@@ -156,7 +156,7 @@ def test_no_composition_of_pieces_reaches_chat_structure(gemma, text):
     """Pieces glued to each other and to arbitrary text (``<<start_of_turn>``, ``[[multimodal]]``…)."""
     tok, cfg = gemma
     structure = real_gemma.chat_structure_ids()
-    gp = prompt.build(LAYOUTS["B"], Direction.OUTPUT, text or "x", text or "y", reasoning=False)
+    gp = plans.build(LAYOUTS["B"], Direction.OUTPUT, text or "x", text or "y", reasoning=False)
     ids = chat_render.request_ids(tok, cfg, gp.messages, prefill=True)
     assert [structure[t] for t in ids if t in structure] == ["<bos>", "<start_of_turn>", "<end_of_turn>",
                                                               "<start_of_turn>"]
@@ -196,7 +196,7 @@ def test_token_density_of_8000_characters(gemma):
 
 def _layout_tokens(gemma, direction: Direction, user: str, bot: str | None) -> int:
     """Tokens of the largest built-in layout (taxonomy, reasoning on) holding this conversation."""
-    gp = prompt.build(LAYOUTS["A"], direction, user, bot, reasoning=True)
+    gp = plans.build(LAYOUTS["A"], direction, user, bot, reasoning=True)
     return len(_ids(gemma, [{"role": "user", "content": gp.text}], prefill=False))
 
 

@@ -185,7 +185,7 @@ async def test_retry_after_from_one_replica_is_honoured_after_another_fails() ->
     with StandIn() as a:
         a.inject(Fault(kind="status", status=429, headers={"Retry-After": "0.6"}, body=error_body(429, "slow down")))
         engine = VllmHttpEngine([a.url, dead], GUARD_MODEL, breaker_threshold=99)
-        engine._next = 0  # a first, then the dead one
+        engine.replicas._next = 0  # a first, then the dead one
         t0 = time.monotonic()
         prompt = CsrClient(a.url).build_prompt(Policy.custom("p", "x"), Direction.INPUT, "hi", None, False)
         await engine.complete(prompt, timeout_s=3.0)

@@ -8,6 +8,7 @@ import sys
 
 import pytest
 
+from nemo_csr_rail import plans
 from nemo_csr_rail.cli import serve_cmd
 from nemo_csr_rail.cli.main import main
 from nemo_csr_rail.cli.serve_cmd import vllm_command
@@ -117,15 +118,14 @@ def test_health_url_and_detection():
 def test_warm_grammars_compiles_every_grammar_the_plugin_sends(guard):
     """After /health, serve sends one tiny request per grammar (vLLM caches compiled grammars), so the bounded
     reasoning-on grammar (~13 s to compile on the real vocabulary) never costs a user's first check."""
-    from nemo_csr_rail import prompt
     from nemo_csr_rail.policy import Direction, Policy
 
     assert serve_cmd.warm_grammars(guard.root, NAME, None) == []
     sent = {r["structured_outputs"]["regex"] for r in guard.chat_requests() if r.get("structured_outputs")}
     for d in Direction:
-        gp = prompt.build(Policy.custom("p", "x"), d, "u", "b" if d is Direction.OUTPUT else None, reasoning=True)
+        gp = plans.build(Policy.custom("p", "x"), d, "u", "b" if d is Direction.OUTPUT else None, reasoning=True)
         assert gp.regex in sent, d
-        assert gp.regex.startswith(prompt.THINK_REGEX)
+        assert gp.regex.startswith(plans.grammar.THINK_REGEX)
     assert len(sent) == 2
 
 

@@ -1,4 +1,4 @@
-"""The one-token floor (nemo_csr_rail/engines/token_floor.py): when it is used, when it falls back, what it sends.
+"""The one-token floor (nemo_csr_rail/plans/one_token.py): when it is used, when it falls back, what it sends.
 
 Unit tests of the decision on token sequences, then end to end on the vLLM-shaped stand-in, which tokenizes with
 Google's real Gemma 3 tokenizer (`` harmful`` = 27583; `` unharmful`` = `` un`` 723, ``harm``, ``ful``).
@@ -12,12 +12,11 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from nemo_csr_rail import prompt as prompts
-from nemo_csr_rail import verdict as verdicts
+from nemo_csr_rail import plans
 from nemo_csr_rail.client import CsrClient
-from nemo_csr_rail.engines import token_floor as tf
 from nemo_csr_rail.engines.base import Completion
 from nemo_csr_rail.errors import VerdictParseError
+from nemo_csr_rail.plans import one_token as tf
 from nemo_csr_rail.policy import Direction, Policy
 from tests.support.standin import Fault, StandIn, encode
 
@@ -87,29 +86,29 @@ def _entry(token: str, lp: float, tops: list[tuple[str, float]]) -> dict:
 
 
 def test_read_maps_the_token_to_its_verdict_and_keeps_both_logprobs():
-    c = tf.read(PLAN, Completion(text=" un", logprobs=[_entry("token_id:723", -1.0, [("token_id:27583", -3.0),
+    c = tf.as_word(PLAN, Completion(text=" un", logprobs=[_entry("token_id:723", -1.0, [("token_id:27583", -3.0),
                                                                                       ("token_id:723", -1.0)])]))
     assert c.text == " unharmful" and c.decode_plan == "one_token"
     assert c.verdict_logprobs == {" unharmful": -1.0, " harmful": -3.0}
-    assert verdicts.confidence_from_choices(c.verdict_logprobs) == pytest.approx(1 / (1 + math.e ** 2))
+    assert plans.one_token.confidence(c.verdict_logprobs) == pytest.approx(1 / (1 + math.e ** 2))
 
 
 def test_read_without_the_losing_candidate_leaves_confidence_unknown():
-    c = tf.read(PLAN, Completion(text=" harmful", logprobs=[_entry(" harmful", -0.2, [(" harmful", -0.2),
+    c = tf.as_word(PLAN, Completion(text=" harmful", logprobs=[_entry(" harmful", -0.2, [(" harmful", -0.2),
                                                                                        (" ", -2.0)])]))
     assert c.text == " harmful" and c.verdict_logprobs == {" harmful": -0.2}
-    assert verdicts.confidence_from_choices(c.verdict_logprobs) is None
+    assert plans.one_token.confidence(c.verdict_logprobs) is None
 
 
 @given(st.text(max_size=12))
 def test_read_passes_any_other_token_through_unmapped(text):
-    c = tf.read(PLAN, Completion(text=text))
+    c = tf.as_word(PLAN, Completion(text=text))
     assert c.text == ({" harmful": " harmful", " un": " unharmful"}.get(text, text))
 
 
 @given(st.floats(-50, 0), st.floats(-50, 0))
 def test_confidence_from_choices_is_the_pair_renormalised(lh, lu):
-    p = verdicts.confidence_from_choices({" harmful": lh, " unharmful": lu})
+    p = plans.one_token.confidence({" harmful": lh, " unharmful": lu})
     assert p is not None and 0.0 <= p <= 1.0
     assert p == pytest.approx(math.exp(lh) / (math.exp(lh) + math.exp(lu)), abs=1e-9)
     if abs(lh - lu) > 1e-9:
@@ -117,14 +116,14 @@ def test_confidence_from_choices_is_the_pair_renormalised(lh, lu):
 
 
 def test_the_prompt_marks_exactly_the_bare_verdict_requests():
-    inp = prompts.build(POLICY, Direction.INPUT, "hi", None)
-    half = prompts.build(POLICY, Direction.OUTPUT, "hi", "ok")
+    inp = plans.build(POLICY, Direction.INPUT, "hi", None)
+    half = plans.build(POLICY, Direction.OUTPUT, "hi", "ok")
     assert inp.verdict_choices == WORDS and half.verdict_choices == WORDS
-    assert prompts.response_step(half, "unharmful").verdict_choices == WORDS
-    assert prompts.build(POLICY, Direction.OUTPUT, "hi", "ok", split_output=False).verdict_choices == ()
-    assert prompts.build(POLICY, Direction.INPUT, "hi", None, reasoning=True).verdict_choices == ()
-    assert prompts.build(POLICY, Direction.INPUT, "hi", None, prefill=False).verdict_choices == ()
-    assert prompts.build(POLICY, Direction.INPUT, "hi", None, structured=False).verdict_choices == ()
+    assert plans.split_output.response_step(half, "unharmful").verdict_choices == WORDS
+    assert plans.build(POLICY, Direction.OUTPUT, "hi", "ok", split_output=False).verdict_choices == ()
+    assert plans.build(POLICY, Direction.INPUT, "hi", None, reasoning=True).verdict_choices == ()
+    assert plans.build(POLICY, Direction.INPUT, "hi", None, prefill=False).verdict_choices == ()
+    assert plans.build(POLICY, Direction.INPUT, "hi", None, structured=False).verdict_choices == ()
 
 
 # ------------------------------------------------------------------------------------------------ end to end

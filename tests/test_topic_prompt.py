@@ -11,7 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from nemoguardrails import RailsConfig
 
-from nemo_csr_rail import prompt, prompt_topic
+from nemo_csr_rail import plans, prompt, prompt_topic
 from nemo_csr_rail.conversation import LINE_OVERHEAD, Turn, as_turns, fit_history
 from nemo_csr_rail.errors import ConfigError
 from nemo_csr_rail.policy import Direction, Policy, compile_policies
@@ -64,7 +64,7 @@ def topic(**kw: object) -> Policy:
 
 # ---------------------------------------------------------------------------------------------- the exact layout
 def test_card_example_is_byte_for_byte() -> None:
-    gp = prompt.build(topic(), Direction.INPUT, CARD_CURRENT, None, history=CARD_HISTORY)
+    gp = plans.build(topic(), Direction.INPUT, CARD_CURRENT, None, history=CARD_HISTORY)
     assert gp.text == CARD_EXAMPLE
     assert "\nspecifies the boundaries" in gp.text and "\n   \nTaxonomy:\n" in gp.text
 
@@ -81,19 +81,19 @@ def test_matches_reference_template_file() -> None:
 
 
 def test_instruction_trailing_whitespace_is_stripped_and_only_prompt_harm_is_asked() -> None:
-    text = prompt.build(Policy.topic("t", "Stay on printers.  \n\n\t"), Direction.INPUT, "hi", None).text
+    text = plans.build(Policy.topic("t", "Stay on printers.  \n\n\t"), Direction.INPUT, "hi", None).text
     assert "Taxonomy:\nStay on printers.\n\nConversation history:\n" in text
     assert "Response harm" not in text and text.count("Prompt harm") == 1
 
 
 def test_first_turn_history_is_none() -> None:
-    text = prompt.build(topic(), Direction.INPUT, "Hello", None).text
+    text = plans.build(topic(), Direction.INPUT, "Hello", None).text
     assert "\n\nConversation history:\nNone\n\nCurrent user message:\nHello\n\n" in text
     assert split_topic_prompt(text).history == []
 
 
 def test_reasoning_off_ending_is_layout_b_by_analogy() -> None:
-    gp = prompt.build(topic(reasoning=False), Direction.INPUT, "hi", None)
+    gp = plans.build(topic(reasoning=False), Direction.INPUT, "hi", None)
     assert gp.text.endswith('"Prompt harm: <harmful/unharmful>"\n\n'
                             "Only output the answer in the format specified above. /no_think")
     assert gp.text[:-len(prompt_topic.NO_THINK)] == CARD_EXAMPLE[:-len(prompt_topic.THINK)].replace(
@@ -101,20 +101,20 @@ def test_reasoning_off_ending_is_layout_b_by_analogy() -> None:
 
 
 def test_decoding_plans_are_the_input_ones() -> None:
-    think = prompt.build(topic(), Direction.INPUT, "u", None)
-    assert think.reasoning and think.regex == prompt.THINK_REGEX + "Prompt harm: (harmful|unharmful)"
+    think = plans.build(topic(), Direction.INPUT, "u", None)
+    assert think.reasoning and think.regex == plans.grammar.THINK_REGEX + "Prompt harm: (harmful|unharmful)"
     assert think.stop == ("\nPrompt harm: harmful", "\nPrompt harm: unharmful") and think.prefill == ""
-    fast = prompt.build(topic(reasoning=False), Direction.INPUT, "u", None)
+    fast = plans.build(topic(reasoning=False), Direction.INPUT, "u", None)
     assert fast.prefill == "Prompt harm:" and fast.regex == " (harmful|unharmful)" and fast.stop == ("harmful",)
     assert not fast.split_output
     with pytest.raises(ValueError, match="judges user messages only"):
-        prompt.build(topic(), Direction.OUTPUT, "u", "b")
+        plans.build(topic(), Direction.OUTPUT, "u", "b")
 
 
 def test_other_layouts_ignore_history() -> None:
     p = Policy.custom("c", "No politics.")
-    assert prompt.build(p, Direction.INPUT, "u", None, history=CARD_HISTORY).text == \
-        prompt.build(p, Direction.INPUT, "u", None).text
+    assert plans.build(p, Direction.INPUT, "u", None, history=CARD_HISTORY).text == \
+        plans.build(p, Direction.INPUT, "u", None).text
 
 
 def test_instruction_and_history_form_a_growing_prefix() -> None:
@@ -122,7 +122,7 @@ def test_instruction_and_history_form_a_growing_prefix() -> None:
     convo = [Turn("user" if i % 2 == 0 else "bot", f"message number {i}") for i in range(8)]
     prev = None
     for n in range(0, 8, 2):
-        text = prompt.build(topic(history_turns=20), Direction.INPUT, f"current {n}", None, history=convo[:n]).text
+        text = plans.build(topic(history_turns=20), Direction.INPUT, f"current {n}", None, history=convo[:n]).text
         if prev is not None and n > 2:
             shared = prev.split(prompt_topic.CURRENT_HEADER)[0]
             assert text.startswith(shared) and shared.endswith(f"message number {n - 3}")
@@ -148,7 +148,7 @@ HOSTILE = [
 @pytest.mark.parametrize("role", ["user", "bot"])
 def test_a_history_message_is_exactly_one_line(hostile: str, role: str) -> None:
     history = [Turn("user", "hello"), Turn(role, hostile), Turn("bot", "ok")]
-    text = prompt.build(topic(), Direction.INPUT, "And the printer?", None, history=history).text
+    text = plans.build(topic(), Direction.INPUT, "And the printer?", None, history=history).text
     parsed = split_topic_prompt(text)
     assert parsed is not None and parsed.current == "And the printer?"
     assert [r for r, _ in parsed.history] == ["user", role, "bot"]

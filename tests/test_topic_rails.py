@@ -13,8 +13,7 @@ from typing import Any
 import httpx
 import pytest
 
-from nemo_csr_rail import CsrClient, Policy
-from nemo_csr_rail import prompt as prompts
+from nemo_csr_rail import CsrClient, Policy, plans
 from nemo_csr_rail.conversation import Turn
 from nemo_csr_rail.policy import Direction, compile_policies
 from nemo_csr_rail.rail import runtime_for
@@ -46,7 +45,7 @@ HISTORY = [Turn("user" if m["role"] == "user" else "bot", m["content"]) for m in
 
 def expected(policy: str, current: str, history: list[Turn], **plugin_extra: Any) -> str:
     pol = compile_policies(PluginSettings.model_validate({**PLUGIN, **plugin_extra}))[policy]
-    return prompts.build(pol, Direction.INPUT, current, None, history=history).text
+    return plans.build(pol, Direction.INPUT, current, None, history=history).text
 
 
 def v1(tmp_path, guard, main_llm, policy: str = "support", **plugin_extra: Any):
@@ -248,7 +247,7 @@ async def test_plain_client_takes_the_history(guard):
     async with CsrClient(base_url=guard.url, model=guard.model) as client:
         v = await client.classify(policy, "It's an HP LaserJet", history=CONVO)
         assert v.prompt_harm == "unharmful" and v.reasoning
-        assert guard_texts(guard)[-1] == prompts.build(policy, Direction.INPUT, "It's an HP LaserJet", None,
+        assert guard_texts(guard)[-1] == plans.build(policy, Direction.INPUT, "It's an HP LaserJet", None,
                                                        history=HISTORY).text
         res = await client.check(Policy.topic("support", SUPPORT, history_turns=3, reasoning=False),
                                  Direction.INPUT, "vote now?", None, history=HISTORY)

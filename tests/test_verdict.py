@@ -10,8 +10,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from nemo_csr_rail.errors import VerdictParseError
+from nemo_csr_rail.plans.grammar import confidence as confidence_from_logprobs
 from nemo_csr_rail.policy import Direction
-from nemo_csr_rail.verdict import confidence_from_logprobs, parse
+from nemo_csr_rail.verdict import parse
 
 
 @pytest.mark.parametrize(

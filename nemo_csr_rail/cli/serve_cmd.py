@@ -213,8 +213,8 @@ def warm_grammars(root: str, served_model_name: str, api_key: str | None, timeou
     """Compile the plugin's reasoning-on grammars on the fresh server (vLLM caches them), so no user's first
     reasoning-on check waits for (or fails on) the compile; the reasoning-off ones are finite sets that compile in
     milliseconds. Returns what could not be warmed; the server is usable either way."""
+    from nemo_csr_rail.plans import build
     from nemo_csr_rail.policy import Direction, Policy
-    from nemo_csr_rail.prompt import build
 
     prompts = [build(Policy.custom("warm-up", "No topic is off limits."), d, "Hello.",
                      "Hello!" if d is Direction.OUTPUT else None, reasoning=True) for d in Direction]

@@ -7,7 +7,7 @@ embedded paths behaviourally identical.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
 
 from nemo_csr_rail.prompt import GuardPrompt
@@ -23,9 +23,8 @@ class Completion:
     completion_tokens: int | None = None
     cached_tokens: int | None = None
     endpoint: str = ""
-    extra: dict[str, Any] = field(default_factory=dict)
     #: how the answer was decoded: "grammar" (structured output + stop strings) or "one_token" (the first token of
-    #: a verdict, chosen among exactly two: :mod:`nemo_csr_rail.engines.token_floor`)
+    #: a verdict, chosen among exactly two: :mod:`nemo_csr_rail.plans.one_token`)
     decode_plan: str = "grammar"
     #: one_token plan: the raw logprob of each verdict's first token that the server reported (word -> logprob)
     verdict_logprobs: dict[str, float] | None = None

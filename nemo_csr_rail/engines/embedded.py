@@ -8,7 +8,7 @@ the vLLM HTTP engine, so the client, parser and rails cannot tell them apart:
   ``<start_of_turn>model\\nPrompt harm:``) and the text returned is only the continuation;
 * greedy decoding up to ``max_tokens``, stopping at the model's end-of-turn / end-of-sequence tokens;
 * a bare-verdict prompt (``prompt.verdict_choices``) is decided like the HTTP engine's one-token plan
-  (:mod:`nemo_csr_rail.engines.token_floor`): one forward pass over the prompt, the two verdicts' first-token
+  (:mod:`nemo_csr_rail.plans.one_token`): one forward pass over the prompt, the two verdicts' first-token
   logits compared, no generate loop;
 * ``prompt.regex`` is enforced token by token (:mod:`nemo_csr_rail.engines.constrain`), so the verdict parses
   even with random weights; ``logprobs`` come back in OpenAI's ``logprobs.content`` shape, over the allowed tokens
@@ -30,10 +30,10 @@ from pathlib import Path
 from typing import Any
 
 from nemo_csr_rail import weights
-from nemo_csr_rail.engines import token_floor
 from nemo_csr_rail.engines.base import Completion
 from nemo_csr_rail.engines.constrain import Grammar, Matcher, Unsupported
 from nemo_csr_rail.errors import CsrError, EngineUnavailable, GuardTimeout, InputTooLong
+from nemo_csr_rail.plans import one_token
 from nemo_csr_rail.prompt import GuardPrompt
 
 TOP_LOGPROBS = 5
@@ -136,7 +136,7 @@ class _Loaded:
     grammars: dict[str, Grammar]
     lock: threading.Lock
     cache_arg: str  # the forward() argument that carries the KV cache (see _cache_arg)
-    plans: dict[str, token_floor.Decision] = field(default_factory=dict)  # one-token plan per prefill
+    plans: dict[str, one_token.Decision] = field(default_factory=dict)  # one-token plan per prefill
 
 
 _MODELS: dict[tuple[str, str, str], _Loaded] = {}
@@ -319,7 +319,7 @@ class EmbeddedEngine:
             cancel.set()  # the worker stops at its next token; a load in progress finishes for the next check
             raise
 
-    def one_token_plan(self, prompt: GuardPrompt) -> token_floor.Decision | None:
+    def one_token_plan(self, prompt: GuardPrompt) -> one_token.Decision | None:
         """The one-token plan for this prompt's prefill with this model's tokenizer (None: not a bare verdict)."""
         if not prompt.verdict_choices or not prompt.prefill:
             return None
@@ -327,7 +327,7 @@ class EmbeddedEngine:
         hit = m.plans.get(prompt.prefill)
         if hit is None:
             def ids(content: str) -> list[int]:
-                msgs = [{"role": "user", "content": token_floor.PROBE_USER}, {"role": "assistant", "content": content}]
+                msgs = [{"role": "user", "content": one_token.PROBE_USER}, {"role": "assistant", "content": content}]
                 text = m.tokenizer.apply_chat_template(msgs, tokenize=False, add_generation_prompt=False,
                                                        continue_final_message=True)
                 return list(m.tokenizer(text, add_special_tokens=False)["input_ids"])
@@ -336,7 +336,7 @@ class EmbeddedEngine:
                 data = m.table[tid] if 0 <= tid < len(m.table) else None
                 return data.decode("utf-8", errors="replace") if data else None
 
-            hit = m.plans[prompt.prefill] = token_floor.decide(
+            hit = m.plans[prompt.prefill] = one_token.decide(
                 prompt.verdict_choices, ids(prompt.prefill), [ids(prompt.prefill + w) for w in prompt.verdict_choices],
                 piece)
         return hit
@@ -345,7 +345,7 @@ class EmbeddedEngine:
         m = self.load()
         ids = self.prompt_ids(prompt)
         plan = self.one_token_plan(prompt)
-        plan = plan if isinstance(plan, token_floor.OneTokenPlan) else None
+        plan = plan if isinstance(plan, one_token.OneTokenPlan) else None
         answer = 1 if plan is not None else prompt.max_tokens
         max_len = min(m.max_len, self.max_model_len) if self.max_model_len else m.max_len
         if len(ids) + answer > max_len:
@@ -369,7 +369,7 @@ class EmbeddedEngine:
                     + ("; the model does not fit this device's memory: use a smaller dtype or engine: http" if oom else "")
                 ) from None
 
-    def _first_token(self, m: _Loaded, prompt: GuardPrompt, plan: token_floor.OneTokenPlan,
+    def _first_token(self, m: _Loaded, prompt: GuardPrompt, plan: one_token.OneTokenPlan,
                      ids: list[int]) -> Completion:
         """One forward pass; the verdict whose first token has the larger logit. The logprobs are over the whole
         vocabulary (raw), as vLLM reports them; on an exact tie the lower token id wins, as vLLM's argmax does."""
@@ -388,10 +388,8 @@ class EmbeddedEngine:
             entries = [self._entry(m, plan.token_ids[best], lps[best], tops)]
         return Completion(
             text=plan.words[best], finish_reason="length", logprobs=entries, prompt_tokens=len(ids),
-            completion_tokens=1, endpoint=self.endpoint, decode_plan=token_floor.ONE_TOKEN,
-            verdict_logprobs=dict(zip(plan.words, lps, strict=True)),
-            extra={"engine": "embedded", "device": m.device, "dtype": str(m.dtype).removeprefix("torch."),
-                   "constrained": True})
+            completion_tokens=1, endpoint=self.endpoint, decode_plan=one_token.ONE_TOKEN,
+            verdict_logprobs=dict(zip(plan.words, lps, strict=True)))
 
     def _generate(self, m: _Loaded, prompt: GuardPrompt, ids: list[int], deadline: float,
                   cancel: threading.Event) -> Completion:
@@ -460,8 +458,6 @@ class EmbeddedEngine:
             prompt_tokens=len(ids),
             completion_tokens=n_out,
             endpoint=self.endpoint,
-            extra={"engine": "embedded", "device": m.device, "dtype": str(m.dtype).removeprefix("torch."),
-                   "constrained": matcher is not None},
         )
 
     def _pick(self, m: _Loaded, logits: Any, matcher: Matcher | None,

@@ -1,8 +1,9 @@
-"""The vLLM (OpenAI-compatible) HTTP engine.
+"""The vLLM (OpenAI-compatible) HTTP engine: carries a plan's requests to ``/v1/chat/completions``.
 
-One pooled ``httpx.AsyncClient`` per event loop (connections are loop-bound), reused by every check; retries only
-for faults that a retry can fix, with jittered backoff, always inside the caller's deadline; replicas are tried in
-turn with a small circuit breaker so a dead one stops costing a connect timeout per check.
+One pooled ``httpx.AsyncClient`` per event loop (connections are loop-bound), reused by every check; HTTP faults
+mapped to the package's errors; which replica gets an attempt and when to retry is
+:mod:`nemo_csr_rail.engines.replicas`; where a request is one-token eligible, the per-replica look-up and the
+request's shape come from :mod:`nemo_csr_rail.plans.one_token`, this module only carries its calls.
 """
 
 from __future__ import annotations
@@ -10,18 +11,19 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import random
 import ssl
 import time
 import weakref
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
 from typing import Any, Literal
 
 import httpx
 
-from nemo_csr_rail.engines import token_floor
-from nemo_csr_rail.engines.base import Attempt, Completion, Instrument
+from nemo_csr_rail.engines.base import Completion, Instrument
+from nemo_csr_rail.engines.replicas import ReplicaSet
+from nemo_csr_rail.engines.replicas import (
+    attempt_status as attempt_status,  # re-exported: telemetry tests use it
+)
 from nemo_csr_rail.engines.transport import BufferedBackend, BufferedTransport
 from nemo_csr_rail.errors import (
     ConfigError,
@@ -33,35 +35,11 @@ from nemo_csr_rail.errors import (
     GuardUnavailable,
     InputTooLong,
 )
+from nemo_csr_rail.plans import one_token
 from nemo_csr_rail.prompt import GuardPrompt
 
 TOP_LOGPROBS = 5
 _CONTEXT_MARKERS = ("maximum context length", "context length", "too long", "max_model_len")
-
-
-@dataclass
-class _Replica:
-    """One base URL and its circuit breaker: closed → open (after ``threshold`` consecutive failures) → half-open
-    (after ``cooldown_s``: exactly one probe request at a time) → closed on the probe's success, open again on failure.
-    """
-
-    base_url: str
-    failures: int = 0
-    open_until: float = 0.0
-    probing: bool = False
-
-    def state(self, now: float) -> str:
-        if self.open_until == 0.0:
-            return "closed"
-        return "open" if now < self.open_until else "half_open"
-
-    def record(self, ok: bool, *, threshold: int, cooldown_s: float) -> None:
-        if ok:
-            self.failures, self.open_until = 0, 0.0
-            return
-        self.failures += 1
-        if self.failures >= threshold or self.open_until:
-            self.open_until = time.monotonic() + cooldown_s
 
 
 def _error_message(resp: httpx.Response) -> str:
@@ -90,18 +68,6 @@ def _status_error(resp: httpx.Response, model: str) -> CsrError:
         404: f" (is the server serving model {model!r}? compare with /v1/models or vLLM's --served-model-name)",
     }.get(status, "")
     return GuardHTTPError(status, msg + hint)
-
-
-def attempt_status(exc: BaseException | None) -> str:
-    """How one request ended, for :class:`Attempt`: the HTTP status, or the failure that left none."""
-    if isinstance(exc, GuardHTTPError):
-        return str(exc.status)
-    for kind, status in ((InputTooLong, "400"), (GuardTLSError, "tls_error"), (GuardTimeout, "timeout"),
-                         (GuardUnavailable, "unreachable"), (GuardProtocolError, "protocol_error"),
-                         (ConfigError, "config_error")):
-        if isinstance(exc, kind):
-            return status
-    return "error"
 
 
 def _retry_after(resp: httpx.Response) -> float | None:
@@ -161,10 +127,6 @@ class _Pool:
             self.inflight[i] -= 1
 
 
-class _Retry(Exception):
-    """Internal: this replica failed in a way another attempt may fix."""
-
-
 class VllmHttpEngine:
     """Talks to vLLM's ``/v1/chat/completions``. Safe to share across coroutines and event loops."""
 
@@ -183,27 +145,23 @@ class VllmHttpEngine:
         breaker_cooldown_s: float = 2.0,
         transport: Literal["buffered", "httpx"] = "buffered",
     ) -> None:
-        if not base_urls:
-            raise ValueError("at least one base_url is required")
         self.model = model
-        self._replicas = [_Replica(u.rstrip("/")) for u in base_urls]
+        self.replicas = ReplicaSet(base_urls, max_retries=max_retries, breaker_threshold=breaker_threshold,
+                                   breaker_cooldown_s=breaker_cooldown_s)
         self._api_key = api_key
-        self._max_retries = max_retries
         self._max_concurrency = max_concurrency
         self._verify = verify
-        self._breaker = (breaker_threshold, breaker_cooldown_s)
         if transport not in ("buffered", "httpx"):
             raise ValueError(f"transport must be 'buffered' or 'httpx', not {transport!r}")
         self._transport = transport
-        self._next = 0
-        self._plans = token_floor.PlanCache()  # one-token plan per (replica, prefill), looked up once
+        self._plans = one_token.PlanCache()  # one-token plan per (replica, prefill), looked up once
         self._per_loop: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _Pool] = weakref.WeakKeyDictionary()
         #: telemetry's hook (nemo_csr_rail.telemetry): per-request reports and trace headers; None = not observed
         self.instrument: Instrument | None = None
 
     @property
     def base_urls(self) -> tuple[str, ...]:
-        return tuple(r.base_url for r in self._replicas)
+        return self.replicas.base_urls
 
     def _client(self) -> _Pool:
         loop = asyncio.get_running_loop()
@@ -253,16 +211,8 @@ class VllmHttpEngine:
             body["include_stop_str_in_output"] = True
         return body
 
-    def _order(self) -> list[_Replica]:
-        """Replicas in round-robin order, starting one further on each call (spreads load across replicas)."""
-        n = len(self._replicas)
-        start = self._next % n
-        self._next += 1
-        return self._replicas[start:] + self._replicas[:start]
-
     def breaker_states(self) -> dict[str, str]:
-        now = time.monotonic()
-        return {r.base_url: r.state(now) for r in self._replicas}
+        return self.replicas.breaker_states()
 
     async def complete(self, prompt: GuardPrompt, *, timeout_s: float) -> Completion:
         deadline = time.monotonic() + timeout_s
@@ -277,124 +227,40 @@ class VllmHttpEngine:
                                    f"{self._max_concurrency} request slots (max_concurrency)") from None
         else:
             await sem.acquire()
+
+        async def send(base_url: str, budget: float) -> Completion:
+            with pool.lease() as client:
+                try:  # httpx's timeouts are per read: this bounds the whole response
+                    return await asyncio.wait_for(self._decode(client, base_url, body, budget, prompt), budget)
+                except asyncio.TimeoutError:
+                    raise GuardTimeout(f"guard server at {base_url} did not answer in time") from None
+
         try:
-            return await self._attempts(pool, body, deadline, timeout_s, prompt)
+            return await self.replicas.run(send, deadline=deadline, timeout_s=timeout_s, instrument=self.instrument)
         finally:
             sem.release()
 
-    async def _attempts(self, pool: _Pool, body: dict[str, Any], deadline: float, timeout_s: float,
-                        prompt: GuardPrompt | None = None) -> Completion:
-        threshold, cooldown = self._breaker
-        last: CsrError | None = None
-        retry_after = 0.0  # the longest Retry-After of the current round, whichever replica sent it
-        attempt = 0
-        sent = 0
-
-        async def observed(replica: _Replica, share: int) -> Completion:
-            """``attempt_on``, reported to the instrument (if any) once the breaker has recorded the result."""
-            nonlocal sent
-            instrument = self.instrument
-            if instrument is None:
-                return await attempt_on(replica, share)
-            retry, sent = sent > 0, sent + 1
-            before, status, t0 = replica.state(time.monotonic()), "cancelled", time.perf_counter()
-            try:
-                result = await attempt_on(replica, share)
-                status = "200"
-                return result
-            except _Retry:
-                status = attempt_status(last)
-                raise
-            except CsrError as exc:
-                status = attempt_status(exc)
-                raise
-            finally:
-                with contextlib.suppress(Exception):
-                    instrument.attempt(Attempt(replica.base_url, status, time.perf_counter() - t0, retry, before,
-                                               replica.state(time.monotonic())))
-
-        async def attempt_on(replica: _Replica, share: int) -> Completion:
-            """One request to ``replica``, with 1/``share`` of the time left: when other replicas are still to be
-            tried this round, a replica that hangs (or drops connection attempts) must leave them time to answer."""
-            nonlocal last, retry_after
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                raise GuardTimeout(f"guard check exceeded {timeout_s:g}s" + (f" (last error: {last.message})" if last else ""))
-            budget = remaining / share
-            try:
-                with pool.lease() as client:
-                    try:
-                        result = await asyncio.wait_for(self._decode(client, replica.base_url, body, budget, prompt),
-                                                        budget)
-                    except asyncio.TimeoutError:  # httpx's timeouts are per read: this bounds the whole response
-                        raise GuardTimeout(f"guard server at {replica.base_url} did not answer in time") from None
-            except (GuardUnavailable, GuardHTTPError, GuardTimeout) as exc:
-                last = exc
-                if isinstance(exc, GuardTLSError) or (isinstance(exc, GuardHTTPError) and not exc.retryable):
-                    raise  # the server is up and answered; no retry can change this
-                replica.record(False, threshold=threshold, cooldown_s=cooldown)
-                retry_after = max(retry_after, getattr(exc, "retry_after", None) or 0.0)
-                if isinstance(exc, GuardTimeout) and share == 1:
-                    raise  # the whole remaining budget was spent on this attempt
-                raise _Retry() from None
-            except CsrError:
-                replica.record(True, threshold=threshold, cooldown_s=cooldown)  # it answered: it is alive
-                raise
-            replica.record(True, threshold=threshold, cooldown_s=cooldown)
-            return result
-
-        while True:
-            now = time.monotonic()
-            order = self._order()
-            ready = [r for r in order if not (r.state(now) == "open" or (r.state(now) == "half_open" and r.probing))]
-            # Every breaker open: a guard must still try rather than fail every check for cooldown_s.
-            candidates = ready or order
-            retry_after = 0.0
-            for i, replica in enumerate(candidates):
-                probe = bool(ready) and replica.state(time.monotonic()) == "half_open"
-                if probe:
-                    if replica.probing:
-                        continue  # another check took the probe meanwhile
-                    replica.probing = True
-                try:
-                    return await observed(replica, len(candidates) - i)
-                except _Retry:
-                    continue
-                finally:
-                    if probe:
-                        replica.probing = False
-            attempt += 1
-            if attempt > self._max_retries:
-                assert last is not None
-                raise last
-            delay = max(min(0.05 * (2 ** attempt), 1.0) * random.uniform(0.5, 1.5), retry_after)
-            if time.monotonic() + delay >= deadline:
-                assert last is not None
-                raise last
-            await asyncio.sleep(delay)
-
     async def _decode(self, client: httpx.AsyncClient, base_url: str, body: dict[str, Any], budget: float,
-                      prompt: GuardPrompt | None) -> Completion:
+                      prompt: GuardPrompt) -> Completion:
         """One request to one replica: the one-token plan where the prompt and this replica allow it, else ``body``
         (the grammar plan). A server that refuses the plan's parameters keeps the grammar plan from then on."""
         start = time.monotonic()
-        plan = await self.plan_for(client, base_url, prompt, budget) if prompt is not None else None
+        plan = await self.plan_for(client, base_url, prompt, budget)
         if plan is None:
             return await self._post(client, base_url, body, max(0.001, budget - (time.monotonic() - start)))
-        assert prompt is not None
         try:
-            done = await self._post(client, base_url, token_floor.payload(body, plan, logprobs=prompt.want_logprobs),
+            done = await self._post(client, base_url, one_token.payload(body, plan, logprobs=prompt.want_logprobs),
                                     max(0.001, budget - (time.monotonic() - start)))
         except GuardHTTPError as exc:
-            if not token_floor.unsupported(exc.status, exc.message):
+            if not one_token.unsupported(exc.status, exc.message):
                 raise
             self._plans.settle(base_url, prompt.prefill,
-                               token_floor.Fallback(f"the server refused the one-token request: {exc.message[:200]}"))
+                               one_token.Fallback(f"the server refused the one-token request: {exc.message[:200]}"))
             return await self._post(client, base_url, body, max(0.001, budget - (time.monotonic() - start)))
-        return token_floor.read(plan, done)
+        return one_token.as_word(plan, done)
 
     async def plan_for(self, client: httpx.AsyncClient, base_url: str, prompt: GuardPrompt,
-                       budget: float) -> token_floor.OneTokenPlan | None:
+                       budget: float) -> one_token.OneTokenPlan | None:
         """The one-token plan for this prompt's prefill on this replica, or None (grammar plan)."""
         if not prompt.verdict_choices or not prompt.prefill:
             return None
@@ -402,17 +268,17 @@ class VllmHttpEngine:
         if known is None:
             known = await self._plans.get(base_url, prompt.prefill,
                                           lambda: self._look_up(client, base_url, prompt, budget))
-        return known if isinstance(known, token_floor.OneTokenPlan) else None
+        return known if isinstance(known, one_token.OneTokenPlan) else None
 
-    def plan_decisions(self) -> dict[tuple[str, str], token_floor.Decision]:
+    def plan_decisions(self) -> dict[tuple[str, str], one_token.Decision]:
         """Every (replica, prefill) decided so far: a one-token plan or why not (``doctor``, tests)."""
         return self._plans.decisions()
 
     async def _look_up(self, client: httpx.AsyncClient, base_url: str, prompt: GuardPrompt,
-                       budget: float) -> token_floor.Decision | None:
-        """Ask the server how it tokenizes the prefill and the prefill + each verdict (``/tokenize``, chat form),
-        then what text each candidate first token decodes to (``/detokenize``). None: a transient failure (the
-        check uses the grammar plan and the next one asks again)."""
+                       budget: float) -> one_token.Decision | None:
+        """Carry the one-token plan's look-up (:func:`~nemo_csr_rail.plans.one_token.look_up`) to this replica: a
+        dead replica raises as its chat request would (so failover applies); an auth, overload or server error is
+        transient (None); any other status means the endpoint keeps the grammar plan."""
         root = base_url[: -len("/v1")] if base_url.endswith("/v1") else base_url
         timeout = httpx.Timeout(max(0.001, budget), connect=min(max(0.001, budget), 5.0))
 
@@ -420,41 +286,21 @@ class VllmHttpEngine:
             try:
                 r = await client.post(root + path, json=payload, timeout=timeout)
             except (httpx.ConnectError, httpx.ConnectTimeout) as exc:
-                # a dead replica: the same error its chat request would raise, so the failover logic applies
                 if _is_tls_failure(exc):
                     raise GuardTLSError(f"TLS with the guard server at {base_url} failed: {exc}") from None
                 raise GuardUnavailable(f"guard server at {base_url} unreachable: {type(exc).__name__}: {exc}") from None
+            except httpx.HTTPError:
+                return None
             if r.status_code == 200:
-                return r.json()
+                try:
+                    return r.json()
+                except ValueError:
+                    return None
             if r.status_code in (401, 403, 408, 429) or r.status_code >= 500:
                 return None
-            return token_floor.Fallback(f"{path} answered HTTP {r.status_code}: {_error_message(r)[:200]}")
+            return one_token.Fallback(f"{path} answered HTTP {r.status_code}: {_error_message(r)[:200]}")
 
-        def chat(content: str) -> dict[str, Any]:
-            return {"model": self.model, "continue_final_message": True, "add_generation_prompt": False,
-                    "messages": [{"role": "user", "content": token_floor.PROBE_USER},
-                                 {"role": "assistant", "content": content}]}
-
-        try:
-            answers = await asyncio.gather(call("/tokenize", chat(prompt.prefill)),
-                                           *(call("/tokenize", chat(prompt.prefill + w)) for w in prompt.verdict_choices))
-            for a in answers:
-                if a is None or isinstance(a, token_floor.Fallback):
-                    return a
-            seqs = [a["tokens"] for a in answers]
-            if not all(isinstance(q, list) and all(isinstance(t, int) for t in q) for q in seqs):
-                return token_floor.Fallback("/tokenize returned no token list")
-            n = len(seqs[0])
-            firsts = sorted({q[n] for q in seqs[1:] if len(q) > n})
-            texts = await asyncio.gather(*(call("/detokenize", {"model": self.model, "tokens": [t]}) for t in firsts))
-            pieces: dict[int, str | None] = {}
-            for t, a in zip(firsts, texts, strict=True):
-                if a is None or isinstance(a, token_floor.Fallback):
-                    return a
-                pieces[t] = a.get("prompt") if isinstance(a, dict) and isinstance(a.get("prompt"), str) else None
-        except (httpx.HTTPError, ValueError, KeyError, TypeError, AttributeError):
-            return None
-        return token_floor.decide(prompt.verdict_choices, seqs[0], seqs[1:], pieces.get)
+        return await one_token.look_up(call, self.model, prompt.prefill, prompt.verdict_choices)
 
     async def _post(self, client: httpx.AsyncClient, base_url: str, body: dict[str, Any], remaining: float) -> Completion:
         url = base_url + "/chat/completions"

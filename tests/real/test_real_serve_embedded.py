@@ -19,7 +19,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from nemo_csr_rail import prompt as prompts
+from nemo_csr_rail import plans
 from nemo_csr_rail.cli.serve_cmd import vllm_command
 from nemo_csr_rail.engines.http import VllmHttpEngine
 from nemo_csr_rail.policy import Direction, Policy
@@ -110,7 +110,7 @@ async def test_embedded_engine_matches_vllm(served, kind, direction, reasoning):
     from nemo_csr_rail.engines.embedded import EmbeddedEngine
 
     pol = Policy.custom("retail", "No politics or religion.") if kind == "custom" else Policy.taxonomy()
-    gp = prompts.build(pol, direction, "How do I <start_of_turn> reset my router? é",
+    gp = plans.build(pol, direction, "How do I <start_of_turn> reset my router? é",
                        "Unplug it for ten seconds." if direction is Direction.OUTPUT else None,
                        reasoning=reasoning, reasoning_max_tokens=48)
     http = VllmHttpEngine([served["root"] + "/v1"], NAME)
@@ -131,7 +131,7 @@ async def test_embedded_engine_matches_vllm(served, kind, direction, reasoning):
         assert ec.completion_tokens == hc.completion_tokens
         if gp.split_output:  # the prompt half of a split output check asks for no logprobs; compare the step too
             assert ec.logprobs is None and hc.logprobs is None
-            gp = prompts.response_step(gp, hc.text.strip())
+            gp = plans.split_output.response_step(gp, hc.text.strip())
             http = VllmHttpEngine([served["root"] + "/v1"], NAME)
             hc = await http.complete(gp, timeout_s=120)
             ec = await emb.complete(gp, timeout_s=120)

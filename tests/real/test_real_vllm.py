@@ -14,8 +14,9 @@ import re
 import httpx
 import pytest
 
+from nemo_csr_rail import plans
 from nemo_csr_rail import prompt as prompts
-from nemo_csr_rail.client import CsrClient, interpret
+from nemo_csr_rail.client import CsrClient
 from nemo_csr_rail.engines.http import VllmHttpEngine
 from nemo_csr_rail.errors import GuardHTTPError, InputTooLong
 from nemo_csr_rail.policy import Direction, Policy, compile_policies
@@ -85,7 +86,7 @@ async def test_every_mode_returns_a_parsed_verdict(vllm_server, policy, directio
 
 # ------------------------------------------------------------------------------------------ reasoning-off prefill
 async def test_prefill_renders_the_assistant_turn_as_continued(vllm_server):
-    gp = prompts.build(CUSTOM, Direction.INPUT, "Where is my order?", None, reasoning=False)
+    gp = plans.build(CUSTOM, Direction.INPUT, "Where is my order?", None, reasoning=False)
     body = VllmHttpEngine([vllm_server.base_url], vllm_server.model).payload(gp)
     assert body["continue_final_message"] is True and body["add_generation_prompt"] is False
     r = httpx.post(vllm_server.root + "/tokenize", timeout=30, json={
@@ -142,11 +143,11 @@ async def test_fast_path_gives_the_same_verdict_as_full_generation(vllm_server):
         text = resp["choices"][0]["message"]["content"]
         m = re.fullmatch(gp.regex, text)
         assert m, text
-        v = interpret(gp, VllmHttpEngine._completion(httpx.Response(200, json=resp), s.base_url))
+        v = plans.read(gp, VllmHttpEngine._completion(httpx.Response(200, json=resp), s.base_url))
         assert v.prompt_harm == m.group(1)  # the plugin's own parser reads the same word
         if not gp.split_output:
             return m.groups(), resp
-        step = prompts.response_step(gp, m.group(1))
+        step = plans.split_output.response_step(gp, m.group(1))
         resp2 = _post(s, engine.payload(step) | ({"logit_bias": bias} if bias else {}))
         m2 = re.fullmatch(step.regex, resp2["choices"][0]["message"]["content"])
         assert m2, resp2["choices"][0]["message"]["content"]
@@ -156,7 +157,7 @@ async def test_fast_path_gives_the_same_verdict_as_full_generation(vllm_server):
         policy = CUSTOM if i % 2 == 0 else TAXONOMY
         for direction in (Direction.INPUT, Direction.OUTPUT):
             bot = BOT if direction is Direction.OUTPUT else None
-            gp = prompts.build(policy, direction, user, bot, reasoning=False)
+            gp = plans.build(policy, direction, user, bot, reasoning=False)
             assert engine.payload(gp)["messages"][-1] == {"role": "assistant", "content": "Prompt harm:"}
             full_body = {"model": s.model, "messages": [{"role": "user", "content": gp.text}], "temperature": 0,
                          "max_tokens": 128, "structured_outputs": {"regex": FULL_REGEX[direction]}}
@@ -205,7 +206,7 @@ async def test_logprobs_confidence_and_decoded_tokens(vllm_server):
                     continue
                 gp = c.build_prompt(TAXONOMY, direction, user, bot, reasoning=False)
                 comp = await c.engine.complete(gp, timeout_s=120)
-                v = interpret(gp, comp)
+                v = plans.read(gp, comp)
                 assert v.confidence is not None and 0.0 <= v.confidence <= 1.0
                 assert comp.logprobs and len(comp.logprobs) == comp.completion_tokens
                 decoded = "".join(e["token"] for e in comp.logprobs)

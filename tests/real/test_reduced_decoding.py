@@ -21,6 +21,7 @@ import json
 import httpx
 import pytest
 
+from nemo_csr_rail import plans
 from nemo_csr_rail import prompt as prompts
 from nemo_csr_rail import verdict as verdicts
 from nemo_csr_rail.client import CsrClient
@@ -92,7 +93,7 @@ def test_prefilling_the_forced_tokens_equals_decoding_them(vllm_url):
     compared = 0
     with httpx.Client(timeout=120) as client:
         for pol, user, bot in _cases():
-            gp = prompts.build(pol, Direction.OUTPUT, user, bot)
+            gp = plans.build(pol, Direction.OUTPUT, user, bot)
             ids = _chat_ids(client, vllm_url, gp.messages)
             text, gen, pieces = _complete_ids(client, vllm_url, ids, TWO_LINES)
             full = verdicts.parse(gp.prefill + text)
@@ -120,7 +121,7 @@ async def test_split_output_check_equals_full_generation(vllm_url):
     async with CsrClient(vllm_url, timeout_s=120) as guard:
         with httpx.Client(timeout=120) as client:
             for pol, user, bot in _cases():
-                full_gp = prompts.build(pol, Direction.OUTPUT, user, bot, split_output=False)
+                full_gp = plans.build(pol, Direction.OUTPUT, user, bot, split_output=False)
                 full, full_tokens = _full(client, vllm_url, full_gp)
                 res = await guard.check(pol, Direction.OUTPUT, user, bot)
                 v = res.verdict
@@ -150,7 +151,7 @@ async def test_split_output_check_equals_full_generation(vllm_url):
 async def test_input_stop_string_changes_nothing_but_the_eos_step(vllm_url):
     with httpx.Client() as client:
         for user in USERS:
-            gp = prompts.build(POLICIES[0], Direction.INPUT, user, None)
+            gp = plans.build(POLICIES[0], Direction.INPUT, user, None)
             body = VllmHttpEngine([vllm_url], GUARD_MODEL).payload(gp)
             with_stop = client.post(vllm_url + "/chat/completions", json=body, timeout=120).json()
             body.pop("stop")

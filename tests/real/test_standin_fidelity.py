@@ -7,7 +7,7 @@ from typing import Any
 import httpx
 import pytest
 
-from nemo_csr_rail import prompt as prompts
+from nemo_csr_rail import plans
 from nemo_csr_rail.policy import Direction, Policy
 from tests.support.standin import StandIn
 
@@ -40,12 +40,12 @@ def diff(a: Any, b: Any, path: str = "$") -> list[str]:
 
 
 def requests(model: str) -> dict[str, tuple[str, str, dict | None]]:
-    gp = prompts.build(Policy.custom("p", "No politics."), Direction.INPUT, "Who should I vote for?", None,
+    gp = plans.build(Policy.custom("p", "No politics."), Direction.INPUT, "Who should I vote for?", None,
                        reasoning=False)
     fast = {"model": model, "messages": gp.messages, "temperature": 0, "max_tokens": 32,
             "continue_final_message": True, "add_generation_prompt": False,
             "structured_outputs": {"regex": gp.regex}, "logprobs": True, "top_logprobs": 5}
-    think = prompts.build(Policy.custom("p", "No politics."), Direction.INPUT, "hi", None, reasoning=True)
+    think = plans.build(Policy.custom("p", "No politics."), Direction.INPUT, "hi", None, reasoning=True)
     return {
         "fast path": ("POST", "/v1/chat/completions", fast),
         "reasoning": ("POST", "/v1/chat/completions", {"model": model, "messages": think.messages,

@@ -19,7 +19,7 @@ import time
 import httpx
 import pytest
 
-from nemo_csr_rail import prompt
+from nemo_csr_rail import plans
 from nemo_csr_rail.policy import Direction, Policy
 from tests.support import real_gemma
 from tests.support import vllm_server as vs
@@ -58,7 +58,7 @@ def warm_reasoning_grammars(server, timeout_s: float = 300.0) -> dict[str, int]:
     not be, this still waits for the compile to land in xgrammar's cache, so the other tests are not disturbed.
     """
     t0 = time.monotonic()
-    regexes = {prompt.build(Policy.custom("p", "x"), d, "u", "b" if d is Direction.OUTPUT else None,
+    regexes = {plans.build(Policy.custom("p", "x"), d, "u", "b" if d is Direction.OUTPUT else None,
                             reasoning=True).regex for d in Direction}
     first: dict[str, int] = {}
     for regex in sorted(regexes):

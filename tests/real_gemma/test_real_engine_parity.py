@@ -12,7 +12,7 @@ from __future__ import annotations
 import httpx
 import pytest
 
-from nemo_csr_rail import prompt as prompts
+from nemo_csr_rail import plans
 from nemo_csr_rail.engines.http import VllmHttpEngine
 from nemo_csr_rail.policy import Direction
 from tests.support import real_gemma
@@ -56,7 +56,7 @@ def _same_logprobs(ec, hc) -> None:
 @pytest.mark.parametrize(("layout", "direction", "reasoning"), CASES,
                          ids=[f"{lay}-{d.value}-{'think' if r else 'no_think'}" for lay, d, r in CASES])
 async def test_embedded_engine_matches_vllm_on_real_weights(gemma_server, embedded, layout, direction, reasoning):
-    gp = prompts.build(LAYOUTS[layout], direction, "How do I <start_of_turn> reset my router? é",
+    gp = plans.build(LAYOUTS[layout], direction, "How do I <start_of_turn> reset my router? é",
                        "Unplug it for ten seconds." if direction is Direction.OUTPUT else None,
                        reasoning=reasoning, reasoning_max_tokens=REASONING_MAX_TOKENS)
     body = VllmHttpEngine([gemma_server.base_url], gemma_server.model).payload(gp)
@@ -77,7 +77,7 @@ async def test_embedded_engine_matches_vllm_on_real_weights(gemma_server, embedd
     if hc.logprobs is not None or ec.logprobs is not None:
         _same_logprobs(ec, hc)
     if gp.split_output:  # the response half of the split output check, with the model's own prompt verdict
-        step = prompts.response_step(gp, hc.text.strip())
+        step = plans.split_output.response_step(gp, hc.text.strip())
         hc, ec = await _both(gemma_server, embedded, step)
         assert ec.text == hc.text and ec.completion_tokens == hc.completion_tokens
         if hc.logprobs is not None or ec.logprobs is not None:

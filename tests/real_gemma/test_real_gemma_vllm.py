@@ -17,7 +17,7 @@ import re
 import httpx
 import pytest
 
-from nemo_csr_rail import prompt
+from nemo_csr_rail import plans
 from nemo_csr_rail.cli.main import main
 from nemo_csr_rail.client import CsrClient
 from nemo_csr_rail.policy import Direction
@@ -46,7 +46,7 @@ def test_vllm_counts_every_layout_as_the_offline_tests_do(gemma_server):
     tok, cfg = real_gemma.load_tokenizer()
     for (layout, direction, reasoning), n in LAYOUT_TOKENS.items():
         d = Direction(direction)
-        gp = prompt.build(LAYOUTS[layout], d, USER, BOT if d is Direction.OUTPUT else None, reasoning=reasoning)
+        gp = plans.build(LAYOUTS[layout], d, USER, BOT if d is Direction.OUTPUT else None, reasoning=reasoning)
         user_only = [{"role": "user", "content": gp.text}]
         ids = _tokenize(gemma_server, user_only, prefill=False)
         assert len(ids) == n, (layout, direction, reasoning)
@@ -79,14 +79,14 @@ def test_untrusted_text_cannot_reach_chat_structure_through_vllm(gemma_server, r
     tok, cfg = real_gemma.load_tokenizer()
     structure = real_gemma.chat_structure_ids()
     for attack in ATTACKS:
-        gp = prompt.build(LAYOUTS["B"], Direction.OUTPUT, f"Please help. {attack} thanks", f"Sure.{attack}done",
+        gp = plans.build(LAYOUTS["B"], Direction.OUTPUT, f"Please help. {attack} thanks", f"Sure.{attack}done",
                           reasoning=reasoning)
         ids = _tokenize(gemma_server, gp.messages, prefill=bool(gp.prefill))
         assert [structure[i] for i in ids if i in structure] == TEMPLATE_OWN, attack
         assert ids == chat_render.request_ids(tok, cfg, gp.messages, prefill=bool(gp.prefill))
     # the HTML-like pieces arrive as the single pieces the model knows from any HTML it was trained on
     table = tok.token_to_id("<table>")
-    gp = prompt.build(LAYOUTS["B"], Direction.INPUT, "<table><tr><td>1</td></tr></table>", None, reasoning=reasoning)
+    gp = plans.build(LAYOUTS["B"], Direction.INPUT, "<table><tr><td>1</td></tr></table>", None, reasoning=reasoning)
     assert _tokenize(gemma_server, gp.messages, prefill=bool(gp.prefill)).count(table) == 1
 
 

@@ -16,7 +16,7 @@ import httpx
 import pytest
 
 from nemo_csr_rail.client import CsrClient
-from nemo_csr_rail.engines import token_floor as tf
+from nemo_csr_rail.plans import one_token as tf
 from nemo_csr_rail.policy import Direction, Policy
 from tests.support import real_gemma
 from tests.support.standin import StandIn

@@ -79,7 +79,7 @@ def requests(model: str = MODEL) -> dict[str, tuple[str, str, dict[str, Any] | N
             "model": model, "messages": [*msgs, {"role": "assistant", "content": "Prompt harm:"}],
             "max_tokens": 4, "continue_final_message": True, "add_generation_prompt": True}),
         "models": ("GET", "/v1/models", None),
-        # the one-token plan (nemo_csr_rail/engines/token_floor.py); small ids exist in every vocabulary
+        # the one-token plan (nemo_csr_rail/plans/one_token.py); small ids exist in every vocabulary
         "chat_one_token": ("POST", "/v1/chat/completions", {
             "model": model, "messages": [*msgs, {"role": "assistant", "content": "Prompt harm:"}],
             "temperature": 0, "max_tokens": 1, "continue_final_message": True, "add_generation_prompt": False,

@@ -1,7 +1,8 @@
-"""The one-token floor: a bare-verdict request answered by the prefill's own forward pass, no decode step at all.
+"""The one-token plan (the "one-token floor"): a bare-verdict request answered by the prefill's own forward pass.
 
 With reasoning off, the continuation of the input check and of both halves of the split output check is one bare
-verdict word (``" harmful"`` or ``" unharmful"``, see :mod:`nemo_csr_rail.prompt`). The grammar plan lets the
+verdict word (``" harmful"`` or ``" unharmful"``: :mod:`nemo_csr_rail.plans.grammar` marks such requests with
+``verdict_choices``). The grammar plan lets the
 model spell that word in as many steps as it likes: with Gemma 3's real tokenizer ``" unharmful"`` is three pieces
 (``" un"``, ``"harm"``, ``"ful"``), and a trained model under the grammar may even start with a bare ``" "`` that
 does not tell the two verdicts apart. The decision is made at the first token anyway, so this plan asks for exactly
@@ -31,6 +32,7 @@ the allow-list makes any other token impossible, which is the guarantee wanted h
 from __future__ import annotations
 
 import asyncio
+import math
 import threading
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, replace
@@ -38,9 +40,10 @@ from typing import Any
 
 from nemo_csr_rail.engines.base import Completion
 from nemo_csr_rail.errors import CsrError
+from nemo_csr_rail.prompt import GuardPrompt
+from nemo_csr_rail.verdict import Verdict, parse
 
 ONE_TOKEN = "one_token"
-GRAMMAR = "grammar"
 #: a user message for the look-ups: the template closes the user turn with control tokens, so what follows the
 #: prefill is tokenized the same whatever the real message says
 PROBE_USER = "x"
@@ -120,7 +123,7 @@ def payload(base: dict[str, Any], plan: OneTokenPlan, *, logprobs: bool) -> dict
     return body
 
 
-def read(plan: OneTokenPlan, completion: Completion) -> Completion:
+def as_word(plan: OneTokenPlan, completion: Completion) -> Completion:
     """Map the one generated token back to its verdict word, so the parser and the rest of the pipeline see the
     same text as under the grammar plan. A token that is neither candidate is left as it came (the parser then
     rejects it: fail closed, with the server's text in the message)."""
@@ -192,11 +195,74 @@ class PlanCache:
         return decision
 
 
+#: what a server call of the look-up returns: the JSON body, ``None`` (transient: ask again next time) or why the
+#: endpoint keeps the grammar plan
+Call = Callable[[str, dict[str, Any]], Awaitable[Any]]
+
+
+async def look_up(call: Call, model: str, prefill: str, words: Sequence[str]) -> Decision | None:
+    """Ask the server how it tokenizes the prefill and the prefill + each verdict (``/tokenize``, chat form), then
+    what text each candidate first token decodes to (``/detokenize``). ``call(path, payload)`` is the engine's
+    transport to one replica. None: a transient failure (the check uses the grammar plan and the next one asks
+    again)."""
+
+    def chat(content: str) -> dict[str, Any]:
+        return {"model": model, "continue_final_message": True, "add_generation_prompt": False,
+                "messages": [{"role": "user", "content": PROBE_USER}, {"role": "assistant", "content": content}]}
+
+    try:
+        answers = await asyncio.gather(call("/tokenize", chat(prefill)),
+                                       *(call("/tokenize", chat(prefill + w)) for w in words))
+        for a in answers:
+            if a is None or isinstance(a, Fallback):
+                return a
+        seqs = [a["tokens"] for a in answers]
+        if not all(isinstance(q, list) and all(isinstance(t, int) for t in q) for q in seqs):
+            return Fallback("/tokenize returned no token list")
+        n = len(seqs[0])
+        firsts = sorted({q[n] for q in seqs[1:] if len(q) > n})
+        texts = await asyncio.gather(*(call("/detokenize", {"model": model, "tokens": [t]}) for t in firsts))
+        pieces: dict[int, str | None] = {}
+        for t, a in zip(firsts, texts, strict=True):
+            if a is None or isinstance(a, Fallback):
+                return a
+            pieces[t] = a.get("prompt") if isinstance(a, dict) and isinstance(a.get("prompt"), str) else None
+    except (ValueError, KeyError, TypeError, AttributeError):
+        return None
+    return decide(words, seqs[0], seqs[1:], pieces.get)
+
+
+def read(gp: GuardPrompt, completion: Completion) -> Verdict:
+    """A one-token completion (already mapped to its verdict word by :func:`as_word`) → Verdict, with the exact
+    confidence from both candidates' logprobs. No truncation to report: one token was asked for."""
+    verdict = parse(gp.prefill + completion.text, reasoning_content=completion.reasoning_content)
+    if gp.want_logprobs:
+        conf = confidence(completion.verdict_logprobs)
+        if conf is not None:
+            verdict = replace(verdict, confidence=round(conf, 6))
+    return verdict
+
+
+def confidence(logprobs: dict[str, float] | None) -> float | None:
+    """P(harmful) from the logprobs of the two verdicts' first tokens, renormalised over the pair: vLLM reports raw
+    logprobs (before the allowed-ids mask), so the two need not sum to one. ``None`` unless both are known: a
+    candidate the server did not report is not assumed to be improbable."""
+    words = {k.strip().lower(): v for k, v in (logprobs or {}).items()}
+    if "harmful" not in words or "unharmful" not in words:
+        return None
+    lp_h, lp_u = words["harmful"], words["unharmful"]
+    if not (math.isfinite(lp_h) or math.isfinite(lp_u)):
+        return None
+    top = max(lp_h, lp_u)
+    p_h, p_u = math.exp(lp_h - top), math.exp(lp_u - top)
+    return p_h / (p_h + p_u)
+
+
 def unsupported(status: int, message: str) -> bool:
     """Whether an error answer to the one-token request means "this server does not take these parameters"."""
     low = message.lower()
     return status in (400, 422) and any(m in low for m in UNSUPPORTED_MARKERS)
 
 
-__all__ = ["GRAMMAR", "ONE_TOKEN", "Decision", "Fallback", "OneTokenPlan", "PlanCache", "decide", "payload", "read",
-           "unsupported"]
+__all__ = ["ONE_TOKEN", "Decision", "Fallback", "OneTokenPlan", "PlanCache", "as_word", "confidence", "decide",
+           "look_up", "payload", "read", "unsupported"]
