@@ -4,7 +4,7 @@ Byte for byte the current model card's topic-following example (``prompt-templat
 line break after "that" and the line of three spaces after the first paragraph. Only ``Prompt harm`` is asked for,
 so :func:`nemo_csr_rail.plans.build` decodes and parses it exactly as an input check of the other layouts.
 
-What the card does not give, and what we chose (docs: README "Dialogue moderation"):
+What the card does not give, and what we chose (docs/dialogue-moderation.md):
 
 * **Reasoning off.** The card's example is ``/think`` only. The ``/no_think`` ending is written by analogy with
   layout B's (``Only output the answer in the format specified above. /no_think``); it is not a published layout.

@@ -10,7 +10,7 @@ are in them as plain dicts, whichever entry point fed the conversation in:
 * Colang 2.x: only when the application carries the ``State`` between calls (``process_events_async``); there each
   bot utterance appears twice with the same ``action_uid``, so bot events are de-duplicated by it. NeMo Guardrails
   0.24 refuses assistant messages in ``messages`` for Colang 2.x, and its server refuses ``thread_id``, so on those
-  paths a 2.x rail sees the current turn only (README "Dialogue moderation").
+  paths a 2.x rail sees the current turn only (docs/dialogue-moderation.md).
 """
 
 from __future__ import annotations
