@@ -141,6 +141,7 @@ async def run_soak(url: str, *, n: int, concurrency: int, timeout_s: float, on_e
     heap: list[tuple[int, int]] = []
     blocks: list[int] = []  # live Python objects' memory blocks: flat unless Python objects accumulate
     decisions: collections.Counter[str] = collections.Counter()
+    over: collections.Counter[str] = collections.Counter()  # decisions of the checks that took longer than timeout_s
     latencies = array.array("d", bytes(8 * n))
     done = 0
     escaped: list[str] = []
@@ -167,11 +168,13 @@ async def run_soak(url: str, *, n: int, concurrency: int, timeout_s: float, on_e
                 escaped.append(f"{type(exc).__name__}: {exc}")
                 return
             nonlocal done
-            latencies[done] = time.monotonic() - t0
+            took = latencies[done] = time.monotonic() - t0
             done += 1
             m = out.metadata
             key = f"{m.get('decision')}:" + (str(m.get("error_kind")) if m.get("failed") else "verdict")
             decisions[key] += 1
+            if took > timeout_s:
+                over[key] += 1
             if done % sample_every == 0:
                 rss.append(rss_kb())
                 heap.append(malloc_kb())
@@ -196,7 +199,12 @@ async def run_soak(url: str, *, n: int, concurrency: int, timeout_s: float, on_e
         "decided": sum(decisions.values()), "escaped": len(escaped), "escaped_examples": escaped[:3],
         "decisions": dict(sorted(decisions.items())),
         "latency_s": {"p50": round(lat[len(lat) // 2], 4), "p99": round(lat[int(len(lat) * 0.99)], 4),
+                      "p99.9": round(lat[min(len(lat) - 1, int(len(lat) * 0.999))], 4),
                       "max": round(lat[-1], 4)} if lat else {},
+        # the deadline promise: every check ends within timeout_s, whatever the load
+        "over_timeout": sum(1 for x in lat if x > timeout_s),
+        "over_timeout_worst_s": round(max(0.0, lat[-1] - timeout_s), 4) if lat else 0.0,
+        "over_timeout_decisions": dict(sorted(over.items())),
         "fds_before": fds_before, "fds_after": fds_after,
         "tasks_before": tasks_before, "tasks_after": tasks_after,
         "rss_kb_first": round(statistics.mean(rss[:k])) if rss else None,
@@ -241,6 +249,9 @@ def compare(args: list[str]) -> int:
         ("client CPU ms per check", 1000 * base["client_cpu_s"] / base["n"], 1000 * buf["client_cpu_s"] / buf["n"]),
         ("latency p50 s", base["latency_s"]["p50"], buf["latency_s"]["p50"]),
         ("latency p99 s", base["latency_s"]["p99"], buf["latency_s"]["p99"]),
+        ("latency p99.9 s", base["latency_s"]["p99.9"], buf["latency_s"]["p99.9"]),
+        ("latency max s", base["latency_s"]["max"], buf["latency_s"]["max"]),
+        ("checks over timeout_s", base["over_timeout"], buf["over_timeout"]),
         ("RSS growth after warm-up, MB", growth(base), growth(buf)),
         ("heap free-but-held at end, MB", base["end"]["heap_free_held_kb"] / 1024, buf["end"]["heap_free_held_kb"] / 1024),
     ]
@@ -276,6 +287,10 @@ def main() -> None:
         proc.wait(10)
     res["fault_rate"] = a.fault_rate
     print(json.dumps(res, indent=2))
+    lat = res["latency_s"]
+    print(f"check duration vs timeout_s={a.timeout:g}: p99 {lat.get('p99')} s, p99.9 {lat.get('p99.9')} s, "
+          f"max {lat.get('max')} s; {res['over_timeout']} of {res['decided']} checks over timeout_s "
+          f"(worst by {res['over_timeout_worst_s']} s)", file=sys.stderr)
     ok = (res["escaped"] == 0 and res["decided"] == a.n and res["fds_after"] <= res["fds_before"] + 2
           and res["tasks_after"] <= res["tasks_before"])
     sys.exit(0 if ok else 1)

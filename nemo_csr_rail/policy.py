@@ -6,9 +6,11 @@ and refusal templates) is computed here at load time, so the per-check path only
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Iterable
 from dataclasses import dataclass
 from enum import Enum
+from functools import cached_property
 from typing import Literal
 
 from nemo_csr_rail.settings import (
@@ -51,6 +53,14 @@ class Policy:
 
     def reasoning(self, direction: Direction) -> bool:
         return self.reasoning_input if direction is Direction.INPUT else self.reasoning_output
+
+    @cached_property
+    def affinity(self) -> str:
+        """A digest of what the policy puts at the start of every prompt (its layout and text), computed once: the
+        HTTP engine sends every check carrying it to the same replica (``replica_routing: affinity``). The name,
+        refusals and reasoning switches are left out: two policies with the same text share one cached prefix."""
+        return hashlib.blake2b(f"{self.kind}\x00{self.body}".encode("utf-8", "surrogatepass"),
+                               digest_size=8).hexdigest()
 
     def refusal(self, direction: Direction) -> str:
         return self.refusal_input if direction is Direction.INPUT else self.refusal_output

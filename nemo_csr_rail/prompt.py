@@ -74,6 +74,10 @@ class GuardPrompt:
     #: the continuation is exactly one of these words (a bare verdict after the prefill), so an engine may decide
     #: it from the first token alone (:mod:`nemo_csr_rail.plans.one_token`); empty: decode the grammar
     verdict_choices: tuple[str, ...] = ()
+    #: which replica should serve it (``replica_routing: affinity``): the policy's digest
+    #: (:attr:`~nemo_csr_rail.policy.Policy.affinity`), so one policy's checks share one replica's prefix cache;
+    #: empty: no preference
+    affinity: str = ""
 
     @property
     def messages(self) -> list[dict[str, str]]:

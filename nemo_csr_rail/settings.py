@@ -242,6 +242,10 @@ class PluginSettings(_Strict):
     #: the HTTP engine's sockets: "buffered" reads every connection into one reusable buffer (flat memory, less CPU;
     #: engines/transport.py); "httpx" is httpx's default backend, kept as a fallback
     http_transport: Literal["buffered", "httpx"] = "buffered"
+    #: several base_urls: "affinity" sends each policy's checks to one replica (rendezvous hashing on the policy,
+    #: failover in its ranking, bounded load), so each replica's prefix cache holds its policies only;
+    #: "round_robin" spreads every check over all of them (engines/replicas.py, docs/scaling.md)
+    replica_routing: Literal["affinity", "round_robin"] = "affinity"
     refusal: str | None = None
     error_refusal: str = DEFAULT_ERROR_REFUSAL
     cache: CacheSettings = CacheSettings()

@@ -47,7 +47,8 @@ def test_every_manifest_is_valid_for_kubernetes_offline():
 
 def test_guard_runs_exactly_the_command_serve_builds_on_gpu():
     c = container(find("Deployment", "csr-guard"))
-    want = vllm_command(python="python3", model=DEFAULT_MODEL, device="gpu", host="0.0.0.0", port=8000)
+    want = vllm_command(python="python3", model=DEFAULT_MODEL, device="gpu", host="0.0.0.0", port=8000,
+                        extra=["--enable-scale-out"])  # for vllm-router's cache_aware (guard-router.yaml)
     assert c["command"] + c["args"] == want
 
 

@@ -29,7 +29,7 @@ RANK: dict[str, int] = {
     # decode plans: each builds its requests and reads its completions
     "plans.grammar": 7, "plans.one_token": 7, "plans.answers": 8, "plans.split_output": 9, "plans": 10,
     # engines carry the plans' requests
-    "engines.replicas": 11, "engines.http": 12, "engines.embedded": 12,
+    "engines.deadline": 11, "engines.replicas": 11, "engines.http": 12, "engines.embedded": 12,
     "engines.factory": 13,
     "client": 14,
     "telemetry.metrics": 16, "telemetry.audit": 16, "telemetry.tracing": 16, "telemetry.facade": 17,

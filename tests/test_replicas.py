@@ -1,4 +1,7 @@
-"""Several guard endpoints (``parameters.base_urls``): spread, failover, circuit breaker, half-open probe, recovery."""
+"""Several guard endpoints (``parameters.base_urls``): spread, failover, circuit breaker, half-open probe, recovery.
+
+These test the mechanics under ``replica_routing: round_robin`` (every check one replica further), which makes the
+spread countable; policy affinity, the default, is tested in tests/integration/test_replica_affinity.py."""
 
 from __future__ import annotations
 
@@ -20,7 +23,7 @@ def _engine(rt):
 
 async def test_load_is_spread_across_healthy_replicas() -> None:
     with StandIn() as a, StandIn() as b:
-        rt = runtime([a.url, b.url])
+        rt = runtime([a.url, b.url], replica_routing="round_robin")
         outs = await asyncio.gather(*(rt.check("fast", Direction.INPUT, f"order {i}") for i in range(40)))
         assert all(not o.metadata["failed"] for o in outs)
         assert len(a.chat_requests()) == len(b.chat_requests()) == 20
@@ -28,7 +31,7 @@ async def test_load_is_spread_across_healthy_replicas() -> None:
 
 async def test_breaker_opens_probes_half_open_and_closes() -> None:
     with StandIn() as a, StandIn() as b:
-        rt = runtime([a.url, b.url], breaker=BREAKER)
+        rt = runtime([a.url, b.url], replica_routing="round_robin", breaker=BREAKER)
         b.inject(*[Fault(kind="status", status=503, body=error_body(503, "down"))] * 20)
         for i in range(12):
             out = await rt.check("fast", Direction.INPUT, f"q{i}")
@@ -56,7 +59,7 @@ async def test_breaker_opens_probes_half_open_and_closes() -> None:
 
 async def test_failed_probe_reopens_the_breaker() -> None:
     with StandIn() as a, StandIn() as b:
-        rt = runtime([a.url, b.url], breaker=BREAKER)
+        rt = runtime([a.url, b.url], replica_routing="round_robin", breaker=BREAKER)
         b.inject(*[Fault(kind="status", status=502)] * 50)
         for i in range(8):
             await rt.check("fast", Direction.INPUT, f"q{i}")
@@ -72,7 +75,7 @@ async def test_replica_killed_mid_run_then_restarted_on_the_same_port() -> None:
     b = StandIn(latency_s=0.01).start()
     port_b = b.port
     try:
-        rt = runtime([a.url, b.url], breaker=BREAKER, timeout_s=5.0)
+        rt = runtime([a.url, b.url], replica_routing="round_robin", breaker=BREAKER, timeout_s=5.0)
         sem = asyncio.Semaphore(64)
 
         async def one(i: int):
@@ -115,7 +118,7 @@ async def test_replica_killed_mid_run_then_restarted_on_the_same_port() -> None:
 async def test_all_replicas_down_is_a_labelled_failure() -> None:
     with StandIn() as a, StandIn() as b:
         urls = [a.url, b.url]
-    rt = runtime(urls, timeout_s=1.0)
+    rt = runtime(urls, replica_routing="round_robin", timeout_s=1.0)
     out = await rt.check("fast", Direction.INPUT, "hello")
     assert out.is_blocked and out.metadata["error_kind"] == "guard_unavailable"
 
@@ -145,7 +148,7 @@ async def test_a_hung_replica_leaves_time_for_the_healthy_one_and_its_breaker_op
     left to try, so no check fails, and the timeouts count against the hung replica until its breaker opens."""
     with StandIn() as good, StandIn() as hung:
         hung.inject(*[Fault(kind="hang")] * 100)
-        rt = runtime([good.url, hung.url], timeout_s=1.0, breaker=BREAKER)
+        rt = runtime([good.url, hung.url], replica_routing="round_robin", timeout_s=1.0, breaker=BREAKER)
         for i in range(10):
             t0 = time.monotonic()
             out = await rt.check("fast", Direction.INPUT, f"order {i}")
@@ -160,7 +163,7 @@ async def test_a_replica_that_drops_connection_attempts_fails_over_too() -> None
     held, dead = _blackhole()
     try:
         with StandIn() as good:
-            rt = runtime([good.url, dead], timeout_s=1.0, breaker=BREAKER)
+            rt = runtime([good.url, dead], replica_routing="round_robin", timeout_s=1.0, breaker=BREAKER)
             outs = [await rt.check("fast", Direction.INPUT, f"order {i}") for i in range(8)]
             assert [o.metadata["failed"] for o in outs] == [False] * 8, [o.metadata for o in outs]
             assert _engine(rt).breaker_states()[dead] == "open"
@@ -184,7 +187,7 @@ async def test_retry_after_from_one_replica_is_honoured_after_another_fails() ->
     s0.close()
     with StandIn() as a:
         a.inject(Fault(kind="status", status=429, headers={"Retry-After": "0.6"}, body=error_body(429, "slow down")))
-        engine = VllmHttpEngine([a.url, dead], GUARD_MODEL, breaker_threshold=99)
+        engine = VllmHttpEngine([a.url, dead], GUARD_MODEL, breaker_threshold=99, routing="round_robin")
         engine.replicas._next = 0  # a first, then the dead one
         t0 = time.monotonic()
         prompt = CsrClient(a.url).build_prompt(Policy.custom("p", "x"), Direction.INPUT, "hi", None, False)

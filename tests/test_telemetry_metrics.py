@@ -121,7 +121,7 @@ async def test_retries_failover_and_breaker_are_reported_per_replica(guard):
     port = free_port()
     dead = dead_url()
     rt = runtime([dead, guard.url], telemetry={"prometheus_port": port}, policies={"rp": {"policy": POLITICS}},
-                 breaker={"threshold": 1, "cooldown_s": 60})
+                 breaker={"threshold": 1, "cooldown_s": 60}, replica_routing="round_robin")  # the dead one first
     series = {"dead_unreachable": ("csr_guard_requests_total", {"replica": dead, "status": "unreachable"}),
               "dead_opened": ("csr_guard_breaker_opened_total", {"replica": dead}),
               "live_503": ("csr_guard_requests_total", {"replica": guard.url, "status": "503"}),

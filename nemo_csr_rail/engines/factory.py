@@ -30,4 +30,4 @@ def build_engine(resolved: ResolvedSettings, model_type: str, *, base_urls: Sequ
     return VllmHttpEngine(urls, ep.model, api_key=ep.api_key, max_retries=s.max_retries,
                           max_concurrency=max_concurrency or s.max_concurrency, verify=ep.verify,
                           breaker_threshold=s.breaker.threshold, breaker_cooldown_s=s.breaker.cooldown_s,
-                          transport=s.http_transport)
+                          transport=s.http_transport, routing=s.replica_routing)

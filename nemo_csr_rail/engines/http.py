@@ -20,7 +20,8 @@ from typing import Any, Literal
 import httpx
 
 from nemo_csr_rail.engines.base import Completion, Instrument
-from nemo_csr_rail.engines.replicas import ReplicaSet
+from nemo_csr_rail.engines.deadline import MIN_START_S, Deadline, LoopLag, within
+from nemo_csr_rail.engines.replicas import ReplicaSet, Routing
 from nemo_csr_rail.engines.replicas import (
     attempt_status as attempt_status,  # re-exported: telemetry tests use it
 )
@@ -112,6 +113,7 @@ class _Pool:
         self.clients = clients
         self.inflight = [0] * len(clients)
         self.sem = sem
+        self.lag = LoopLag()
 
     @property
     def closed(self) -> bool:
@@ -144,10 +146,11 @@ class VllmHttpEngine:
         breaker_threshold: int = 3,
         breaker_cooldown_s: float = 2.0,
         transport: Literal["buffered", "httpx"] = "buffered",
+        routing: Routing = "affinity",
     ) -> None:
         self.model = model
         self.replicas = ReplicaSet(base_urls, max_retries=max_retries, breaker_threshold=breaker_threshold,
-                                   breaker_cooldown_s=breaker_cooldown_s)
+                                   breaker_cooldown_s=breaker_cooldown_s, routing=routing)
         self._api_key = api_key
         self._max_concurrency = max_concurrency
         self._verify = verify
@@ -215,30 +218,55 @@ class VllmHttpEngine:
         return self.replicas.breaker_states()
 
     async def complete(self, prompt: GuardPrompt, *, timeout_s: float) -> Completion:
-        deadline = time.monotonic() + timeout_s
         pool = self._client()
+        lag = pool.lag
+        # Give up early enough that a late timer and what follows it still end by the deadline (engines/deadline.py):
+        # under overload the event loop runs every timer late.
+        deadline = Deadline(time.monotonic() + timeout_s, timeout_s, lag)
         body = self.payload(prompt)
-        sem = pool.sem
-        if sem.locked():  # back-pressure: waiting for a slot is part of the check's deadline
-            try:
-                await asyncio.wait_for(sem.acquire(), max(0.0, deadline - time.monotonic()))
-            except asyncio.TimeoutError:
-                raise GuardTimeout(f"guard check exceeded {timeout_s:g}s waiting for one of the "
-                                   f"{self._max_concurrency} request slots (max_concurrency)") from None
-        else:
-            await sem.acquire()
-
-        async def send(base_url: str, budget: float) -> Completion:
-            with pool.lease() as client:
-                try:  # httpx's timeouts are per read: this bounds the whole response
-                    return await asyncio.wait_for(self._decode(client, base_url, body, budget, prompt), budget)
-                except asyncio.TimeoutError:
-                    raise GuardTimeout(f"guard server at {base_url} did not answer in time") from None
-
+        lag.enter()
         try:
-            return await self.replicas.run(send, deadline=deadline, timeout_s=timeout_s, instrument=self.instrument)
+            await self._slot(pool.sem, deadline.give_up(), timeout_s)
+            try:
+                left = deadline.give_up() - time.monotonic()
+                if left < MIN_START_S:
+                    raise GuardTimeout(f"guard check exceeded {timeout_s:g}s: not started, {max(left, 0.0) * 1000:.0f} "
+                                       f"ms were left after waiting for a request slot, too little to start a request "
+                                       f"(max_concurrency {self._max_concurrency} reached; event loop "
+                                       f"{lag.estimate * 1000:.0f} ms behind)")
+
+                async def request(base_url: str, budget: float) -> Completion:
+                    with pool.lease() as client:
+                        return await self._decode(client, base_url, body, budget, prompt)
+
+                async def send(base_url: str, budget: float) -> Completion:
+                    # httpx's timeouts are per read: this bounds the whole response
+                    return await within(request(base_url, budget), budget,
+                                        f"guard server at {base_url} did not answer in time", deadline)
+
+                return await self.replicas.run(send, deadline=deadline.give_up, timeout_s=timeout_s,
+                                               instrument=self.instrument, key=prompt.affinity)
+            finally:
+                pool.sem.release()
         finally:
-            sem.release()
+            lag.exit()
+
+    async def _slot(self, sem: asyncio.Semaphore, give_up: float, timeout_s: float) -> None:
+        """One of the ``max_concurrency`` request slots, or ``GuardTimeout`` at once when none can be had in time:
+        waiting is part of the check's deadline, and a wait that would leave less than ``MIN_START_S`` is not
+        started at all."""
+        if not sem.locked():
+            await sem.acquire()
+            return
+        wait = give_up - MIN_START_S - time.monotonic()
+        if wait <= 0:
+            raise GuardTimeout(f"guard check exceeded {timeout_s:g}s: not started, all {self._max_concurrency} request "
+                               "slots (max_concurrency) are busy and too little time is left to wait for one")
+        try:
+            await asyncio.wait_for(sem.acquire(), wait)
+        except asyncio.TimeoutError:
+            raise GuardTimeout(f"guard check exceeded {timeout_s:g}s waiting for one of the "
+                               f"{self._max_concurrency} request slots (max_concurrency)") from None
 
     async def _decode(self, client: httpx.AsyncClient, base_url: str, body: dict[str, Any], budget: float,
                       prompt: GuardPrompt) -> Completion:

@@ -15,6 +15,7 @@ the requests (:mod:`nemo_csr_rail.engines`); :func:`read` reads a completion wit
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import replace
 
 from nemo_csr_rail import prompt_topic
 from nemo_csr_rail.conversation import Turn
@@ -51,11 +52,13 @@ def build(
     else:
         text = render(policy, user_message, bot_message, reasoning=think)
     if think:
-        return grammar.reasoning_request(text, direction, structured=structured, max_tokens=reasoning_max_tokens)
-    if prefill and direction is Direction.OUTPUT and split_output:
-        return split_plan.prompt_half(text, structured=structured)
-    if prefill:
-        return grammar.prefilled_request(text, direction, structured=structured, logprobs=logprobs)
-    return grammar.unprefilled_request(text, direction, structured=structured, logprobs=logprobs)
+        gp = grammar.reasoning_request(text, direction, structured=structured, max_tokens=reasoning_max_tokens)
+    elif prefill and direction is Direction.OUTPUT and split_output:
+        gp = split_plan.prompt_half(text, structured=structured)
+    elif prefill:
+        gp = grammar.prefilled_request(text, direction, structured=structured, logprobs=logprobs)
+    else:
+        gp = grammar.unprefilled_request(text, direction, structured=structured, logprobs=logprobs)
+    return replace(gp, affinity=policy.affinity)  # every request of a check goes where its policy is cached
 
 __all__ = ["build", "read"]

@@ -42,7 +42,8 @@ def response_step(gp: GuardPrompt, prompt_harm: str, *, logprobs: bool = True) -
     structured = gp.regex is not None
     return GuardPrompt(gp.text, Direction.OUTPUT, False, f"{grammar.PREFILL} {prompt_harm}{grammar.RESPONSE_PREFILL}",
                        f" {grammar.HARM}" if structured else None, grammar.NO_THINK_MAX_TOKENS, logprobs,
-                       grammar.STOP_VALUE, verdict_choices=grammar.VERDICT_CHOICES if structured else ())
+                       grammar.STOP_VALUE, verdict_choices=grammar.VERDICT_CHOICES if structured else (),
+                       affinity=gp.affinity)
 
 
 async def run(engine: Engine, gp: GuardPrompt, budget: float, *,
@@ -50,17 +51,21 @@ async def run(engine: Engine, gp: GuardPrompt, budget: float, *,
     """Both halves in parallel; the verdict, the completions used and the number of requests sent (2, or 3 after a
     wrong guess: the cancelled guess is not among the completions)."""
     deadline = time.monotonic() + budget
-    first = asyncio.ensure_future(engine.complete(gp, timeout_s=budget))
+
+    async def within(request: GuardPrompt) -> Completion:
+        # A task starts a loop pass after it is created (later under load): its budget is what is left by then.
+        return await engine.complete(request, timeout_s=max(0.001, deadline - time.monotonic()))
+
+    first = asyncio.ensure_future(within(gp))
     step = response_step(gp, GUESS, logprobs=logprobs)
-    second = asyncio.ensure_future(engine.complete(step, timeout_s=budget))
+    second = asyncio.ensure_future(within(step))
     try:
         head = await first
         prompt_harm = read(gp, head).harm(Direction.INPUT)
         if prompt_harm != GUESS:
             second.cancel()
             step = response_step(gp, prompt_harm, logprobs=logprobs)
-            second = asyncio.ensure_future(
-                engine.complete(step, timeout_s=max(0.001, deadline - time.monotonic())))
+            second = asyncio.ensure_future(within(step))
         tail = await second
     except BaseException:
         for t in (first, second):
