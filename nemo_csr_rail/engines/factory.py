@@ -9,6 +9,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from nemo_csr_rail.engines.base import Engine
+from nemo_csr_rail.plans import grammar
+from nemo_csr_rail.policy import compile_policies
 from nemo_csr_rail.settings import ResolvedSettings
 
 
@@ -27,7 +29,9 @@ def build_engine(resolved: ResolvedSettings, model_type: str, *, base_urls: Sequ
 
     ep = resolved.endpoints[model_type]
     urls = tuple(u.rstrip("/") for u in base_urls) if base_urls else ep.base_urls
+    reasoned = s.structured_output and any(p.reasoning_input or p.reasoning_output
+                                           for p in compile_policies(s).values() if p.model_type == model_type)
     return VllmHttpEngine(urls, ep.model, api_key=ep.api_key, max_retries=s.max_retries,
                           max_concurrency=max_concurrency or s.max_concurrency, verify=ep.verify,
                           breaker_threshold=s.breaker.threshold, breaker_cooldown_s=s.breaker.cooldown_s,
-                          transport=s.http_transport)
+                          transport=s.http_transport, warm_regexes=grammar.warm_up_regexes() if reasoned else ())

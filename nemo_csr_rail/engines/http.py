@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import logging
 import ssl
 import time
 import weakref
@@ -39,6 +40,7 @@ from nemo_csr_rail.plans import one_token
 from nemo_csr_rail.prompt import GuardPrompt
 
 TOP_LOGPROBS = 5
+log = logging.getLogger("nemo_csr_rail")
 _CONTEXT_MARKERS = ("maximum context length", "context length", "too long", "max_model_len")
 
 
@@ -105,6 +107,8 @@ def _is_tls_failure(exc: BaseException) -> bool:
 # missed their deadline). Several small pools, each request on the least busy one, keep that cost flat.
 POOL_SHARD = 8
 KEEPALIVE_EXPIRY_S = 3.0
+#: how long a background grammar warm-up request may take (the compile itself: ~13 s on a small CPU)
+WARM_UP_TIMEOUT_S = 120.0
 
 
 class _Pool:
@@ -112,6 +116,7 @@ class _Pool:
         self.clients = clients
         self.inflight = [0] * len(clients)
         self.sem = sem
+        self.warmed = False
 
     @property
     def closed(self) -> bool:
@@ -144,6 +149,7 @@ class VllmHttpEngine:
         breaker_threshold: int = 3,
         breaker_cooldown_s: float = 2.0,
         transport: Literal["buffered", "httpx"] = "buffered",
+        warm_regexes: Sequence[str] = (),
     ) -> None:
         self.model = model
         self.replicas = ReplicaSet(base_urls, max_retries=max_retries, breaker_threshold=breaker_threshold,
@@ -155,6 +161,9 @@ class VllmHttpEngine:
             raise ValueError(f"transport must be 'buffered' or 'httpx', not {transport!r}")
         self._transport = transport
         self._plans = one_token.PlanCache()  # one-token plan per (replica, prefill), looked up once
+        #: grammars to have each replica compile once, in the background, when the engine is first used
+        self._warm_regexes = tuple(warm_regexes)
+        self._warming: set[asyncio.Task[None]] = set()
         self._per_loop: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _Pool] = weakref.WeakKeyDictionary()
         #: telemetry's hook (nemo_csr_rail.telemetry): per-request reports and trace headers; None = not observed
         self.instrument: Instrument | None = None
@@ -217,6 +226,8 @@ class VllmHttpEngine:
     async def complete(self, prompt: GuardPrompt, *, timeout_s: float) -> Completion:
         deadline = time.monotonic() + timeout_s
         pool = self._client()
+        if not pool.warmed:
+            self._warm(pool)
         body = self.payload(prompt)
         sem = pool.sem
         if sem.locked():  # back-pressure: waiting for a slot is part of the check's deadline
@@ -239,6 +250,30 @@ class VllmHttpEngine:
             return await self.replicas.run(send, deadline=deadline, timeout_s=timeout_s, instrument=self.instrument)
         finally:
             sem.release()
+
+    def _warm(self, pool: _Pool) -> None:
+        """Have every replica compile the slow grammars now, off the check's path: one background task, one
+        one-token ``/v1/completions`` request per grammar and replica, whatever they answer (a compile that outlives
+        the server's timeout still lands in its cache). The first check does not wait for it."""
+        pool.warmed = True
+        if not self._warm_regexes:
+            return
+
+        async def warm() -> None:
+            for base_url in self.base_urls:
+                for regex in self._warm_regexes:
+                    body = {"model": self.model, "prompt": "Hello.", "max_tokens": 1, "temperature": 0.0,
+                            "structured_outputs": {"regex": regex}}
+                    try:
+                        with pool.lease() as client:
+                            await client.post(base_url + "/completions", json=body,
+                                              timeout=httpx.Timeout(WARM_UP_TIMEOUT_S, connect=5.0))
+                    except Exception as exc:  # warming is best effort: the checks report real failures
+                        log.debug("grammar warm-up at %s: %s: %s", base_url, type(exc).__name__, exc)
+
+        task = asyncio.get_running_loop().create_task(warm())
+        self._warming.add(task)
+        task.add_done_callback(self._warming.discard)
 
     async def _decode(self, client: httpx.AsyncClient, base_url: str, body: dict[str, Any], budget: float,
                       prompt: GuardPrompt) -> Completion:
@@ -374,6 +409,9 @@ class VllmHttpEngine:
 
     async def aclose(self) -> None:
         """Close this event loop's connections; forget every other loop's (they cannot be closed from here)."""
+        for task in list(self._warming):
+            if task.get_loop() is asyncio.get_running_loop():
+                task.cancel()
         pool = self._per_loop.pop(asyncio.get_running_loop(), None)
         self._per_loop.clear()
         for client in pool.clients if pool else ():

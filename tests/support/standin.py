@@ -241,6 +241,8 @@ class StandIn:
         self.confidence = confidence
         self.host, self.port = host, port
         self.requests: list[dict[str, Any]] = []
+        #: the plugin's grammar warm-up requests (``/v1/completions``, one token, a reasoning grammar)
+        self.warmups: list[dict[str, Any]] = []
         self.headers_seen: list[dict[str, str]] = []
         self.faults: list[Fault] = []
         self.fault_rate = 0.0
@@ -414,6 +416,12 @@ class StandIn:
             return True
         if not isinstance(body, dict):
             await _send_json(writer, 400, error_body(400, "Input should be a valid dictionary"))
+            return True
+        if path == "/v1/completions" and body.get("max_tokens") == 1 and str(
+                (body.get("structured_outputs") or {}).get("regex", "")).startswith("<think>"):
+            with self._lock:  # the plugin's background grammar warm-up: recorded apart, never held or faulted
+                self.warmups.append(body)
+            await _send_json(writer, 200, self._answer(body, path)[0])
             return True
         with self._lock:
             self.requests.append(body)
