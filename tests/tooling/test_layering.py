@@ -1,0 +1,86 @@
+"""The pipeline's one-way data flow, enforced: config → policy → prompt → engine → verdict → outcome → rail → actions.
+
+A reader follows a check from ``config.yml`` to the refusal without back-tracking only while no module imports one
+later in that chain. Every import counts, including the lazy ones inside functions (a lazy import is still a
+dependency; it only hides it). The command line, ``eval`` and the package root are consumers of the whole pipeline
+and sit outside the chain.
+"""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+PKG = Path(__file__).resolve().parents[2] / "nemo_csr_rail"
+
+# Position in the chain; a module may import only modules at the same or an earlier position.
+RANK: dict[str, int] = {
+    # leaves: plain data and helpers that know nothing of the pipeline
+    "errors": 0, "taxonomy": 0, "cache": 0, "weights": 0, "long_input": 0, "conversation": 0, "neutralize": 0,
+    "engines.constrain": 0, "engines.transport": 0,
+    "settings": 1,
+    "policy": 2,
+    "prompt_topic": 3,
+    "prompt": 4,
+    "engines.base": 5,
+    "engines.token_floor": 6, "engines.http": 6, "engines.embedded": 6,
+    "engines.factory": 7,
+    "verdict": 8,
+    "client": 9,
+    "outcome": 10,
+    "telemetry.metrics": 11, "telemetry.audit": 11, "telemetry.tracing": 11, "telemetry.facade": 12,
+    "telemetry": 12,
+    "rail": 13,
+    "history_events": 14,
+    "actions": 15,
+    "config": 16,
+}
+OUTSIDE = ("cli", "eval")
+
+
+def _module_name(path: Path) -> str:
+    rel = path.relative_to(PKG).with_suffix("")
+    parts = [p for p in rel.parts if p != "__init__"]
+    return ".".join(parts)
+
+
+def _imports(path: Path) -> set[str]:
+    """Every ``nemo_csr_rail`` module this file imports, at any depth of its code."""
+    out: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            if node.module == "nemo_csr_rail":
+                out.update(alias.name for alias in node.names)  # from nemo_csr_rail import prompt
+            elif node.module.startswith("nemo_csr_rail."):
+                out.add(node.module.removeprefix("nemo_csr_rail."))
+        elif isinstance(node, ast.Import):
+            out.update(a.name.removeprefix("nemo_csr_rail.") for a in node.names if a.name.startswith("nemo_csr_rail."))
+    return out
+
+
+def _rank(name: str) -> int | None:
+    while name:
+        if name in RANK:
+            return RANK[name]
+        name = name.rpartition(".")[0]
+    return None
+
+
+MODULES = sorted(p for p in PKG.rglob("*.py") if not _module_name(p).startswith(OUTSIDE) and _module_name(p))
+
+
+def test_every_pipeline_module_has_a_place_in_the_chain():
+    unplaced = [_module_name(p) for p in MODULES if _rank(_module_name(p)) is None]
+    assert not unplaced, f"add these modules to RANK (where in the chain do they sit?): {unplaced}"
+
+
+@pytest.mark.parametrize("path", MODULES, ids=_module_name)
+def test_no_import_runs_back_up_the_chain(path: Path):
+    me = _module_name(path)
+    mine = _rank(me)
+    assert mine is not None
+    back = sorted(f"{dep} (position {_rank(dep)})" for dep in _imports(path)
+                  if dep not in ("__version__",) and (_rank(dep) or 0) > mine)
+    assert not back, f"{me} (position {mine}) imports later modules: {back}"
