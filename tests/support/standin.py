@@ -3,7 +3,7 @@
 Tests need specific verdicts (a real model with random weights gives arbitrary ones) and specific faults, so this
 stand-in replaces the model by a *responder* — a function from the request body to the model's full answer text —
 and keeps everything else vLLM-shaped: response and error bodies (checked against recorded real-vLLM shapes in
-``tests/test_standin_fidelity.py``), ``continue_final_message`` returning only the continuation, the
+``tests/e2e/real/test_standin_fidelity.py``), ``continue_final_message`` returning only the continuation, the
 ``structured_outputs.regex`` constraint, ``max_tokens`` truncation with ``finish_reason: length``, ``logprobs`` with
 ``top_logprobs``, ``usage.prompt_tokens_details.cached_tokens``, context-length 400s, a wrong model name 404,
 ``/v1/models``, ``/health``, ``/metrics``, SSE streaming.
@@ -697,7 +697,7 @@ class StandIn:
     def _chat_payload(self, body: dict[str, Any], text: str, finish: str, logprobs: dict[str, Any] | None,
                       n_prompt: int, n_out: int, cached: int = 0, stop_reason: str | None = None,
                       role: str = "assistant") -> dict[str, Any]:
-        """Exactly the keys vLLM 0.32 returns (checked by tests/real/test_standin_fidelity.py)."""
+        """Exactly the keys vLLM 0.32 returns (checked by tests/e2e/real/test_standin_fidelity.py)."""
         return {
             "id": f"chatcmpl-{uuid.uuid4().hex}",
             "object": "chat.completion",
