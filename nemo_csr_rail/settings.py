@@ -125,7 +125,7 @@ class LongInputSettings(_Strict):
 
     Defaults sized on the real Gemma 3 tokenizer: ``max_chars`` random letters/digits/symbols (~0.78 tokens a
     character, the densest ordinary text), in the largest layout with the reasoning budget, fit the 4096-token
-    context ``serve`` gives on CPU and NVIDIA's tutorial uses; so does every window (tests/test_real_tokenizer.py).
+    context ``serve`` gives on CPU and NVIDIA's tutorial uses; so does every window (tests/unit/test_real_tokenizer.py).
     """
 
     strategy: Literal["windows", "refuse"] = "windows"

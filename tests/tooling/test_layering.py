@@ -27,7 +27,8 @@ RANK: dict[str, int] = {
     "verdict": 5,
     "engines.base": 6,
     # decode plans: each builds its requests and reads its completions
-    "plans.grammar": 7, "plans.one_token": 7, "plans.answers": 8, "plans.split_output": 9, "plans": 10,
+    "plans.grammar": 7, "plans.one_token": 7, "plans.answers": 8, "plans.split_output": 9, "plans.escalate": 9,
+    "plans": 10,
     # engines carry the plans' requests
     "engines.replicas": 11, "engines.http": 12, "engines.embedded": 12,
     "engines.factory": 13,
