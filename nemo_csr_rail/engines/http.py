@@ -409,9 +409,10 @@ class VllmHttpEngine:
 
     async def aclose(self) -> None:
         """Close this event loop's connections; forget every other loop's (they cannot be closed from here)."""
-        for task in list(self._warming):
-            if task.get_loop() is asyncio.get_running_loop():
-                task.cancel()
+        mine = [t for t in self._warming if t.get_loop() is asyncio.get_running_loop()]
+        for task in mine:
+            task.cancel()
+        await asyncio.gather(*mine, return_exceptions=True)
         pool = self._per_loop.pop(asyncio.get_running_loop(), None)
         self._per_loop.clear()
         for client in pool.clients if pool else ():

@@ -243,6 +243,7 @@ class StandIn:
         self.requests: list[dict[str, Any]] = []
         #: the plugin's grammar warm-up requests (``/v1/completions``, one token, a reasoning grammar)
         self.warmups: list[dict[str, Any]] = []
+        self.warmup_delay_s = 0.0  # how long a warm-up takes to answer (a grammar compiling)
         self.headers_seen: list[dict[str, str]] = []
         self.faults: list[Fault] = []
         self.fault_rate = 0.0
@@ -421,6 +422,8 @@ class StandIn:
                 (body.get("structured_outputs") or {}).get("regex", "")).startswith("<think>"):
             with self._lock:  # the plugin's background grammar warm-up: recorded apart, never held or faulted
                 self.warmups.append(body)
+            if self.warmup_delay_s:
+                await asyncio.sleep(self.warmup_delay_s)
             await _send_json(writer, 200, self._answer(body, path)[0])
             return True
         with self._lock:
