@@ -19,6 +19,7 @@ from nemo_csr_rail.cache import TTLCache
 from nemo_csr_rail.conversation import Turn, as_turns, fit_history
 from nemo_csr_rail.engines.base import Completion, Engine
 from nemo_csr_rail.errors import CsrError, VerdictParseError
+from nemo_csr_rail.options import DEFAULT_BASE_URL, DEFAULT_MODEL, DecodeOptions, HttpOptions
 from nemo_csr_rail.policy import Direction, Policy
 from nemo_csr_rail.settings import LongInputSettings
 from nemo_csr_rail.verdict import Verdict
@@ -26,8 +27,6 @@ from nemo_csr_rail.verdict import Verdict
 if TYPE_CHECKING:
     from nemo_csr_rail.settings import PluginSettings
 
-DEFAULT_BASE_URL = "http://127.0.0.1:8000/v1"
-DEFAULT_MODEL = "nvidia/Nemotron-Content-Safety-Reasoning-4B"
 #: topic policies: history + current message budget for a client made without settings (long_input's default)
 DEFAULT_HISTORY_MAX_CHARS = LongInputSettings.model_fields["max_chars"].default
 
@@ -69,14 +68,14 @@ class CsrClient:
         model: str = DEFAULT_MODEL,
         *,
         api_key: str | None = None,
-        timeout_s: float = 5.0,
-        max_retries: int = 2,
-        structured_output: bool = True,
-        assistant_prefill: bool = True,
-        logprobs: bool = True,
-        reasoning_max_tokens: int = 384,
-        max_concurrency: int = 256,
-        split_output: bool = True,
+        timeout_s: float = HttpOptions.timeout_s,
+        max_retries: int = HttpOptions.max_retries,
+        structured_output: bool = DecodeOptions.structured_output,
+        assistant_prefill: bool = DecodeOptions.assistant_prefill,
+        logprobs: bool = DecodeOptions.logprobs,
+        reasoning_max_tokens: int = DecodeOptions.reasoning_max_tokens,
+        max_concurrency: int = HttpOptions.max_concurrency,
+        split_output: bool = DecodeOptions.split_output,
         cache: TTLCache[Verdict] | None = None,
         engine: Engine | None = None,
         verify: bool | str = True,

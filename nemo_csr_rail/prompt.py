@@ -34,6 +34,7 @@ from typing import TYPE_CHECKING
 from nemo_csr_rail import prompt_topic
 from nemo_csr_rail.neutralize import WORD_JOINER as WORD_JOINER  # re-exported: callers predate the module
 from nemo_csr_rail.neutralize import neutralize
+from nemo_csr_rail.options import DecodeOptions
 from nemo_csr_rail.policy import Direction, Policy
 
 if TYPE_CHECKING:
@@ -138,11 +139,11 @@ def build(
     bot_message: str | None,
     *,
     reasoning: bool | None = None,
-    structured: bool = True,
-    prefill: bool = True,
-    logprobs: bool = True,
-    reasoning_max_tokens: int = 384,
-    split_output: bool = True,
+    structured: bool = DecodeOptions.structured_output,
+    prefill: bool = DecodeOptions.assistant_prefill,
+    logprobs: bool = DecodeOptions.logprobs,
+    reasoning_max_tokens: int = DecodeOptions.reasoning_max_tokens,
+    split_output: bool = DecodeOptions.split_output,
     history: Sequence[Turn] = (),
 ) -> GuardPrompt:
     """The plan of one check. ``history`` (earlier messages, oldest first) is used by topic policies only: the
@@ -174,7 +175,7 @@ def build(
     return GuardPrompt(text, direction, False, "", target if structured else None, NO_THINK_MAX_TOKENS, logprobs, stop)
 
 
-def response_step(gp: GuardPrompt, prompt_harm: str, *, logprobs: bool = True) -> GuardPrompt:
+def response_step(gp: GuardPrompt, prompt_harm: str, *, logprobs: bool = DecodeOptions.logprobs) -> GuardPrompt:
     """The response half of a split output check: the prompt verdict is prefilled, only the response one decoded."""
     if not gp.split_output:
         raise ValueError("response_step() needs the prompt half of a split output check")

@@ -33,9 +33,10 @@ from nemo_csr_rail.errors import (
     GuardUnavailable,
     InputTooLong,
 )
+from nemo_csr_rail.options import DecodeOptions, HttpOptions
 from nemo_csr_rail.prompt import GuardPrompt
 
-TOP_LOGPROBS = 5
+TOP_LOGPROBS = DecodeOptions.top_logprobs
 _CONTEXT_MARKERS = ("maximum context length", "context length", "too long", "max_model_len")
 
 
@@ -176,12 +177,12 @@ class VllmHttpEngine:
         model: str,
         *,
         api_key: str | None = None,
-        max_retries: int = 2,
-        max_concurrency: int = 256,
+        max_retries: int = HttpOptions.max_retries,
+        max_concurrency: int = HttpOptions.max_concurrency,
         verify: bool | str = True,
-        breaker_threshold: int = 3,
-        breaker_cooldown_s: float = 2.0,
-        transport: Literal["buffered", "httpx"] = "buffered",
+        breaker_threshold: int = HttpOptions.breaker_threshold,
+        breaker_cooldown_s: float = HttpOptions.breaker_cooldown_s,
+        transport: Literal["buffered", "httpx"] = HttpOptions.transport,
     ) -> None:
         if not base_urls:
             raise ValueError("at least one base_url is required")
