@@ -6,19 +6,19 @@ and refusal templates) is computed here at load time, so the per-check path only
 
 from __future__ import annotations
 
-from collections.abc import Iterable
 from dataclasses import dataclass
 from enum import Enum
 from typing import Literal
 
-from nemo_csr_rail.settings import (
+from nemo_csr_rail.options import (
     DEFAULT_HISTORY_TURNS,
     DEFAULT_INPUT_REFUSAL,
+    DEFAULT_MODEL_TYPE,
+    DEFAULT_ON_ERROR,
     DEFAULT_OUTPUT_REFUSAL,
-    CategorySpec,
-    PluginSettings,
-    PolicySettings,
 )
+from nemo_csr_rail.settings import CategorySpec, PluginSettings, PolicySettings
+from nemo_csr_rail.settings import implicit_policy as implicit_policy  # re-exported (rule: settings)
 from nemo_csr_rail.taxonomy import TAXONOMIES
 
 
@@ -44,9 +44,9 @@ class Policy:
     reasoning_output: bool
     refusal_input: str = DEFAULT_INPUT_REFUSAL
     refusal_output: str = DEFAULT_OUTPUT_REFUSAL
-    on_error: Literal["block", "allow"] = "block"
+    on_error: Literal["block", "allow"] = DEFAULT_ON_ERROR
     threshold: float | None = None
-    model_type: str = "nemotron_csr"
+    model_type: str = DEFAULT_MODEL_TYPE
     history_turns: int = 0
 
     def reasoning(self, direction: Direction) -> bool:
@@ -136,10 +136,3 @@ def compile_policy(name: str, spec: PolicySettings, plugin: PluginSettings) -> P
 def compile_policies(plugin: PluginSettings) -> dict[str, Policy]:
     return {name: compile_policy(name, spec, plugin) for name, spec in plugin.policies.items()}
 
-
-def implicit_policy(names: Iterable[str]) -> str | None:
-    """The policy used when none is named: the only one, else the one called 'default', else none."""
-    names = list(names)
-    if len(names) == 1:
-        return names[0]
-    return "default" if "default" in names else None

@@ -7,6 +7,7 @@ breaker, embedded device) applies the same way whichever entry point runs the ch
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import replace
 
 from nemo_csr_rail.engines.base import Engine
 from nemo_csr_rail.plans import grammar
@@ -31,7 +32,9 @@ def build_engine(resolved: ResolvedSettings, model_type: str, *, base_urls: Sequ
     urls = tuple(u.rstrip("/") for u in base_urls) if base_urls else ep.base_urls
     reasoned = s.structured_output and any(p.reasoning_input or p.reasoning_output
                                            for p in compile_policies(s).values() if p.model_type == model_type)
-    return VllmHttpEngine(urls, ep.model, api_key=ep.api_key, max_retries=s.max_retries,
-                          max_concurrency=max_concurrency or s.max_concurrency, verify=ep.verify,
-                          breaker_threshold=s.breaker.threshold, breaker_cooldown_s=s.breaker.cooldown_s,
-                          transport=s.http_transport, warm_regexes=grammar.warm_up_regexes() if reasoned else ())
+    http = s.http_options()
+    if max_concurrency:
+        http = replace(http, max_concurrency=max_concurrency)
+    return VllmHttpEngine(urls, ep.model, api_key=ep.api_key, verify=ep.verify, options=http,
+                          top_logprobs=s.decode_options().top_logprobs,
+                          warm_regexes=grammar.warm_up_regexes() if reasoned else ())

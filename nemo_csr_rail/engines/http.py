@@ -16,7 +16,8 @@ import ssl
 import time
 import weakref
 from collections.abc import Iterator, Sequence
-from typing import Any, Literal
+from dataclasses import replace
+from typing import Any
 
 import httpx
 
@@ -36,10 +37,10 @@ from nemo_csr_rail.errors import (
     GuardUnavailable,
     InputTooLong,
 )
+from nemo_csr_rail.options import DecodeOptions, HttpOptions, split_overrides
 from nemo_csr_rail.plans import one_token
 from nemo_csr_rail.prompt import GuardPrompt
 
-TOP_LOGPROBS = 5
 log = logging.getLogger("nemo_csr_rail")
 _CONTEXT_MARKERS = ("maximum context length", "context length", "too long", "max_model_len")
 
@@ -143,23 +144,27 @@ class VllmHttpEngine:
         model: str,
         *,
         api_key: str | None = None,
-        max_retries: int = 2,
-        max_concurrency: int = 256,
         verify: bool | str = True,
-        breaker_threshold: int = 3,
-        breaker_cooldown_s: float = 2.0,
-        transport: Literal["buffered", "httpx"] = "buffered",
+        options: HttpOptions | None = None,
+        top_logprobs: int = DecodeOptions.top_logprobs,
         warm_regexes: Sequence[str] = (),
+        **overrides: Any,
     ) -> None:
+        """``options`` carries retries, concurrency, breaker and transport (``timeout_s`` is the caller's, per
+        call); single options may be given as keywords instead (``max_retries=0``), overriding the object."""
+        _, http_overrides = split_overrides(overrides)
+        opts = replace(options or HttpOptions(), **http_overrides)
+        if opts.transport not in ("buffered", "httpx"):
+            raise ValueError(f"transport must be 'buffered' or 'httpx', not {opts.transport!r}")
         self.model = model
-        self.replicas = ReplicaSet(base_urls, max_retries=max_retries, breaker_threshold=breaker_threshold,
-                                   breaker_cooldown_s=breaker_cooldown_s)
+        self.options = opts
+        self.replicas = ReplicaSet(base_urls, max_retries=opts.max_retries, breaker_threshold=opts.breaker_threshold,
+                                   breaker_cooldown_s=opts.breaker_cooldown_s)
         self._api_key = api_key
-        self._max_concurrency = max_concurrency
+        self._max_concurrency = opts.max_concurrency
         self._verify = verify
-        if transport not in ("buffered", "httpx"):
-            raise ValueError(f"transport must be 'buffered' or 'httpx', not {transport!r}")
-        self._transport = transport
+        self._transport = opts.transport
+        self._top_logprobs = top_logprobs
         self._plans = one_token.PlanCache()  # one-token plan per (replica, prefill), looked up once
         #: grammars to have each replica compile once, in the background, when the engine is first used
         self._warm_regexes = tuple(warm_regexes)
@@ -214,7 +219,7 @@ class VllmHttpEngine:
             body["structured_outputs"] = {"regex": prompt.regex}
         if prompt.want_logprobs:
             body["logprobs"] = True
-            body["top_logprobs"] = TOP_LOGPROBS
+            body["top_logprobs"] = self._top_logprobs
         if prompt.stop:
             body["stop"] = list(prompt.stop)
             body["include_stop_str_in_output"] = True

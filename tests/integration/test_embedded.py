@@ -18,6 +18,7 @@ from nemo_csr_rail import plans
 from nemo_csr_rail.client import CsrClient
 from nemo_csr_rail.engines.base import Engine
 from nemo_csr_rail.errors import EngineUnavailable, GuardTimeout, InputTooLong
+from nemo_csr_rail.options import DecodeOptions
 from nemo_csr_rail.policy import Direction, Policy
 from nemo_csr_rail.settings import DEFAULT_ERROR_REFUSAL
 from tests.support.tiny_cache import tiny_checkpoint
@@ -115,8 +116,8 @@ async def test_unconstrained_decoding_matches_transformers_generate(engine):
     """The hand-written KV-cache loop is plain greedy decoding: same tokens as ``model.generate``."""
     import torch
 
-    gp = plans.build(POLICIES["custom"], Direction.INPUT, "hello", None, reasoning=False, structured=False,
-                       logprobs=False)
+    gp = plans.build(POLICIES["custom"], Direction.INPUT, "hello", None, reasoning=False,
+                       logprobs=False, decode=DecodeOptions(structured_output=False))
     comp = await engine.complete(gp, timeout_s=60)
     m = engine.load()
     ids = torch.tensor([engine.prompt_ids(gp)])

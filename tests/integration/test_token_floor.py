@@ -16,6 +16,7 @@ from nemo_csr_rail import plans
 from nemo_csr_rail.client import CsrClient
 from nemo_csr_rail.engines.base import Completion
 from nemo_csr_rail.errors import VerdictParseError
+from nemo_csr_rail.options import DecodeOptions
 from nemo_csr_rail.plans import one_token as tf
 from nemo_csr_rail.policy import Direction, Policy
 from tests.support.standin import Fault, StandIn, encode
@@ -120,10 +121,10 @@ def test_the_prompt_marks_exactly_the_bare_verdict_requests():
     half = plans.build(POLICY, Direction.OUTPUT, "hi", "ok")
     assert inp.verdict_choices == WORDS and half.verdict_choices == WORDS
     assert plans.split_output.response_step(half, "unharmful").verdict_choices == WORDS
-    assert plans.build(POLICY, Direction.OUTPUT, "hi", "ok", split_output=False).verdict_choices == ()
+    assert plans.build(POLICY, Direction.OUTPUT, "hi", "ok", decode=DecodeOptions(split_output=False)).verdict_choices == ()
     assert plans.build(POLICY, Direction.INPUT, "hi", None, reasoning=True).verdict_choices == ()
-    assert plans.build(POLICY, Direction.INPUT, "hi", None, prefill=False).verdict_choices == ()
-    assert plans.build(POLICY, Direction.INPUT, "hi", None, structured=False).verdict_choices == ()
+    assert plans.build(POLICY, Direction.INPUT, "hi", None, decode=DecodeOptions(assistant_prefill=False)).verdict_choices == ()
+    assert plans.build(POLICY, Direction.INPUT, "hi", None, decode=DecodeOptions(structured_output=False)).verdict_choices == ()
 
 
 # ------------------------------------------------------------------------------------------------ end to end

@@ -20,6 +20,8 @@ RANK: dict[str, int] = {
     # leaves: plain data and helpers that know nothing of the pipeline
     "errors": 0, "taxonomy": 0, "cache": 0, "weights": 0, "long_input": 0, "conversation": 0, "neutralize": 0,
     "engines.constrain": 0, "engines.transport": 0,
+    "options": 0,  # every default, once: read by the schema, the client, the engines and the prompt builder
+    "settings.probe": 1, "settings.schema": 1, "settings.endpoints": 1, "settings.flows": 1, "settings.resolve": 1,
     "settings": 1,
     "policy": 2,
     "prompt_topic": 3,

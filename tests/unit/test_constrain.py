@@ -11,6 +11,7 @@ from hypothesis import strategies as st
 
 from nemo_csr_rail import plans
 from nemo_csr_rail.engines.constrain import Grammar, Matcher, Unsupported, compile_segments
+from nemo_csr_rail.options import DecodeOptions
 from nemo_csr_rail.policy import Direction, Policy
 
 WORDS = [" harmful", " unharmful", " harm", "harm", "ful", " un", "Prompt", " Prompt", "Response", "<think>",
@@ -30,8 +31,7 @@ def regexes() -> list[tuple[str, int]]:
         for d in Direction:
             for r in (False, True):
                 for prefill in (True, False):
-                    gp = plans.build(pol, d, "hi", "yo" if d is Direction.OUTPUT else None, reasoning=r,
-                                       prefill=prefill, reasoning_max_tokens=120)
+                    gp = plans.build(pol, d, "hi", "yo" if d is Direction.OUTPUT else None, reasoning=r, decode=DecodeOptions(assistant_prefill=prefill, reasoning_max_tokens=120))
                     out.append((gp.regex, gp.max_tokens))
     return sorted(set(out))
 

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from nemo_csr_rail import plans, prompt
+from nemo_csr_rail.options import DecodeOptions
 from nemo_csr_rail.policy import Direction, Policy, compile_policies
 from nemo_csr_rail.settings import PluginSettings
 from tests.support.shared import missing
@@ -159,14 +160,14 @@ def test_decoding_plan_per_mode() -> None:
     step = plans.split_output.response_step(gp, "unharmful")
     assert step.messages[-1] == {"role": "assistant", "content": "Prompt harm: unharmful\nResponse harm:"}
     assert step.regex == " (harmful|unharmful)" and step.want_logprobs and step.stop == ("harmful",)
-    gp = plans.build(p, Direction.OUTPUT, "u", "b", split_output=False)
+    gp = plans.build(p, Direction.OUTPUT, "u", "b", decode=DecodeOptions(split_output=False))
     assert gp.regex == " (harmful|unharmful)\nResponse [hH]arm: (harmful|unharmful)"
     assert gp.stop == ("\nResponse harm: harmful", "\nResponse harm: unharmful", "\nResponse Harm: harmful",
                        "\nResponse Harm: unharmful")
     gp = plans.build(p, Direction.INPUT, "u", None, reasoning=True)
     assert gp.prefill == "" and gp.regex.startswith("<think>\\n") and gp.text.endswith("/think")
     assert not gp.want_logprobs and len(gp.messages) == 1
-    gp = plans.build(p, Direction.INPUT, "u", None, structured=False, prefill=False)
+    gp = plans.build(p, Direction.INPUT, "u", None, decode=DecodeOptions(structured_output=False, assistant_prefill=False))
     assert gp.regex is None and gp.prefill == ""
     with pytest.raises(ValueError):
         plans.build(p, Direction.OUTPUT, "u", None)

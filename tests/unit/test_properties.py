@@ -14,6 +14,7 @@ from hypothesis import strategies as st
 from nemo_csr_rail import plans, prompt
 from nemo_csr_rail.engines.base import Completion
 from nemo_csr_rail.errors import CsrError, VerdictParseError
+from nemo_csr_rail.options import DecodeOptions
 from nemo_csr_rail.policy import Direction, Policy
 from nemo_csr_rail.verdict import parse
 
@@ -114,8 +115,8 @@ _hostile = st.lists(st.one_of(st.text(max_size=40), st.sampled_from([
 def test_exactly_one_conversation_block_in_every_layout(user, bot, taxonomy, reasoning, prefill) -> None:
     policy = Policy.taxonomy() if taxonomy else Policy.custom("p", "No politics.")
     direction = Direction.INPUT if bot is None else Direction.OUTPUT
-    gp = plans.build(policy, direction, user, bot, reasoning=reasoning, prefill=prefill)
-    ref = plans.build(policy, direction, "U", None if bot is None else "B", reasoning=reasoning, prefill=prefill)
+    gp = plans.build(policy, direction, user, bot, reasoning=reasoning, decode=DecodeOptions(assistant_prefill=prefill))
+    ref = plans.build(policy, direction, "U", None if bot is None else "B", reasoning=reasoning, decode=DecodeOptions(assistant_prefill=prefill))
     head, rest = ref.text.split("Human user:\nU\n\nAI assistant:\n", 1)
     tail = rest.split("\n\n", 1)[1] if bot is not None else rest[len("None\n\n"):]
     middle = f"Human user:\n{prompt.neutralize(user)}\n\nAI assistant:\n" + (

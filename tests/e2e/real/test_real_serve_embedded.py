@@ -22,6 +22,7 @@ import pytest
 from nemo_csr_rail import plans
 from nemo_csr_rail.cli.serve_cmd import vllm_command
 from nemo_csr_rail.engines.http import VllmHttpEngine
+from nemo_csr_rail.options import DecodeOptions
 from nemo_csr_rail.policy import Direction, Policy
 from tests.support import vllm_server
 
@@ -112,7 +113,7 @@ async def test_embedded_engine_matches_vllm(served, kind, direction, reasoning):
     pol = Policy.custom("retail", "No politics or religion.") if kind == "custom" else Policy.taxonomy()
     gp = plans.build(pol, direction, "How do I <start_of_turn> reset my router? é",
                        "Unplug it for ten seconds." if direction is Direction.OUTPUT else None,
-                       reasoning=reasoning, reasoning_max_tokens=48)
+                       reasoning=reasoning, decode=DecodeOptions(reasoning_max_tokens=48))
     http = VllmHttpEngine([served["root"] + "/v1"], NAME)
     emb = EmbeddedEngine(str(served["model"]), device="cpu")
     body = http.payload(gp)

@@ -26,6 +26,7 @@ from nemo_csr_rail import prompt as prompts
 from nemo_csr_rail import verdict as verdicts
 from nemo_csr_rail.client import CsrClient
 from nemo_csr_rail.engines.http import VllmHttpEngine
+from nemo_csr_rail.options import DecodeOptions
 from nemo_csr_rail.policy import Direction, Policy
 from tests.support.standin import GUARD_MODEL
 
@@ -121,7 +122,7 @@ async def test_split_output_check_equals_full_generation(vllm_url):
     async with CsrClient(vllm_url, timeout_s=120) as guard:
         with httpx.Client(timeout=120) as client:
             for pol, user, bot in _cases():
-                full_gp = plans.build(pol, Direction.OUTPUT, user, bot, split_output=False)
+                full_gp = plans.build(pol, Direction.OUTPUT, user, bot, decode=DecodeOptions(split_output=False))
                 full, full_tokens = _full(client, vllm_url, full_gp)
                 res = await guard.check(pol, Direction.OUTPUT, user, bot)
                 v = res.verdict

@@ -14,6 +14,7 @@ import pytest
 
 from nemo_csr_rail import plans
 from nemo_csr_rail.engines.http import VllmHttpEngine
+from nemo_csr_rail.options import DecodeOptions
 from nemo_csr_rail.policy import Direction
 from tests.support import real_gemma
 from tests.support.guard_layouts import LAYOUTS
@@ -58,7 +59,7 @@ def _same_logprobs(ec, hc) -> None:
 async def test_embedded_engine_matches_vllm_on_real_weights(gemma_server, embedded, layout, direction, reasoning):
     gp = plans.build(LAYOUTS[layout], direction, "How do I <start_of_turn> reset my router? é",
                        "Unplug it for ten seconds." if direction is Direction.OUTPUT else None,
-                       reasoning=reasoning, reasoning_max_tokens=REASONING_MAX_TOKENS)
+                       reasoning=reasoning, decode=DecodeOptions(reasoning_max_tokens=REASONING_MAX_TOKENS))
     body = VllmHttpEngine([gemma_server.base_url], gemma_server.model).payload(gp)
     tok = httpx.post(gemma_server.root + "/tokenize", timeout=60, json={
         "model": gemma_server.model, "messages": body["messages"],

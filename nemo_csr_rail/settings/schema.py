@@ -1,39 +1,46 @@
-"""Schema of ``custom_data.nemo_csr_rail`` and the guard endpoint it points at.
+"""Schema of ``custom_data.nemo_csr_rail``: the pydantic models, and turning a validation error into a ConfigError.
 
 NeMo Guardrails 0.24 silently drops unknown ``rails.config`` keys, so the plugin keeps its settings in
 ``custom_data`` and validates them itself, strictly (``extra="forbid"``): a typo must fail when the config loads,
 naming the key, instead of quietly turning a rail off.
+
+This module only checks the section itself (and the files it names). It reads no ``models:`` entry and no flow:
+joining the section with the rest of the Guardrails config is :mod:`nemo_csr_rail.settings.resolve`'s job. Default
+values come from :mod:`nemo_csr_rail.options`, where each is written once.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
-import logging
 import os
 import re
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from nemo_csr_rail.errors import ConfigError
+from nemo_csr_rail.options import (
+    DEFAULT_CACHE_MAXSIZE,
+    DEFAULT_CACHE_TTL_S,
+    DEFAULT_ENGINE,
+    DEFAULT_ERROR_REFUSAL,
+    DEFAULT_LONG_INPUT_MAX_CHARS,
+    DEFAULT_LONG_INPUT_MAX_WINDOWS,
+    DEFAULT_LONG_INPUT_STRATEGY,
+    DEFAULT_LONG_INPUT_WINDOW_CHARS,
+    DEFAULT_MODEL_TYPE,
+    DEFAULT_ON_ERROR,
+    DEFAULT_PROMETHEUS_HOST,
+    DecodeOptions,
+    HttpOptions,
+)
+from nemo_csr_rail.settings.probe import missing_packages
 from nemo_csr_rail.taxonomy import TAXONOMIES
 
 SECTION = "nemo_csr_rail"
-DEFAULT_MODEL_TYPE = "nemotron_csr"
-DEFAULT_INPUT_REFUSAL = "I'm sorry, I can't help with that. {reasoning}"
-DEFAULT_OUTPUT_REFUSAL = "I'm sorry, I can't share that answer. {reasoning}"
-DEFAULT_ERROR_REFUSAL = "I'm sorry, I can't respond right now: the safety check could not run."
 REFUSAL_FIELDS = frozenset({"reasoning", "policy"})
-#: earlier messages a topic policy sends by default (a user or a bot message counts one)
-DEFAULT_HISTORY_TURNS = 6
 POLICY_KINDS = ("policy", "taxonomy", "categories", "topic")
-FLOW_POLICY_RE = re.compile(r'csr check (input|output)\s+\$policy\s*=\s*"?([^"\s)]+)"?')
-#: a call of the output check that names no policy (not a flow definition)
-BARE_OUTPUT_RE = re.compile(r'(?m)^(?!\s*(?:define\s+)?flow\b)[^\n#]*\bcsr check output\b(?![ \t]+\$policy)')
 
 OnError = Literal["block", "allow"]
 
@@ -111,8 +118,8 @@ class PolicySettings(_Strict):
 
 class CacheSettings(_Strict):
     enabled: bool = False
-    maxsize: int = Field(default=4096, ge=1)
-    ttl_s: float = Field(default=3600.0, gt=0)
+    maxsize: int = Field(default=DEFAULT_CACHE_MAXSIZE, ge=1)
+    ttl_s: float = Field(default=DEFAULT_CACHE_TTL_S, gt=0)
 
 
 class LongInputSettings(_Strict):
@@ -128,10 +135,10 @@ class LongInputSettings(_Strict):
     context ``serve`` gives on CPU and NVIDIA's tutorial uses; so does every window (tests/unit/test_real_tokenizer.py).
     """
 
-    strategy: Literal["windows", "refuse"] = "windows"
-    max_chars: int = Field(default=4000, ge=256)
-    window_chars: int = Field(default=3000, ge=128)
-    max_windows: int = Field(default=4, ge=2, le=64)
+    strategy: Literal["windows", "refuse"] = DEFAULT_LONG_INPUT_STRATEGY
+    max_chars: int = Field(default=DEFAULT_LONG_INPUT_MAX_CHARS, ge=256)
+    window_chars: int = Field(default=DEFAULT_LONG_INPUT_WINDOW_CHARS, ge=128)
+    max_windows: int = Field(default=DEFAULT_LONG_INPUT_MAX_WINDOWS, ge=2, le=64)
 
     @model_validator(mode="after")
     def _window_fits(self) -> LongInputSettings:
@@ -163,8 +170,8 @@ class TlsSettings(_Strict):
 class BreakerSettings(_Strict):
     """Per-replica circuit breaker: open after ``threshold`` consecutive failures, probe again after ``cooldown_s``."""
 
-    threshold: int = Field(default=3, ge=1)
-    cooldown_s: float = Field(default=2.0, gt=0)
+    threshold: int = Field(default=HttpOptions.breaker_threshold, ge=1)
+    cooldown_s: float = Field(default=HttpOptions.breaker_cooldown_s, gt=0)
 
 
 class EmbeddedSettings(_Strict):
@@ -186,7 +193,7 @@ class TelemetrySettings(_Strict):
 
     #: serve Prometheus ``/metrics`` on this port (one endpoint per process, shared by every config); absent: none
     prometheus_port: int | None = Field(default=None, ge=1, le=65535)
-    prometheus_host: str = "127.0.0.1"
+    prometheus_host: str = DEFAULT_PROMETHEUS_HOST
     #: append one JSON line per guard decision to this file (written by a background thread, rotation-safe)
     audit_log: str | None = None
     #: also put the user's and the bot's text into each audit record and the reasoning into the trace event
@@ -206,16 +213,7 @@ class TelemetrySettings(_Strict):
 
     @model_validator(mode="after")
     def _extra_installed(self) -> TelemetrySettings:
-        import importlib.util
-
-        missing = []
-        for module in TELEMETRY_EXTRA_MODULES:
-            try:
-                found = importlib.util.find_spec(module) is not None
-            except (ImportError, ValueError):
-                found = False
-            if not found and module.split(".")[0] not in missing:
-                missing.append(module.split(".")[0])
+        missing = missing_packages(TELEMETRY_EXTRA_MODULES)
         if missing:
             raise ValueError(f"needs the 'telemetry' extra: pip install 'nemo-csr-rail[telemetry]' "
                              f"(missing: {', '.join(missing)})")
@@ -226,22 +224,22 @@ class PluginSettings(_Strict):
     """The whole plugin section. Defaults are the ones we recommend in production."""
 
     model: str = DEFAULT_MODEL_TYPE
-    engine: Literal["http", "embedded"] = "http"
+    engine: Literal["http", "embedded"] = DEFAULT_ENGINE
     embedded: EmbeddedSettings = EmbeddedSettings()
-    on_error: OnError = "block"
-    timeout_s: float = Field(default=5.0, gt=0)
-    max_retries: int = Field(default=2, ge=0, le=10)
-    structured_output: bool = True
-    assistant_prefill: bool = True
-    logprobs: bool = True
-    reasoning_max_tokens: int = Field(default=384, ge=16)
+    on_error: OnError = DEFAULT_ON_ERROR
+    timeout_s: float = Field(default=HttpOptions.timeout_s, gt=0)
+    max_retries: int = Field(default=HttpOptions.max_retries, ge=0, le=10)
+    structured_output: bool = DecodeOptions.structured_output
+    assistant_prefill: bool = DecodeOptions.assistant_prefill
+    logprobs: bool = DecodeOptions.logprobs
+    reasoning_max_tokens: int = Field(default=DecodeOptions.reasoning_max_tokens, ge=16)
     #: reasoning-off output checks: decode the prompt verdict and a prefilled response step in parallel (verified,
     #: same decision) instead of the whole two-line answer; False = one request decoding both lines
-    split_output: bool = True
-    max_concurrency: int = Field(default=256, ge=1)
+    split_output: bool = DecodeOptions.split_output
+    max_concurrency: int = Field(default=HttpOptions.max_concurrency, ge=1)
     #: the HTTP engine's sockets: "buffered" reads every connection into one reusable buffer (flat memory, less CPU;
     #: engines/transport.py); "httpx" is httpx's default backend, kept as a fallback
-    http_transport: Literal["buffered", "httpx"] = "buffered"
+    http_transport: Literal["buffered", "httpx"] = HttpOptions.transport
     refusal: str | None = None
     error_refusal: str = DEFAULT_ERROR_REFUSAL
     cache: CacheSettings = CacheSettings()
@@ -267,6 +265,32 @@ class PluginSettings(_Strict):
                 raise ValueError(f"policy name {name!r} may only use letters, digits, '_', '-', '.'")
         return value
 
+    def decode_options(self) -> DecodeOptions:
+        """How this config prompts and decodes a check."""
+        return DecodeOptions(structured_output=self.structured_output, assistant_prefill=self.assistant_prefill,
+                             logprobs=self.logprobs, reasoning_max_tokens=self.reasoning_max_tokens,
+                             split_output=self.split_output)
+
+    def http_options(self) -> HttpOptions:
+        """How this config's HTTP engine talks to the guard server."""
+        return HttpOptions(timeout_s=self.timeout_s, max_retries=self.max_retries,
+                           max_concurrency=self.max_concurrency, breaker_threshold=self.breaker.threshold,
+                           breaker_cooldown_s=self.breaker.cooldown_s, transport=self.http_transport)
+
+    def implicit_policy(self) -> str | None:
+        """The policy a flow that names none uses (:func:`implicit_policy`)."""
+        return implicit_policy(self.policies)
+
+
+def implicit_policy(names: Iterable[str]) -> str | None:
+    """The policy used when none is named: the only one, else the one called 'default', else none.
+
+    The one statement of the rule: config validation, the rails and the command line all call it."""
+    names = list(names)
+    if len(names) == 1:
+        return names[0]
+    return "default" if "default" in names else None
+
 
 def check_template(template: str) -> None:
     """Reject refusal templates with placeholders we cannot fill, at load time rather than mid-conversation."""
@@ -279,29 +303,6 @@ def check_template(template: str) -> None:
     unknown = fields - REFUSAL_FIELDS
     if unknown:
         raise ValueError(f"refusal template uses unknown placeholder(s) {sorted(unknown)}; allowed: {{reasoning}}, {{policy}}")
-
-
-@dataclass(frozen=True)
-class Endpoint:
-    """Where one guard model is served. ``api_key`` is resolved from the environment, never logged."""
-
-    model_type: str
-    model: str
-    base_urls: tuple[str, ...]
-    api_key: str | None = None
-    verify: bool | str = True
-
-    def __repr__(self) -> str:
-        return f"Endpoint(model_type={self.model_type!r}, model={self.model!r}, base_urls={self.base_urls!r})"
-
-
-@dataclass(frozen=True)
-class ResolvedSettings:
-    """Plugin settings joined with the ``models:`` entries they reference."""
-
-    plugin: PluginSettings
-    endpoints: Mapping[str, Endpoint]
-    fingerprint: str
 
 
 def _loc(err: Mapping[str, Any]) -> str:
@@ -332,128 +333,3 @@ def parse_plugin_settings(raw: Any) -> PluginSettings:
         raise ConfigError(key, msg) from None
 
 
-def _model_entries(models: Iterable[Any]) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for m in models or ():
-        out.setdefault(getattr(m, "type", None) or m.get("type"), m)
-    return out
-
-
-def _check_url(model_type: str, url: Any) -> str:
-    from urllib.parse import urlsplit
-
-    text = str(url).strip().rstrip("/")
-    try:
-        parts = urlsplit(text)
-        parts.port  # noqa: B018 - raises on a malformed port
-    except ValueError as exc:
-        raise ConfigError("", f"models[type={model_type}]: parameters.base_url {text!r} is not a URL: {exc}") from None
-    if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise ConfigError("", f"models[type={model_type}]: parameters.base_url {text!r} must be an http(s) URL "
-                              "with a host, e.g. http://127.0.0.1:8000/v1")
-    return text
-
-
-def _endpoint_from_model(model_type: str, entry: Any, tls: TlsSettings | None = None) -> Endpoint:
-    get = (lambda k: getattr(entry, k, None)) if not isinstance(entry, Mapping) else entry.get
-    params = dict(get("parameters") or {})
-    urls = params.get("base_urls") or params.get("base_url")
-    if isinstance(urls, str):
-        urls = [urls]
-    if not urls:
-        raise ConfigError("", f"models[type={model_type}]: parameters.base_url is required (the vLLM server's /v1 URL)")
-    env_var = get("api_key_env_var") or params.get("api_key_env_var")
-    api_key = os.environ.get(env_var) if env_var else params.get("api_key")
-    if env_var and api_key is None:
-        raise ConfigError("", f"models[type={model_type}]: api_key_env_var {env_var!r} is not set in the environment")
-    if not env_var and api_key:
-        logging.getLogger("nemo_csr_rail").warning(
-            "models[type=%s]: parameters.api_key is written in the config; prefer api_key_env_var "
-            "(the key itself is never logged)", model_type)
-    tls = tls or TlsSettings()
-    verify: bool | str = params.get("ca_bundle") or params.get("verify_tls", tls.ca_bundle or tls.verify)
-    if isinstance(verify, str) and not Path(os.path.expanduser(verify)).is_file():
-        raise ConfigError("", f"models[type={model_type}]: CA bundle {verify!r} is not a readable file")
-    return Endpoint(
-        model_type=model_type,
-        model=str(get("model") or ""),
-        base_urls=tuple(_check_url(model_type, u) for u in urls),
-        api_key=api_key,
-        verify=verify,
-    )
-
-
-def referenced_policies(rails_config: Any) -> set[tuple[str, str]]:
-    """(direction, policy) pairs named by flows in config.yml rails lists and in the config's own .co files."""
-    return {(m.group(1), m.group(2)) for t in _flow_texts(rails_config) for m in FLOW_POLICY_RE.finditer(t)}
-
-
-def uses_unnamed_output_check(rails_config: Any) -> bool:
-    """Whether a flow calls ``csr check output`` without a ``$policy`` (it then uses the implicit policy)."""
-    return any(BARE_OUTPUT_RE.search(t) for t in _flow_texts(rails_config))
-
-
-def _flow_texts(rails_config: Any) -> list[str]:
-    texts: list[str] = []
-    rails = getattr(rails_config, "rails", None)
-    for direction in ("input", "output"):
-        section = getattr(rails, direction, None) if rails is not None else None
-        texts.extend(getattr(section, "flows", None) or [])
-    config_path = getattr(rails_config, "config_path", None)
-    if config_path:
-        for path in str(config_path).split(","):
-            root = Path(path)
-            if root.is_dir():
-                texts.extend(p.read_text(errors="replace") for p in sorted(root.rglob("*.co")))
-    return texts
-
-
-def resolve(rails_config: Any) -> ResolvedSettings:
-    """Validate everything the plugin needs from a RailsConfig; raise ConfigError naming the key otherwise."""
-    custom = getattr(rails_config, "custom_data", None) or {}
-    plugin = parse_plugin_settings(custom.get(SECTION))
-    models = _model_entries(getattr(rails_config, "models", []) or [])
-    endpoints: dict[str, Endpoint] = {}
-    wanted = {plugin.model} | {p.model for p in plugin.policies.values() if p.model}
-    for model_type in sorted(wanted):
-        if model_type not in models:
-            if plugin.engine == "embedded" and model_type == plugin.model:
-                continue
-            key = "model" if model_type == plugin.model else "policies.*.model"
-            raise ConfigError(
-                key,
-                f"no guard model of type {model_type!r} in config.yml 'models:' "
-                f"(add: - type: {model_type}, engine: vllm_openai, model: nvidia/Nemotron-Content-Safety-Reasoning-4B, "
-                "parameters: {base_url: http://127.0.0.1:8000/v1})",
-            )
-        endpoints[model_type] = _endpoint_from_model(model_type, models[model_type], plugin.tls)
-    if plugin.engine == "embedded" and not plugin.embedded.model_path and plugin.model not in models:
-        raise ConfigError("embedded.model_path", "engine 'embedded' needs embedded.model_path or a guard model entry")
-    for direction, name in sorted(referenced_policies(rails_config)):
-        if name.startswith("$"):
-            continue
-        if name not in plugin.policies:
-            raise ConfigError(
-                f"policies.{name}",
-                f"flow 'csr check {direction} $policy=\"{name}\"' names an unknown policy; "
-                f"defined: {', '.join(sorted(plugin.policies))}",
-            )
-        if direction == "output" and plugin.policies[name].topic is not None:
-            raise ConfigError(
-                f"policies.{name}",
-                f"is a topic policy, which judges user messages only; flow 'csr check output $policy=\"{name}\"' "
-                "cannot use it (check the bot's answers with a 'policy' or 'taxonomy' policy)",
-            )
-    names = list(plugin.policies)
-    implicit = names[0] if len(names) == 1 else ("default" if "default" in names else None)
-    if implicit is not None and plugin.policies[implicit].topic is not None and uses_unnamed_output_check(rails_config):
-        raise ConfigError(
-            f"policies.{implicit}",
-            "is a topic policy, which judges user messages only; a 'csr check output' flow that names no $policy "
-            "would use it (name a 'policy' or 'taxonomy' policy there)",
-        )
-    blob = json.dumps(
-        [plugin.model_dump(mode="json"), {k: repr(v) + str(v.api_key) for k, v in endpoints.items()}],
-        sort_keys=True,
-    )
-    return ResolvedSettings(plugin=plugin, endpoints=endpoints, fingerprint=hashlib.sha256(blob.encode()).hexdigest())
