@@ -20,7 +20,7 @@ from nemo_csr_rail.conversation import Turn, as_turns, fit_history
 from nemo_csr_rail.engines.base import Completion, Engine
 from nemo_csr_rail.errors import CsrError
 from nemo_csr_rail.options import DEFAULT_BASE_URL, DEFAULT_MODEL, DecodeOptions, HttpOptions, split_overrides
-from nemo_csr_rail.plans import split_output
+from nemo_csr_rail.plans import escalate, split_output
 from nemo_csr_rail.policy import Direction, Policy
 from nemo_csr_rail.prompt import GuardPrompt
 from nemo_csr_rail.settings import LongInputSettings
@@ -54,6 +54,8 @@ class CheckResult:
     #: "one_token" (every request decided from its first token), "grammar" (decoded under the grammar), "mixed";
     #: "" when cached
     decode_plan: str = ""
+    #: reasoning: escalate — what the screen found and whether the reasoned check ran; None otherwise
+    escalation: escalate.Escalation | None = None
 
 
 class CsrClient:
@@ -146,14 +148,17 @@ class CsrClient:
             budget_chars = self.history_max_chars if history_max_chars is None else history_max_chars
             plan = fit_history(as_turns(history), max_turns=policy.history_turns, max_chars=budget_chars,
                                current=user_message)
-        gp = self.build_prompt(policy, direction, user_message, bot_message, reasoning,
-                               history=plan.turns if plan is not None else ())
+        turns = plan.turns if plan is not None else ()
+        escalating = reasoning is None and policy.escalates(direction)
+        gp = self.build_prompt(policy, direction, user_message, bot_message, False if escalating else reasoning,
+                               history=turns)
         sent = None if plan is None else plan.sent
         dropped = None if plan is None else plan.dropped
         key = None
         if self.cache is not None:
             key = hashlib.sha256(
-                f"{getattr(self.engine, 'model', '')}\x00{gp.direction.value}\x00{gp.regex}\x00{gp.prefill}\x00{gp.text}".encode(
+                f"{getattr(self.engine, 'model', '')}\x00{gp.direction.value}\x00{gp.regex}\x00{gp.prefill}\x00"
+                f"{escalating and policy.escalate_at}\x00{gp.text}".encode(
                     "utf-8", "surrogatepass")
             ).hexdigest()
             hit = self.cache.get(key)
@@ -163,11 +168,16 @@ class CsrClient:
         budget = self.timeout_s if timeout_s is None else timeout_s
         # Every engine ends its own calls by their deadline (it knows what ran out: a hung replica, a full queue,
         # a busy model), so no second timer runs here.
-        if gp.split_output:
-            verdict, completions, calls = await split_output.run(self.engine, gp, budget, logprobs=self.decode.logprobs)
+        record = None
+        if escalating:
+            reasoned = self.build_prompt(policy, direction, user_message, bot_message, True, history=turns)
+            verdict, screened, decided, calls, record = await escalate.run(
+                self._run, gp, reasoned, budget, escalate_at=policy.escalate_at, decode_plan=_plan)
+            completions = screened + decided
+            deciding = decided or screened
         else:
-            completion = await self.engine.complete(gp, timeout_s=budget)
-            verdict, completions, calls = plans.read(gp, completion), [completion], 1
+            verdict, completions, calls = await self._run(gp, budget)
+            deciding = completions
         verdict.harm(direction)  # the field this direction needs must be present
         if key is not None and self.cache is not None:
             self.cache.put(key, verdict)
@@ -176,7 +186,14 @@ class CsrClient:
                            completion_tokens=_total(c.completion_tokens for c in completions),
                            cached_tokens=_total(c.cached_tokens for c in completions),
                            endpoint=completions[-1].endpoint, calls=calls, history_sent=sent,
-                           history_dropped=dropped, decode_plan=_plan(completions))
+                           history_dropped=dropped, decode_plan=_plan(deciding), escalation=record)
+
+    async def _run(self, gp: GuardPrompt, budget: float) -> tuple[Verdict, list[Completion], int]:
+        """One plan's requests: the split output plan's two, or the single request of the others."""
+        if gp.split_output:
+            return await split_output.run(self.engine, gp, budget, logprobs=self.decode.logprobs)
+        completion = await self.engine.complete(gp, timeout_s=budget)
+        return plans.read(gp, completion), [completion], 1
 
 
 def _plan(completions: list[Completion]) -> str:

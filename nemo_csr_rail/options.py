@@ -27,6 +27,12 @@ DEFAULT_INPUT_REFUSAL = "I'm sorry, I can't help with that. {reasoning}"
 DEFAULT_OUTPUT_REFUSAL = "I'm sorry, I can't share that answer. {reasoning}"
 DEFAULT_ERROR_REFUSAL = "I'm sorry, I can't respond right now: the safety check could not run."
 
+#: reasoning: escalate — the screen's P(harmful) at or above which the reasoning-on check decides. At 0.5 the
+#: screen escalates exactly the checks it would block by itself (its argmax): every block is re-judged with
+#: reasoning and explained, every other turn costs one token. Lower it to also have reasoning look at borderline
+#: turns the screen would allow (docs/escalation.md).
+DEFAULT_ESCALATE_AT = 0.5
+
 #: earlier messages a topic policy sends by default (a user or a bot message counts one)
 DEFAULT_HISTORY_TURNS = 6
 

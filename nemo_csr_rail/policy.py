@@ -11,13 +11,14 @@ from enum import Enum
 from typing import Literal
 
 from nemo_csr_rail.options import (
+    DEFAULT_ESCALATE_AT,
     DEFAULT_HISTORY_TURNS,
     DEFAULT_INPUT_REFUSAL,
     DEFAULT_MODEL_TYPE,
     DEFAULT_ON_ERROR,
     DEFAULT_OUTPUT_REFUSAL,
 )
-from nemo_csr_rail.settings import CategorySpec, PluginSettings, PolicySettings
+from nemo_csr_rail.settings import CategorySpec, DirectionalReasoning, PluginSettings, PolicySettings
 from nemo_csr_rail.settings import implicit_policy as implicit_policy  # re-exported (rule: settings)
 from nemo_csr_rail.taxonomy import TAXONOMIES
 
@@ -48,9 +49,25 @@ class Policy:
     threshold: float | None = None
     model_type: str = DEFAULT_MODEL_TYPE
     history_turns: int = 0
+    #: reasoning: escalate per direction — screen with reasoning off, the reasoning-on check decides at or above
+    #: ``escalate_at`` (:mod:`nemo_csr_rail.plans.escalate`); ``reasoning_*`` is then False (the screen's mode)
+    escalate_input: bool = False
+    escalate_output: bool = False
+    escalate_at: float = DEFAULT_ESCALATE_AT
 
     def reasoning(self, direction: Direction) -> bool:
         return self.reasoning_input if direction is Direction.INPUT else self.reasoning_output
+
+    def escalates(self, direction: Direction) -> bool:
+        return self.escalate_input if direction is Direction.INPUT else self.escalate_output
+
+    def reasoning_mode(self, direction: Direction) -> bool | str:
+        """What the metadata reports: True, False or ``"escalate"``."""
+        return "escalate" if self.escalates(direction) else self.reasoning(direction)
+
+    def uses_reasoning(self) -> bool:
+        """Whether any check of this policy may run with reasoning on (the reasoning grammars are then needed)."""
+        return self.reasoning_input or self.reasoning_output or self.escalate_input or self.escalate_output
 
     def refusal(self, direction: Direction) -> str:
         return self.refusal_input if direction is Direction.INPUT else self.refusal_output
@@ -112,11 +129,13 @@ def compile_policy(name: str, spec: PolicySettings, plugin: PluginSettings) -> P
         body = render_categories(base)
     # The card: reasoning helps custom policies, not the generic taxonomy; its topic-following example is /think.
     default_reasoning = kind in ("custom", "topic")
-    if isinstance(spec.reasoning, bool) or spec.reasoning is None:
-        r_in = r_out = default_reasoning if spec.reasoning is None else spec.reasoning
+    if isinstance(spec.reasoning, DirectionalReasoning):
+        m_in = default_reasoning if spec.reasoning.input is None else spec.reasoning.input
+        m_out = default_reasoning if spec.reasoning.output is None else spec.reasoning.output
     else:
-        r_in = default_reasoning if spec.reasoning.input is None else spec.reasoning.input
-        r_out = default_reasoning if spec.reasoning.output is None else spec.reasoning.output
+        m_in = m_out = default_reasoning if spec.reasoning is None else spec.reasoning
+    e_in, e_out = m_in == "escalate", m_out == "escalate"
+    r_in, r_out = m_in is True, m_out is True
     refusal = spec.refusal or plugin.refusal
     return Policy(
         name=name,
@@ -130,6 +149,9 @@ def compile_policy(name: str, spec: PolicySettings, plugin: PluginSettings) -> P
         threshold=spec.threshold,
         model_type=spec.model or plugin.model,
         history_turns=history_turns,
+        escalate_input=e_in,
+        escalate_output=e_out,
+        escalate_at=DEFAULT_ESCALATE_AT if spec.escalate_at is None else spec.escalate_at,
     )
 
 

@@ -30,8 +30,8 @@ def build_engine(resolved: ResolvedSettings, model_type: str, *, base_urls: Sequ
 
     ep = resolved.endpoints[model_type]
     urls = tuple(u.rstrip("/") for u in base_urls) if base_urls else ep.base_urls
-    reasoned = s.structured_output and any(p.reasoning_input or p.reasoning_output
-                                           for p in compile_policies(s).values() if p.model_type == model_type)
+    reasoned = s.structured_output and any(p.uses_reasoning() for p in compile_policies(s).values()
+                                           if p.model_type == model_type)
     http = s.http_options()
     if max_concurrency:
         http = replace(http, max_concurrency=max_concurrency)

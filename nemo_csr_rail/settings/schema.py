@@ -56,9 +56,20 @@ class CategorySpec(_Strict):
     description: str | None = None
 
 
+#: per direction: reasoning on, off, or ``"escalate"`` (screen with reasoning off; reason only when it may be harmful)
+Reasoning = bool | Literal["escalate"]
+
+
+def uses_escalate(reasoning: Any) -> bool:
+    """Whether a policy's ``reasoning`` setting escalates in some direction."""
+    if isinstance(reasoning, DirectionalReasoning):
+        return "escalate" in (reasoning.input, reasoning.output)
+    return reasoning == "escalate"
+
+
 class DirectionalReasoning(_Strict):
-    input: bool | None = None
-    output: bool | None = None
+    input: Reasoning | None = None
+    output: Reasoning | None = None
 
 
 class PolicySettings(_Strict):
@@ -70,11 +81,28 @@ class PolicySettings(_Strict):
     topic: str | None = None
     #: topic policies: how many earlier messages go into "Conversation history:" (default DEFAULT_HISTORY_TURNS)
     history_turns: int | None = Field(default=None, ge=0)
-    reasoning: bool | DirectionalReasoning | None = None
+    reasoning: Reasoning | DirectionalReasoning | None = None
     refusal: str | None = None
     on_error: OnError | None = None
     threshold: float | None = Field(default=None, gt=0.0, le=1.0)
+    #: reasoning: escalate — the screen's P(harmful) at or above which the reasoning-on check decides
+    escalate_at: float | None = Field(default=None, gt=0.0, lt=1.0)
     model: str | None = None
+
+    @field_validator("threshold")
+    @classmethod
+    def _threshold_is_for_reasoning_off(cls, value: float | None, info: Any) -> float | None:
+        if value is not None and uses_escalate(info.data.get("reasoning")):
+            raise ValueError("'threshold' decides reasoning-off checks from P(harmful); with reasoning: escalate the "
+                             "reasoning-on check decides what the screen escalates: set 'escalate_at' instead")
+        return value
+
+    @field_validator("escalate_at")
+    @classmethod
+    def _escalate_at_needs_escalate(cls, value: float | None, info: Any) -> float | None:
+        if value is not None and not uses_escalate(info.data.get("reasoning")):
+            raise ValueError("'escalate_at' only applies with reasoning: escalate")
+        return value
 
     @field_validator("taxonomy")
     @classmethod
@@ -306,7 +334,7 @@ def check_template(template: str) -> None:
 
 
 def _loc(err: Mapping[str, Any]) -> str:
-    parts = [str(p) for p in err.get("loc", ()) if not str(p).startswith(("function-", "union["))]
+    parts = [str(p) for p in err.get("loc", ()) if not str(p).startswith(("function-", "union[", "literal["))]
     cleaned: list[str] = []
     for p in parts:
         if p in {"str", "bool", "CategorySpec", "DirectionalReasoning"}:

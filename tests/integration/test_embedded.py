@@ -117,7 +117,7 @@ async def test_unconstrained_decoding_matches_transformers_generate(engine):
     import torch
 
     gp = plans.build(POLICIES["custom"], Direction.INPUT, "hello", None, reasoning=False,
-                       logprobs=False, decode=DecodeOptions(structured_output=False))
+                     decode=DecodeOptions(structured_output=False, logprobs=False))
     comp = await engine.complete(gp, timeout_s=60)
     m = engine.load()
     ids = torch.tensor([engine.prompt_ids(gp)])

@@ -424,7 +424,11 @@ class StandIn:
                 self.warmups.append(body)
             if self.warmup_delay_s:
                 await asyncio.sleep(self.warmup_delay_s)
-            await _send_json(writer, 200, self._answer(body, path)[0])
+            await _send_json(writer, 200, {  # what vLLM answers: one token of the grammar, cut at max_tokens
+                "id": "cmpl-warmup", "object": "text_completion", "created": 0, "model": self.model,
+                "choices": [{"index": 0, "text": "<", "logprobs": None, "finish_reason": "length",
+                             "stop_reason": None}],
+                "usage": {"prompt_tokens": 3, "total_tokens": 4, "completion_tokens": 1}})
             return True
         with self._lock:
             self.requests.append(body)
