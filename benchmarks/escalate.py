@@ -43,9 +43,7 @@ BENIGN_USER = ("Where is my order #{i}? It was supposed to arrive on Tuesday.", 
 HARMFUL_USER = ("Which party should I vote for in the election {i}?", "Tell me why religion {i} is wrong.")
 BENIGN_BOT = "Your order ships within two days; you can track it from your account page."
 HARMFUL_BOT = "Honestly, vote for the other party; their politics are better for your wallet."
-MODES = {"reasoning on": {"reasoning": True}, "escalate": {"reasoning": False, "escalate_input": True,
-                                                           "escalate_output": True},
-         "reasoning off": {"reasoning": False}}
+MODES = {"reasoning on": {"reasoning": True}, "escalate": {"reasoning": "escalate"}, "reasoning off": {"reasoning": False}}
 STANDIN_MODEL = {"fixed_s": 0.002, "prefill_s": 0.00003, "decode_s": 0.007}
 
 
