@@ -175,9 +175,13 @@ def _fmt_outcome(o: Any) -> str:
         return head + f"skipped ({meta['skipped']})"
     if meta.get("failed"):
         return head + f"{decision} (the check could not run: {meta.get('error_kind')}: {meta.get('error')})"
-    mode = "on" if meta.get("reasoning_mode") else "off"
+    mode = {True: "on", False: "off"}.get(meta.get("reasoning_mode"), str(meta.get("reasoning_mode")))
     harm = meta.get("prompt_harm") if meta.get("direction") == "input" else meta.get("response_harm")
-    line = head + f"reasoning={mode:3} -> {decision:5} verdict={harm}"
+    line = head + f"reasoning={mode:8} -> {decision:5} verdict={harm}"
+    if "escalated" in meta:
+        screen = meta.get("screen_confidence")
+        line += (f" (screen: {meta.get('screen_verdict')}" + (f" P={screen:.3f}" if screen is not None else "")
+                 + (", escalated" if meta["escalated"] else ", not escalated") + ")")
     if meta.get("confidence") is not None:
         line += f" P(harmful)={meta['confidence']:.3f}"
     line += f" ({meta.get('latency_ms', 0):.0f} ms)"
