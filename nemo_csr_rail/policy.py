@@ -18,7 +18,13 @@ from nemo_csr_rail.options import (
     DEFAULT_ON_ERROR,
     DEFAULT_OUTPUT_REFUSAL,
 )
-from nemo_csr_rail.settings import CategorySpec, DirectionalReasoning, PluginSettings, PolicySettings
+from nemo_csr_rail.settings import (
+    CategorySpec,
+    DirectionalMode,
+    DirectionalReasoning,
+    PluginSettings,
+    PolicySettings,
+)
 from nemo_csr_rail.settings import implicit_policy as implicit_policy  # re-exported (rule: settings)
 from nemo_csr_rail.taxonomy import TAXONOMIES
 
@@ -54,12 +60,21 @@ class Policy:
     escalate_input: bool = False
     escalate_output: bool = False
     escalate_at: float = DEFAULT_ESCALATE_AT
+    #: mode: monitor per direction — the check runs exactly as in enforce mode, the turn is never blocked by it
+    monitor_input: bool = False
+    monitor_output: bool = False
 
     def reasoning(self, direction: Direction) -> bool:
         return self.reasoning_input if direction is Direction.INPUT else self.reasoning_output
 
     def escalates(self, direction: Direction) -> bool:
         return self.escalate_input if direction is Direction.INPUT else self.escalate_output
+
+    def monitors(self, direction: Direction) -> bool:
+        return self.monitor_input if direction is Direction.INPUT else self.monitor_output
+
+    def mode(self, direction: Direction) -> str:
+        return "monitor" if self.monitors(direction) else "enforce"
 
     def reasoning_mode(self, direction: Direction) -> bool | str:
         """What the metadata reports: True, False or ``"escalate"``."""
@@ -160,7 +175,15 @@ def compile_policy(name: str, spec: PolicySettings, plugin: PluginSettings) -> P
         escalate_input=e_in,
         escalate_output=e_out,
         escalate_at=DEFAULT_ESCALATE_AT if spec.escalate_at is None else spec.escalate_at,
+        monitor_input=_mode(spec.mode, "input") == "monitor",
+        monitor_output=_mode(spec.mode, "output") == "monitor",
     )
+
+
+def _mode(mode: str | DirectionalMode, direction: str) -> str:
+    if isinstance(mode, DirectionalMode):
+        return getattr(mode, direction) or "enforce"
+    return mode
 
 
 def compile_policies(plugin: PluginSettings) -> dict[str, Policy]:
