@@ -203,7 +203,7 @@ async def main_async(a: argparse.Namespace, roots: list[str], log_dir: Path) -> 
                 for i in range(a.policies)]
 
     def engine(urls: list[str], routing: str) -> VllmHttpEngine:
-        return VllmHttpEngine(urls, SERVED_NAME, routing=routing, max_concurrency=64)  # type: ignore[arg-type]
+        return VllmHttpEngine(urls, SERVED_NAME, replica_routing=routing, max_concurrency=64)
 
     print(f"workload: {len(jobs)} reasoning-off input checks, {a.policies} policies x {a.per_policy}, seed {a.seed}, "
           f"{a.concurrency} in flight", flush=True)

@@ -7,20 +7,27 @@ and refusal templates) is computed here at load time, so the per-check path only
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterable
 from dataclasses import dataclass
 from enum import Enum
 from functools import cached_property
 from typing import Literal
 
-from nemo_csr_rail.settings import (
+from nemo_csr_rail.options import (
+    DEFAULT_ESCALATE_AT,
     DEFAULT_HISTORY_TURNS,
     DEFAULT_INPUT_REFUSAL,
+    DEFAULT_MODEL_TYPE,
+    DEFAULT_ON_ERROR,
     DEFAULT_OUTPUT_REFUSAL,
+)
+from nemo_csr_rail.settings import (
     CategorySpec,
+    DirectionalMode,
+    DirectionalReasoning,
     PluginSettings,
     PolicySettings,
 )
+from nemo_csr_rail.settings import implicit_policy as implicit_policy  # re-exported (rule: settings)
 from nemo_csr_rail.taxonomy import TAXONOMIES
 
 
@@ -46,10 +53,18 @@ class Policy:
     reasoning_output: bool
     refusal_input: str = DEFAULT_INPUT_REFUSAL
     refusal_output: str = DEFAULT_OUTPUT_REFUSAL
-    on_error: Literal["block", "allow"] = "block"
+    on_error: Literal["block", "allow"] = DEFAULT_ON_ERROR
     threshold: float | None = None
-    model_type: str = "nemotron_csr"
+    model_type: str = DEFAULT_MODEL_TYPE
     history_turns: int = 0
+    #: reasoning: escalate per direction — screen with reasoning off, the reasoning-on check decides at or above
+    #: ``escalate_at`` (:mod:`nemo_csr_rail.plans.escalate`); ``reasoning_*`` is then False (the screen's mode)
+    escalate_input: bool = False
+    escalate_output: bool = False
+    escalate_at: float = DEFAULT_ESCALATE_AT
+    #: mode: monitor per direction — the check runs exactly as in enforce mode, the turn is never blocked by it
+    monitor_input: bool = False
+    monitor_output: bool = False
 
     def reasoning(self, direction: Direction) -> bool:
         return self.reasoning_input if direction is Direction.INPUT else self.reasoning_output
@@ -62,32 +77,57 @@ class Policy:
         return hashlib.blake2b(f"{self.kind}\x00{self.body}".encode("utf-8", "surrogatepass"),
                                digest_size=8).hexdigest()
 
+    def escalates(self, direction: Direction) -> bool:
+        return self.escalate_input if direction is Direction.INPUT else self.escalate_output
+
+    def monitors(self, direction: Direction) -> bool:
+        return self.monitor_input if direction is Direction.INPUT else self.monitor_output
+
+    def mode(self, direction: Direction) -> str:
+        return "monitor" if self.monitors(direction) else "enforce"
+
+    def reasoning_mode(self, direction: Direction) -> bool | str:
+        """What the metadata reports: True, False or ``"escalate"``."""
+        return "escalate" if self.escalates(direction) else self.reasoning(direction)
+
+    def uses_reasoning(self) -> bool:
+        """Whether any check of this policy may run with reasoning on (the reasoning grammars are then needed)."""
+        return self.reasoning_input or self.reasoning_output or self.escalate_input or self.escalate_output
+
     def refusal(self, direction: Direction) -> str:
         return self.refusal_input if direction is Direction.INPUT else self.refusal_output
 
     @classmethod
-    def custom(cls, name: str, text: str, *, reasoning: bool = True, **kw: object) -> Policy:
-        """A free-text policy (card layout B), for the plain Python API."""
-        return cls(name=name, kind="custom", body=text.strip(), reasoning_input=reasoning,
-                   reasoning_output=reasoning, **kw)  # type: ignore[arg-type]
+    def custom(cls, name: str, text: str, *, reasoning: bool | Literal["escalate"] = True, **kw: object) -> Policy:
+        """A free-text policy (card layout B), for the plain Python API. ``reasoning="escalate"``: screen with
+        reasoning off, reason only when the screen may be harmful (:mod:`nemo_csr_rail.plans.escalate`)."""
+        return cls(name=name, kind="custom", body=text.strip(), **_modes(reasoning), **kw)  # type: ignore[arg-type]
 
     @classmethod
-    def topic(cls, name: str, instruction: str, *, history_turns: int = DEFAULT_HISTORY_TURNS, reasoning: bool = True,
-              **kw: object) -> Policy:
+    def topic(cls, name: str, instruction: str, *, history_turns: int = DEFAULT_HISTORY_TURNS,
+              reasoning: bool | Literal["escalate"] = True, **kw: object) -> Policy:
         """A topic-following policy (card layout C): judge the user's message against the system instruction that
         bounds the conversation, with the last ``history_turns`` messages as context. For the plain Python API."""
         if history_turns < 0:
             raise ValueError("history_turns must be >= 0")
-        return cls(name=name, kind="topic", body=instruction.rstrip(), reasoning_input=reasoning,
-                   reasoning_output=reasoning, history_turns=history_turns, **kw)  # type: ignore[arg-type]
+        return cls(name=name, kind="topic", body=instruction.rstrip(), history_turns=history_turns,
+                   **_modes(reasoning), **kw)  # type: ignore[arg-type]
 
     @classmethod
-    def taxonomy(cls, name: str = "safety", categories: list[str] | None = None, *, reasoning: bool = False,
-                 **kw: object) -> Policy:
+    def taxonomy(cls, name: str = "safety", categories: list[str] | None = None, *,
+                 reasoning: bool | Literal["escalate"] = False, **kw: object) -> Policy:
         """A category-list policy (card layout A); the built-in S1–S22 list unless ``categories`` is given."""
         body = render_categories(list(categories) if categories else list(TAXONOMIES["nemotron_v2"]))
-        return cls(name=name, kind="taxonomy", body=body, reasoning_input=reasoning,
-                   reasoning_output=reasoning, **kw)  # type: ignore[arg-type]
+        return cls(name=name, kind="taxonomy", body=body, **_modes(reasoning), **kw)  # type: ignore[arg-type]
+
+
+def _modes(reasoning: bool | str) -> dict[str, bool]:
+    """One reasoning setting for both directions, as Policy fields (the plain API's ``reasoning=`` argument)."""
+    if reasoning not in (True, False, "escalate"):
+        raise ValueError(f"reasoning must be True, False or 'escalate', not {reasoning!r}")
+    esc = reasoning == "escalate"
+    return {"reasoning_input": reasoning is True, "reasoning_output": reasoning is True,
+            "escalate_input": esc, "escalate_output": esc}
 
 
 def _category_lines(index: int, cat: str | CategorySpec) -> str:
@@ -122,11 +162,13 @@ def compile_policy(name: str, spec: PolicySettings, plugin: PluginSettings) -> P
         body = render_categories(base)
     # The card: reasoning helps custom policies, not the generic taxonomy; its topic-following example is /think.
     default_reasoning = kind in ("custom", "topic")
-    if isinstance(spec.reasoning, bool) or spec.reasoning is None:
-        r_in = r_out = default_reasoning if spec.reasoning is None else spec.reasoning
+    if isinstance(spec.reasoning, DirectionalReasoning):
+        m_in = default_reasoning if spec.reasoning.input is None else spec.reasoning.input
+        m_out = default_reasoning if spec.reasoning.output is None else spec.reasoning.output
     else:
-        r_in = default_reasoning if spec.reasoning.input is None else spec.reasoning.input
-        r_out = default_reasoning if spec.reasoning.output is None else spec.reasoning.output
+        m_in = m_out = default_reasoning if spec.reasoning is None else spec.reasoning
+    e_in, e_out = m_in == "escalate", m_out == "escalate"
+    r_in, r_out = m_in is True, m_out is True
     refusal = spec.refusal or plugin.refusal
     return Policy(
         name=name,
@@ -140,16 +182,20 @@ def compile_policy(name: str, spec: PolicySettings, plugin: PluginSettings) -> P
         threshold=spec.threshold,
         model_type=spec.model or plugin.model,
         history_turns=history_turns,
+        escalate_input=e_in,
+        escalate_output=e_out,
+        escalate_at=DEFAULT_ESCALATE_AT if spec.escalate_at is None else spec.escalate_at,
+        monitor_input=_mode(spec.mode, "input") == "monitor",
+        monitor_output=_mode(spec.mode, "output") == "monitor",
     )
+
+
+def _mode(mode: str | DirectionalMode, direction: str) -> str:
+    if isinstance(mode, DirectionalMode):
+        return getattr(mode, direction) or "enforce"
+    return mode
 
 
 def compile_policies(plugin: PluginSettings) -> dict[str, Policy]:
     return {name: compile_policy(name, spec, plugin) for name, spec in plugin.policies.items()}
 
-
-def implicit_policy(names: Iterable[str]) -> str | None:
-    """The policy used when none is named: the only one, else the one called 'default', else none."""
-    names = list(names)
-    if len(names) == 1:
-        return names[0]
-    return "default" if "default" in names else None

@@ -19,11 +19,14 @@ from dataclasses import replace
 
 from nemo_csr_rail import prompt_topic
 from nemo_csr_rail.conversation import Turn
+from nemo_csr_rail.options import DecodeOptions
 from nemo_csr_rail.plans import grammar
 from nemo_csr_rail.plans import split_output as split_plan
 from nemo_csr_rail.plans.answers import read
 from nemo_csr_rail.policy import Direction, Policy
 from nemo_csr_rail.prompt import GuardPrompt, render
+
+DEFAULTS = DecodeOptions()
 
 
 def build(
@@ -33,15 +36,11 @@ def build(
     bot_message: str | None,
     *,
     reasoning: bool | None = None,
-    structured: bool = True,
-    prefill: bool = True,
-    logprobs: bool = True,
-    reasoning_max_tokens: int = 384,
-    split_output: bool = True,
+    decode: DecodeOptions = DEFAULTS,
     history: Sequence[Turn] = (),
 ) -> GuardPrompt:
-    """The first request of one check. ``history`` (earlier messages, oldest first) is used by topic policies
-    only: the other layouts have no place for it."""
+    """The first request of one check, as ``decode`` says. ``history`` (earlier messages, oldest first) is used by
+    topic policies only: the other layouts have no place for it."""
     if direction is Direction.OUTPUT and bot_message is None:
         raise ValueError("an output check needs the bot message")
     think = policy.reasoning(direction) if reasoning is None else reasoning
@@ -51,11 +50,12 @@ def build(
         text = prompt_topic.render(policy, history, user_message, reasoning=think)
     else:
         text = render(policy, user_message, bot_message, reasoning=think)
+    structured, logprobs = decode.structured_output, decode.logprobs
     if think:
-        gp = grammar.reasoning_request(text, direction, structured=structured, max_tokens=reasoning_max_tokens)
-    elif prefill and direction is Direction.OUTPUT and split_output:
+        gp = grammar.reasoning_request(text, direction, structured=structured, max_tokens=decode.reasoning_max_tokens)
+    elif decode.assistant_prefill and direction is Direction.OUTPUT and decode.split_output:
         gp = split_plan.prompt_half(text, structured=structured)
-    elif prefill:
+    elif decode.assistant_prefill:
         gp = grammar.prefilled_request(text, direction, structured=structured, logprobs=logprobs)
     else:
         gp = grammar.unprefilled_request(text, direction, structured=structured, logprobs=logprobs)

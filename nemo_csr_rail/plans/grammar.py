@@ -74,6 +74,15 @@ def unprefilled_request(text: str, direction: Direction, *, structured: bool, lo
                        logprobs, stop)
 
 
+def warm_up_regexes() -> tuple[str, ...]:
+    """The reasoning-on grammars, one per direction. These are the slow ones to compile (the bounded trace line:
+    ~13 s against Gemma 3's real vocabulary on a small CPU, and vLLM answers HTTP 500 after
+    ``VLLM_REGEX_COMPILATION_TIMEOUT_S``, 5 s by default); the reasoning-off ones are finite sets that compile in
+    milliseconds. vLLM caches a compiled grammar by its text, and a compile that outlives the timeout still lands in
+    the cache, so asking for each once — early, off the check's path — spares the checks that need it later."""
+    return tuple(THINK_REGEX + TARGET[d] for d in Direction)
+
+
 def read(gp: GuardPrompt, completion: Completion) -> Verdict:
     """Completion → Verdict, with truncation reported as such rather than as a malformed answer."""
     try:
@@ -137,4 +146,4 @@ def confidence(
 
 
 __all__ = ["GRAMMAR", "HARM", "NO_THINK_MAX_TOKENS", "PREFILL", "RESPONSE_PREFILL", "THINK_REGEX", "VERDICT_CHOICES",
-           "confidence", "prefilled_request", "read", "reasoning_request", "unprefilled_request"]
+           "confidence", "prefilled_request", "read", "reasoning_request", "unprefilled_request", "warm_up_regexes"]

@@ -31,7 +31,7 @@ async def test_within_gives_up_early_when_the_loop_lags() -> None:
 async def test_a_check_whose_slot_wait_cannot_end_in_time_fails_at_once_without_a_request() -> None:
     with StandIn() as s:
         s.inject(Fault(kind="hang"))
-        engine = VllmHttpEngine([s.url], GUARD_MODEL, max_concurrency=1, routing="round_robin")
+        engine = VllmHttpEngine([s.url], GUARD_MODEL, max_concurrency=1, replica_routing="round_robin")
         first = asyncio.create_task(engine.complete(PROMPT, timeout_s=2.0))  # holds the only slot
         while not s.chat_requests():
             await asyncio.sleep(0.01)
@@ -46,7 +46,7 @@ async def test_a_check_whose_slot_wait_cannot_end_in_time_fails_at_once_without_
 
 async def test_a_check_that_gets_its_slot_too_late_does_not_start() -> None:
     with StandIn() as s:
-        engine = VllmHttpEngine([s.url], GUARD_MODEL, max_concurrency=1, routing="round_robin")
+        engine = VllmHttpEngine([s.url], GUARD_MODEL, max_concurrency=1, replica_routing="round_robin")
         pool = engine._client()
         await pool.sem.acquire()  # the slot is busy ...
         waiting = asyncio.create_task(engine.complete(PROMPT, timeout_s=1.0))

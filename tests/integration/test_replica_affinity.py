@@ -1,6 +1,6 @@
 """``replica_routing: affinity`` (the default) over several base_urls: each policy's checks go to one replica (its
 prefix cache), failover follows the policy's ranking and comes back after recovery, and the bounded-load rule
-spills a hot policy to its second replica. Mechanics of the breaker itself: tests/test_replicas.py."""
+spills a hot policy to its second replica. Mechanics of the breaker itself: tests/integration/test_replicas.py."""
 
 from __future__ import annotations
 

@@ -14,7 +14,7 @@ import yaml
 
 ROOT = Path(__file__).resolve().parents[2]
 DEPLOY = ROOT / "deploy" / "kubernetes"
-K8S_VERSION = "1.34.0"  # as tests/test_deploy_manifests.py: a release kubernetes-validate bundles
+K8S_VERSION = "1.34.0"  # as tests/tooling/test_deploy_manifests.py: a release kubernetes-validate bundles
 ROUTER_PYTHON = Path(os.environ.get("CSR_VLLM_ROUTER_PYTHON")
                      or Path.home() / ".cache" / "nemo-csr-rail" / "router-venv" / "bin" / "python")
 

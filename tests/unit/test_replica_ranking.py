@@ -16,6 +16,7 @@ from nemo_csr_rail.engines.replicas import (
     balance,
     rendezvous_rank,
 )
+from nemo_csr_rail.options import DecodeOptions
 from nemo_csr_rail.plans import build
 from nemo_csr_rail.plans.split_output import response_step
 from nemo_csr_rail.policy import Direction, Policy
@@ -122,7 +123,7 @@ def test_every_request_of_a_check_carries_the_policy_digest(policy, direction, p
     if policy.kind == "topic" and direction is Direction.OUTPUT:
         return
     bot = "Sure." if direction is Direction.OUTPUT else None
-    gp = build(policy, direction, "Hello", bot, prefill=prefill)
+    gp = build(policy, direction, "Hello", bot, decode=DecodeOptions(assistant_prefill=prefill))
     assert gp.affinity == policy.affinity
     if gp.split_output:
         for guess in ("unharmful", "harmful"):
