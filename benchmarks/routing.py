@@ -102,6 +102,12 @@ def pct(xs: list[float], q: float) -> float:
 
 async def run_case(name: str, engine: VllmHttpEngine, roots: list[str], jobs: list[tuple[int, str]],
                    policies: list[Policy], concurrency: int) -> dict[str, Any]:
+    for r in roots:  # a replica that died (on a crowded host: the kernel's OOM killer) ends the run, said plainly
+        try:
+            httpx.get(r + "/health", timeout=10).raise_for_status()
+        except httpx.HTTPError as exc:
+            raise RuntimeError(f"replica {r} is down before case {name!r} ({exc}); see the kernel log (dmesg) for an "
+                               "OOM kill") from None
     reset_caches(roots)
     before = counters(roots)
     lat: list[float] = []
@@ -192,10 +198,11 @@ def fmt_table(results: list[dict[str, Any]]) -> str:
     return "\n".join(rows)
 
 
-async def main_async(a: argparse.Namespace, roots: list[str], log_dir: Path) -> list[dict[str, Any]]:
+async def main_async(a: argparse.Namespace, roots: list[str], log_dir: Path,
+                     results: list[dict[str, Any]]) -> None:
+    """Runs the cases in order, appending each one's figures to ``results`` as soon as it ends."""
     jobs = workload(a.policies, a.per_policy, a.seed)
     urls = [r + "/v1" for r in roots]
-    results = []
 
     def policies(case: str) -> list[Policy]:
         rng = random.Random(a.seed)  # the same texts in every case but for the nonce
@@ -244,7 +251,6 @@ async def main_async(a: argparse.Namespace, roots: list[str], log_dir: Path) -> 
     r = await run_case("single", engine(urls[:1], "round_robin"), roots[:1], jobs, policies("single"), a.concurrency)
     results.append(r)
     print(r, flush=True)
-    return results
 
 
 def main() -> int:
@@ -281,14 +287,22 @@ def main() -> int:
             print(f"replica {s.root} on core {core}: {kv[-1] if kv else '?'}; started in {s.timings}", flush=True)
         print(f"servers up after {time.monotonic() - t0:.0f} s; command: {a.vllm_python} "
               f"-m vllm.entrypoints.openai.api_server ... {' '.join(extra)}", flush=True)
-        results = asyncio.run(main_async(a, [s.root for s in servers], servers[0].log_path.parent))
+        results: list[dict[str, Any]] = []
+        failure = None
+        try:
+            asyncio.run(main_async(a, [s.root for s in servers], servers[0].log_path.parent, results))
+        except Exception as exc:  # the cases that ended are still reported
+            failure = f"{type(exc).__name__}: {exc}"
     finally:
         for s in servers:
             s.stop()
     print()
-    print(fmt_table(results))
+    if results:
+        print(fmt_table(results))
+    if failure:
+        print(f"\nINCOMPLETE: {len(results)} of the cases ran; then {failure}")
     print(f"\ntotal {time.monotonic() - t0:.0f} s")
-    return 0
+    return 1 if failure else 0
 
 
 if __name__ == "__main__":
