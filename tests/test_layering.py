@@ -1,4 +1,4 @@
-"""The pipeline's one-way data flow, enforced: config → policy → prompt → engine → verdict → client → NeMo adapter.
+"""The pipeline's one-way data flow, enforced: config → policy → prompt → engine → verdict → client → decision → NeMo adapter.
 
 A reader follows a check from ``config.yml`` to the refusal without back-tracking only while no module imports one
 later in that chain. Every import counts, including the lazy ones inside functions (a lazy import is still a
@@ -29,6 +29,7 @@ RANK: dict[str, int] = {
     "engines.factory": 7,
     "verdict": 8,
     "client": 9,
+    "decision": 10,
     "telemetry.metrics": 11, "telemetry.audit": 11, "telemetry.tracing": 11, "telemetry.facade": 12,
     "telemetry": 12,
     # the NeMo adapter (nemo_csr_rail/rail/, laid out like a NeMo library rail): the only package that imports NeMo

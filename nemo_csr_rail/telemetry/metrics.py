@@ -151,15 +151,6 @@ GUARD_REQUEST_DURATION = Histogram("csr_guard_request_duration_seconds", "Wall t
 BREAKER_OPENED = Counter("csr_guard_breaker_opened_total", "Times a replica's circuit breaker opened", ["replica"])
 
 
-class _Pending(Collector):
-    """Applies queued check and request records; registered first so every collect sees them applied."""
-
-    def collect(self) -> Iterator[Any]:
-        drain()
-        return iter(())
-
-
-
 @dataclass
 class PolicySeries:
     """The labelled children of one (policy, direction), looked up once: ``labels()`` costs more than ``inc()``."""
