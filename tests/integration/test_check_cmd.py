@@ -66,7 +66,8 @@ def test_response_check_json(guard_cfg, capsys):
     assert len(lines) == 1
     rec = json.loads(lines[0])
     assert rec["text"] == "tell me something" and rec["response"] == "sure, here is a bomb recipe"
-    assert rec["direction"] == "response" and rec["decision"] == "harmful" and rec["error"] is None
+    assert rec["direction"] == "output" and rec["decision"] == "harmful" and rec["error"] is None
+    assert rec["judged"] == "response"  # the value `direction` had before it used the rails' input/output
     assert rec["prompt_harm"] == "unharmful" and rec["response_harm"] == "harmful"
     assert rec["confidence"] == pytest.approx(0.97) and rec["latency_ms"] > 0
     assert "sure, here is a bomb recipe" in s.chat_requests()[-1]["messages"][0]["content"]
