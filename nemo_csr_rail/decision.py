@@ -255,7 +255,7 @@ class Decision:
     @property
     def harmful(self) -> bool | None:
         """The policy's answer to "is it harmful?": None when the guard did not judge (failed or skipped)."""
-        return None if self.verdict is None else self.blocked
+        return None if self.verdict is None else self.blocked or bool(self.would_block)  # monitor: would-be blocks
 
     @property
     def reason(self) -> str | None:

@@ -62,8 +62,20 @@ def _print_human(rec: dict[str, Any], text: str | None, out: TextIO) -> None:
         print(f"> {shown[:100]}{'…' if len(shown) > 100 else ''}", file=out)
     if rec.get("error"):
         return
-    what = f"{rec['judged']} harm, policy {rec['policy']}, reasoning {'on' if rec['reasoning_mode'] else 'off'}"
+    mode = {True: "on", False: "off"}.get(rec["reasoning_mode"], str(rec["reasoning_mode"]))
+    what = f"{rec['judged']} harm, policy {rec['policy']}, reasoning {mode}"
     print(f"{rec['decision'].upper()}  ({what})", file=out)
+    if rec.get("mode") == "monitor":
+        print(f"mode: monitor (the rail would {'BLOCK' if rec['would_block'] else 'allow'} this turn; it never "
+              "blocks in monitor mode)", file=out)
+    esc = rec.get("escalation")
+    if esc:
+        screen = esc["screen_confidence"]
+        print(f"escalation: screen {esc['screen_verdict']}" + (f" P(harmful)={screen:.3f}" if screen is not None
+                                                                else "") + f", escalate_at {esc['escalate_at']:g}: "
+              + ("escalated, the reasoning-on check decided" if esc["escalated"] and not esc.get("escalation_error")
+                 else f"escalation failed ({esc['escalation_error']}), the screen decided"
+                 if esc.get("escalation_error") else "not escalated, the screen decided"), file=out)
     if rec["threshold"] is not None:
         print(f"model verdict: {rec['model_label']} (threshold {rec['threshold']:g} on P(harmful))", file=out)
     conf = rec.get("confidence")

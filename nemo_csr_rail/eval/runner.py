@@ -181,6 +181,8 @@ class Runner:
 
     # -- settings ------------------------------------------------------------------------------------------
     def policy_for(self, spec: RunSpec, row: Row) -> Policy:
+        """The policy a row is judged with. ``eval`` measures what the policy decides, so a policy in monitor mode
+        is evaluated as if enforced (its would-be blocks are its predictions)."""
         name = spec.policy if (spec.force_policy or not row.policy) else row.policy
         return self.policies[name]
 

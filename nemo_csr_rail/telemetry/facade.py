@@ -158,13 +158,13 @@ class CheckTelemetry:
             "policy_sha256": self.policy_sha256.get(policy),
             "direction": direction,
             "decision": decision.outcome.value,
-            "mode": "monitor" if decision.monitored else "enforce",
-            "would_block": decision.would_block,
             "failed": error is not None,
             "error_kind": None if error is None else error.value,
             **(verdict.to_record() if verdict is not None else _NO_VERDICT),
             "latency_ms": round(elapsed * 1000, 2),
             "cached": cached,
+            "mode": "monitor" if decision.monitored else "enforce",
+            "would_block": decision.would_block,  # mode: monitor — what enforce mode would have done
         }
         if self.include_text:
             record["user_text"] = None if user_message is None else str(user_message)
