@@ -23,10 +23,17 @@ from pathlib import Path
 from typing import Any, Literal
 
 from nemo_csr_rail.conversation import Turn
+from nemo_csr_rail.policy import Direction
 
 Label = Literal["harmful", "unharmful"]
 LABELS: frozenset[str] = frozenset({"harmful", "unharmful"})
+#: what a row can be labelled for, named after its label fields (``prompt_label``, ``response_label``); the report's
+#: per-direction sections and file names use these names
 DIRECTIONS = ("prompt", "response")
+#: the check each label is scored by: the ``direction`` (``input`` / ``output``) of its records, as in the rails
+DIRECTION_OF = {"prompt": Direction.INPUT, "response": Direction.OUTPUT}
+#: the inverse: a record's ``judged`` (the name ``direction`` had before records used the rails' vocabulary)
+JUDGED = {Direction.INPUT: "prompt", Direction.OUTPUT: "response"}
 
 
 class DatasetError(ValueError):
@@ -48,8 +55,9 @@ class Row:
     meta: dict[str, Any] = field(default_factory=dict, compare=False)
     history: tuple[Turn, ...] = ()
 
-    def label(self, direction: str) -> Label | None:
-        return self.prompt_label if direction == "prompt" else self.response_label
+    def label(self, direction: str | Direction) -> Label | None:
+        """The label for ``prompt`` / ``response``, or for the check direction ``input`` / ``output``."""
+        return self.prompt_label if direction in ("prompt", Direction.INPUT) else self.response_label
 
 
 @dataclass
