@@ -15,6 +15,8 @@ from nemo_csr_rail.settings import (
     DEFAULT_HISTORY_TURNS,
     DEFAULT_INPUT_REFUSAL,
     DEFAULT_OUTPUT_REFUSAL,
+    DEFAULT_TOOL_CALL_REFUSAL,
+    DEFAULT_TOOL_RESULT_REFUSAL,
     CategorySpec,
     PluginSettings,
     PolicySettings,
@@ -23,10 +25,22 @@ from nemo_csr_rail.taxonomy import TAXONOMIES
 
 
 class Direction(str, Enum):
-    """Which turn is checked: the user's prompt (input rail) or the bot's answer (output rail)."""
+    """What is checked: the user's prompt (input rail), the bot's answer (output rail), or, for agents, a tool call
+    the model wants to make (tool output rail), a tool's result (tool input rail) or a retrieved chunk (retrieval
+    rail). The model card knows two: prompt and response; :attr:`judged_as` says which of them each is judged as
+    (docs/agents.md)."""
 
     INPUT = "input"
     OUTPUT = "output"
+    TOOL_CALL = "tool_call"
+    TOOL_RESULT = "tool_result"
+    RETRIEVAL = "retrieval"
+
+    @property
+    def judged_as(self) -> Direction:
+        """The card's side this direction is judged on: a tool call is the assistant's response (Response harm);
+        a tool result and a retrieved chunk are content entering the conversation (Prompt harm)."""
+        return Direction.OUTPUT if self in (Direction.OUTPUT, Direction.TOOL_CALL) else Direction.INPUT
 
 
 PolicyKind = Literal["taxonomy", "custom", "topic"]
@@ -48,12 +62,26 @@ class Policy:
     threshold: float | None = None
     model_type: str = "nemotron_csr"
     history_turns: int = 0
+    #: the agent directions; None follows the side each is judged as (tool call: output; the others: input)
+    reasoning_tool_call: bool | None = None
+    reasoning_tool_result: bool | None = None
+    reasoning_retrieval: bool | None = None
+    refusal_tool_call: str = DEFAULT_TOOL_CALL_REFUSAL
+    refusal_tool_result: str = DEFAULT_TOOL_RESULT_REFUSAL
 
     def reasoning(self, direction: Direction) -> bool:
-        return self.reasoning_input if direction is Direction.INPUT else self.reasoning_output
+        own = {Direction.TOOL_CALL: self.reasoning_tool_call, Direction.TOOL_RESULT: self.reasoning_tool_result,
+               Direction.RETRIEVAL: self.reasoning_retrieval}.get(direction)
+        if own is not None:
+            return own
+        return self.reasoning_input if direction.judged_as is Direction.INPUT else self.reasoning_output
 
     def refusal(self, direction: Direction) -> str:
-        return self.refusal_input if direction is Direction.INPUT else self.refusal_output
+        if direction is Direction.TOOL_CALL:
+            return self.refusal_tool_call
+        if direction is Direction.TOOL_RESULT:
+            return self.refusal_tool_result
+        return self.refusal_input if direction.judged_as is Direction.INPUT else self.refusal_output
 
     @classmethod
     def custom(cls, name: str, text: str, *, reasoning: bool = True, **kw: object) -> Policy:
@@ -112,11 +140,15 @@ def compile_policy(name: str, spec: PolicySettings, plugin: PluginSettings) -> P
         body = render_categories(base)
     # The card: reasoning helps custom policies, not the generic taxonomy; its topic-following example is /think.
     default_reasoning = kind in ("custom", "topic")
+    agent: dict[str, bool | None] = {"tool_call": None, "tool_result": None, "retrieval": None}
     if isinstance(spec.reasoning, bool) or spec.reasoning is None:
         r_in = r_out = default_reasoning if spec.reasoning is None else spec.reasoning
     else:
         r_in = default_reasoning if spec.reasoning.input is None else spec.reasoning.input
         r_out = default_reasoning if spec.reasoning.output is None else spec.reasoning.output
+        # unset agent directions follow the side they are judged as (Policy.reasoning): a tool call the output's
+        # mode, a tool result and a retrieved chunk the input's
+        agent = {k: getattr(spec.reasoning, k) for k in agent}
     refusal = spec.refusal or plugin.refusal
     return Policy(
         name=name,
@@ -130,6 +162,11 @@ def compile_policy(name: str, spec: PolicySettings, plugin: PluginSettings) -> P
         threshold=spec.threshold,
         model_type=spec.model or plugin.model,
         history_turns=history_turns,
+        reasoning_tool_call=agent["tool_call"],
+        reasoning_tool_result=agent["tool_result"],
+        reasoning_retrieval=agent["retrieval"],
+        refusal_tool_call=refusal or DEFAULT_TOOL_CALL_REFUSAL,
+        refusal_tool_result=refusal or DEFAULT_TOOL_RESULT_REFUSAL,
     )
 
 

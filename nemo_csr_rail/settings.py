@@ -27,13 +27,21 @@ DEFAULT_MODEL_TYPE = "nemotron_csr"
 DEFAULT_INPUT_REFUSAL = "I'm sorry, I can't help with that. {reasoning}"
 DEFAULT_OUTPUT_REFUSAL = "I'm sorry, I can't share that answer. {reasoning}"
 DEFAULT_ERROR_REFUSAL = "I'm sorry, I can't respond right now: the safety check could not run."
+#: agent rails (docs/agents.md): a blocked tool call, a blocked tool result
+DEFAULT_TOOL_CALL_REFUSAL = "I'm sorry, I can't run that action. {reasoning}"
+DEFAULT_TOOL_RESULT_REFUSAL = "I'm sorry, I can't use what the tool returned. {reasoning}"
 REFUSAL_FIELDS = frozenset({"reasoning", "policy"})
 #: earlier messages a topic policy sends by default (a user or a bot message counts one)
 DEFAULT_HISTORY_TURNS = 6
 POLICY_KINDS = ("policy", "taxonomy", "categories", "topic")
-FLOW_POLICY_RE = re.compile(r'csr check (input|output)\s+\$policy\s*=\s*"?([^"\s)]+)"?')
-#: a call of the output check that names no policy (not a flow definition)
-BARE_OUTPUT_RE = re.compile(r'(?m)^(?!\s*(?:define\s+)?flow\b)[^\n#]*\bcsr check output\b(?![ \t]+\$policy)')
+#: the plugin's flows, by the direction each checks (the agent flows: docs/agents.md)
+FLOW_DIRECTIONS = {"input": "input", "output": "output", "tool calls": "tool_call", "tool results": "tool_result",
+                   "retrieval": "retrieval"}
+FLOW_OF_DIRECTION = {d: f"csr check {f}" for f, d in FLOW_DIRECTIONS.items()}
+FLOW_POLICY_RE = re.compile(r'csr check (input|output|tool calls|tool results|retrieval)\s+\$policy\s*=\s*"?([^"\s)]+)"?')
+#: a call of a check other than the input check that names no policy (not a flow definition)
+BARE_OUTPUT_RE = re.compile(r'(?m)^(?!\s*(?:define\s+)?flow\b)[^\n#]*\bcsr check (?:output|tool calls|tool results|retrieval)\b'
+                            r'(?![ \t]+\$policy)')
 
 OnError = Literal["block", "allow"]
 
@@ -52,6 +60,11 @@ class CategorySpec(_Strict):
 class DirectionalReasoning(_Strict):
     input: bool | None = None
     output: bool | None = None
+    #: agent rails (docs/agents.md); unset: a tool call follows ``output``, a tool result and a retrieved chunk
+    #: follow ``input`` (the side of the card each is judged as)
+    tool_call: bool | None = None
+    tool_result: bool | None = None
+    retrieval: bool | None = None
 
 
 class PolicySettings(_Strict):
@@ -384,19 +397,22 @@ def _endpoint_from_model(model_type: str, entry: Any, tls: TlsSettings | None = 
 
 
 def referenced_policies(rails_config: Any) -> set[tuple[str, str]]:
-    """(direction, policy) pairs named by flows in config.yml rails lists and in the config's own .co files."""
-    return {(m.group(1), m.group(2)) for t in _flow_texts(rails_config) for m in FLOW_POLICY_RE.finditer(t)}
+    """(direction, policy) pairs named by flows in config.yml rails lists and in the config's own .co files; the
+    direction is a :class:`~nemo_csr_rail.policy.Direction` value (``tool_call`` for ``csr check tool calls``)."""
+    return {(FLOW_DIRECTIONS[m.group(1)], m.group(2)) for t in _flow_texts(rails_config)
+            for m in FLOW_POLICY_RE.finditer(t)}
 
 
 def uses_unnamed_output_check(rails_config: Any) -> bool:
-    """Whether a flow calls ``csr check output`` without a ``$policy`` (it then uses the implicit policy)."""
+    """Whether a flow calls a check other than ``csr check input`` (output, tool calls, tool results, retrieval)
+    without a ``$policy`` (it then uses the implicit policy)."""
     return any(BARE_OUTPUT_RE.search(t) for t in _flow_texts(rails_config))
 
 
 def _flow_texts(rails_config: Any) -> list[str]:
     texts: list[str] = []
     rails = getattr(rails_config, "rails", None)
-    for direction in ("input", "output"):
+    for direction in ("input", "output", "tool_output", "tool_input", "retrieval"):
         section = getattr(rails, direction, None) if rails is not None else None
         texts.extend(getattr(section, "flows", None) or [])
     config_path = getattr(rails_config, "config_path", None)
@@ -432,25 +448,27 @@ def resolve(rails_config: Any) -> ResolvedSettings:
     for direction, name in sorted(referenced_policies(rails_config)):
         if name.startswith("$"):
             continue
+        flow = FLOW_OF_DIRECTION[direction]
         if name not in plugin.policies:
             raise ConfigError(
                 f"policies.{name}",
-                f"flow 'csr check {direction} $policy=\"{name}\"' names an unknown policy; "
+                f"flow '{flow} $policy=\"{name}\"' names an unknown policy; "
                 f"defined: {', '.join(sorted(plugin.policies))}",
             )
-        if direction == "output" and plugin.policies[name].topic is not None:
+        if direction != "input" and plugin.policies[name].topic is not None:
             raise ConfigError(
                 f"policies.{name}",
-                f"is a topic policy, which judges user messages only; flow 'csr check output $policy=\"{name}\"' "
-                "cannot use it (check the bot's answers with a 'policy' or 'taxonomy' policy)",
+                f"is a topic policy, which judges user messages only; flow '{flow} $policy=\"{name}\"' "
+                "cannot use it (check the bot's answers, tool calls, tool results and retrieved documents with a "
+                "'policy' or 'taxonomy' policy)",
             )
     names = list(plugin.policies)
     implicit = names[0] if len(names) == 1 else ("default" if "default" in names else None)
     if implicit is not None and plugin.policies[implicit].topic is not None and uses_unnamed_output_check(rails_config):
         raise ConfigError(
             f"policies.{implicit}",
-            "is a topic policy, which judges user messages only; a 'csr check output' flow that names no $policy "
-            "would use it (name a 'policy' or 'taxonomy' policy there)",
+            "is a topic policy, which judges user messages only; a 'csr check output' (or tool calls, tool "
+            "results, retrieval) flow that names no $policy would use it (name a 'policy' or 'taxonomy' policy there)",
         )
     blob = json.dumps(
         [plugin.model_dump(mode="json"), {k: repr(v) + str(v.api_key) for k, v in endpoints.items()}],

@@ -22,7 +22,7 @@ RANK: dict[str, int] = {
     "engines.constrain": 0, "engines.transport": 0,
     "settings": 1,
     "policy": 2,
-    "prompt_topic": 3,
+    "prompt_topic": 3, "agent": 3,
     "prompt": 4,
     "verdict": 5,
     "engines.base": 6,
@@ -36,7 +36,7 @@ RANK: dict[str, int] = {
     "telemetry": 17,
     # the NeMo adapter (nemo_csr_rail/rail/, laid out like a NeMo library rail): the only package that imports NeMo
     "rail.outcome": 18, "rail.history": 18, "rail.rail_config": 18, "rail.rail": 18,
-    "rail.runtime": 19,
+    "rail.runtime": 19, "rail.agent_checks": 19,
     "rail": 20, "rail.actions": 20, "rail.hooks": 20,
     # the files NeMo loads from import_paths: one-line re-exports of the adapter
     "actions": 21, "config": 21,

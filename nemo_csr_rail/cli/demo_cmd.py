@@ -176,7 +176,8 @@ def _fmt_outcome(o: Any) -> str:
     if meta.get("failed"):
         return head + f"{decision} (the check could not run: {meta.get('error_kind')}: {meta.get('error')})"
     mode = "on" if meta.get("reasoning_mode") else "off"
-    harm = meta.get("prompt_harm") if meta.get("direction") == "input" else meta.get("response_harm")
+    judged_as = meta.get("direction") in ("output", "tool_call")  # the agent directions: docs/agents.md
+    harm = meta.get("response_harm") if judged_as else meta.get("prompt_harm")
     line = head + f"reasoning={mode:3} -> {decision:5} verdict={harm}"
     if meta.get("confidence") is not None:
         line += f" P(harmful)={meta['confidence']:.3f}"

@@ -131,7 +131,7 @@ async def _policy_check(client: Any, endpoint: str, policy: Any, direction: str,
     start = time.perf_counter()
     d = Direction(direction)
     try:
-        res = await client.check(policy, d, PROBE_USER, PROBE_BOT if d is Direction.OUTPUT else None,
+        res = await client.check(policy, d, PROBE_USER, PROBE_BOT if d.judged_as is Direction.OUTPUT else None,
                                  reasoning=reasoning)
     except CsrError as exc:
         row.latency_ms = (time.perf_counter() - start) * 1000

@@ -14,6 +14,7 @@ from nemoguardrails.actions.rail_outcome import RailOutcome
 from nemo_csr_rail.client import CheckResult
 from nemo_csr_rail.errors import CsrError
 from nemo_csr_rail.policy import Direction, Policy
+from nemo_csr_rail.settings import FLOW_OF_DIRECTION
 
 _SPACES = re.compile(r"[ \t]{2,}")
 
@@ -26,9 +27,12 @@ def render_refusal(template: str, reasoning: str | None, policy: str) -> str:
     return _SPACES.sub(" ", text).strip()
 
 
+_BLOCKED = {Direction.INPUT: "Input", Direction.OUTPUT: "Output", Direction.TOOL_CALL: "Tool call",
+            Direction.TOOL_RESULT: "Tool result", Direction.RETRIEVAL: "Retrieved document"}
+
+
 def _exception_message(policy: str, direction: Direction, reason: str) -> str:
-    what = "Input" if direction is Direction.INPUT else "Output"
-    return f"{what} blocked by csr check {direction.value} (policy {policy}): {reason}"
+    return f"{_BLOCKED[direction]} blocked by {FLOW_OF_DIRECTION[direction.value]} (policy {policy}): {reason}"
 
 
 def from_result(policy: Policy, direction: Direction, result: CheckResult) -> RailOutcome:
@@ -57,7 +61,8 @@ def from_result(policy: Policy, direction: Direction, result: CheckResult) -> Ra
         meta["history_dropped"] = result.history_dropped
     if not blocked:
         return RailOutcome.allow(reason=verdict.reasoning, metadata=meta)
-    what = "prompt" if direction is Direction.INPUT else "response"
+    what = {Direction.INPUT: "prompt", Direction.OUTPUT: "response", Direction.TOOL_CALL: "tool call",
+            Direction.TOOL_RESULT: "tool result", Direction.RETRIEVAL: "retrieved document"}[direction]
     reason = verdict.reasoning or f"The {what} violates policy '{policy.name}'."
     meta["refusal"] = render_refusal(policy.refusal(direction), verdict.reasoning, policy.name)
     meta["exception_message"] = _exception_message(policy.name, direction, reason)

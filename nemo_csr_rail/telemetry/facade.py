@@ -28,6 +28,7 @@ from nemo_csr_rail.telemetry.audit import AuditWriter, writer_for
 #: OpenTelemetry's GenAI switch for message content; also turns on the trace event's explanation
 GENAI_CAPTURE_ENV = "OTEL_INSTRUMENTATION_GENAI_CAPTURE_MESSAGE_CONTENT"
 SKIP_REASONS = {"empty bot message": "empty_message", "empty user message": "empty_message",
+                "empty tool result": "empty_message", "empty document": "empty_message",
                 "the plugin's own refusal": "own_refusal"}
 
 Check = Callable[[str | None, Direction, Any, Any], Awaitable[RailOutcome]]

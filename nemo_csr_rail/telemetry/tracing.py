@@ -75,7 +75,8 @@ def finish_check_span(span: Any, meta: dict[str, Any], *, replica: str | None, r
     if failed:
         event["error.type"] = str(meta.get("error_kind", "error"))
     else:
-        harm = meta.get("response_harm") if meta.get("direction") == "output" else meta.get("prompt_harm")
+        # a tool call is judged as the response, tool results and retrieved documents as the prompt
+        harm = meta.get("response_harm") if meta.get("direction") in ("output", "tool_call") else meta.get("prompt_harm")
         if harm is not None:
             event["gen_ai.evaluation.score.label"] = str(harm)
         if meta.get("confidence") is not None:
