@@ -144,13 +144,16 @@ async def csr_check_retrieval(
     policy: str | None = None,
     context: dict[str, Any] | None = None,
     config: Any = None,
+    text: str | None = None,
     **kwargs: Any,
 ) -> ActionResult:
     """Check each retrieved chunk (``$relevant_chunks_sep``); harmful ones are removed from ``$relevant_chunks``
     (a transform, the turn goes on). Sets ``$csr_relevant_chunks_kept`` to the chunks that pass."""
     ctx = context or {}
     chunks = [str(c) for c in ctx.get("relevant_chunks_sep") or ()]
-    whole = ctx.get("relevant_chunks")
+    whole = text if text is not None else ctx.get("relevant_chunks")
+    if text is not None:
+        chunks = []  # the joined text was passed explicitly (a catalog surface binds it): judge that
     if not chunks and isinstance(whole, str) and whole.strip():
         chunks = [whole.strip()]  # a retriever that sets only the joined text: judge it as one document
     user = ctx.get("retrieved_for") or ctx.get("last_user_message") or ctx.get("user_message")
