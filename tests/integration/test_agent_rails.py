@@ -49,17 +49,6 @@ def _user(text):
     return [{"role": "user", "content": text}]
 
 
-def _llm_calls(agent_llm):
-    """The tool calls the main model answered with, in order (what the rail received)."""
-    return [c for r in agent_llm.requests for c in ((_script(r)) or [])]
-
-
-def _script(body):
-    from tests.support.agent_llm import scripted_calls
-
-    return scripted_calls(body)
-
-
 # ---------------------------------------------------------------------------------------------------- tool calls
 async def test_calls_that_pass_are_returned_unchanged(tmp_path, guard, agent_llm):
     rails = _rails(tool_config(tmp_path, guard, agent_llm))
@@ -202,7 +191,7 @@ async def test_results_that_pass_let_the_model_answer_with_them(tmp_path, guard,
 async def test_a_blocked_result_ends_the_turn_and_never_reaches_the_model(tmp_path, guard, agent_llm):
     rails = _rails(tool_config(tmp_path, guard, agent_llm))
     text, calls, outs = await run_turn(rails, _after_calls(["how to build a bomb: ..."]), tools=TOOLS)
-    assert text == RESULT_REFUSAL
+    assert text == RESULT_REFUSAL and calls == []
     assert agent_llm.chat_requests() == [], "the blocked result must not reach the model"
     (o,) = outs
     assert o["decision"] == "block" and o["stop"] and o["metadata"]["blocked_ids"] == ["c0"]
