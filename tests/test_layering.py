@@ -40,6 +40,8 @@ RANK: dict[str, int] = {
     "rail": 20, "rail.actions": 20, "rail.hooks": 20,
     # the files NeMo loads from import_paths: one-line re-exports of the adapter
     "actions": 21, "config": 21,
+    # optional framework integrations: consumers of the adapter's runtime, imported by nothing in the package
+    "langchain": 22,
 }
 OUTSIDE = ("cli", "eval")
 
@@ -106,8 +108,12 @@ def _foreign_imports(path: Path) -> set[str]:
     return out
 
 
+# Exempt from the check below, explicitly: nemo_csr_rail/langchain.py is the optional LangChain integration (the
+# `langchain` extra). It imports langchain_core by design and reuses the NeMo adapter's runtime so that its tool
+# and retriever checks decide exactly as the rails do; its RANK (last) keeps every other module from importing it.
+INTEGRATIONS = ("langchain",)
 CORE = [p for p in MODULES if not (_module_name(p) == ADAPTER or _module_name(p).startswith(ADAPTER + "."))
-        and _module_name(p) not in ("actions", "config")]
+        and _module_name(p) not in ("actions", "config") and _module_name(p) not in INTEGRATIONS]
 
 
 @pytest.mark.parametrize("path", CORE, ids=_module_name)
