@@ -43,6 +43,7 @@ from nemo_csr_rail.client import CsrClient  # noqa: E402
 from nemo_csr_rail.engines.http import VllmHttpEngine  # noqa: E402
 from nemo_csr_rail.errors import CsrError  # noqa: E402
 from nemo_csr_rail.eval import datasets  # noqa: E402
+from nemo_csr_rail.options import DecodeOptions  # noqa: E402
 from nemo_csr_rail.policy import Direction, Policy  # noqa: E402
 
 DATASETS = ROOT.parent / "shared" / "datasets"
@@ -104,7 +105,7 @@ async def judge_output(sem: asyncio.Semaphore, fast: CsrClient, slow: CsrClient,
     async with sem:
         one = await fast.check(POLICY, Direction.OUTPUT, row.prompt, row.response, reasoning=False)
         split = await slow.check(POLICY, Direction.OUTPUT, row.prompt, row.response, reasoning=False)
-        gp = plans.build(POLICY, Direction.OUTPUT, row.prompt, row.response, reasoning=False, split_output=False)
+        gp = plans.build(POLICY, Direction.OUTPUT, row.prompt, row.response, reasoning=False, decode=DecodeOptions(split_output=False))
         full = await full_generation(client, url, gp)
     toks = full["tokens"]
     # the tokens of each value in the full generation: the first one after the prefill, and after "Response harm:"

@@ -41,6 +41,7 @@ from benchmarks.servers import GUARD_MODEL, StandInProcess, VllmServer  # noqa: 
 from nemo_csr_rail import plans  # noqa: E402
 from nemo_csr_rail import prompt as prompts  # noqa: E402
 from nemo_csr_rail.engines.http import VllmHttpEngine  # noqa: E402
+from nemo_csr_rail.options import DecodeOptions  # noqa: E402
 from nemo_csr_rail.plans import one_token  # noqa: E402
 from nemo_csr_rail.policy import Direction, Policy  # noqa: E402
 from nemo_csr_rail.rail import RailRuntime, reset_runtimes, runtime_for  # noqa: E402
@@ -240,8 +241,7 @@ def raw_checker(client: httpx.AsyncClient, url: str, direction: Direction,
 
     def body(i: int) -> bytes:
         if i not in bodies:
-            gp = plans.build(pol, direction, user_msg(i), bot_msg(i) if direction is Direction.OUTPUT else None,
-                               split_output=False)
+            gp = plans.build(pol, direction, user_msg(i), bot_msg(i) if direction is Direction.OUTPUT else None, decode=DecodeOptions(split_output=False))
             data = engine.payload(gp)
             if plan is not None and gp.verdict_choices:
                 data = one_token.payload(data, plan, logprobs=gp.want_logprobs)

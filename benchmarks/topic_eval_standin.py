@@ -5,7 +5,7 @@
 The stand-in's 'model' calls the *current* message off topic iff it names a marker word (the default harm markers
 plus stock, invest, competitor, recipe) and never reads the history, so its F1 measures the pipeline, not a model:
 dialogues that are only decidable from the history are missed by construction. The same run is asserted by
-``tests/test_topic_eval.py``.
+``tests/integration/test_topic_eval.py``.
 """
 
 from __future__ import annotations

@@ -10,11 +10,13 @@ import time
 from collections import OrderedDict
 from typing import Generic, TypeVar
 
+from nemo_csr_rail.options import DEFAULT_CACHE_MAXSIZE, DEFAULT_CACHE_TTL_S
+
 V = TypeVar("V")
 
 
 class TTLCache(Generic[V]):
-    def __init__(self, maxsize: int = 4096, ttl_s: float = 3600.0) -> None:
+    def __init__(self, maxsize: int = DEFAULT_CACHE_MAXSIZE, ttl_s: float = DEFAULT_CACHE_TTL_S) -> None:
         self.maxsize, self.ttl_s = maxsize, ttl_s
         self._data: OrderedDict[str, tuple[float, V]] = OrderedDict()
         self.hits = self.misses = 0

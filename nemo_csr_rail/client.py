@@ -11,7 +11,7 @@ from __future__ import annotations
 import hashlib
 import time
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
 from nemo_csr_rail import agent, plans
@@ -19,7 +19,8 @@ from nemo_csr_rail.cache import TTLCache
 from nemo_csr_rail.conversation import Turn, as_turns, fit_history
 from nemo_csr_rail.engines.base import Completion, Engine
 from nemo_csr_rail.errors import CsrError
-from nemo_csr_rail.plans import split_output
+from nemo_csr_rail.options import DEFAULT_BASE_URL, DEFAULT_MODEL, DecodeOptions, HttpOptions, split_overrides
+from nemo_csr_rail.plans import escalate, split_output
 from nemo_csr_rail.policy import Direction, Policy
 from nemo_csr_rail.prompt import GuardPrompt
 from nemo_csr_rail.settings import LongInputSettings
@@ -28,8 +29,6 @@ from nemo_csr_rail.verdict import Verdict
 if TYPE_CHECKING:
     from nemo_csr_rail.settings import PluginSettings
 
-DEFAULT_BASE_URL = "http://127.0.0.1:8000/v1"
-DEFAULT_MODEL = "nvidia/Nemotron-Content-Safety-Reasoning-4B"
 #: topic policies: history + current message budget for a client made without settings (long_input's default)
 DEFAULT_HISTORY_MAX_CHARS = LongInputSettings.model_fields["max_chars"].default
 
@@ -55,6 +54,8 @@ class CheckResult:
     #: "one_token" (every request decided from its first token), "grammar" (decoded under the grammar), "mixed";
     #: "" when cached
     decode_plan: str = ""
+    #: reasoning: escalate — what the screen found and whether the reasoned check ran; None otherwise
+    escalation: escalate.Escalation | None = None
 
 
 class CsrClient:
@@ -71,32 +72,27 @@ class CsrClient:
         model: str = DEFAULT_MODEL,
         *,
         api_key: str | None = None,
-        timeout_s: float = 5.0,
-        max_retries: int = 2,
-        structured_output: bool = True,
-        assistant_prefill: bool = True,
-        logprobs: bool = True,
-        reasoning_max_tokens: int = 384,
-        max_concurrency: int = 256,
-        split_output: bool = True,
+        decode: DecodeOptions | None = None,
+        http: HttpOptions | None = None,
         cache: TTLCache[Verdict] | None = None,
         engine: Engine | None = None,
         verify: bool | str = True,
         history_max_chars: int | None = DEFAULT_HISTORY_MAX_CHARS,
+        **options: Any,
     ) -> None:
+        """``decode`` and ``http`` carry the settings (:mod:`nemo_csr_rail.options`); single options may be given
+        as keywords instead (``timeout_s=2``, ``split_output=False``), overriding the objects' values."""
+        decode_overrides, http_overrides = split_overrides(options)
+        self.decode = replace(decode or DecodeOptions(), **decode_overrides)
+        self.http = replace(http or HttpOptions(), **http_overrides)
         if engine is None:
             from nemo_csr_rail.engines.http import VllmHttpEngine
 
             urls = [base_url] if isinstance(base_url, str) else list(base_url)
-            engine = VllmHttpEngine(urls, model, api_key=api_key, max_retries=max_retries,
-                                    max_concurrency=max_concurrency, verify=verify)
+            engine = VllmHttpEngine(urls, model, api_key=api_key, verify=verify, options=self.http,
+                                    top_logprobs=self.decode.top_logprobs)
         self.engine = engine
-        self.timeout_s = timeout_s
-        self.structured_output = structured_output
-        self.assistant_prefill = assistant_prefill
-        self.logprobs = logprobs
-        self.reasoning_max_tokens = reasoning_max_tokens
-        self.split_output = split_output
+        self.timeout_s = self.http.timeout_s
         self.cache = cache
         self.history_max_chars = history_max_chars
 
@@ -104,10 +100,9 @@ class CsrClient:
     def from_settings(cls, settings: PluginSettings, engine: Engine, *, cache: TTLCache[Verdict] | None = None,
                       timeout_s: float | None = None) -> CsrClient:
         """A client that prompts and decodes exactly as a config's ``custom_data.nemo_csr_rail`` says."""
-        return cls(engine=engine, timeout_s=timeout_s or settings.timeout_s,
-                   structured_output=settings.structured_output, assistant_prefill=settings.assistant_prefill,
-                   logprobs=settings.logprobs, reasoning_max_tokens=settings.reasoning_max_tokens,
-                   split_output=settings.split_output, cache=cache,
+        http = settings.http_options()
+        return cls(engine=engine, decode=settings.decode_options(),
+                   http=replace(http, timeout_s=timeout_s) if timeout_s else http, cache=cache,
                    history_max_chars=settings.long_input.max_chars)
 
     async def __aenter__(self) -> CsrClient:
@@ -121,10 +116,8 @@ class CsrClient:
 
     def build_prompt(self, policy: Policy, direction: Direction, user_message: str, bot_message: str | None,
                      reasoning: bool | None = None, history: Sequence[Turn] = ()) -> GuardPrompt:
-        return plans.build(policy, direction, user_message, bot_message, reasoning=reasoning,
-                             structured=self.structured_output, prefill=self.assistant_prefill,
-                             logprobs=self.logprobs, reasoning_max_tokens=self.reasoning_max_tokens,
-                             split_output=self.split_output, history=history)
+        return plans.build(policy, direction, user_message, bot_message, reasoning=reasoning, decode=self.decode,
+                           history=history)
 
     async def classify(self, policy: Policy | str, user_message: str, bot_message: str | None = None, *,
                        reasoning: bool | None = None,
@@ -155,14 +148,17 @@ class CsrClient:
             budget_chars = self.history_max_chars if history_max_chars is None else history_max_chars
             plan = fit_history(as_turns(history), max_turns=policy.history_turns, max_chars=budget_chars,
                                current=user_message)
-        gp = self.build_prompt(policy, direction, user_message, bot_message, reasoning,
-                               history=plan.turns if plan is not None else ())
+        turns = plan.turns if plan is not None else ()
+        escalating = reasoning is None and policy.escalates(direction)
+        gp = self.build_prompt(policy, direction, user_message, bot_message, False if escalating else reasoning,
+                               history=turns)
         sent = None if plan is None else plan.sent
         dropped = None if plan is None else plan.dropped
         key = None
         if self.cache is not None:
             key = hashlib.sha256(
-                f"{getattr(self.engine, 'model', '')}\x00{gp.direction.value}\x00{gp.regex}\x00{gp.prefill}\x00{gp.text}".encode(
+                f"{getattr(self.engine, 'model', '')}\x00{gp.direction.value}\x00{gp.regex}\x00{gp.prefill}\x00"
+                f"{escalating and policy.escalate_at}\x00{gp.text}".encode(
                     "utf-8", "surrogatepass")
             ).hexdigest()
             hit = self.cache.get(key)
@@ -172,11 +168,16 @@ class CsrClient:
         budget = self.timeout_s if timeout_s is None else timeout_s
         # Every engine ends its own calls by their deadline (it knows what ran out: a hung replica, a full queue,
         # a busy model), so no second timer runs here.
-        if gp.split_output:
-            verdict, completions, calls = await split_output.run(self.engine, gp, budget, logprobs=self.logprobs)
+        record = None
+        if escalating:
+            reasoned = self.build_prompt(policy, direction, user_message, bot_message, True, history=turns)
+            verdict, screened, decided, calls, record = await escalate.run(
+                self._run, gp, reasoned, budget, escalate_at=policy.escalate_at, decode_plan=_plan)
+            completions = screened + decided
+            deciding = decided or screened
         else:
-            completion = await self.engine.complete(gp, timeout_s=budget)
-            verdict, completions, calls = plans.read(gp, completion), [completion], 1
+            verdict, completions, calls = await self._run(gp, budget)
+            deciding = completions
         verdict.harm(direction)  # the field this direction needs must be present
         if key is not None and self.cache is not None:
             self.cache.put(key, verdict)
@@ -185,7 +186,14 @@ class CsrClient:
                            completion_tokens=_total(c.completion_tokens for c in completions),
                            cached_tokens=_total(c.cached_tokens for c in completions),
                            endpoint=completions[-1].endpoint, calls=calls, history_sent=sent,
-                           history_dropped=dropped, decode_plan=_plan(completions))
+                           history_dropped=dropped, decode_plan=_plan(deciding), escalation=record)
+
+    async def _run(self, gp: GuardPrompt, budget: float) -> tuple[Verdict, list[Completion], int]:
+        """One plan's requests: the split output plan's two, or the single request of the others."""
+        if gp.split_output:
+            return await split_output.run(self.engine, gp, budget, logprobs=self.decode.logprobs)
+        completion = await self.engine.complete(gp, timeout_s=budget)
+        return plans.read(gp, completion), [completion], 1
 
 
     # ------------------------------------------------------------------------------------------- agent checks

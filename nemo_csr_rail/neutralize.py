@@ -16,7 +16,7 @@ import re
 # strings inside a message would become real turn boundaries. A word joiner after the opening '<' or '[' keeps the
 # text readable to the model but makes it ordinary text to the tokenizer. The HTML-like pieces of the vocabulary
 # (<table>, <b>, ...) are left alone: ordinary text to the model (docs/reliability.md). Proven against all 6,414
-# control and user-defined pieces of the real vocabulary in tests/test_real_tokenizer.py.
+# control and user-defined pieces of the real vocabulary in tests/unit/test_real_tokenizer.py.
 _SPECIAL = re.compile(
     r"<(?=/?(?:start_of_turn|end_of_turn|bos|eos|pad|unk|mask|start_of_image|end_of_image|image_soft_token"
     r"|unused\d+|think)>)"

@@ -6,21 +6,22 @@ and refusal templates) is computed here at load time, so the per-check path only
 
 from __future__ import annotations
 
-from collections.abc import Iterable
 from dataclasses import dataclass
 from enum import Enum
 from typing import Literal
 
-from nemo_csr_rail.settings import (
+from nemo_csr_rail.options import (
+    DEFAULT_ESCALATE_AT,
     DEFAULT_HISTORY_TURNS,
     DEFAULT_INPUT_REFUSAL,
+    DEFAULT_MODEL_TYPE,
+    DEFAULT_ON_ERROR,
     DEFAULT_OUTPUT_REFUSAL,
     DEFAULT_TOOL_CALL_REFUSAL,
     DEFAULT_TOOL_RESULT_REFUSAL,
-    CategorySpec,
-    PluginSettings,
-    PolicySettings,
 )
+from nemo_csr_rail.settings import CategorySpec, DirectionalReasoning, PluginSettings, PolicySettings
+from nemo_csr_rail.settings import implicit_policy as implicit_policy  # re-exported (rule: settings)
 from nemo_csr_rail.taxonomy import TAXONOMIES
 
 
@@ -43,6 +44,10 @@ class Direction(str, Enum):
         return Direction.OUTPUT if self in (Direction.OUTPUT, Direction.TOOL_CALL) else Direction.INPUT
 
 
+#: the card's two sides, which every direction is judged as (one prompt layout, grammar and decode plan each)
+SIDES = (Direction.INPUT, Direction.OUTPUT)
+
+
 PolicyKind = Literal["taxonomy", "custom", "topic"]
 
 
@@ -58,23 +63,48 @@ class Policy:
     reasoning_output: bool
     refusal_input: str = DEFAULT_INPUT_REFUSAL
     refusal_output: str = DEFAULT_OUTPUT_REFUSAL
-    on_error: Literal["block", "allow"] = "block"
+    on_error: Literal["block", "allow"] = DEFAULT_ON_ERROR
     threshold: float | None = None
-    model_type: str = "nemotron_csr"
+    model_type: str = DEFAULT_MODEL_TYPE
     history_turns: int = 0
-    #: the agent directions; None follows the side each is judged as (tool call: output; the others: input)
-    reasoning_tool_call: bool | None = None
-    reasoning_tool_result: bool | None = None
-    reasoning_retrieval: bool | None = None
+    #: reasoning: escalate per direction — screen with reasoning off, the reasoning-on check decides at or above
+    #: ``escalate_at`` (:mod:`nemo_csr_rail.plans.escalate`); ``reasoning_*`` is then False (the screen's mode)
+    escalate_input: bool = False
+    escalate_output: bool = False
+    escalate_at: float = DEFAULT_ESCALATE_AT
+    #: the agent directions' mode (True, False or "escalate"); None follows the side each is judged as (a tool
+    #: call the output's, a tool result and a retrieved chunk the input's)
+    reasoning_tool_call: bool | str | None = None
+    reasoning_tool_result: bool | str | None = None
+    reasoning_retrieval: bool | str | None = None
     refusal_tool_call: str = DEFAULT_TOOL_CALL_REFUSAL
     refusal_tool_result: str = DEFAULT_TOOL_RESULT_REFUSAL
 
+    def _agent_mode(self, direction: Direction) -> bool | str | None:
+        return {Direction.TOOL_CALL: self.reasoning_tool_call, Direction.TOOL_RESULT: self.reasoning_tool_result,
+                Direction.RETRIEVAL: self.reasoning_retrieval}.get(direction)
+
     def reasoning(self, direction: Direction) -> bool:
-        own = {Direction.TOOL_CALL: self.reasoning_tool_call, Direction.TOOL_RESULT: self.reasoning_tool_result,
-               Direction.RETRIEVAL: self.reasoning_retrieval}.get(direction)
+        own = self._agent_mode(direction)
         if own is not None:
-            return own
+            return own is True
         return self.reasoning_input if direction.judged_as is Direction.INPUT else self.reasoning_output
+
+    def escalates(self, direction: Direction) -> bool:
+        own = self._agent_mode(direction)
+        if own is not None:
+            return own == "escalate"
+        return self.escalate_input if direction.judged_as is Direction.INPUT else self.escalate_output
+
+    def reasoning_mode(self, direction: Direction) -> bool | str:
+        """What the metadata reports: True, False or ``"escalate"``."""
+        return "escalate" if self.escalates(direction) else self.reasoning(direction)
+
+    def uses_reasoning(self) -> bool:
+        """Whether any check of this policy may run with reasoning on (the reasoning grammars are then needed)."""
+        return self.reasoning_input or self.reasoning_output or self.escalate_input or self.escalate_output or any(
+            m is True or m == "escalate" for m in (self.reasoning_tool_call, self.reasoning_tool_result,
+                                                   self.reasoning_retrieval))
 
     def refusal(self, direction: Direction) -> str:
         if direction is Direction.TOOL_CALL:
@@ -140,15 +170,16 @@ def compile_policy(name: str, spec: PolicySettings, plugin: PluginSettings) -> P
         body = render_categories(base)
     # The card: reasoning helps custom policies, not the generic taxonomy; its topic-following example is /think.
     default_reasoning = kind in ("custom", "topic")
-    agent: dict[str, bool | None] = {"tool_call": None, "tool_result": None, "retrieval": None}
-    if isinstance(spec.reasoning, bool) or spec.reasoning is None:
-        r_in = r_out = default_reasoning if spec.reasoning is None else spec.reasoning
-    else:
-        r_in = default_reasoning if spec.reasoning.input is None else spec.reasoning.input
-        r_out = default_reasoning if spec.reasoning.output is None else spec.reasoning.output
-        # unset agent directions follow the side they are judged as (Policy.reasoning): a tool call the output's
-        # mode, a tool result and a retrieved chunk the input's
+    agent: dict[str, bool | str | None] = {"tool_call": None, "tool_result": None, "retrieval": None}
+    if isinstance(spec.reasoning, DirectionalReasoning):
+        m_in = default_reasoning if spec.reasoning.input is None else spec.reasoning.input
+        m_out = default_reasoning if spec.reasoning.output is None else spec.reasoning.output
+        # unset agent directions follow the side they are judged as (Policy.reasoning, Policy.escalates)
         agent = {k: getattr(spec.reasoning, k) for k in agent}
+    else:
+        m_in = m_out = default_reasoning if spec.reasoning is None else spec.reasoning
+    e_in, e_out = m_in == "escalate", m_out == "escalate"
+    r_in, r_out = m_in is True, m_out is True
     refusal = spec.refusal or plugin.refusal
     return Policy(
         name=name,
@@ -162,6 +193,9 @@ def compile_policy(name: str, spec: PolicySettings, plugin: PluginSettings) -> P
         threshold=spec.threshold,
         model_type=spec.model or plugin.model,
         history_turns=history_turns,
+        escalate_input=e_in,
+        escalate_output=e_out,
+        escalate_at=DEFAULT_ESCALATE_AT if spec.escalate_at is None else spec.escalate_at,
         reasoning_tool_call=agent["tool_call"],
         reasoning_tool_result=agent["tool_result"],
         reasoning_retrieval=agent["retrieval"],
@@ -173,10 +207,3 @@ def compile_policy(name: str, spec: PolicySettings, plugin: PluginSettings) -> P
 def compile_policies(plugin: PluginSettings) -> dict[str, Policy]:
     return {name: compile_policy(name, spec, plugin) for name, spec in plugin.policies.items()}
 
-
-def implicit_policy(names: Iterable[str]) -> str | None:
-    """The policy used when none is named: the only one, else the one called 'default', else none."""
-    names = list(names)
-    if len(names) == 1:
-        return names[0]
-    return "default" if "default" in names else None

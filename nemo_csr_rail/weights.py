@@ -12,7 +12,9 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-DEFAULT_REPO = "nvidia/Nemotron-Content-Safety-Reasoning-4B"
+from nemo_csr_rail.options import DEFAULT_MODEL
+
+DEFAULT_REPO = DEFAULT_MODEL
 _REPO_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*$")
 _TRUE = {"1", "true", "yes", "on"}
 

@@ -1,4 +1,4 @@
-"""Shared fixtures.
+"""Shared fixtures for every tier (tests/unit, tests/integration, tests/tooling, tests/e2e; docs/testing.md).
 
 ``COLANGPATH`` points at the checkout so ``import_paths: [nemo_csr_rail]`` resolves even when the package is
 installed in editable mode (NeMo Guardrails reads it once, at import).
@@ -44,3 +44,28 @@ def main_llm():
 
     with make() as server:
         yield server
+
+
+def pytest_collection_modifyitems(items):
+    """A ``shared_data`` test gets the folder from ``shared_root``, so a missing folder is never a silent pass."""
+    for item in items:
+        if item.get_closest_marker("shared_data") and "shared_root" not in getattr(item, "fixturenames", ()):
+            raise pytest.UsageError(f"{item.nodeid} is marked shared_data but does not use the shared_root fixture")
+
+
+@pytest.fixture
+def shared_root(request) -> Path:
+    """The workplace's shared reference folder (``../shared``, or ``$CSR_SHARED_DIR``; tests/support/shared.py).
+
+    Only for tests marked ``@pytest.mark.shared_data`` (anything else fails). Without the folder the test is
+    skipped with a reason naming ``CSR_SHARED_DIR``, or fails when ``CSR_REQUIRE_SHARED=1`` (tools/test.sh, CI)."""
+    from tests.support.shared import missing, shared_dir
+
+    if request.node.get_closest_marker("shared_data") is None:
+        pytest.fail(f"{request.node.nodeid} uses shared_root without @pytest.mark.shared_data", pytrace=False)
+    root = shared_dir()
+    if root is None:
+        env = os.environ.get("CSR_SHARED_DIR")
+        missing(f"CSR_SHARED_DIR={env} is not a directory" if env
+                else "the shared reference folder (../shared next to the checkout, or /work/shared) is not present")
+    return root

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs everything from this repository's own files and runs the whole test suite — the command CI runs.
 #
-#   ./tools/test.sh                 # full suite: unit, end-to-end (stand-in), real vLLM CPU server, embedded engine
+#   ./tools/test.sh                 # full suite, every tier (docs/testing.md): unit, integration (stand-in,
+#                                   # embedded engine), tooling, e2e (real vLLM CPU server)
 #   CSR_SKIP_VLLM=1 ./tools/test.sh # skip installing vLLM (its tests are then skipped, not faked)
 #   ./tools/test.sh -k e2e          # extra arguments go to pytest
 #
@@ -40,6 +41,8 @@ if [ "${CSR_SKIP_VLLM:-0}" != "1" ]; then
   echo "vLLM CPU venv ready: $CSR_VLLM_PYTHON ($(( $(date +%s) - t0 )) s)"
 fi
 export CSR_REQUIRE_EMBEDDED=${CSR_REQUIRE_EMBEDDED:-1}
+# the workplace's ../shared reference folder (tests marked shared_data): CI always has it, so absent = failure
+export CSR_REQUIRE_SHARED=${CSR_REQUIRE_SHARED:-1}
 
 "$VENV/bin/ruff" check .
 "$VENV/bin/python" -m pytest -q -ra "$@"

@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from nemo_csr_rail import weights
-from nemo_csr_rail.client import DEFAULT_MODEL
+from nemo_csr_rail.options import DEFAULT_MODEL, DEFAULT_MODEL_TYPE, DecodeOptions
 
 SCRIPTED_LABEL = "app LLM (scripted stand-in)"
 # Packaged copies are not named config.yml: NeMo Guardrails merges every *.yml under an import_paths package into
@@ -111,7 +111,7 @@ def add_parser(sub: Any) -> None:
     p.add_argument("--timeout", type=float, default=None, metavar="S",
                    help="per-check timeout (default: the config's for http, 600 s for embedded)")
     p.add_argument("--reasoning-max-tokens", type=int, default=None, metavar="N",
-                   help="cap on the reasoning trace (default: the config's, 384)")
+                   help=f"cap on the reasoning trace (default: the config's, {DecodeOptions.reasoning_max_tokens})")
 
 
 class _Missing(Exception):
@@ -147,7 +147,7 @@ def _demo_config(src: Path, dst: Path, *, engine: str, model_path: str | None, b
     raw = yaml.safe_load(cfg_file.read_text())
     raw["models"] = [m for m in raw.get("models") or [] if m.get("type") != "main"]  # the scripted LLM replaces it
     plugin = raw.setdefault("custom_data", {}).setdefault("nemo_csr_rail", {})
-    guard_type = plugin.get("model", "nemotron_csr")
+    guard_type = plugin.get("model", DEFAULT_MODEL_TYPE)
     if engine == "embedded":
         plugin["engine"] = "embedded"
         plugin["embedded"] = {"model_path": model_path, "device": device, "dtype": dtype}

@@ -57,20 +57,21 @@ def add_parser(sub: Any) -> None:
 def modes(resolved: Any, rails_config: Any, policies: dict[str, Any]) -> list[tuple[str, str, bool]]:
     """(policy, direction, reasoning) for each policy/direction the config's flows use."""
     from nemo_csr_rail.policy import Direction
-    from nemo_csr_rail.settings import referenced_policies
+    from nemo_csr_rail.settings import implicit_policy, referenced_policies
 
     pairs: set[tuple[str, str]] = set()
     for direction, name in referenced_policies(rails_config):
         if name.startswith("$"):
             continue
         pairs.add((name, direction))
-    # flows without a $policy use the only policy, or 'default'
+    # flows without a $policy use the implicit policy (the only one, or 'default')
+    implicit = implicit_policy(policies)
     texts = [str(f) for d in ("input", "output")
              for f in (getattr(getattr(getattr(rails_config, "rails", None), d, None), "flows", None) or [])]
     for t in texts:
         for d in ("input", "output"):
-            if t.strip() == f"csr check {d}" and (len(policies) == 1 or "default" in policies):
-                pairs.add((next(iter(policies)) if len(policies) == 1 else "default", d))
+            if t.strip() == f"csr check {d}" and implicit is not None:
+                pairs.add((implicit, d))
     if not pairs:  # no flow names a policy (e.g. registered programmatically): probe every policy as input
         pairs = {(name, "input") for name in policies}
     out = []

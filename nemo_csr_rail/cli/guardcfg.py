@@ -41,7 +41,7 @@ def default_policy(policies: dict[str, Any], name: str | None) -> str:
         if name not in policies:
             raise UsageError(f"unknown policy {name!r}; the config defines: {', '.join(sorted(policies))}")
         return name
-    from nemo_csr_rail.policy import implicit_policy
+    from nemo_csr_rail.settings import implicit_policy
 
     implicit = implicit_policy(policies)
     if implicit is not None:

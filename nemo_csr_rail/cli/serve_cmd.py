@@ -34,7 +34,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from nemo_csr_rail import weights
-from nemo_csr_rail.client import DEFAULT_MODEL
+from nemo_csr_rail.options import DEFAULT_MODEL, DEFAULT_MODEL_TYPE
 
 GPU_MAX_MODEL_LEN = 8192
 CPU_MAX_MODEL_LEN = 4096
@@ -337,7 +337,7 @@ def run(args: argparse.Namespace) -> int:
             names = [m.get("id") for m in json.loads(body or b"{}").get("data", [])]
         print(f"ready after {time.monotonic() - t0:.1f}s: {root}/v1 serving {', '.join(map(str, names)) or '?'} "
               f"(pid {proc.pid})", file=err, flush=True)
-        print("config.yml:\n  models:\n    - type: nemotron_csr\n      engine: vllm_openai\n"
+        print(f"config.yml:\n  models:\n    - type: {DEFAULT_MODEL_TYPE}\n      engine: vllm_openai\n"
               f"      model: {args.served_model_name}\n      parameters: {{base_url: {root}/v1}}", file=err, flush=True)
         if not args.wait:
             return 0

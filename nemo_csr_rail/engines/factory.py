@@ -7,8 +7,11 @@ breaker, embedded device) applies the same way whichever entry point runs the ch
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import replace
 
 from nemo_csr_rail.engines.base import Engine
+from nemo_csr_rail.plans import grammar
+from nemo_csr_rail.policy import compile_policies
 from nemo_csr_rail.settings import ResolvedSettings
 
 
@@ -27,7 +30,11 @@ def build_engine(resolved: ResolvedSettings, model_type: str, *, base_urls: Sequ
 
     ep = resolved.endpoints[model_type]
     urls = tuple(u.rstrip("/") for u in base_urls) if base_urls else ep.base_urls
-    return VllmHttpEngine(urls, ep.model, api_key=ep.api_key, max_retries=s.max_retries,
-                          max_concurrency=max_concurrency or s.max_concurrency, verify=ep.verify,
-                          breaker_threshold=s.breaker.threshold, breaker_cooldown_s=s.breaker.cooldown_s,
-                          transport=s.http_transport)
+    reasoned = s.structured_output and any(p.uses_reasoning() for p in compile_policies(s).values()
+                                           if p.model_type == model_type)
+    http = s.http_options()
+    if max_concurrency:
+        http = replace(http, max_concurrency=max_concurrency)
+    return VllmHttpEngine(urls, ep.model, api_key=ep.api_key, verify=ep.verify, options=http,
+                          top_logprobs=s.decode_options().top_logprobs,
+                          warm_regexes=grammar.warm_up_regexes() if reasoned else ())

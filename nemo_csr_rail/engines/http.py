@@ -11,11 +11,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import logging
 import ssl
 import time
 import weakref
 from collections.abc import Iterator, Sequence
-from typing import Any, Literal
+from dataclasses import replace
+from typing import Any
 
 import httpx
 
@@ -35,10 +37,11 @@ from nemo_csr_rail.errors import (
     GuardUnavailable,
     InputTooLong,
 )
+from nemo_csr_rail.options import DecodeOptions, HttpOptions, split_overrides
 from nemo_csr_rail.plans import one_token
 from nemo_csr_rail.prompt import GuardPrompt
 
-TOP_LOGPROBS = 5
+log = logging.getLogger("nemo_csr_rail")
 _CONTEXT_MARKERS = ("maximum context length", "context length", "too long", "max_model_len")
 
 
@@ -105,6 +108,8 @@ def _is_tls_failure(exc: BaseException) -> bool:
 # missed their deadline). Several small pools, each request on the least busy one, keep that cost flat.
 POOL_SHARD = 8
 KEEPALIVE_EXPIRY_S = 3.0
+#: how long a background grammar warm-up request may take (the compile itself: ~13 s on a small CPU)
+WARM_UP_TIMEOUT_S = 120.0
 
 
 class _Pool:
@@ -112,6 +117,7 @@ class _Pool:
         self.clients = clients
         self.inflight = [0] * len(clients)
         self.sem = sem
+        self.warmed = False
 
     @property
     def closed(self) -> bool:
@@ -138,23 +144,31 @@ class VllmHttpEngine:
         model: str,
         *,
         api_key: str | None = None,
-        max_retries: int = 2,
-        max_concurrency: int = 256,
         verify: bool | str = True,
-        breaker_threshold: int = 3,
-        breaker_cooldown_s: float = 2.0,
-        transport: Literal["buffered", "httpx"] = "buffered",
+        options: HttpOptions | None = None,
+        top_logprobs: int = DecodeOptions.top_logprobs,
+        warm_regexes: Sequence[str] = (),
+        **overrides: Any,
     ) -> None:
+        """``options`` carries retries, concurrency, breaker and transport (``timeout_s`` is the caller's, per
+        call); single options may be given as keywords instead (``max_retries=0``), overriding the object."""
+        _, http_overrides = split_overrides(overrides)
+        opts = replace(options or HttpOptions(), **http_overrides)
+        if opts.transport not in ("buffered", "httpx"):
+            raise ValueError(f"transport must be 'buffered' or 'httpx', not {opts.transport!r}")
         self.model = model
-        self.replicas = ReplicaSet(base_urls, max_retries=max_retries, breaker_threshold=breaker_threshold,
-                                   breaker_cooldown_s=breaker_cooldown_s)
+        self.options = opts
+        self.replicas = ReplicaSet(base_urls, max_retries=opts.max_retries, breaker_threshold=opts.breaker_threshold,
+                                   breaker_cooldown_s=opts.breaker_cooldown_s)
         self._api_key = api_key
-        self._max_concurrency = max_concurrency
+        self._max_concurrency = opts.max_concurrency
         self._verify = verify
-        if transport not in ("buffered", "httpx"):
-            raise ValueError(f"transport must be 'buffered' or 'httpx', not {transport!r}")
-        self._transport = transport
+        self._transport = opts.transport
+        self._top_logprobs = top_logprobs
         self._plans = one_token.PlanCache()  # one-token plan per (replica, prefill), looked up once
+        #: grammars to have each replica compile once, in the background, when the engine is first used
+        self._warm_regexes = tuple(warm_regexes)
+        self._warming: set[asyncio.Task[None]] = set()
         self._per_loop: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _Pool] = weakref.WeakKeyDictionary()
         #: telemetry's hook (nemo_csr_rail.telemetry): per-request reports and trace headers; None = not observed
         self.instrument: Instrument | None = None
@@ -205,7 +219,7 @@ class VllmHttpEngine:
             body["structured_outputs"] = {"regex": prompt.regex}
         if prompt.want_logprobs:
             body["logprobs"] = True
-            body["top_logprobs"] = TOP_LOGPROBS
+            body["top_logprobs"] = self._top_logprobs
         if prompt.stop:
             body["stop"] = list(prompt.stop)
             body["include_stop_str_in_output"] = True
@@ -217,6 +231,8 @@ class VllmHttpEngine:
     async def complete(self, prompt: GuardPrompt, *, timeout_s: float) -> Completion:
         deadline = time.monotonic() + timeout_s
         pool = self._client()
+        if not pool.warmed:
+            self._warm(pool)
         body = self.payload(prompt)
         sem = pool.sem
         if sem.locked():  # back-pressure: waiting for a slot is part of the check's deadline
@@ -239,6 +255,30 @@ class VllmHttpEngine:
             return await self.replicas.run(send, deadline=deadline, timeout_s=timeout_s, instrument=self.instrument)
         finally:
             sem.release()
+
+    def _warm(self, pool: _Pool) -> None:
+        """Have every replica compile the slow grammars now, off the check's path: one background task, one
+        one-token ``/v1/completions`` request per grammar and replica, whatever they answer (a compile that outlives
+        the server's timeout still lands in its cache). The first check does not wait for it."""
+        pool.warmed = True
+        if not self._warm_regexes:
+            return
+
+        async def warm() -> None:
+            for base_url in self.base_urls:
+                for regex in self._warm_regexes:
+                    body = {"model": self.model, "prompt": "Hello.", "max_tokens": 1, "temperature": 0.0,
+                            "structured_outputs": {"regex": regex}}
+                    try:
+                        with pool.lease() as client:
+                            await client.post(base_url + "/completions", json=body,
+                                              timeout=httpx.Timeout(WARM_UP_TIMEOUT_S, connect=5.0))
+                    except Exception as exc:  # warming is best effort: the checks report real failures
+                        log.debug("grammar warm-up at %s: %s: %s", base_url, type(exc).__name__, exc)
+
+        task = asyncio.get_running_loop().create_task(warm())
+        self._warming.add(task)
+        task.add_done_callback(self._warming.discard)
 
     async def _decode(self, client: httpx.AsyncClient, base_url: str, body: dict[str, Any], budget: float,
                       prompt: GuardPrompt) -> Completion:
@@ -374,6 +414,10 @@ class VllmHttpEngine:
 
     async def aclose(self) -> None:
         """Close this event loop's connections; forget every other loop's (they cannot be closed from here)."""
+        mine = [t for t in self._warming if t.get_loop() is asyncio.get_running_loop()]
+        for task in mine:
+            task.cancel()
+        await asyncio.gather(*mine, return_exceptions=True)
         pool = self._per_loop.pop(asyncio.get_running_loop(), None)
         self._per_loop.clear()
         for client in pool.clients if pool else ():

@@ -18,11 +18,14 @@ from collections.abc import Sequence
 
 from nemo_csr_rail import prompt_topic
 from nemo_csr_rail.conversation import Turn
+from nemo_csr_rail.options import DecodeOptions
 from nemo_csr_rail.plans import grammar
 from nemo_csr_rail.plans import split_output as split_plan
 from nemo_csr_rail.plans.answers import read
 from nemo_csr_rail.policy import Direction, Policy
 from nemo_csr_rail.prompt import GuardPrompt, render
+
+DEFAULTS = DecodeOptions()
 
 
 def build(
@@ -32,16 +35,12 @@ def build(
     bot_message: str | None,
     *,
     reasoning: bool | None = None,
-    structured: bool = True,
-    prefill: bool = True,
-    logprobs: bool = True,
-    reasoning_max_tokens: int = 384,
-    split_output: bool = True,
+    decode: DecodeOptions = DEFAULTS,
     history: Sequence[Turn] = (),
 ) -> GuardPrompt:
-    """The first request of one check. ``history`` (earlier messages, oldest first) is used by topic policies
-    only: the other layouts have no place for it. An agent direction (tool call, tool result, retrieved chunk) is
-    decoded as the side it is judged as, with its own reasoning mode (docs/agents.md)."""
+    """The first request of one check, as ``decode`` says. ``history`` (earlier messages, oldest first) is used by
+    topic policies only: the other layouts have no place for it. An agent direction (tool call, tool result,
+    retrieved chunk) is decoded as the side it is judged as, with its own reasoning mode (docs/agents.md)."""
     think = policy.reasoning(direction) if reasoning is None else reasoning
     if policy.kind == "topic" and direction is not Direction.INPUT:
         raise ValueError(f"policy {policy.name!r} is a topic policy: it judges user messages only")
@@ -54,11 +53,13 @@ def build(
         text = prompt_topic.render(policy, history, user_message, reasoning=think)
     else:
         text = render(policy, user_message, bot_message, reasoning=think)
+    structured, logprobs = decode.structured_output, decode.logprobs
     if think:
-        return grammar.reasoning_request(text, direction, structured=structured, max_tokens=reasoning_max_tokens)
-    if prefill and direction is Direction.OUTPUT and split_output:
+        return grammar.reasoning_request(text, direction, structured=structured,
+                                         max_tokens=decode.reasoning_max_tokens)
+    if decode.assistant_prefill and direction is Direction.OUTPUT and decode.split_output:
         return split_plan.prompt_half(text, structured=structured)
-    if prefill:
+    if decode.assistant_prefill:
         return grammar.prefilled_request(text, direction, structured=structured, logprobs=logprobs)
     return grammar.unprefilled_request(text, direction, structured=structured, logprobs=logprobs)
 

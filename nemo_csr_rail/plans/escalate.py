@@ -56,8 +56,10 @@ def should_escalate(screen: Verdict, direction: Direction, escalate_at: float) -
 
 
 async def run(run_plan: RunPlan, screen: GuardPrompt, reasoned: GuardPrompt, budget: float, *, escalate_at: float,
-              decode_plan: Callable[[list[Completion]], str]) -> tuple[Verdict, list[Completion], int, Escalation]:
-    """Screen, then escalate if needed; the deciding verdict, every completion used, requests sent, and the record."""
+              decode_plan: Callable[[list[Completion]], str]
+              ) -> tuple[Verdict, list[Completion], list[Completion], int, Escalation]:
+    """Screen, then escalate if needed: the deciding verdict, the screen's completions, the reasoned check's (empty
+    when it did not run or failed), the requests sent, and the record."""
     deadline = time.monotonic() + budget
     verdict, completions, calls = await run_plan(screen, budget)
     direction = screen.direction
@@ -66,7 +68,7 @@ async def run(run_plan: RunPlan, screen: GuardPrompt, reasoned: GuardPrompt, bud
         screen_decode_plan=decode_plan(completions),
         screen_completion_tokens=_total(c.completion_tokens for c in completions), escalate_at=escalate_at)
     if not should_escalate(verdict, direction, escalate_at):
-        return verdict, completions, calls, record
+        return verdict, completions, [], calls, record
     remaining = deadline - time.monotonic()
     try:
         if remaining < MIN_ESCALATION_BUDGET_S:
@@ -74,8 +76,8 @@ async def run(run_plan: RunPlan, screen: GuardPrompt, reasoned: GuardPrompt, bud
         reasoned_verdict, more, extra = await run_plan(reasoned, remaining)
         reasoned_verdict.harm(direction)  # the deciding field must be present
     except CsrError as exc:
-        return verdict, completions, calls, replace(record, escalated=True, error=exc.kind)
-    return reasoned_verdict, completions + more, calls + extra, replace(record, escalated=True)
+        return verdict, completions, [], calls, replace(record, escalated=True, error=exc.kind)
+    return reasoned_verdict, completions, more, calls + extra, replace(record, escalated=True)
 
 
 def _total(values: object) -> int | None:

@@ -20,7 +20,7 @@ from typing import Any
 
 from nemo_csr_rail.engines.base import Completion
 from nemo_csr_rail.errors import VerdictParseError
-from nemo_csr_rail.policy import Direction
+from nemo_csr_rail.policy import SIDES, Direction
 from nemo_csr_rail.prompt import GuardPrompt
 from nemo_csr_rail.verdict import Verdict, parse
 
@@ -72,6 +72,15 @@ def unprefilled_request(text: str, direction: Direction, *, structured: bool, lo
     stop = STOP_VALUE if direction is Direction.INPUT else STOP_LINE[direction]
     return GuardPrompt(text, direction, False, "", TARGET[direction] if structured else None, NO_THINK_MAX_TOKENS,
                        logprobs, stop)
+
+
+def warm_up_regexes() -> tuple[str, ...]:
+    """The reasoning-on grammars, one per direction. These are the slow ones to compile (the bounded trace line:
+    ~13 s against Gemma 3's real vocabulary on a small CPU, and vLLM answers HTTP 500 after
+    ``VLLM_REGEX_COMPILATION_TIMEOUT_S``, 5 s by default); the reasoning-off ones are finite sets that compile in
+    milliseconds. vLLM caches a compiled grammar by its text, and a compile that outlives the timeout still lands in
+    the cache, so asking for each once — early, off the check's path — spares the checks that need it later."""
+    return tuple(THINK_REGEX + TARGET[d] for d in SIDES)
 
 
 def read(gp: GuardPrompt, completion: Completion) -> Verdict:
@@ -137,4 +146,4 @@ def confidence(
 
 
 __all__ = ["GRAMMAR", "HARM", "NO_THINK_MAX_TOKENS", "PREFILL", "RESPONSE_PREFILL", "THINK_REGEX", "VERDICT_CHOICES",
-           "confidence", "prefilled_request", "read", "reasoning_request", "unprefilled_request"]
+           "confidence", "prefilled_request", "read", "reasoning_request", "unprefilled_request", "warm_up_regexes"]

@@ -17,6 +17,7 @@ import time
 from dataclasses import replace
 
 from nemo_csr_rail.engines.base import Completion, Engine
+from nemo_csr_rail.options import DecodeOptions
 from nemo_csr_rail.plans import grammar
 from nemo_csr_rail.plans.answers import read
 from nemo_csr_rail.policy import Direction
@@ -35,7 +36,7 @@ def prompt_half(text: str, *, structured: bool) -> GuardPrompt:
                        grammar.VERDICT_CHOICES if structured else ())
 
 
-def response_step(gp: GuardPrompt, prompt_harm: str, *, logprobs: bool = True) -> GuardPrompt:
+def response_step(gp: GuardPrompt, prompt_harm: str, *, logprobs: bool = DecodeOptions.logprobs) -> GuardPrompt:
     """The response half: the prompt verdict is prefilled, only the response one decoded."""
     if not gp.split_output:
         raise ValueError("response_step() needs the prompt half of a split output check")

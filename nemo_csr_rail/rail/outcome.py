@@ -37,7 +37,10 @@ def _exception_message(policy: str, direction: Direction, reason: str) -> str:
 
 def from_result(policy: Policy, direction: Direction, result: CheckResult) -> RailOutcome:
     verdict = result.verdict
-    blocked = verdict.is_harmful(direction, policy.threshold)
+    threshold = policy.threshold
+    if result.escalation is not None and not result.escalation.escalated:
+        threshold = result.escalation.escalate_at  # the screen decided: below escalate_at the turn is allowed
+    blocked = verdict.is_harmful(direction, threshold)
     meta: dict[str, Any] = {
         "policy": policy.name,
         "direction": direction.value,
@@ -47,7 +50,7 @@ def from_result(policy: Policy, direction: Direction, result: CheckResult) -> Ra
         "reasoning": verdict.reasoning,
         "confidence": verdict.confidence,
         "threshold": policy.threshold,
-        "reasoning_mode": policy.reasoning(direction),
+        "reasoning_mode": policy.reasoning_mode(direction),
         "latency_ms": round(result.latency_ms, 2),
         "cached": result.cached,
         "prompt_tokens": result.prompt_tokens,
@@ -56,6 +59,13 @@ def from_result(policy: Policy, direction: Direction, result: CheckResult) -> Ra
         "decode_plan": result.decode_plan or None,
         "failed": False,
     }
+    if result.escalation is not None:  # reasoning: escalate — the screen, and whether the reasoned check decided
+        e = result.escalation
+        meta.update({"escalated": e.escalated, "screen_verdict": e.screen_verdict,
+                     "screen_confidence": e.screen_confidence, "screen_decode_plan": e.screen_decode_plan,
+                     "screen_completion_tokens": e.screen_completion_tokens, "escalate_at": e.escalate_at})
+        if e.error is not None:
+            meta["escalation_error"] = e.error
     if result.history_sent is not None:  # topic policies: counts only, never the messages themselves
         meta["history_messages"] = result.history_sent
         meta["history_dropped"] = result.history_dropped

@@ -4,7 +4,7 @@ vLLM (like transformers' ``apply_chat_template``) renders the tokenizer's Jinja 
 environment with ``trim_blocks``/``lstrip_blocks``; with ``continue_final_message`` it cuts the text right after
 the final (assistant) message's content, so the prompt ends in the prefill. The text is then tokenized *with*
 added-token matching on and without adding another ``<bos>`` (the template writes it). Tests that count or inspect
-tokens use this instead of a server; ``tests/real_gemma`` checks the counts against vLLM's own ``/tokenize``.
+tokens use this instead of a server; ``tests/e2e/real_gemma`` checks the counts against vLLM's own ``/tokenize``.
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """The card layouts with fixed texts, and what vLLM counts for each on the real Gemma 3 tokenizer.
 
-Pinned offline in ``tests/test_real_tokenizer.py`` and checked against vLLM's own ``/tokenize`` serving the real
-270M in ``tests/real_gemma``: the same numbers, so the offline counts are what the server counts.
+Pinned offline in ``tests/unit/test_real_tokenizer.py`` and checked against vLLM's own ``/tokenize`` serving the real
+270M in ``tests/e2e/real_gemma``: the same numbers, so the offline counts are what the server counts.
 """
 
 from __future__ import annotations

@@ -41,7 +41,7 @@ from typing import Any
 
 MARK = ".csr-complete"
 VOCAB_SIZE = 262_144
-#: ``--max-model-len`` of the test server (tests/real_gemma): the largest layout (424 tokens) and the 384-token
+#: ``--max-model-len`` of the test server (tests/e2e/real_gemma): the largest layout (424 tokens) and the 384-token
 #: reasoning budget fit; 3,000 random characters (~2,350 tokens) do not, so the server's own 400 is cheap to reach
 TEST_MAX_MODEL_LEN = 1536
 

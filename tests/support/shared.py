@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import NoReturn
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -18,3 +19,13 @@ def shared_dir() -> Path | None:
         if (cand / "reference").is_dir():
             return cand
     return Path("/work/shared") if Path("/work/shared/reference").is_dir() else None
+
+
+def missing(why: str) -> NoReturn:
+    """Shared data that a ``shared_data`` test needs is absent: a failure with ``CSR_REQUIRE_SHARED=1`` (CI always
+    has ``../shared``), else a skip that says how to point the tests at a copy (``CSR_SHARED_DIR``)."""
+    import pytest
+
+    if os.environ.get("CSR_REQUIRE_SHARED") == "1":
+        pytest.fail(f"CSR_REQUIRE_SHARED=1 but {why}", pytrace=False)
+    pytest.skip(f"{why}; set CSR_SHARED_DIR to a copy of the shared folder to run it")

@@ -3,7 +3,7 @@
 Tests need specific verdicts (a real model with random weights gives arbitrary ones) and specific faults, so this
 stand-in replaces the model by a *responder* — a function from the request body to the model's full answer text —
 and keeps everything else vLLM-shaped: response and error bodies (checked against recorded real-vLLM shapes in
-``tests/test_standin_fidelity.py``), ``continue_final_message`` returning only the continuation, the
+``tests/e2e/real/test_standin_fidelity.py``), ``continue_final_message`` returning only the continuation, the
 ``structured_outputs.regex`` constraint, ``max_tokens`` truncation with ``finish_reason: length``, ``logprobs`` with
 ``top_logprobs``, ``usage.prompt_tokens_details.cached_tokens``, context-length 400s, a wrong model name 404,
 ``/v1/models``, ``/health``, ``/metrics``, SSE streaming.
@@ -241,6 +241,9 @@ class StandIn:
         self.confidence = confidence
         self.host, self.port = host, port
         self.requests: list[dict[str, Any]] = []
+        #: the plugin's grammar warm-up requests (``/v1/completions``, one token, a reasoning grammar)
+        self.warmups: list[dict[str, Any]] = []
+        self.warmup_delay_s = 0.0  # how long a warm-up takes to answer (a grammar compiling)
         self.headers_seen: list[dict[str, str]] = []
         self.faults: list[Fault] = []
         self.fault_rate = 0.0
@@ -414,6 +417,18 @@ class StandIn:
             return True
         if not isinstance(body, dict):
             await _send_json(writer, 400, error_body(400, "Input should be a valid dictionary"))
+            return True
+        if path == "/v1/completions" and body.get("max_tokens") == 1 and str(
+                (body.get("structured_outputs") or {}).get("regex", "")).startswith("<think>"):
+            with self._lock:  # the plugin's background grammar warm-up: recorded apart, never held or faulted
+                self.warmups.append(body)
+            if self.warmup_delay_s:
+                await asyncio.sleep(self.warmup_delay_s)
+            await _send_json(writer, 200, {  # what vLLM answers: one token of the grammar, cut at max_tokens
+                "id": "cmpl-warmup", "object": "text_completion", "created": 0, "model": self.model,
+                "choices": [{"index": 0, "text": "<", "logprobs": None, "finish_reason": "length",
+                             "stop_reason": None}],
+                "usage": {"prompt_tokens": 3, "total_tokens": 4, "completion_tokens": 1}})
             return True
         with self._lock:
             self.requests.append(body)
@@ -689,7 +704,7 @@ class StandIn:
     def _chat_payload(self, body: dict[str, Any], text: str, finish: str, logprobs: dict[str, Any] | None,
                       n_prompt: int, n_out: int, cached: int = 0, stop_reason: str | None = None,
                       role: str = "assistant") -> dict[str, Any]:
-        """Exactly the keys vLLM 0.32 returns (checked by tests/real/test_standin_fidelity.py)."""
+        """Exactly the keys vLLM 0.32 returns (checked by tests/e2e/real/test_standin_fidelity.py)."""
         return {
             "id": f"chatcmpl-{uuid.uuid4().hex}",
             "object": "chat.completion",

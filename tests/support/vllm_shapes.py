@@ -6,7 +6,7 @@ serving the tiny Gemma-3 live in ``vllm_shapes.json`` next to this file; regener
 
     python -m tests.support.vllm_shapes --record http://127.0.0.1:PORT      # root URL, without /v1
 
-(``tests/real/test_real_vllm.py::test_recorded_shapes_match_the_live_server`` checks that the file still matches
+(``tests/e2e/real/test_real_vllm.py::test_recorded_shapes_match_the_live_server`` checks that the file still matches
 the server the tests start.)
 """
 
