@@ -30,13 +30,14 @@ from nemo_csr_rail.client import CsrClient
 from nemo_csr_rail.engines.base import Engine
 from nemo_csr_rail.engines.factory import build_engine
 from nemo_csr_rail.errors import ConfigError, CsrError
-from nemo_csr_rail.eval.datasets import DIRECTIONS, Dataset, Row
+from nemo_csr_rail.eval.datasets import AGENT_DIRECTIONS, DIRECTIONS, Dataset, Row
 from nemo_csr_rail.policy import Direction, Policy, compile_policies
 from nemo_csr_rail.settings import ResolvedSettings
 
 ROWS_FILE = "rows.jsonl"
 RUN_FILE = "run.json"
-_DIRECTION = {"prompt": Direction.INPUT, "response": Direction.OUTPUT}
+_DIRECTION = {"prompt": Direction.INPUT, "response": Direction.OUTPUT, "tool_call": Direction.TOOL_CALL,
+              "tool_result": Direction.TOOL_RESULT, "retrieval": Direction.RETRIEVAL}
 
 
 class RunError(Exception):
@@ -113,6 +114,19 @@ def check_record(policy: Policy, direction: str, reasoning: bool | None, result:
     return rec
 
 
+async def _agent_check(client: CsrClient, policy: Policy, direction: str, row: Row, reasoning: bool | None) -> Any:
+    """An agent row checked as the rails check it (docs/agents.md)."""
+    user = row.prompt or None
+    if direction == "tool_call":
+        call = row.tool_call or {}
+        return await client.check_tool_call(policy, user, call.get("name", ""), call.get("arguments"),
+                                            reasoning=reasoning)
+    if direction == "tool_result":
+        res = row.tool_result or {}
+        return await client.check_tool_result(policy, user, res.get("name"), res.get("content"), reasoning=reasoning)
+    return await client.check_document(policy, user, row.document, reasoning=reasoning)
+
+
 # ------------------------------------------------------------------------------------------------------ the run
 @dataclass
 class Unit:
@@ -182,7 +196,8 @@ class Runner:
     def run_settings(self, spec: RunSpec) -> dict[str, Any]:
         pol = self.policies[spec.policy]
         mt = pol.model_type
-        modes = {d: (pol.reasoning(_DIRECTION[d]) if spec.reasoning is None else spec.reasoning) for d in DIRECTIONS}
+        used = [d for d in DIRECTIONS if d in ("prompt", "response") or any(r.label(d) for r in self.rows)]
+        modes = {d: (pol.reasoning(_DIRECTION[d]) if spec.reasoning is None else spec.reasoning) for d in used}
         row_policies = sorted({r.policy for r in self.rows if r.policy} - {spec.policy}) if not spec.force_policy else []
         return {
             "name": spec.name,
@@ -296,8 +311,11 @@ class Runner:
         bot = row.response if d == "response" else None
         start = time.perf_counter()
         try:
-            result = await client.check(policy, _DIRECTION[d], row.prompt, bot, reasoning=spec.reasoning,
-                                        history=row.history)
+            if d in AGENT_DIRECTIONS:
+                result = await _agent_check(client, policy, d, row, spec.reasoning)
+            else:
+                result = await client.check(policy, _DIRECTION[d], row.prompt, bot, reasoning=spec.reasoning,
+                                            history=row.history)
             rec = check_record(policy, d, spec.reasoning, result)
         except asyncio.CancelledError:
             raise

@@ -240,3 +240,13 @@ def test_metadata_of_the_folded_outcome_is_json_safe_and_textless():
 
     assert "raw" not in _ITEM_KEYS and "refusal" not in _ITEM_KEYS
     json.dumps(list(_ITEM_KEYS))
+
+
+def test_escalate_per_agent_direction():
+    pol = compile_policies(_plugin(policy="x", reasoning={"output": False, "tool_call": "escalate"}))["p"]
+    assert pol.escalates(Direction.TOOL_CALL) and not pol.reasoning(Direction.TOOL_CALL)
+    assert pol.reasoning_mode(Direction.TOOL_CALL) == "escalate" and pol.reasoning_mode(Direction.OUTPUT) is False
+    assert not pol.escalates(Direction.TOOL_RESULT) and pol.reasoning(Direction.TOOL_RESULT)
+    follows = compile_policies(_plugin(policy="x", reasoning={"input": "escalate"}))["p"]
+    assert follows.escalates(Direction.TOOL_RESULT) and follows.escalates(Direction.RETRIEVAL)
+    assert not follows.escalates(Direction.TOOL_CALL)
