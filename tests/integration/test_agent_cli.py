@@ -40,7 +40,7 @@ def test_tool_call_json_without_user_message(guard_cfg, capsys):
     assert rec["direction"] == "tool_call" and rec["decision"] == "unharmful" and rec["text"] is None
     assert rec["tool_call"] == {"name": "get_weather", "arguments": None}
     assert rec["reasoning_mode"] is False  # a taxonomy policy's output default
-    (first, second) = s.chat_requests()  # reasoning off: the split output plan, like an output check
+    (first, _response_step) = s.chat_requests()  # reasoning off: the split output plan, like an output check
     assert "Human user:\nNone\n\nAI assistant:\nTool call: get_weather\nArguments: {}" in first["messages"][0]["content"]
 
 
