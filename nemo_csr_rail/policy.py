@@ -114,28 +114,36 @@ class Policy:
         return self.refusal_input if direction.judged_as is Direction.INPUT else self.refusal_output
 
     @classmethod
-    def custom(cls, name: str, text: str, *, reasoning: bool = True, **kw: object) -> Policy:
-        """A free-text policy (card layout B), for the plain Python API."""
-        return cls(name=name, kind="custom", body=text.strip(), reasoning_input=reasoning,
-                   reasoning_output=reasoning, **kw)  # type: ignore[arg-type]
+    def custom(cls, name: str, text: str, *, reasoning: bool | Literal["escalate"] = True, **kw: object) -> Policy:
+        """A free-text policy (card layout B), for the plain Python API. ``reasoning="escalate"``: screen with
+        reasoning off, reason only when the screen may be harmful (:mod:`nemo_csr_rail.plans.escalate`)."""
+        return cls(name=name, kind="custom", body=text.strip(), **_modes(reasoning), **kw)  # type: ignore[arg-type]
 
     @classmethod
-    def topic(cls, name: str, instruction: str, *, history_turns: int = DEFAULT_HISTORY_TURNS, reasoning: bool = True,
-              **kw: object) -> Policy:
+    def topic(cls, name: str, instruction: str, *, history_turns: int = DEFAULT_HISTORY_TURNS,
+              reasoning: bool | Literal["escalate"] = True, **kw: object) -> Policy:
         """A topic-following policy (card layout C): judge the user's message against the system instruction that
         bounds the conversation, with the last ``history_turns`` messages as context. For the plain Python API."""
         if history_turns < 0:
             raise ValueError("history_turns must be >= 0")
-        return cls(name=name, kind="topic", body=instruction.rstrip(), reasoning_input=reasoning,
-                   reasoning_output=reasoning, history_turns=history_turns, **kw)  # type: ignore[arg-type]
+        return cls(name=name, kind="topic", body=instruction.rstrip(), history_turns=history_turns,
+                   **_modes(reasoning), **kw)  # type: ignore[arg-type]
 
     @classmethod
-    def taxonomy(cls, name: str = "safety", categories: list[str] | None = None, *, reasoning: bool = False,
-                 **kw: object) -> Policy:
+    def taxonomy(cls, name: str = "safety", categories: list[str] | None = None, *,
+                 reasoning: bool | Literal["escalate"] = False, **kw: object) -> Policy:
         """A category-list policy (card layout A); the built-in S1–S22 list unless ``categories`` is given."""
         body = render_categories(list(categories) if categories else list(TAXONOMIES["nemotron_v2"]))
-        return cls(name=name, kind="taxonomy", body=body, reasoning_input=reasoning,
-                   reasoning_output=reasoning, **kw)  # type: ignore[arg-type]
+        return cls(name=name, kind="taxonomy", body=body, **_modes(reasoning), **kw)  # type: ignore[arg-type]
+
+
+def _modes(reasoning: bool | str) -> dict[str, bool]:
+    """One reasoning setting for both directions, as Policy fields (the plain API's ``reasoning=`` argument)."""
+    if reasoning not in (True, False, "escalate"):
+        raise ValueError(f"reasoning must be True, False or 'escalate', not {reasoning!r}")
+    esc = reasoning == "escalate"
+    return {"reasoning_input": reasoning is True, "reasoning_output": reasoning is True,
+            "escalate_input": esc, "escalate_output": esc}
 
 
 def _category_lines(index: int, cat: str | CategorySpec) -> str:

@@ -175,10 +175,14 @@ def _fmt_outcome(o: Any) -> str:
         return head + f"skipped ({meta['skipped']})"
     if meta.get("failed"):
         return head + f"{decision} (the check could not run: {meta.get('error_kind')}: {meta.get('error')})"
-    mode = "on" if meta.get("reasoning_mode") else "off"
+    mode = {True: "on", False: "off"}.get(meta.get("reasoning_mode"), str(meta.get("reasoning_mode")))
     judged_as = meta.get("direction") in ("output", "tool_call")  # the agent directions: docs/agents.md
     harm = meta.get("response_harm") if judged_as else meta.get("prompt_harm")
-    line = head + f"reasoning={mode:3} -> {decision:5} verdict={harm}"
+    line = head + f"reasoning={mode:8} -> {decision:5} verdict={harm}"
+    if "escalated" in meta:
+        screen = meta.get("screen_confidence")
+        line += (f" (screen: {meta.get('screen_verdict')}" + (f" P={screen:.3f}" if screen is not None else "")
+                 + (", escalated" if meta["escalated"] else ", not escalated") + ")")
     if meta.get("confidence") is not None:
         line += f" P(harmful)={meta['confidence']:.3f}"
     line += f" ({meta.get('latency_ms', 0):.0f} ms)"

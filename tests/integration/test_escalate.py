@@ -132,7 +132,7 @@ async def test_the_plain_client_escalates_too() -> None:
     from nemo_csr_rail.policy import Policy
 
     with StandIn() as guard:
-        policy = Policy.custom("p", POLITICS, reasoning=False, escalate_input=True)
+        policy = Policy.custom("p", POLITICS, reasoning="escalate")
         async with CsrClient(guard.url) as client:
             res = await client.check(policy, Direction.INPUT, "Who should I vote for?", None)
         assert res.escalation is not None and res.escalation.escalated and res.verdict.reasoning

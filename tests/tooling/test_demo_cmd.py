@@ -125,11 +125,13 @@ def test_demo_over_http_shows_allow_input_block_output_block(capsys):
     t1, t2, t3 = out.split("--- turn ")[1:]
     assert "NOT THE REAL GUARD MODEL" not in out and "SCRIPTED STAND-IN" in out
     assert t1.count("-> ALLOW") == 3 and f"[bot]  {demo_cmd.TURNS[0][1]}" in t1
-    assert "input  policy=retail   reasoning=on  -> BLOCK" in t2 and "(not called: the input was blocked)" in t2
+    assert "input  policy=retail   reasoning=escalate -> BLOCK" in t2 and "(not called: the input was blocked)" in t2
+    assert "(screen: harmful P=0.970, escalated)" in t2
+    assert "input  policy=retail   reasoning=escalate -> ALLOW" in t1 and "escalated" in t1 and "why:" not in t1
     assert "why: The user asks for content that the policy forbids" in t2
     assert "[bot]  Sorry, I can't help with that. The user asks for content" in t2, t2
     assert f"[{demo_cmd.SCRIPTED_LABEL}] {demo_cmd.TURNS[2][1]}" in t3
-    assert "output policy=retail   reasoning=on  -> BLOCK" in t3 and "[bot]  Sorry, I can't help with that." in t3
+    assert "output policy=retail   reasoning=escalate -> BLOCK" in t3 and "[bot]  Sorry, I can't help with that." in t3
     assert n_checks >= 7
 
 
