@@ -8,7 +8,9 @@ the model read them.
 
 The script, in the user's message: ``CALL name {json}`` (one or more, separated by ``;``), e.g.
 ``"CALL get_weather {\\"city\\": \\"Paris\\"}; CALL build_bomb {}"``; ``CALLRAW name TEXT`` sends TEXT verbatim
-as the arguments string (for arguments that are not JSON); ``CALLMANY n name`` emits ``n`` calls of ``name``.
+as the arguments string (for arguments that are not JSON); ``CALLREV eman {json}`` calls ``name`` spelled backwards
+(so a user message that passes the input rail can still make a harmful call); ``CALLMANY n name`` emits ``n`` calls
+of ``name``.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ from typing import Any
 from tests.support.rails_configs import MAIN_MODEL, main_reply
 from tests.support.standin import StandIn
 
-_CALL = re.compile(r"CALL(RAW)?\s+([A-Za-z0-9_.-]*)\s*(.*)", re.DOTALL)
+_CALL = re.compile(r"CALL(RAW|REV)?\s+([A-Za-z0-9_.-]*)\s*(.*)", re.DOTALL)
 _MANY = re.compile(r"CALLMANY\s+(\d+)\s+([A-Za-z0-9_.-]+)")
 
 
@@ -47,8 +49,10 @@ def scripted_calls(body: dict[str, Any]) -> list[dict[str, Any]] | None:
         m = _CALL.search(part)
         if m is None:
             continue
-        raw, name, args = m.group(1), m.group(2), m.group(3).strip()
-        calls.append(_call(name, args if raw else (args or "{}")))
+        mode, name, args = m.group(1), m.group(2), m.group(3).strip()
+        if mode == "REV":
+            name = name[::-1]
+        calls.append(_call(name, args if mode == "RAW" else (args or "{}")))
     return calls or None
 
 
