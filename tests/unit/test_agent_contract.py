@@ -250,3 +250,11 @@ def test_escalate_per_agent_direction():
     follows = compile_policies(_plugin(policy="x", reasoning={"input": "escalate"}))["p"]
     assert follows.escalates(Direction.TOOL_RESULT) and follows.escalates(Direction.RETRIEVAL)
     assert not follows.escalates(Direction.TOOL_CALL)
+
+
+def test_register_adds_the_agent_actions():
+    got = {}
+    app = SimpleNamespace(register_action=lambda fn, name: got.setdefault(name, fn))
+    nemo_csr_rail.register(app)
+    assert {"csr_check_tool_calls", "csr_check_tool_results", "csr_check_retrieval"} <= set(got)
+    assert all(fn.action_meta["name"] == name for name, fn in got.items())
