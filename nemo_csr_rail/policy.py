@@ -20,7 +20,13 @@ from nemo_csr_rail.options import (
     DEFAULT_TOOL_CALL_REFUSAL,
     DEFAULT_TOOL_RESULT_REFUSAL,
 )
-from nemo_csr_rail.settings import CategorySpec, DirectionalReasoning, PluginSettings, PolicySettings
+from nemo_csr_rail.settings import (
+    CategorySpec,
+    DirectionalMode,
+    DirectionalReasoning,
+    PluginSettings,
+    PolicySettings,
+)
 from nemo_csr_rail.settings import implicit_policy as implicit_policy  # re-exported (rule: settings)
 from nemo_csr_rail.taxonomy import TAXONOMIES
 
@@ -72,6 +78,9 @@ class Policy:
     escalate_input: bool = False
     escalate_output: bool = False
     escalate_at: float = DEFAULT_ESCALATE_AT
+    #: mode: monitor per direction — the check runs exactly as in enforce mode, the turn is never blocked by it
+    monitor_input: bool = False
+    monitor_output: bool = False
     #: the agent directions' mode (True, False or "escalate"); None follows the side each is judged as (a tool
     #: call the output's, a tool result and a retrieved chunk the input's)
     reasoning_tool_call: bool | str | None = None
@@ -95,6 +104,13 @@ class Policy:
         if own is not None:
             return own == "escalate"
         return self.escalate_input if direction.judged_as is Direction.INPUT else self.escalate_output
+
+    def monitors(self, direction: Direction) -> bool:
+        # the agent directions follow the side they are judged as (docs/agents.md)
+        return self.monitor_input if direction.judged_as is Direction.INPUT else self.monitor_output
+
+    def mode(self, direction: Direction) -> str:
+        return "monitor" if self.monitors(direction) else "enforce"
 
     def reasoning_mode(self, direction: Direction) -> bool | str:
         """What the metadata reports: True, False or ``"escalate"``."""
@@ -209,7 +225,15 @@ def compile_policy(name: str, spec: PolicySettings, plugin: PluginSettings) -> P
         reasoning_retrieval=agent["retrieval"],
         refusal_tool_call=refusal or DEFAULT_TOOL_CALL_REFUSAL,
         refusal_tool_result=refusal or DEFAULT_TOOL_RESULT_REFUSAL,
+        monitor_input=_mode(spec.mode, "input") == "monitor",
+        monitor_output=_mode(spec.mode, "output") == "monitor",
     )
+
+
+def _mode(mode: str | DirectionalMode, direction: str) -> str:
+    if isinstance(mode, DirectionalMode):
+        return getattr(mode, direction) or "enforce"
+    return mode
 
 
 def compile_policies(plugin: PluginSettings) -> dict[str, Policy]:

@@ -78,6 +78,15 @@ class DirectionalReasoning(_Strict):
     retrieval: Reasoning | None = None
 
 
+#: enforce: a harmful verdict blocks; monitor: the check runs exactly the same but never blocks (would_block)
+Mode = Literal["enforce", "monitor"]
+
+
+class DirectionalMode(_Strict):
+    input: Mode | None = None
+    output: Mode | None = None
+
+
 class PolicySettings(_Strict):
     policy: str | None = None
     taxonomy: str | None = None
@@ -93,6 +102,8 @@ class PolicySettings(_Strict):
     threshold: float | None = Field(default=None, gt=0.0, le=1.0)
     #: reasoning: escalate — the screen's P(harmful) at or above which the reasoning-on check decides
     escalate_at: float | None = Field(default=None, gt=0.0, lt=1.0)
+    #: enforce (default) or monitor: judge and record what would have been blocked, never block (roll-outs)
+    mode: Mode | DirectionalMode = "enforce"
     model: str | None = None
 
     @field_validator("threshold")
