@@ -14,7 +14,8 @@ Every check goes through the rails' own path (:class:`~nemo_csr_rail.rail.runtim
 
 Baselines are measured in the same run on the same server: an output check of a message as long as the rendered
 call (the cost a tool call should match), and one tool call alone (what N calls checked together are compared to).
-Per check: wall time (median of ``--repeat``), guard requests, decode steps (tokens the server generated) and
+The two baselines and the single call are measured alternately. Per check: wall time (median of ``--repeat``),
+guard requests, decode steps (tokens the server generated) and
 prompt tokens served from the prefix cache, all from the server's own counters. Reasoning is off (the card's
 default for the taxonomy; tool calls follow the output's mode), so both checks take the split output plan.
 """
@@ -63,6 +64,29 @@ def _call(i: int) -> dict[str, Any]:
                          "arguments": json.dumps({"city": "Paris", "near": "Louvre", "max_price": 150 + i})}}
 
 
+async def _measure_pair(server: Any, fa: Any, fb: Any, repeat: int) -> tuple[dict[str, float], dict[str, float]]:
+    """Two checks timed alternately, so a change in the host's load falls on both alike; their server counters are
+    read in a second pass (reading them between timed checks disturbs the next one)."""
+    times: tuple[list[float], list[float]] = ([], [])
+    for _ in range(repeat):
+        for i, fn in enumerate((fa, fb)):
+            t0 = time.perf_counter()
+            await fn()
+            times[i].append(time.perf_counter() - t0)
+    out = []
+    for i, fn in enumerate((fa, fb)):
+        m = await _measure(server, fn, max(2, repeat // 4))
+        m["wall_ms"] = round(statistics.median(times[i]) * 1000, 2)
+        out.append(m)
+    return out[0], out[1]
+
+
+def _summary(times: list[float], d: dict[str, float]) -> dict[str, float]:
+    return {"wall_ms": round(statistics.median(times) * 1000, 2), "requests": round(d.get("requests", 0.0), 2),
+            "decode_tokens": round(d.get("generated", 0.0), 2), "prompt_tokens": round(d.get("prompt", 0.0), 1),
+            "cached_tokens": round(d.get("cached", 0.0), 1)}
+
+
 async def _measure(server: Any, fn: Any, repeat: int) -> dict[str, float]:
     before = server.counters()
     times = []
@@ -71,10 +95,7 @@ async def _measure(server: Any, fn: Any, repeat: int) -> dict[str, float]:
         await fn()
         times.append(time.perf_counter() - t0)
     after = server.counters()
-    d = {k: (after.get(k, 0.0) - before.get(k, 0.0)) / repeat for k in after}
-    return {"wall_ms": round(statistics.median(times) * 1000, 2), "requests": round(d.get("requests", 0.0), 2),
-            "decode_tokens": round(d.get("generated", 0.0), 2), "prompt_tokens": round(d.get("prompt", 0.0), 1),
-            "cached_tokens": round(d.get("cached", 0.0), 1)}
+    return _summary(times, {k: (after.get(k, 0.0) - before.get(k, 0.0)) / repeat for k in after})
 
 
 async def section(server: Any, model: str, ns: list[int], repeat: int) -> dict[str, Any]:
@@ -91,8 +112,8 @@ async def section(server: Any, model: str, ns: list[int], repeat: int) -> dict[s
     async def one_call() -> None:
         await agent_checks.check_tool_calls(rt, "safety", [_call(next(counter))], USER)
 
-    res: dict[str, Any] = {"output_check": await _measure(server, output_check, repeat),
-                           "tool_call_1": await _measure(server, one_call, repeat)}
+    out_m, one_m = await _measure_pair(server, output_check, one_call, repeat)
+    res: dict[str, Any] = {"output_check": out_m, "tool_call_1": one_m}
     for n in ns:
         async def many(n: int = n) -> None:
             await agent_checks.check_tool_calls(rt, "safety", [_call(next(counter)) for _ in range(n)], USER)
@@ -115,6 +136,30 @@ async def section(server: Any, model: str, ns: list[int], repeat: int) -> dict[s
                                                              res[f"tool_calls_{n}_one_by_one"]["wall_ms"])
     res["ratios"] = ratios
     return res
+
+
+async def agent_layer_overhead(n: int = 5000) -> dict[str, float]:
+    """What the agent layer adds per call (parse, render, fold), in-process, with a check that returns at once."""
+    from nemoguardrails.actions.rail_outcome import RailOutcome
+
+    class Instant:
+        async def check(self, *args: Any, **kwargs: Any) -> Any:
+            return RailOutcome.allow(metadata={"policy": "safety", "decision": "allow", "failed": False})
+
+        def policy_label(self, name: Any) -> Any:
+            return name
+
+    rt, calls = Instant(), [_call(0)]
+    t0 = time.perf_counter()
+    for _ in range(n):
+        await rt.check("safety", Direction.OUTPUT, USER, "x")
+    bare = (time.perf_counter() - t0) / n
+    t0 = time.perf_counter()
+    for _ in range(n):
+        await agent_checks.check_tool_calls(rt, "safety", calls, USER)  # type: ignore[arg-type]
+    agent = (time.perf_counter() - t0) / n
+    return {"bare_check_us": round(bare * 1e6, 1), "one_call_us": round(agent * 1e6, 1),
+            "overhead_us": round((agent - bare) * 1e6, 1)}
 
 
 def _ratio(a: float, b: float) -> float | None:
@@ -145,6 +190,8 @@ def main(argv: list[str] | None = None) -> int:
     a = ap.parse_args(argv)
     out: dict[str, Any] = {"command": " ".join(["python -m benchmarks.agent_rails", *(argv or sys.argv[1:])]),
                            "standin": None, "vllm": None}
+    out["agent_layer_overhead"] = asyncio.run(agent_layer_overhead())
+    print(f"agent layer per call, in-process (no server): {out['agent_layer_overhead']}")
     if not a.skip_standin:
         with StandInProcess("guard", **STANDIN_MODEL) as s:
             out["standin"] = asyncio.run(section(s, GUARD_MODEL, a.n, a.repeat))
