@@ -12,8 +12,8 @@ Every check goes through the rails' own path (:class:`~nemo_csr_rail.rail.runtim
   (``tests/support/real_gemma.py``): real tokenizer, trained weights, real prefix cache. The 270M is a base model;
   its verdicts mean nothing, its costs are real.
 
-Baselines are measured in the same run on the same server: an output check of a message as long as the rendered
-call (the cost a tool call should match), and one tool call alone (what N calls checked together are compared to).
+Baselines are measured in the same run on the same server: an output check whose bot message is the text a call
+renders to (the cost a tool call should match; a new text each time, as each call is), and one tool call alone (what N calls checked together are compared to).
 The two baselines and the single call are measured alternately. Per check: wall time (median of ``--repeat``),
 guard requests, decode steps (tokens the server generated) and
 prompt tokens served from the prefix cache, all from the server's own counters. Reasoning is off (the card's
@@ -84,7 +84,7 @@ async def _measure_pair(server: Any, fa: Any, fb: Any, repeat: int) -> tuple[dic
 def _summary(times: list[float], d: dict[str, float]) -> dict[str, float]:
     return {"wall_ms": round(statistics.median(times) * 1000, 2), "requests": round(d.get("requests", 0.0), 2),
             "decode_tokens": round(d.get("generated", 0.0), 2), "prompt_tokens": round(d.get("prompt", 0.0), 1),
-            "cached_tokens": round(d.get("cached", 0.0), 1)}
+            "cached_tokens": round(d.get("cached", 0.0), 1), "queried_tokens": round(d.get("queried", 0.0), 1)}
 
 
 async def _measure(server: Any, fn: Any, repeat: int) -> dict[str, float]:
@@ -101,12 +101,14 @@ async def _measure(server: Any, fn: Any, repeat: int) -> dict[str, float]:
 async def section(server: Any, model: str, ns: list[int], repeat: int) -> dict[str, Any]:
     reset_runtimes()
     rt = _runtime(server.url, model)
-    rendered = render_tool_call("search_hotels", _call(0)["function"]["arguments"])
-    _, bot = judged_turn(Direction.TOOL_CALL, USER, rendered)
     await rt.check("safety", Direction.INPUT, USER)  # warm: the policy prefix is in the prefix cache from here on
     counter = iter(range(10**9))
 
     async def output_check() -> None:
+        # the same text a call renders to, a new one each time (as each call is): a repeated text would be
+        # served whole from the prefix cache and flatter the baseline
+        rendered = render_tool_call("search_hotels", _call(next(counter))["function"]["arguments"])
+        _, bot = judged_turn(Direction.TOOL_CALL, USER, rendered)
         await rt.check("safety", Direction.OUTPUT, USER, bot)
 
     async def one_call() -> None:
@@ -128,8 +130,9 @@ async def section(server: Any, model: str, ns: list[int], repeat: int) -> dict[s
     base_out, base_one = res["output_check"], res["tool_call_1"]
     ratios: dict[str, Any] = {"tool_call_vs_output_check": {
         k: _ratio(base_one[k], base_out[k]) for k in ("wall_ms", "requests", "decode_tokens", "prompt_tokens")}}
-    ratios["tool_call_cached_share"] = _ratio(base_one["cached_tokens"], base_one["prompt_tokens"])
-    ratios["output_check_cached_share"] = _ratio(base_out["cached_tokens"], base_out["prompt_tokens"])
+    # prefix-cache hits over lookups (vLLM counts a lookup per scheduling of a request, so not prompt tokens)
+    ratios["tool_call_cached_share"] = _ratio(base_one["cached_tokens"], base_one["queried_tokens"])
+    ratios["output_check_cached_share"] = _ratio(base_out["cached_tokens"], base_out["queried_tokens"])
     for n in ns:
         ratios[f"{n}_concurrent_vs_1"] = _ratio(res[f"tool_calls_{n}_concurrent"]["wall_ms"], base_one["wall_ms"])
         ratios[f"{n}_concurrent_vs_{n}_one_by_one"] = _ratio(res[f"tool_calls_{n}_concurrent"]["wall_ms"],
