@@ -9,6 +9,7 @@ reach the parser.
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -45,13 +46,21 @@ class Verdict:
             return self.confidence >= threshold
         return harm == "harmful"
 
-    def to_dict(self) -> dict[str, Any]:
+    def to_record(self) -> dict[str, Any]:
+        """The JSON-safe fields (``raw``, the model's text, is not one): the keys of rail metadata, audit records,
+        ``check --json`` and ``eval``'s ``rows.jsonl``."""
         return {
             "prompt_harm": self.prompt_harm,
             "response_harm": self.response_harm,
             "reasoning": self.reasoning,
             "confidence": self.confidence,
         }
+
+    @classmethod
+    def from_record(cls, record: Mapping[str, Any]) -> Verdict:
+        """The inverse of :meth:`to_record` (``raw`` is empty)."""
+        return cls(prompt_harm=record.get("prompt_harm"), response_harm=record.get("response_harm"),
+                   reasoning=record.get("reasoning"), confidence=record.get("confidence"))
 
 
 def _clean_reasoning(text: str) -> str | None:

@@ -1,7 +1,9 @@
 """``nemo-csr-rail check``: classify one text (or each line of stdin) with a config's policy, as the rail would.
 
 Prints the decision, the model's reasoning, the confidence (P(harmful) from logprobs, when the server returns
-them) and the latency; ``--json`` prints one JSON object per checked text instead.
+them) and the latency; ``--json`` prints one JSON object per checked text instead: the text, ``response`` (with
+``--response``) and the check's record (:func:`~nemo_csr_rail.eval.runner.check_record`, shared with ``eval``), whose
+``decision`` is ``harmful`` / ``unharmful`` (null when the check failed) and ``direction`` ``input`` / ``output``.
 
 Exit codes (the worst over all texts): 0 every text unharmful, 1 at least one harmful, 2 config or usage error,
 3 guard error — the check could not run (unreachable, timeout, HTTP error, malformed answer); fail closed: the
@@ -53,6 +55,16 @@ def add_parser(sub: Any) -> None:
                    help="the user message to check; omitted or '-': check each non-empty line of stdin")
 
 
+def _texts(args: argparse.Namespace, stdin: TextIO) -> Iterator[str]:
+    if args.text != "-":
+        yield args.text
+        return
+    for line in stdin:
+        line = line.rstrip("\r\n")
+        if line.strip():
+            yield line
+
+
 def _agent_mode(args: argparse.Namespace) -> str | None:
     """The agent item asked for: ``tool_call``, ``tool_result``, ``retrieval`` or None (a prompt or response)."""
     modes = [m for m, v in (("tool_call", args.tool_call), ("tool_result", args.tool_result),
@@ -92,14 +104,8 @@ def _agent_fields(mode: str, args: argparse.Namespace) -> dict[str, Any]:
     return {"document": args.document}
 
 
-def _texts(args: argparse.Namespace, stdin: TextIO) -> Iterator[str]:
-    if args.text != "-":
-        yield args.text
-        return
-    for line in stdin:
-        line = line.rstrip("\r\n")
-        if line.strip():
-            yield line
+_JUDGED_AS = {"tool_call": "tool call, judged on response", "tool_result": "tool result, judged on prompt",
+              "retrieval": "retrieved document, judged on prompt"}
 
 
 def _print_human(rec: dict[str, Any], text: str | None, out: TextIO) -> None:
@@ -108,11 +114,20 @@ def _print_human(rec: dict[str, Any], text: str | None, out: TextIO) -> None:
         print(f"> {shown[:100]}{'…' if len(shown) > 100 else ''}", file=out)
     if rec.get("error"):
         return
-    judged = {"tool_call": "tool call, judged on response harm", "tool_result": "tool result, judged on prompt harm",
-              "retrieval": "retrieved document, judged on prompt harm"}.get(rec["direction"],
-                                                                          f"{rec['direction']} harm")
-    what = f"{judged}, policy {rec['policy']}, reasoning {'on' if rec['reasoning_mode'] else 'off'}"
+    mode = {True: "on", False: "off"}.get(rec["reasoning_mode"], str(rec["reasoning_mode"]))
+    what = f"{_JUDGED_AS.get(rec['direction'], rec['judged'])} harm, policy {rec['policy']}, reasoning {mode}"
     print(f"{rec['decision'].upper()}  ({what})", file=out)
+    if rec.get("mode") == "monitor":
+        print(f"mode: monitor (the rail would {'BLOCK' if rec['would_block'] else 'allow'} this turn; it never "
+              "blocks in monitor mode)", file=out)
+    esc = rec.get("escalation")
+    if esc:
+        screen = esc["screen_confidence"]
+        print(f"escalation: screen {esc['screen_verdict']}" + (f" P(harmful)={screen:.3f}" if screen is not None
+                                                                else "") + f", escalate_at {esc['escalate_at']:g}: "
+              + ("escalated, the reasoning-on check decided" if esc["escalated"] and not esc.get("escalation_error")
+                 else f"escalation failed ({esc['escalation_error']}), the screen decided"
+                 if esc.get("escalation_error") else "not escalated, the screen decided"), file=out)
     if rec["threshold"] is not None:
         print(f"model verdict: {rec['model_label']} (threshold {rec['threshold']:g} on P(harmful))", file=out)
     conf = rec.get("confidence")
@@ -125,12 +140,13 @@ def _print_human(rec: dict[str, Any], text: str | None, out: TextIO) -> None:
 
 async def _run(args: argparse.Namespace, resolved: Any, policy_name: str, stdin: TextIO, out: TextIO,
                err: TextIO) -> int:
-    from nemo_csr_rail.eval.runner import check_record, make_client
+    from nemo_csr_rail.eval.runner import check_decision, check_record, make_client
     from nemo_csr_rail.policy import Direction, compile_policies
 
     policy = compile_policies(resolved.plugin)[policy_name]
     mode = _agent_mode(args)
-    direction = mode or ("prompt" if args.response is None else "response")
+    direction = Direction(mode) if mode else Direction.INPUT if args.response is None else Direction.OUTPUT
+    refusal = resolved.plugin.error_refusal
     client = make_client(resolved, policy.model_type, base_url=args.base_url, timeout_s=args.timeout, concurrency=4)
     worst = EXIT_OK
     many = args.text == "-" and mode is None
@@ -142,12 +158,12 @@ async def _run(args: argparse.Namespace, resolved: Any, policy_name: str, stdin:
                 if mode is not None:
                     result = await _agent_check(client, policy, mode, args, text)
                 else:
-                    result = await client.check(policy, Direction.INPUT if direction == "prompt" else Direction.OUTPUT,
-                                                text, args.response, reasoning=args.reasoning)
-                rec = check_record(policy, direction, args.reasoning, result)
+                    result = await client.check(policy, direction, text, args.response, reasoning=args.reasoning)
+                decision = check_decision(policy, direction, args.reasoning, result, error_refusal=refusal)
             except Exception as exc:  # fail closed, with the kind and message, never a traceback
-                rec = check_record(policy, direction, args.reasoning, error=exc,
-                                   latency_ms=(time.perf_counter() - start) * 1000)
+                decision = check_decision(policy, direction, args.reasoning, error=exc, error_refusal=refusal,
+                                          latency_ms=(time.perf_counter() - start) * 1000)
+            rec = check_record(decision)
             rec["decision"] = rec.pop("predicted")
             if args.json:
                 extra = _agent_fields(mode, args) if mode is not None else (

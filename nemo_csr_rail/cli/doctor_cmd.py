@@ -77,7 +77,11 @@ def modes(resolved: Any, rails_config: Any, policies: dict[str, Any]) -> list[tu
     out = []
     for name, d in sorted(pairs, key=lambda x: (list(policies).index(x[0]) if x[0] in policies else 99, x[1])):
         if name in policies:
-            out.append((name, d, policies[name].reasoning(Direction(d))))
+            policy = policies[name]
+            if policy.escalates(Direction(d)):  # reasoning: escalate runs both: the screen and the reasoned check
+                out += [(name, d, False), (name, d, True)]
+            else:
+                out.append((name, d, policy.reasoning(Direction(d))))
     return out
 
 
@@ -127,10 +131,14 @@ async def _policy_check(client: Any, endpoint: str, policy: Any, direction: str,
     from nemo_csr_rail.errors import CsrError
     from nemo_csr_rail.policy import Direction
 
-    row = Row(endpoint=endpoint, check="policy", policy=policy.name, direction=direction,
-              reasoning="on" if reasoning else "off")
-    start = time.perf_counter()
     d = Direction(direction)
+    shown = "on" if reasoning else "off"
+    if policy.escalates(d):
+        shown = "escalate: " + ("reasoned" if reasoning else "screen")
+    if policy.monitors(d):
+        shown += " (monitor)"
+    row = Row(endpoint=endpoint, check="policy", policy=policy.name, direction=direction, reasoning=shown)
+    start = time.perf_counter()
     try:
         res = await client.check(policy, d, PROBE_USER, PROBE_BOT if d.judged_as is Direction.OUTPUT else None,
                                  reasoning=reasoning)

@@ -301,9 +301,6 @@ class EmbeddedEngine:
         return g
 
     # -- generation -------------------------------------------------------------------------------------------
-    async def load_async(self) -> None:
-        await asyncio.to_thread(self.load)
-
     async def complete(self, prompt: GuardPrompt, *, timeout_s: float) -> Completion:
         deadline = time.monotonic() + timeout_s
         cancel = threading.Event()

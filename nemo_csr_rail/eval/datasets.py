@@ -23,12 +23,22 @@ from pathlib import Path
 from typing import Any, Literal
 
 from nemo_csr_rail.conversation import Turn
+from nemo_csr_rail.policy import Direction
 
 Label = Literal["harmful", "unharmful"]
 LABELS: frozenset[str] = frozenset({"harmful", "unharmful"})
-#: the card's two (a prompt, a response) and the agent rails' three (docs/agents.md)
+#: what a row can be labelled for, named after its label fields (``prompt_label``, ``response_label``); the report's
+#: per-direction sections and file names use these names
 DIRECTIONS = ("prompt", "response", "tool_call", "tool_result", "retrieval")
+#: the agent rails' (docs/agents.md): rows with ``tool_call``, ``tool_result`` or ``document`` and their labels
 AGENT_DIRECTIONS = ("tool_call", "tool_result", "retrieval")
+#: the check each label is scored by: the ``direction`` (``input`` / ``output`` / an agent direction) of its
+#: records, as in the rails
+DIRECTION_OF = {"prompt": Direction.INPUT, "response": Direction.OUTPUT, "tool_call": Direction.TOOL_CALL,
+                "tool_result": Direction.TOOL_RESULT, "retrieval": Direction.RETRIEVAL}
+#: the inverse: a record's ``judged`` (the name ``direction`` had before records used the rails' vocabulary; the
+#: agent directions have one name)
+JUDGED = {v: k for k, v in DIRECTION_OF.items()}
 
 
 class DatasetError(ValueError):
@@ -59,9 +69,12 @@ class Row:
     document: str | None = None
     document_label: Label | None = None
 
-    def label(self, direction: str) -> Label | None:
-        return {"prompt": self.prompt_label, "response": self.response_label, "tool_call": self.tool_call_label,
-                "tool_result": self.tool_result_label, "retrieval": self.document_label}[direction]
+    def label(self, direction: str | Direction) -> Label | None:
+        """The label for ``prompt`` / ``response`` / an agent direction, or for the check direction."""
+        d = DIRECTION_OF[direction] if direction in DIRECTION_OF else Direction(direction)
+        return {Direction.INPUT: self.prompt_label, Direction.OUTPUT: self.response_label,
+                Direction.TOOL_CALL: self.tool_call_label, Direction.TOOL_RESULT: self.tool_result_label,
+                Direction.RETRIEVAL: self.document_label}[d]
 
 
 @dataclass

@@ -10,6 +10,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from nemo_csr_rail.eval.datasets import DIRECTION_OF
 from nemo_csr_rail.eval.metrics import best_threshold, pr_curve
 
 
@@ -98,7 +99,8 @@ def write_all(out: Path, report: Mapping[str, Any], records: Sequence[Mapping[st
         name = run["name"]
         lat: dict[str, list[float]] = {}
         for direction, m in run["directions"].items():
-            recs = [r for r in records if r["run"] == name and r["direction"] == direction and r.get("error") is None]
+            recs = [r for r in records
+                    if r["run"] == name and r["direction"] == DIRECTION_OF[direction] and r.get("error") is None]
             files.append(confusion(out / f"confusion_{name}_{direction}.png", m, f"{name}: {direction} harm"))
             lat[direction] = [float(r["latency_ms"]) for r in recs if r.get("latency_ms") is not None]
             if "pr" in m:

@@ -8,7 +8,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from nemo_csr_rail.eval.datasets import DIRECTIONS, Dataset, Row
+from nemo_csr_rail.eval.datasets import DIRECTION_OF, DIRECTIONS, Dataset, Row
 from nemo_csr_rail.eval.metrics import direction_metrics
 
 SCHEMA = "nemo-csr-rail/eval-report/1"
@@ -32,7 +32,7 @@ def build(dataset: Dataset, rows: Sequence[Row], records: Sequence[Mapping[str, 
     for name, settings in run_settings.items():
         directions: dict[str, Any] = {}
         for d in labels:
-            recs = [r for r in records if r["run"] == name and r["direction"] == d]
+            recs = [r for r in records if r["run"] == name and r["direction"] == DIRECTION_OF[d]]
             m = direction_metrics(recs)
             m["expected"] = sum(labels[d].values())
             m["missing"] = m["expected"] - m["rows"]
@@ -142,7 +142,7 @@ def _metric_rows(runs: Sequence[Mapping[str, Any]], d: str, delta: Mapping[str, 
 
 
 def _worst(records: Sequence[Mapping[str, Any]], rows_by_id: Mapping[str, Row], run: str, d: str, n: int) -> list[str]:
-    recs = [r for r in records if r["run"] == run and r["direction"] == d and r.get("error") is None]
+    recs = [r for r in records if r["run"] == run and r["direction"] == DIRECTION_OF[d] and r.get("error") is None]
     out: list[str] = []
     for kind, want_label, want_pred in (("False positives", "unharmful", "harmful"), ("False negatives", "harmful", "unharmful")):
         wrong = [r for r in recs if r["label"] == want_label and r["predicted"] == want_pred]

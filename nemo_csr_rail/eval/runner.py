@@ -26,18 +26,17 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from nemo_csr_rail.client import CsrClient
+from nemo_csr_rail.client import CheckResult, CsrClient
+from nemo_csr_rail.decision import Decision, on_error_for
 from nemo_csr_rail.engines.base import Engine
 from nemo_csr_rail.engines.factory import build_engine
 from nemo_csr_rail.errors import ConfigError, CsrError
-from nemo_csr_rail.eval.datasets import AGENT_DIRECTIONS, DIRECTIONS, Dataset, Row
+from nemo_csr_rail.eval.datasets import AGENT_DIRECTIONS, DIRECTION_OF, DIRECTIONS, JUDGED, Dataset, Row
 from nemo_csr_rail.policy import Direction, Policy, compile_policies
-from nemo_csr_rail.settings import ResolvedSettings
+from nemo_csr_rail.settings import DEFAULT_ERROR_REFUSAL, ResolvedSettings
 
 ROWS_FILE = "rows.jsonl"
 RUN_FILE = "run.json"
-_DIRECTION = {"prompt": Direction.INPUT, "response": Direction.OUTPUT, "tool_call": Direction.TOOL_CALL,
-              "tool_result": Direction.TOOL_RESULT, "retrieval": Direction.RETRIEVAL}
 
 
 class RunError(Exception):
@@ -82,46 +81,52 @@ def make_client(resolved: ResolvedSettings, model_type: str, *, base_url: str | 
     return CsrClient.from_settings(resolved.plugin, engine, timeout_s=timeout_s)
 
 
-def check_record(policy: Policy, direction: str, reasoning: bool | None, result: Any = None,
-                 error: BaseException | None = None, latency_ms: float | None = None) -> dict[str, Any]:
-    """The JSON-safe record of one check (shared by ``eval``'s rows.jsonl and ``check --json``)."""
-    d = _DIRECTION[direction]
-    mode = policy.reasoning(d) if reasoning is None else reasoning
-    rec: dict[str, Any] = {"direction": direction, "policy": policy.name, "reasoning_mode": mode}
-    if error is not None:
-        kind = error.kind if isinstance(error, CsrError) else "internal_error"
-        msg = error.message if isinstance(error, CsrError) else f"{type(error).__name__}: {error}"
-        rec.update(predicted=None, error={"kind": kind, "message": msg},
-                   latency_ms=None if latency_ms is None else round(latency_ms, 3))
-        return rec
-    v = result.verdict
-    rec.update(
-        predicted="harmful" if v.is_harmful(d, policy.threshold) else "unharmful",
-        model_label=v.harm(d),
-        prompt_harm=v.prompt_harm,
-        response_harm=v.response_harm,
-        confidence=v.confidence,
-        threshold=policy.threshold,
-        reasoning=v.reasoning,
-        latency_ms=round(result.latency_ms, 3),
-        prompt_tokens=result.prompt_tokens,
-        completion_tokens=result.completion_tokens,
-        cached_tokens=result.cached_tokens,
-        error=None,
-    )
-    if getattr(result, "history_sent", None) is not None:  # topic policies: how much of the conversation was sent
-        rec.update(history_messages=result.history_sent, history_dropped=result.history_dropped)
+def check_decision(policy: Policy, direction: Direction, reasoning: bool | None, result: CheckResult | None = None,
+                   error: BaseException | None = None, latency_ms: float | None = None, *,
+                   error_refusal: str = DEFAULT_ERROR_REFUSAL) -> Decision:
+    """The rail's decision on one check of ``check`` or ``eval``: the policy's on a verdict (``reasoning``: the mode
+    the check was forced to, None for the policy's own), or ``on_error``'s on a failure (any exception; one that is
+    not a :class:`CsrError` is an ``internal_error``)."""
+    if error is None:
+        assert result is not None
+        return Decision.from_result(policy, direction, result, reasoning=reasoning)
+    if not isinstance(error, CsrError):
+        error = CsrError(f"{type(error).__name__}: {error}")
+    return Decision.from_error(policy.name, direction, error, on_error=on_error_for(error, policy.on_error),
+                               latency_ms=latency_ms, error_refusal=error_refusal, threshold=policy.threshold,
+                               reasoning_mode=policy.reasoning(direction) if reasoning is None else reasoning)
+
+
+def check_record(decision: Decision) -> dict[str, Any]:
+    """The JSON record of one check, shared by ``eval``'s rows.jsonl and ``check --json``: the decision's own
+    :meth:`~Decision.to_record` (``direction`` is ``input`` / ``output``, the canonical name) plus ``predicted``
+    (``harmful`` / ``unharmful``, the policy's answer with its threshold; null when the check failed) and ``judged``
+    (``prompt`` / ``response``: the value ``direction`` had before it used the rails' names, kept for old readers)."""
+    rec = decision.to_record()
+    harmful = decision.harmful
+    rec["predicted"] = None if harmful is None else "harmful" if harmful else "unharmful"
+    rec["judged"] = JUDGED[decision.direction]
     return rec
 
 
-async def _agent_check(client: CsrClient, policy: Policy, direction: str, row: Row, reasoning: bool | None) -> Any:
+def legacy_record(rec: dict[str, Any]) -> dict[str, Any]:
+    """A record as written before directions were ``input`` / ``output`` (``direction: prompt``), in today's
+    names; a current record is returned as it is."""
+    d = rec.get("direction")
+    if d in DIRECTION_OF:
+        rec = {**rec, "direction": DIRECTION_OF[d].value, "judged": d}
+    return rec
+
+
+async def _agent_check(client: CsrClient, policy: Policy, direction: Direction, row: Row,
+                       reasoning: bool | None) -> CheckResult:
     """An agent row checked as the rails check it (docs/agents.md)."""
     user = row.prompt or None
-    if direction == "tool_call":
+    if direction is Direction.TOOL_CALL:
         call = row.tool_call or {}
         return await client.check_tool_call(policy, user, call.get("name", ""), call.get("arguments"),
                                             reasoning=reasoning)
-    if direction == "tool_result":
+    if direction is Direction.TOOL_RESULT:
         res = row.tool_result or {}
         return await client.check_tool_result(policy, user, res.get("name"), res.get("content"), reasoning=reasoning)
     return await client.check_document(policy, user, row.document, reasoning=reasoning)
@@ -132,11 +137,11 @@ async def _agent_check(client: CsrClient, policy: Policy, direction: str, row: R
 class Unit:
     run: str
     row: Row
-    direction: str
+    direction: Direction
 
     @property
     def key(self) -> tuple[str, str, str]:
-        return (self.run, self.row.id, self.direction)
+        return (self.run, self.row.id, self.direction.value)
 
 
 @dataclass
@@ -190,14 +195,17 @@ class Runner:
 
     # -- settings ------------------------------------------------------------------------------------------
     def policy_for(self, spec: RunSpec, row: Row) -> Policy:
+        """The policy a row is judged with. ``eval`` measures what the policy decides, so a policy in monitor mode
+        is evaluated as if enforced (its would-be blocks are its predictions)."""
         name = spec.policy if (spec.force_policy or not row.policy) else row.policy
         return self.policies[name]
 
     def run_settings(self, spec: RunSpec) -> dict[str, Any]:
         pol = self.policies[spec.policy]
         mt = pol.model_type
-        used = [d for d in DIRECTIONS if d in ("prompt", "response") or any(r.label(d) for r in self.rows)]
-        modes = {d: (pol.reasoning(_DIRECTION[d]) if spec.reasoning is None else spec.reasoning) for d in used}
+        # the agent directions are listed when the rows use them (the card's two, always)
+        used = [d for d in DIRECTIONS if d not in AGENT_DIRECTIONS or any(r.label(d) for r in self.rows)]
+        modes = {d: (pol.reasoning(DIRECTION_OF[d]) if spec.reasoning is None else spec.reasoning) for d in used}
         row_policies = sorted({r.policy for r in self.rows if r.policy} - {spec.policy}) if not spec.force_policy else []
         return {
             "name": spec.name,
@@ -282,7 +290,7 @@ class Runner:
                     break
                 raise RunError(f"{path}: line {i + 1} is not a JSON record; fix or remove it, or use --overwrite") from None
             if rec is not None:
-                records.append(rec)
+                records.append(legacy_record(rec))
             offset += len(line)
         if self.retry_errors and any(r.get("error") is not None for r in records):
             records = [r for r in records if r.get("error") is None]
@@ -293,7 +301,7 @@ class Runner:
 
     # -- scoring -------------------------------------------------------------------------------------------
     def units(self) -> list[Unit]:
-        return [Unit(spec.name, row, d) for spec in self.specs for row in self.rows for d in DIRECTIONS
+        return [Unit(spec.name, row, DIRECTION_OF[d]) for spec in self.specs for row in self.rows for d in DIRECTIONS
                 if row.label(d) is not None]
 
     def _client(self, spec: RunSpec, model_type: str) -> CsrClient:
@@ -308,20 +316,22 @@ class Runner:
         row, d = unit.row, unit.direction
         policy = self.policy_for(spec, row)
         client = self._client(spec, policy.model_type)
-        bot = row.response if d == "response" else None
+        bot = row.response if d is Direction.OUTPUT else None
+        refusal = self.resolved.plugin.error_refusal
         start = time.perf_counter()
         try:
-            if d in AGENT_DIRECTIONS:
+            if d.value in AGENT_DIRECTIONS:
                 result = await _agent_check(client, policy, d, row, spec.reasoning)
             else:
-                result = await client.check(policy, _DIRECTION[d], row.prompt, bot, reasoning=spec.reasoning,
+                result = await client.check(policy, d, row.prompt, bot, reasoning=spec.reasoning,
                                             history=row.history)
-            rec = check_record(policy, d, spec.reasoning, result)
+            decision = check_decision(policy, d, spec.reasoning, result, error_refusal=refusal)
         except asyncio.CancelledError:
             raise
         except Exception as exc:  # every failure is a counted error row, never a dropped or scored one
-            rec = check_record(policy, d, spec.reasoning, error=exc, latency_ms=(time.perf_counter() - start) * 1000)
-        return {"run": spec.name, "id": row.id, "label": row.label(d), **rec}
+            decision = check_decision(policy, d, spec.reasoning, error=exc, error_refusal=refusal,
+                                      latency_ms=(time.perf_counter() - start) * 1000)
+        return {"run": spec.name, "id": row.id, "label": row.label(d), **check_record(decision)}
 
     async def _run_async(self, todo: list[Unit], sink: Any, bar: Any) -> int:
         specs = {s.name: s for s in self.specs}
@@ -409,9 +419,11 @@ def _progress(total: int, initial: int, enabled: bool) -> Any:
                 mininterval=0.2)
 
 
-def records_by(records: Iterable[dict[str, Any]], run: str, direction: str) -> list[dict[str, Any]]:
-    return [r for r in records if r["run"] == run and r["direction"] == direction]
+def records_by(records: Iterable[dict[str, Any]], run: str, direction: str | Direction) -> list[dict[str, Any]]:
+    """The records of one run and direction (``input`` / ``output``, or the label's name ``prompt`` / ``response``)."""
+    want = DIRECTION_OF.get(direction, direction)  # type: ignore[call-overload]
+    return [r for r in records if r["run"] == run and r["direction"] == want]
 
 
-__all__ = ["ROWS_FILE", "RUN_FILE", "ConfigError", "RunError", "RunResult", "RunSpec", "Runner", "check_record",
-           "make_client", "records_by"]
+__all__ = ["ROWS_FILE", "RUN_FILE", "ConfigError", "RunError", "RunResult", "RunSpec", "Runner", "check_decision",
+           "check_record", "legacy_record", "make_client", "records_by"]

@@ -20,7 +20,6 @@ from typing import Any
 
 from nemoguardrails.actions.rail_outcome import RailOutcome, TransformTarget
 
-import nemo_csr_rail.rail.outcome as outcome
 from nemo_csr_rail.agent import (
     MAX_CONCURRENT_CHECKS,
     content_text,
@@ -30,6 +29,7 @@ from nemo_csr_rail.agent import (
     render_tool_result,
     tool_calls_from,
 )
+from nemo_csr_rail.decision import render_refusal
 from nemo_csr_rail.policy import Direction
 from nemo_csr_rail.rail.runtime import RailRuntime
 
@@ -55,6 +55,13 @@ async def check_each(runtime: RailRuntime, policy: str | None, direction: Direct
     results = await asyncio.gather(*(one(t) for t in distinct))
     by_turn = dict(zip(distinct, results, strict=True))
     return [by_turn[t] for t in turns]
+
+
+def skipped(policy: str, direction: Direction, why: str) -> RailOutcome:
+    """Allowed without asking the guard: nothing of this kind in the rail call (no calls, no messages, no chunks),
+    or already checked in this turn."""
+    return RailOutcome.allow(reason=None, metadata={"policy": policy, "direction": direction.value,
+                                                    "decision": "allow", "skipped": why, "failed": False})
 
 
 def _item(out: RailOutcome, **ids: Any) -> dict[str, Any]:
@@ -94,12 +101,12 @@ async def check_tool_calls(runtime: RailRuntime, policy: str | None, raw_calls: 
     raw = list(raw_calls or [])
     calls = tool_calls_from(raw)
     if not calls:
-        return outcome.skipped(policy or "?", Direction.TOOL_CALL, "no tool calls"), raw
+        return skipped(runtime.policy_label(policy), Direction.TOOL_CALL, "no tool calls"), raw
     meta: dict[str, Any] = {"direction": Direction.TOOL_CALL.value, "calls": len(calls)}
     if len(calls) > MAX_TOOL_CALLS:
         label = runtime.policy_label(policy)
         reason = f"The answer makes {len(calls)} tool calls, more than the {MAX_TOOL_CALLS} one answer may make."
-        refusal = outcome.render_refusal(runtime.refusal_template(policy, Direction.TOOL_CALL), reason, label)
+        refusal = render_refusal(runtime.refusal_template(policy, Direction.TOOL_CALL), reason, label)
         meta.update(policy=label, decision="block", checked=0, removed=len(calls),
                     removed_ids=[c.id for c in calls], removed_names=sorted({c.name for c in calls}), kept_ids=[],
                     reasoning=reason, refusal=refusal, failed=False, too_many=True,
@@ -212,4 +219,5 @@ __all__ = [
     "check_relevant_chunks",
     "check_tool_calls",
     "check_tool_results",
+    "skipped",
 ]

@@ -2,7 +2,8 @@
 
 It holds the compiled policies and one :class:`CsrClient` per guard model, so the per-check path is: look up the
 policy, build the prompt, call the engine, parse, decide. It never raises: every failure becomes a deliberate
-``RailOutcome`` chosen by ``on_error``.
+decision chosen by ``on_error``. The decision is the core's :class:`~nemo_csr_rail.decision.Decision` (what telemetry
+records); :meth:`RailRuntime.check` hands NeMo its ``RailOutcome``.
 """
 
 from __future__ import annotations
@@ -17,15 +18,16 @@ from typing import Any
 
 from nemoguardrails.actions.rail_outcome import RailOutcome
 
-import nemo_csr_rail.rail.outcome as outcome
 from nemo_csr_rail.cache import TTLCache
 from nemo_csr_rail.client import CsrClient
 from nemo_csr_rail.conversation import Turn
+from nemo_csr_rail.decision import Decision, LongInputInfo, SkipReason, on_error_for
 from nemo_csr_rail.engines.base import Engine
 from nemo_csr_rail.engines.factory import build_engine
 from nemo_csr_rail.errors import ConfigError, CsrError, GuardTimeout, InputTooLong
 from nemo_csr_rail.long_input import excerpt, plan_windows, scrub
 from nemo_csr_rail.policy import Direction, Policy, compile_policies, implicit_policy
+from nemo_csr_rail.rail.outcome import to_rail_outcome
 from nemo_csr_rail.settings import ResolvedSettings, resolve
 from nemo_csr_rail.verdict import Verdict
 
@@ -103,6 +105,11 @@ class RailRuntime:
         except ConfigError:
             return self.settings.error_refusal
 
+    def _monitors(self, label: str, direction: Direction) -> bool:
+        """Whether the named policy runs in monitor mode in this direction (its failures never block either)."""
+        policy = self.policies.get(label)
+        return policy is not None and policy.monitors(direction)
+
     def wants_history(self, policy_name: str | None) -> bool:
         """Whether a check with this policy sends conversation history (a topic policy), so callers only collect
         it when it is used. An unknown policy answers False: :meth:`check` reports it."""
@@ -130,13 +137,18 @@ class RailRuntime:
                     bot_message: str | None = None, history: Sequence[Turn] | None = None) -> RailOutcome:
         """Decide one turn; with ``telemetry`` configured, the decision is also measured, traced and audited.
         ``history``: the conversation before the user message (oldest first), sent by topic policies only."""
+        return to_rail_outcome(await self.decide(policy_name, direction, user_message, bot_message, history))
+
+    async def decide(self, policy_name: str | None, direction: Direction, user_message: str | None,
+                     bot_message: str | None = None, history: Sequence[Turn] | None = None) -> Decision:
+        """:meth:`check`, answering the core's :class:`Decision` instead of NeMo's ``RailOutcome``."""
         decide = self._decide if history is None else functools.partial(self._decide, history=history)
         if self.telemetry is not None:
             return await self.telemetry.observe(decide, policy_name, direction, user_message, bot_message)
         return await decide(policy_name, direction, user_message, bot_message)
 
     async def _decide(self, policy_name: str | None, direction: Direction, user_message: str | None,
-                      bot_message: str | None = None, history: Sequence[Turn] | None = None) -> RailOutcome:
+                      bot_message: str | None = None, history: Sequence[Turn] | None = None) -> Decision:
         start = time.perf_counter()
         label = policy_name or "?"
         try:
@@ -151,13 +163,13 @@ class RailRuntime:
             if direction.judged_as is Direction.OUTPUT:
                 bot = bot_message if isinstance(bot_message, str) else ("" if bot_message is None else str(bot_message))
                 if not bot.strip():
-                    return outcome.skipped(policy.name, direction, "empty bot message")
+                    return Decision.skipped(policy.name, direction, SkipReason.EMPTY_MESSAGE)
                 if direction is Direction.OUTPUT and self._is_own_refusal(bot):
-                    return outcome.skipped(policy.name, direction, "the plugin's own refusal")
+                    return Decision.skipped(policy.name, direction, SkipReason.OWN_REFUSAL)
             else:
                 bot = None
                 if not user.strip():
-                    return outcome.skipped(policy.name, direction, "empty user message")
+                    return Decision.skipped(policy.name, direction, SkipReason.EMPTY_MESSAGE)
             if self.settings.log_user_text and log.isEnabledFor(logging.DEBUG):
                 log.debug("csr %s policy=%s user=%r bot=%r", direction.value, policy.name, user[:2000],
                           None if bot is None else bot[:2000])
@@ -169,7 +181,7 @@ class RailRuntime:
                 try:
                     result = await self.clients[policy.model_type].check(policy, direction, user, bot,
                                                                          history=history)
-                    out = outcome.from_result(policy, direction, result)
+                    out = Decision.from_result(policy, direction, result)
                 except InputTooLong:
                     out = await self._long_input(policy, direction, user, bot, "server_context", deadline, history)
         except CsrError as exc:
@@ -179,31 +191,30 @@ class RailRuntime:
                     log.debug("csr %s policy=%s unscrubbed error: %s", direction.value, label, exc.message)
                 exc.message = scrubbed
             # Too long to check is never allowed through: padding a message must not switch the guard off.
-            on_error = "block" if isinstance(exc, (ConfigError, InputTooLong)) else (
-                self.policies[label].on_error if label in self.policies else self.settings.on_error)
-            out = outcome.from_error(label, direction, exc, on_error=on_error,
-                                     latency_ms=(time.perf_counter() - start) * 1000,
-                                     error_refusal=self.settings.error_refusal)
-            (log.warning if on_error == "allow" else log.error)(
+            on_error = on_error_for(exc, self.policies[label].on_error if label in self.policies
+                                    else self.settings.on_error)
+            out = Decision.from_error(label, direction, exc, on_error=on_error,
+                                      latency_ms=(time.perf_counter() - start) * 1000,
+                                      error_refusal=self.settings.error_refusal, monitor=self._monitors(label, direction))
+            (log.warning if not out.blocked else log.error)(
                 "csr %s policy=%s check failed (%s), on_error=%s: %s", direction.value, label, exc.kind, on_error,
                 exc.message)
         except Exception as exc:  # a bug must still end in a deliberate, fail-closed decision
             log.exception("csr %s policy=%s internal error", direction.value, label)
-            err = CsrError(f"internal error: {type(exc).__name__}: {exc}")
-            err.kind = "internal_error"
-            out = outcome.from_error(label, direction, err, on_error="block",
-                                     latency_ms=(time.perf_counter() - start) * 1000,
-                                     error_refusal=self.settings.error_refusal)
-        if out.is_blocked:
-            self._refusals.append(str(out.metadata.get("refusal", "")))
+            err = CsrError(f"internal error: {type(exc).__name__}: {exc}")  # kind: internal_error
+            out = Decision.from_error(label, direction, err, on_error="block",
+                                      latency_ms=(time.perf_counter() - start) * 1000,
+                                      error_refusal=self.settings.error_refusal, monitor=self._monitors(label, direction))
+        if out.blocked:
+            self._refusals.append(out.refusal or "")
             self._refusal_blob = None
-        log.info("csr %s policy=%s decision=%s%s latency_ms=%s", direction.value, label, out.decision.value,
-                 " (check failed: " + str(out.metadata.get("error_kind")) + ")" if out.metadata.get("failed") else "",
-                 out.metadata.get("latency_ms"))
+        log.info("csr %s policy=%s decision=%s%s latency_ms=%s", direction.value, label, out.outcome.value,
+                 " (check failed: " + str(out.error) + ")" if out.failed else "",
+                 None if out.cost is None else round(out.cost.latency_ms, 2))
         return out
 
     async def _long_input(self, policy: Policy, direction: Direction, user: str, bot: str | None, trigger: str,
-                          deadline: float, history: Sequence[Turn] | None = None) -> RailOutcome:
+                          deadline: float, history: Sequence[Turn] | None = None) -> Decision:
         """Apply ``long_input``: refuse, or check windows of the judged text and block if any is harmful.
 
         A topic policy's windows carry no history (a budget of 0: the metadata counts it all as dropped), since the
@@ -229,20 +240,20 @@ class RailRuntime:
                                   None if context is None else w, timeout_s=remaining, history=history,
                                   history_max_chars=0) for w in plan.windows]
             results = await asyncio.gather(*calls, return_exceptions=True)
-            info = {"strategy": "windows", "trigger": trigger, "chars": chars, "windows": len(plan.windows),
-                    "window_chars": size, "coverage": plan.coverage}
-            outcomes = []
+            info = LongInputInfo(strategy="windows", trigger=trigger, chars=chars, windows=len(plan.windows),
+                                 window_chars=size, coverage=plan.coverage)
+            decisions = []
             errors: list[BaseException] = []
             for r in results:
                 if isinstance(r, BaseException):
                     errors.append(r)
                 else:
-                    o = outcome.from_result(policy, direction, r)
-                    outcomes.append(o)
-                    if o.is_blocked:
-                        return _with_long_input(o, info)
+                    d = Decision.from_result(policy, direction, r)
+                    decisions.append(d)
+                    if d.blocked or d.would_block:  # monitor mode: the window that would have blocked
+                        return d.with_long_input(info)
             if not errors:
-                return _with_long_input(outcomes[0], info)
+                return decisions[0].with_long_input(info)
             if any(isinstance(e, InputTooLong) for e in errors) and size // 2 >= 128:
                 size //= 2  # the server's context is smaller than the settings assume: shrink and retry
                 trigger = "server_context"
@@ -267,14 +278,6 @@ def _telemetry(resolved: ResolvedSettings, policies: dict[str, Policy], engines:
     for engine in engines:
         telemetry.watch(engine)
     return telemetry
-
-
-def _with_long_input(out: RailOutcome, info: dict[str, Any]) -> RailOutcome:
-    meta = dict(out.metadata)
-    meta["long_input"] = info
-    if out.is_blocked:
-        return RailOutcome.block(reason=out.reason, metadata=meta)
-    return RailOutcome.allow(reason=out.reason, metadata=meta)
 
 
 _ENGINES: dict[tuple[Any, ...], Engine] = {}

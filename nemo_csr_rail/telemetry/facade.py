@@ -1,9 +1,9 @@
 """What the runtime calls once per check, and the hook the HTTP engine reports its requests to.
 
 :meth:`CheckTelemetry.observe` wraps one whole check: it makes the ``csr.check`` span current (so the guard
-request's ``traceparent`` names it), runs the check, and then records the outcome once — metrics, the audit record
-and the span's attributes — from the ``RailOutcome`` metadata, which is already the single description of a
-decision. Per check, not per HTTP attempt: retries, failovers, split output requests and long-input windows are
+request's ``traceparent`` names it), runs the check, and then records the decision once — metrics, the audit record
+and the span's attributes — from the core's :class:`~nemo_csr_rail.decision.Decision`, the single description of a
+decision (its enums are the metric labels). Per check, not per HTTP attempt: retries, failovers, split output requests and long-input windows are
 inside one check. The per-request view (replica, status, retries, breaker) comes from :data:`ENGINE_INSTRUMENT`,
 which the HTTP engine calls per request; a context variable ties those requests to the check that sent them.
 """
@@ -17,8 +17,7 @@ import time
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
-from nemoguardrails.actions.rail_outcome import RailOutcome
-
+from nemo_csr_rail.decision import Decision
 from nemo_csr_rail.engines.base import Attempt
 from nemo_csr_rail.policy import Direction, Policy
 from nemo_csr_rail.settings import TelemetrySettings
@@ -27,11 +26,8 @@ from nemo_csr_rail.telemetry.audit import AuditWriter, writer_for
 
 #: OpenTelemetry's GenAI switch for message content; also turns on the trace event's explanation
 GENAI_CAPTURE_ENV = "OTEL_INSTRUMENTATION_GENAI_CAPTURE_MESSAGE_CONTENT"
-SKIP_REASONS = {"empty bot message": "empty_message", "empty user message": "empty_message",
-                "empty tool result": "empty_message", "empty document": "empty_message",
-                "the plugin's own refusal": "own_refusal"}
 
-Check = Callable[[str | None, Direction, Any, Any], Awaitable[RailOutcome]]
+Check = Callable[[str | None, Direction, Any, Any], Awaitable[Decision]]
 
 
 class _Scope:
@@ -78,6 +74,7 @@ class EngineInstrument:
 
 
 ENGINE_INSTRUMENT = EngineInstrument()
+_NO_VERDICT: dict[str, Any] = {"prompt_harm": None, "response_harm": None, "reasoning": None, "confidence": None}
 
 
 def policy_sha256(policy: Policy) -> str:
@@ -110,9 +107,9 @@ class CheckTelemetry:
             metrics.SCRAPE_TIME.engines.add(engine)
 
     async def observe(self, check: Check, policy_name: str | None, direction: Direction, user_message: Any,
-                      bot_message: Any) -> RailOutcome:
+                      bot_message: Any) -> Decision:
         """Run ``check`` inside a ``csr.check`` span and record what it decided. The check itself never raises
-        (the runtime turns every failure into an outcome); a cancelled check is not a decision and records none."""
+        (the runtime turns every failure into a decision); a cancelled check is not a decision and records none."""
         d = direction.value
         scope = _Scope()
         token = _scope.set(scope)
@@ -123,31 +120,36 @@ class CheckTelemetry:
         try:
             out = await check(policy_name, direction, user_message, bot_message)
             elapsed = time.perf_counter() - start
-            tracing.finish_check_span(span, out.metadata, replica=scope.replica, requests=scope.requests,
+            tracing.finish_check_span(span, out, replica=scope.replica, requests=scope.requests,
                                       retries=scope.retries, capture_text=self.capture_explanation)
         finally:
             tracing.end_check_span(span, span_token)
             next(finished)
             _scope.reset(token)
-        self._record(out.metadata, policy_name, d, elapsed, user_message, bot_message)
+        self._record(out, policy_name, d, elapsed, user_message, bot_message)
         return out
 
-    def _record(self, meta: dict[str, Any], policy_name: str | None, direction: str, elapsed: float,
+    def _record(self, decision: Decision, policy_name: str | None, direction: str, elapsed: float,
                 user_message: Any, bot_message: Any) -> None:
-        policy = str(meta.get("policy") or policy_name or "?")
-        skipped = meta.get("skipped")
-        if skipped:
-            metrics.CHECKS_SKIPPED.labels(policy, direction, SKIP_REASONS.get(skipped, "other")).inc()
+        policy = decision.policy or policy_name or "?"
+        if decision.skip is not None:
+            metrics.CHECKS_SKIPPED.labels(policy, direction, decision.skip.value).inc()
             return
         series = self._series.get((policy, direction))
         if series is None:
             series = self._series[(policy, direction)] = metrics.PolicySeries.of(policy, direction)
-        failed = bool(meta.get("failed"))
-        blocked = meta.get("decision") == "block"
-        metrics.record_check(series, ("error_" if failed else "") + ("blocked" if blocked else "allowed"), elapsed,
-                             (policy, direction, str(meta.get("error_kind") or "error")) if failed else None,
-                             bool(meta.get("cached")),
-                             (meta.get("prompt_tokens"), meta.get("completion_tokens"), meta.get("cached_tokens")))
+        error = decision.error
+        blocked = decision.blocked
+        verdict, cost = decision.verdict, decision.cost
+        cached = cost is not None and cost.cached
+        if error is None and decision.would_block:
+            outcome = "would_block"  # mode: monitor — judged harmful, not blocked
+        else:
+            outcome = ("error_" if error is not None else "") + ("blocked" if blocked else "allowed")
+        metrics.record_check(series, outcome,
+                             elapsed, (policy, direction, error.value) if error is not None else None, cached,
+                             (None, None, None) if cost is None else
+                             (cost.prompt_tokens, cost.completion_tokens, cost.cached_tokens))
         if self.audit is None:
             return
         record: dict[str, Any] = {
@@ -155,15 +157,14 @@ class CheckTelemetry:
             "policy": policy,
             "policy_sha256": self.policy_sha256.get(policy),
             "direction": direction,
-            "decision": "block" if blocked else "allow",
-            "failed": failed,
-            "error_kind": meta.get("error_kind"),
-            "prompt_harm": meta.get("prompt_harm"),
-            "response_harm": meta.get("response_harm"),
-            "reasoning": meta.get("reasoning"),
-            "confidence": meta.get("confidence"),
+            "decision": decision.outcome.value,
+            "failed": error is not None,
+            "error_kind": None if error is None else error.value,
+            **(verdict.to_record() if verdict is not None else _NO_VERDICT),
             "latency_ms": round(elapsed * 1000, 2),
-            "cached": bool(meta.get("cached", False)),
+            "cached": cached,
+            "mode": "monitor" if decision.monitored else "enforce",
+            "would_block": decision.would_block,  # mode: monitor — what enforce mode would have done
         }
         if self.include_text:
             record["user_text"] = None if user_message is None else str(user_message)

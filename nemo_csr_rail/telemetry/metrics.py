@@ -121,10 +121,11 @@ REGISTRY.register(_Pending())
 
 # A check is one to two model requests: milliseconds on a GPU when cached, up to timeout_s (default 5 s).
 CHECK_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 10.0)
-OUTCOMES = ("allowed", "blocked", "error_blocked", "error_allowed")
+OUTCOMES = ("allowed", "blocked", "would_block", "error_blocked", "error_allowed")
 BREAKER_VALUES = {"closed": 0.0, "half_open": 1.0, "open": 2.0}
 
 CHECKS = Counter("csr_checks_total", "Guard checks by decision: allowed, blocked (the policy said harmful), "
+                 "would_block (mode: monitor, judged harmful, not blocked), "
                  "error_blocked / error_allowed (the check failed and on_error decided)",
                  ["policy", "direction", "outcome"])
 CHECK_DURATION = Histogram("csr_check_duration_seconds", "Wall time of each guard check, failed ones included",
@@ -150,15 +151,6 @@ GUARD_RETRIES = Counter("csr_guard_retries_total", "Requests that repeated a fai
 GUARD_REQUEST_DURATION = Histogram("csr_guard_request_duration_seconds", "Wall time of each guard HTTP request",
                                    ["replica"], buckets=CHECK_BUCKETS)
 BREAKER_OPENED = Counter("csr_guard_breaker_opened_total", "Times a replica's circuit breaker opened", ["replica"])
-
-
-class _Pending(Collector):
-    """Applies queued check and request records; registered first so every collect sees them applied."""
-
-    def collect(self) -> Iterator[Any]:
-        drain()
-        return iter(())
-
 
 
 @dataclass

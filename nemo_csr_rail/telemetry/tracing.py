@@ -18,6 +18,7 @@ from opentelemetry import context, propagate, trace
 from opentelemetry.trace import SpanKind, Status, StatusCode
 
 from nemo_csr_rail import __version__
+from nemo_csr_rail.decision import Decision
 
 SPAN_NAME = "csr.check"
 EVENT_NAME = "gen_ai.evaluation.result"
@@ -44,45 +45,49 @@ def end_check_span(span: Any, token: Any) -> None:
     span.end()
 
 
-def finish_check_span(span: Any, meta: dict[str, Any], *, replica: str | None, requests: int, retries: int,
+def finish_check_span(span: Any, decision: Decision, *, replica: str | None, requests: int, retries: int,
                       capture_text: bool) -> None:
     """Put the decision on the span (only when an SDK records it: building attributes is not free)."""
     if not span.is_recording():
         return
-    failed = bool(meta.get("failed"))
+    failed = decision.failed
+    verdict = decision.verdict
+    confidence = None if verdict is None else verdict.confidence
     attrs: dict[str, Any] = {
-        "csr.policy": str(meta.get("policy", "")),
-        "csr.decision": str(meta.get("decision", "")),
+        "csr.policy": decision.policy,
+        "csr.decision": decision.outcome.value,
         "csr.failed": failed,
-        "csr.cached": bool(meta.get("cached", False)),
+        "csr.cached": decision.cost is not None and decision.cost.cached,
         "csr.guard_requests": requests,
     }
+    if decision.monitored:
+        attrs["csr.mode"] = "monitor"
+        attrs["csr.would_block"] = bool(decision.would_block)
     if retries:
         attrs["csr.retries"] = retries
     if replica:
         attrs["csr.replica"] = replica
-    if meta.get("confidence") is not None:
-        attrs["csr.confidence"] = float(meta["confidence"])
-    if meta.get("skipped"):
-        attrs["csr.skipped"] = str(meta["skipped"])
-    if failed:
-        attrs["csr.error_kind"] = str(meta.get("error_kind", "error"))
-        span.set_status(Status(StatusCode.ERROR, str(meta.get("error_kind", "error"))))
+    if confidence is not None:
+        attrs["csr.confidence"] = float(confidence)
+    if decision.skip is not None:
+        attrs["csr.skipped"] = decision.skip.describe(decision.direction)  # the metadata's text, as it always was
+    if decision.error is not None:
+        attrs["csr.error_kind"] = decision.error.value
+        span.set_status(Status(StatusCode.ERROR, decision.error.value))
     span.set_attributes(attrs)
-    if meta.get("skipped"):
+    if decision.skip is not None:
         return
-    event: dict[str, Any] = {"gen_ai.evaluation.name": str(meta.get("policy", ""))}
-    if failed:
-        event["error.type"] = str(meta.get("error_kind", "error"))
-    else:
-        # a tool call is judged as the response, tool results and retrieved documents as the prompt
-        harm = meta.get("response_harm") if meta.get("direction") in ("output", "tool_call") else meta.get("prompt_harm")
+    event: dict[str, Any] = {"gen_ai.evaluation.name": decision.policy}
+    if decision.error is not None:
+        event["error.type"] = decision.error.value
+    elif verdict is not None:
+        harm = decision.model_label
         if harm is not None:
             event["gen_ai.evaluation.score.label"] = str(harm)
-        if meta.get("confidence") is not None:
-            event["gen_ai.evaluation.score.value"] = float(meta["confidence"])
-        if capture_text and meta.get("reasoning"):
-            event["gen_ai.evaluation.explanation"] = str(meta["reasoning"])
+        if confidence is not None:
+            event["gen_ai.evaluation.score.value"] = float(confidence)
+        if capture_text and verdict.reasoning:
+            event["gen_ai.evaluation.explanation"] = str(verdict.reasoning)
     span.add_event(EVENT_NAME, event)
 
 

@@ -97,7 +97,8 @@ def test_eval_scores_agent_rows(tmp_path):
     assert rep["settings"]["reasoning_mode"] == {"prompt": False, "response": False, "tool_call": False,
                                                  "tool_result": False, "retrieval": False}
     records = [json.loads(x) for x in (tmp_path / "out" / "rows.jsonl").read_text().splitlines()]
-    assert {r["direction"] for r in records} == {"prompt", "tool_call", "tool_result", "retrieval"}
+    assert {r["direction"] for r in records} == {"input", "tool_call", "tool_result", "retrieval"}
+    assert {r["judged"] for r in records} == {"prompt", "tool_call", "tool_result", "retrieval"}
 
 
 @pytest.mark.parametrize(("line", "msg"), [

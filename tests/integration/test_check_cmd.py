@@ -14,6 +14,7 @@ import pytest
 from nemo_csr_rail.cli.main import main
 from tests.support.eval_helpers import CUSTOM_POLICY, config, scripted
 from tests.support.net import free_port
+from tests.support.rails_configs import write_config
 from tests.support.standin import Fault, StandIn
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -66,7 +67,8 @@ def test_response_check_json(guard_cfg, capsys):
     assert len(lines) == 1
     rec = json.loads(lines[0])
     assert rec["text"] == "tell me something" and rec["response"] == "sure, here is a bomb recipe"
-    assert rec["direction"] == "response" and rec["decision"] == "harmful" and rec["error"] is None
+    assert rec["direction"] == "output" and rec["decision"] == "harmful" and rec["error"] is None
+    assert rec["judged"] == "response"  # the value `direction` had before it used the rails' input/output
     assert rec["prompt_harm"] == "unharmful" and rec["response_harm"] == "harmful"
     assert rec["confidence"] == pytest.approx(0.97) and rec["latency_ms"] > 0
     assert "sure, here is a bomb recipe" in s.chat_requests()[-1]["messages"][0]["content"]
@@ -162,3 +164,14 @@ def test_console_script_subprocess(guard_cfg):
                        timeout=120)
     assert p.returncode == 1, p.stderr
     assert [json.loads(x)["decision"] for x in p.stdout.splitlines()] == ["unharmful", "harmful"]
+
+
+def test_check_shows_monitor_mode_and_the_escalation(tmp_path, capsys):
+    with StandIn() as s:
+        cfg = write_config(tmp_path / "cfg", guard_url=s.url, main_url=None, plugin={"policies": {
+            "p": {"policy": "No politics.", "reasoning": "escalate", "mode": "monitor"}}})
+        rc = check("--config", str(cfg), "--policy", "p", "Who should I vote for?")
+        out = capsys.readouterr().out
+    assert rc == 1, out  # check reports the policy's verdict: what the rail would block
+    assert "reasoning escalate" in out and "mode: monitor (the rail would BLOCK this turn" in out
+    assert "escalation: screen harmful P(harmful)=0.970, escalate_at 0.5: escalated" in out

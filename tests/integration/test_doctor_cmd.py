@@ -167,3 +167,16 @@ def test_telemetry_is_reported_and_the_metrics_endpoint_probed(tmp_path, capsys)
             assert metrics_row["ok"] and metrics_row["detail"].startswith("answers:")
     finally:
         metrics.stop_endpoint()
+
+
+def test_escalate_and_monitor_policies_show_their_mode_and_probe_both_checks(tmp_path, capsys):
+    plugin = {"policies": {"retail": {"policy": "No politics.", "reasoning": "escalate", "mode": "monitor"}}}
+    with StandIn() as guard:
+        rc = main(["doctor", "--config", str(cfg(tmp_path, guard.url, plugin=plugin,
+                                                  input_flows=['csr check input $policy="retail"'],
+                                                  output_flows=None))])
+        out = capsys.readouterr().out
+        sent = [r["messages"][0]["content"] for r in guard.chat_requests()]
+    assert rc == 0, out
+    assert "escalate: screen (monitor)" in out and "escalate: reasoned (monitor)" in out
+    assert sorted(s.rsplit(" ", 1)[-1] for s in sent) == ["/no_think", "/think"]

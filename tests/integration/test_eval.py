@@ -162,7 +162,7 @@ def test_failed_rows_are_counted_never_scored(tmp_path):
     for d in ("prompt", "response"):
         m = rep["directions"][d]
         assert_metrics(m, want[d])
-        n_failed = sum(1 for r in failed if r["direction"] == d)
+        n_failed = sum(1 for r in failed if r["direction"] == {"prompt": "input", "response": "output"}[d])
         assert m["errors"] == n_failed and sum(m["errors_by_kind"].values()) == n_failed
         assert m["tp"] + m["fp"] + m["tn"] + m["fn"] == m["scored"] == m["rows"] - n_failed
         total_errors += m["errors"]

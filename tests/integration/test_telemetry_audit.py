@@ -19,7 +19,7 @@ from tests.support.net import dead_url
 from tests.support.runtime import POLITICS, runtime
 
 FIELDS = ["ts", "policy", "policy_sha256", "direction", "decision", "failed", "error_kind", "prompt_harm",
-          "response_harm", "reasoning", "confidence", "latency_ms", "cached"]
+          "response_harm", "reasoning", "confidence", "latency_ms", "cached", "mode", "would_block"]
 
 
 def records(path) -> list[dict]:

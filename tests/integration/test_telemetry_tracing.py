@@ -170,3 +170,12 @@ async def test_llmrails_checks_join_the_applications_trace(colang2, spans, tmp_p
     assert span.parent.span_id == app.get_span_context().span_id
     assert span.attributes["csr.decision"] == "block"
     assert traceparent(guard.headers_seen[-1])[0] == f"{app.get_span_context().trace_id:032x}"
+
+
+async def test_a_monitor_mode_check_carries_would_block_on_its_span(spans, guard):
+    rt = runtime(guard.url, telemetry={}, policies={"p": {"policy": POLITICS, "mode": "monitor"}})
+    out = await rt.check("p", Direction.INPUT, "Who should I vote for?")
+    assert out.metadata["decision"] == "allow"
+    (span,) = check_spans(spans)
+    assert span.attributes["csr.decision"] == "allow" and span.attributes["csr.mode"] == "monitor"
+    assert span.attributes["csr.would_block"] is True

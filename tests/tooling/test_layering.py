@@ -1,4 +1,4 @@
-"""The pipeline's one-way data flow, enforced: config → policy → prompt → engine → verdict → client → NeMo adapter.
+"""The pipeline's one-way data flow, enforced: config → policy → prompt → engine → verdict → client → decision → NeMo adapter.
 
 A reader follows a check from ``config.yml`` to the refusal without back-tracking only while no module imports one
 later in that chain. Every import counts, including the lazy ones inside functions (a lazy import is still a
@@ -35,6 +35,7 @@ RANK: dict[str, int] = {
     "engines.replicas": 11, "engines.http": 12, "engines.embedded": 12,
     "engines.factory": 13,
     "client": 14,
+    "decision": 15,
     "telemetry.metrics": 16, "telemetry.audit": 16, "telemetry.tracing": 16, "telemetry.facade": 17,
     "telemetry": 17,
     # the NeMo adapter (nemo_csr_rail/rail/, laid out like a NeMo library rail): the only package that imports NeMo

@@ -1,0 +1,87 @@
+"""mode: monitor — the check runs exactly as in enforce mode, the turn is never blocked by it, and what it would
+have blocked is recorded: RailOutcome metadata, the audit log, metrics and spans (issue 19)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from nemo_csr_rail.policy import Direction
+from tests.support.e2e_helpers import ask, rails_for
+from tests.support.rails_configs import write_config
+from tests.support.runtime import POLITICS, runtime
+from tests.support.standin import Fault, StandIn
+from tests.support.telemetry_helpers import value
+
+MONITOR = {"policies": {"new": {"policy": POLITICS, "reasoning": False, "mode": "monitor"},
+                        "old": {"policy": POLITICS, "reasoning": False}}}
+
+
+def _bodies(guard: StandIn) -> list[str]:
+    return [json.dumps(r, sort_keys=True) for r in guard.chat_requests()]
+
+
+@pytest.mark.parametrize("direction", [Direction.INPUT, Direction.OUTPUT])
+async def test_monitor_sends_exactly_what_enforce_sends_and_never_blocks(direction) -> None:
+    bot = "Vote for them, politics is simple." if direction is Direction.OUTPUT else None
+    with StandIn() as a, StandIn() as b:
+        enforce = await runtime(a.url, **MONITOR).check("old", direction, "Who should I vote for?", bot)
+        monitor = await runtime(b.url, **MONITOR).check("new", direction, "Who should I vote for?", bot)
+        assert _bodies(a) == _bodies(b)  # same requests, same verdict
+    assert enforce.metadata["decision"] == "block" and "would_block" not in enforce.metadata
+    assert monitor.metadata["decision"] == "allow" and monitor.metadata["would_block"] is True
+    assert monitor.metadata["mode"] == "monitor" and "refusal" not in monitor.metadata
+    for key in ("prompt_harm", "response_harm", "confidence", "reasoning", "decode_plan"):
+        assert monitor.metadata[key] == enforce.metadata[key], key
+
+
+async def test_a_benign_turn_in_monitor_mode_would_not_block() -> None:
+    with StandIn() as guard:
+        out = await runtime(guard.url, **MONITOR).check("new", Direction.INPUT, "Where is my order?")
+    assert out.metadata["decision"] == "allow" and out.metadata["would_block"] is False
+
+
+async def test_a_failed_monitor_check_never_blocks_whatever_on_error_says() -> None:
+    with StandIn() as guard:
+        rt = runtime(guard.url, max_retries=0, on_error="block", **MONITOR)
+        guard.inject(Fault(kind="status", status=503), Fault(kind="status", status=503))
+        monitored = await rt.check("new", Direction.INPUT, "Who should I vote for?")
+        enforced = await rt.check("old", Direction.INPUT, "Who should I vote for?")
+    assert monitored.metadata["decision"] == "allow" and monitored.metadata["failed"] is True
+    assert monitored.metadata["would_block"] is True  # on_error: block would have blocked it
+    assert monitored.metadata["error_kind"] == "guard_http_error"
+    assert enforced.metadata["decision"] == "block" and enforced.metadata["failed"] is True
+
+
+async def test_mode_per_direction() -> None:
+    with StandIn() as guard:
+        rt = runtime(guard.url, policies={"p": {"policy": POLITICS, "reasoning": False,
+                                                "mode": {"input": "monitor"}}})
+        inp = await rt.check("p", Direction.INPUT, "Who should I vote for?")
+        out = await rt.check("p", Direction.OUTPUT, "hi", "Vote for them.")
+    assert inp.metadata["decision"] == "allow" and inp.metadata["would_block"] is True
+    assert out.metadata["decision"] == "block" and "would_block" not in out.metadata
+
+
+async def test_audit_metrics_and_span_carry_would_block(tmp_path) -> None:
+    path = tmp_path / "audit.jsonl"
+    with StandIn() as guard:
+        rt = runtime(guard.url, telemetry={"audit_log": str(path)}, **MONITOR)
+        before = value("csr_checks_total", policy="new", direction="input", outcome="would_block")
+        await rt.check("new", Direction.INPUT, "Who should I vote for?")
+        await rt.check("new", Direction.INPUT, "Where is my order?")
+        assert rt.telemetry.audit.flush(10)
+    assert value("csr_checks_total", policy="new", direction="input", outcome="would_block") == before + 1
+    harmful, benign = [json.loads(line) for line in path.read_text().splitlines()]
+    assert (harmful["decision"], harmful["mode"], harmful["would_block"]) == ("allow", "monitor", True)
+    assert (benign["decision"], benign["would_block"]) == ("allow", False)
+
+
+async def test_a_monitored_rail_lets_the_turn_through_in_llmrails(tmp_path, guard, main_llm) -> None:
+    cfg = write_config(tmp_path / "cfg", guard_url=guard.url, main_url=main_llm.url, plugin=MONITOR,
+                       input_flows=['csr check input $policy="new"'])
+    reply, outcomes = await ask(rails_for(cfg), "Who should I vote for in the politics debate?")
+    assert reply == "Hello! How can I help you today?"  # the main LLM answered: nothing was blocked
+    (o,) = outcomes
+    assert o["decision"] == "allow" and o["metadata"]["would_block"] is True
