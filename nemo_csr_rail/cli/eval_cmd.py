@@ -20,6 +20,8 @@ from nemo_csr_rail.cli.guardcfg import EXIT_GUARD, EXIT_OK, EXIT_USAGE, UsageErr
 EPILOG = """\
 comparison (one extra setting, run b, against run a):
   --compare reasoning        a = reasoning off, b = reasoning on (same policy and endpoint)
+  --compare escalate         a = off, b = on, c = reasoning: escalate (the policy's escalate_at); the report adds
+                             c's escalation rate, agreement with a and with b, tokens and latency per row
   --compare-policy NAME2     b uses policy NAME2 (a uses --policy; both ignore per-row policies)
   --compare-base-url URL     b sends to another guard endpoint (e.g. a second vLLM deployment)
   the three can be combined; b differs from a in every aspect given.
@@ -50,7 +52,9 @@ def add_parser(sub: Any) -> None:
     p.add_argument("--base-url", metavar="URL", help="override the config's guard endpoint (the vLLM /v1 URL)")
     p.add_argument("--timeout", type=float, metavar="S", help="override timeout_s for each check")
     g = p.add_argument_group("comparison")
-    g.add_argument("--compare", choices=["reasoning"], help="'reasoning': run a with reasoning off, b with it on")
+    g.add_argument("--compare", choices=["reasoning", "escalate"],
+                   help="'reasoning': run a with reasoning off, b with it on; 'escalate': also run c with "
+                        "reasoning: escalate, and report its escalation rate and agreement with a and b")
     g.add_argument("--compare-policy", metavar="NAME2", help="run b with policy NAME2")
     g.add_argument("--compare-base-url", metavar="URL", help="run b against this guard endpoint")
     o = p.add_argument_group("run control")
@@ -69,8 +73,14 @@ def specs_from_args(args: argparse.Namespace, policies: dict[str, Any]) -> list[
     comparing = bool(args.compare or args.compare_policy or args.compare_base_url)
     if not comparing:
         return [RunSpec("a", name, args.reasoning, args.base_url)]
-    if args.compare == "reasoning" and args.reasoning is not None:
-        raise UsageError("--compare reasoning sets reasoning off for run a and on for run b; drop --reasoning")
+    if args.compare and args.reasoning is not None:
+        raise UsageError(f"--compare {args.compare} sets the reasoning of each run; drop --reasoning")
+    if args.compare == "escalate":
+        if args.compare_policy or args.compare_base_url:
+            raise UsageError("--compare escalate runs one policy on one endpoint three ways; drop --compare-policy "
+                             "and --compare-base-url")
+        return [RunSpec("a", name, False, args.base_url), RunSpec("b", name, True, args.base_url),
+                RunSpec("c", name, "escalate", args.base_url)]
     force = args.compare_policy is not None
     b_policy = default_policy(policies, args.compare_policy) if force else name
     a = RunSpec("a", name, False if args.compare == "reasoning" else args.reasoning, args.base_url, force_policy=force)

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from nemo_csr_rail.eval.datasets import DIRECTION_OF, DIRECTIONS, Dataset, Row
-from nemo_csr_rail.eval.metrics import direction_metrics
+from nemo_csr_rail.eval.metrics import direction_metrics, latency_summary
 
 SCHEMA = "nemo-csr-rail/eval-report/1"
 POSITIVES_ONLY_NOTE = ("only harmful labels in this direction: every miss is a false negative and no false positive "
@@ -64,6 +64,9 @@ def build(dataset: Dataset, rows: Sequence[Row], records: Sequence[Mapping[str, 
         "progress": {"checks": units, "sent_this_time": sent, "resumed_from_rows_jsonl": resumed,
                      "elapsed_s": round(elapsed_s, 3), "interrupted": interrupted},
     }
+    escalating = [r for r in runs if r["settings"].get("reasoning") == "escalate"]
+    if escalating:
+        report["escalation"] = escalation_summary(records, runs, escalating[0]["name"], list(labels))
     if len(runs) == 2:
         a, b = runs
         delta: dict[str, Any] = {}
@@ -78,6 +81,39 @@ def build(dataset: Dataset, rows: Sequence[Row], records: Sequence[Mapping[str, 
         report["comparison"] = {"a": a["name"], "b": b["name"], "a_setting": a["settings"]["description"],
                                 "b_setting": b["settings"]["description"], "delta_b_minus_a": delta}
     return report
+
+
+def escalation_summary(records: Sequence[Mapping[str, Any]], runs: Sequence[Mapping[str, Any]], escalate_run: str,
+                       judged: Sequence[str]) -> dict[str, Any]:
+    """For the run with ``reasoning: escalate``, per direction: how often the screen escalated, how often its decision
+    agrees with each other run's on the same rows (both judged), and generated tokens and latency per row of every
+    run — what an operator needs to choose ``escalate_at`` on their own data."""
+    out: dict[str, Any] = {"run": escalate_run, "directions": {}}
+    for d in judged:
+        by_run: dict[str, dict[str, Mapping[str, Any]]] = {}
+        for r in records:
+            if r["direction"] == DIRECTION_OF[d] and not r.get("error"):
+                by_run.setdefault(r["run"], {})[r["id"]] = r
+        esc = by_run.get(escalate_run, {})
+        flags = [bool((r.get("escalation") or {}).get("escalated")) for r in esc.values()]
+        agreement = {}
+        for run in runs:
+            other = by_run.get(run["name"], {})
+            if run["name"] == escalate_run or not other:
+                continue
+            both = [i for i in esc if i in other and esc[i].get("predicted") and other[i].get("predicted")]
+            same = sum(esc[i]["predicted"] == other[i]["predicted"] for i in both)
+            agreement[run["name"]] = {"rows": len(both), "agree": round(same / len(both), 6) if both else None}
+        per_row = {}
+        for run in runs:
+            rs = list(by_run.get(run["name"], {}).values())
+            tokens = [r["completion_tokens"] for r in rs if isinstance(r.get("completion_tokens"), int)]
+            lat = [float(r["latency_ms"]) for r in rs if r.get("latency_ms") is not None]
+            per_row[run["name"]] = {"mean_generated_tokens": round(sum(tokens) / len(tokens), 3) if tokens else None,
+                                    "latency_ms": latency_summary(lat)}
+        out["directions"][d] = {"rows": len(esc), "escalation_rate": round(sum(flags) / len(flags), 6) if flags
+                                else None, "agreement": agreement, "per_row": per_row}
+    return out
 
 
 def write_json(out: Path, report: Mapping[str, Any]) -> Path:
@@ -214,6 +250,18 @@ def markdown(report: Mapping[str, Any], records: Sequence[Mapping[str, Any]], ro
                 lines += ["", f"Errors in run {run['name']} (not scored): "
                           + ", ".join(f"{k}: {v}" for k, v in m["errors_by_kind"].items())]
         lines.append("")
+    esc = report.get("escalation")
+    if esc:
+        lines += [f"## Escalation (run {esc['run']}: reasoning: escalate)", ""]
+        for d, e in esc["directions"].items():
+            lines += [f"### {d.capitalize()} harm", "",
+                      f"Escalation rate: {_fmt(e['escalation_rate'])} of {e['rows']} rows. Agreement with "
+                      + ", ".join(f"run {k}: {_fmt(v['agree'])} ({v['rows']} rows)" for k, v in e["agreement"].items())
+                      + ".", ""]
+            lines += _table(["run", "mean generated tokens per row", "latency p50 ms", "latency p95 ms"],
+                            [[f"run {k}", _fmt(v["mean_generated_tokens"]), _fmt(v["latency_ms"]["p50"], 1),
+                              _fmt(v["latency_ms"]["p95"], 1)] for k, v in e["per_row"].items()])
+            lines.append("")
     lines += ["## Worst mistakes", "", "Content warning: dataset texts can be harmful by design. Texts are truncated.",
               "False positives are sorted by P(harmful) descending, false negatives ascending, when logprob "
               "confidences exist."]

@@ -22,9 +22,9 @@ import os
 import sys
 import time
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from nemo_csr_rail.client import CheckResult, CsrClient
 from nemo_csr_rail.decision import Decision, on_error_for
@@ -45,16 +45,17 @@ class RunError(Exception):
 
 @dataclass(frozen=True)
 class RunSpec:
-    """One setting of the guard to evaluate. ``reasoning=None`` keeps each policy's own per-direction mode."""
+    """One setting of the guard to evaluate. ``reasoning=None`` keeps each policy's own per-direction mode;
+    ``"escalate"`` screens with reasoning off and reasons only where the screen may be harmful."""
 
     name: str
     policy: str
-    reasoning: bool | None = None
+    reasoning: bool | Literal["escalate"] | None = None
     base_url: str | None = None
     force_policy: bool = False  # True: ignore per-row policies (the policy under comparison applies to every row)
 
     def describe(self) -> str:
-        mode = {None: "policy default", True: "on", False: "off"}[self.reasoning]
+        mode = {None: "policy default", True: "on", False: "off", "escalate": "escalate"}[self.reasoning]
         return f"policy={self.policy}, reasoning={mode}" + (f", endpoint={self.base_url}" if self.base_url else "")
 
 
@@ -205,7 +206,8 @@ class Runner:
         mt = pol.model_type
         # the agent directions are listed when the rows use them (the card's two, always)
         used = [d for d in DIRECTIONS if d not in AGENT_DIRECTIONS or any(r.label(d) for r in self.rows)]
-        modes = {d: (pol.reasoning(DIRECTION_OF[d]) if spec.reasoning is None else spec.reasoning) for d in used}
+        modes = {d: (pol.reasoning_mode(DIRECTION_OF[d]) if spec.reasoning is None else spec.reasoning)
+                 for d in used}
         row_policies = sorted({r.policy for r in self.rows if r.policy} - {spec.policy}) if not spec.force_policy else []
         return {
             "name": spec.name,
@@ -315,21 +317,25 @@ class Runner:
     async def _score(self, spec: RunSpec, unit: Unit) -> dict[str, Any]:
         row, d = unit.row, unit.direction
         policy = self.policy_for(spec, row)
+        forced: bool | None = None if spec.reasoning == "escalate" else spec.reasoning  # type: ignore[assignment]
+        if spec.reasoning == "escalate":  # the policy as if it said reasoning: escalate in both directions
+            policy = replace(policy, reasoning_input=False, reasoning_output=False, escalate_input=True,
+                             escalate_output=True, reasoning_tool_call=None, reasoning_tool_result=None,
+                             reasoning_retrieval=None)
         client = self._client(spec, policy.model_type)
         bot = row.response if d is Direction.OUTPUT else None
         refusal = self.resolved.plugin.error_refusal
         start = time.perf_counter()
         try:
             if d.value in AGENT_DIRECTIONS:
-                result = await _agent_check(client, policy, d, row, spec.reasoning)
+                result = await _agent_check(client, policy, d, row, forced)
             else:
-                result = await client.check(policy, d, row.prompt, bot, reasoning=spec.reasoning,
-                                            history=row.history)
-            decision = check_decision(policy, d, spec.reasoning, result, error_refusal=refusal)
+                result = await client.check(policy, d, row.prompt, bot, reasoning=forced, history=row.history)
+            decision = check_decision(policy, d, forced, result, error_refusal=refusal)
         except asyncio.CancelledError:
             raise
         except Exception as exc:  # every failure is a counted error row, never a dropped or scored one
-            decision = check_decision(policy, d, spec.reasoning, error=exc, error_refusal=refusal,
+            decision = check_decision(policy, d, forced, error=exc, error_refusal=refusal,
                                       latency_ms=(time.perf_counter() - start) * 1000)
         return {"run": spec.name, "id": row.id, "label": row.label(d), **check_record(decision)}
 

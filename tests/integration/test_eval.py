@@ -278,6 +278,34 @@ def test_compare_reasoning_side_by_side(tmp_path):
     assert "| metric | run a | run b | Δ (b − a) |" in md and "Scripted reason for" in md
 
 
+def test_compare_escalate_reports_rate_agreement_tokens_and_latency(tmp_path):
+    """Run c screens with reasoning off and reasons only where the screen says harmful (the stand-in's P is 0.97 on
+    the verdict it writes): it equals run a (off) on rows it did not escalate and run b (on) on those it did."""
+    rows, ap, ar = dataset()
+    flip = {"question number 2", "question number 4", "question number 8", "question number 10"}
+    out = tmp_path / "out"
+    with StandIn(responder=scripted(ap, ar, flip_when_thinking=flip)) as s:
+        cfg = config(tmp_path / "cfg", s.url)
+        assert run_eval("--config", str(cfg), "--policy", "safety", "--dataset",
+                        str(write_jsonl(tmp_path / "d.jsonl", rows)), "--out", str(out), "--compare", "escalate") == 0
+    rep = json.loads((out / "report.json").read_text())
+    assert [r["settings"]["reasoning"] for r in rep["runs"]] == [False, True, "escalate"]
+    e = rep["escalation"]["directions"]["prompt"]
+    prompts = [r["prompt"] for r in rows if r.get("prompt_label")]
+    escalated = [p for p in prompts if ap[p]]
+    assert e["rows"] == len(prompts) and e["escalation_rate"] == pytest.approx(len(escalated) / len(prompts))
+    flipped_escalated = sum(p in flip for p in escalated)
+    flipped_screened = sum(p in flip for p in prompts if not ap[p])
+    assert e["agreement"]["a"]["agree"] == pytest.approx(1 - flipped_escalated / len(prompts))
+    assert e["agreement"]["b"]["agree"] == pytest.approx(1 - flipped_screened / len(prompts))
+    per_row = e["per_row"]
+    assert per_row["a"]["mean_generated_tokens"] < per_row["c"]["mean_generated_tokens"] \
+        < per_row["b"]["mean_generated_tokens"]
+    assert per_row["c"]["latency_ms"]["p50"] is not None
+    md = (out / "report.md").read_text()
+    assert "## Escalation (run c: reasoning: escalate)" in md and "Agreement with run a:" in md
+
+
 def test_compare_policy_and_endpoint(tmp_path):
     rows = [{"id": str(i), "prompt": f"msg {i}", "prompt_label": "harmful"} for i in range(6)]
     ds = write_jsonl(tmp_path / "d.jsonl", rows)
