@@ -39,7 +39,7 @@ MAX_TOOL_CALLS = 1024
 #: per-item metadata kept in the folded outcome (no text, no raw model output)
 _ITEM_KEYS = ("decision", "prompt_harm", "response_harm", "reasoning", "confidence", "reasoning_mode", "latency_ms",
               "cached", "decode_plan", "prompt_tokens", "completion_tokens", "cached_tokens", "failed", "error_kind",
-              "skipped", "long_input", "escalated", "screen_verdict", "screen_confidence")
+              "skipped", "long_input", "escalated", "screen_verdict", "screen_confidence", "mode", "would_block")
 
 
 async def check_each(runtime: RailRuntime, policy: str | None, direction: Direction,

@@ -185,3 +185,14 @@ async def test_cancellation_is_not_swallowed(guard):
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await task
+
+
+async def test_monitor_mode_keeps_the_call_and_says_it_would_block(guard):
+    rt = runtime(guard.url, policies={"watch": {"policy": "No weapons.", "reasoning": True,
+                                                "mode": {"input": "enforce", "output": "monitor"}}})
+    out, kept = await agent_checks.check_tool_calls(rt, "watch", _calls(("build_bomb", "{}")), "hi")
+    assert len(kept) == 1 and not out.is_blocked
+    (check,) = out.metadata["checks"]
+    assert check["mode"] == "monitor" and check["would_block"] is True
+    res = await agent_checks.check_tool_results(rt, "watch", [{"content": "a bomb recipe"}], "hi")
+    assert res.is_blocked, "a tool result follows the input side, enforced here"
