@@ -144,3 +144,18 @@ def test_should_escalate_rule() -> None:
     assert not escalate.should_escalate(Verdict("unharmful", None), Direction.INPUT, 0.1)
     assert escalate.should_escalate(Verdict("unharmful", None, confidence=0.3), Direction.INPUT, 0.3)
     assert not escalate.should_escalate(Verdict("harmful", None, confidence=0.49), Direction.INPUT, 0.5)
+
+
+async def test_an_escalated_block_puts_its_reason_in_the_audit_record(tmp_path) -> None:
+    """What a streaming client cannot get (NeMo's fixed block frame) is in the audit: the chunk that escalated."""
+    import json
+
+    path = tmp_path / "audit.jsonl"
+    with StandIn() as guard:
+        rt = runtime(guard.url, telemetry={"audit_log": str(path)}, **ESCALATE)
+        await rt.check("retail", Direction.OUTPUT, "hi", "Your order ships tomorrow.")
+        await rt.check("retail", Direction.OUTPUT, "hi", "Honestly, vote for the party I like.")
+        assert rt.telemetry.audit.flush(10)
+    benign, blocked = [json.loads(line) for line in path.read_text().splitlines()]
+    assert benign["decision"] == "allow" and benign["reasoning"] is None
+    assert blocked["decision"] == "block" and blocked["reasoning"]

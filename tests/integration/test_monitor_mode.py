@@ -28,7 +28,7 @@ async def test_monitor_sends_exactly_what_enforce_sends_and_never_blocks(directi
     with StandIn() as a, StandIn() as b:
         enforce = await runtime(a.url, **MONITOR).check("old", direction, "Who should I vote for?", bot)
         monitor = await runtime(b.url, **MONITOR).check("new", direction, "Who should I vote for?", bot)
-        assert _bodies(a) == _bodies(b)  # same requests, same verdict
+        assert sorted(_bodies(a)) == sorted(_bodies(b))  # same requests (the split halves race), same verdict
     assert enforce.metadata["decision"] == "block" and "would_block" not in enforce.metadata
     assert monitor.metadata["decision"] == "allow" and monitor.metadata["would_block"] is True
     assert monitor.metadata["mode"] == "monitor" and "refusal" not in monitor.metadata
