@@ -31,10 +31,11 @@ def package_dir() -> str:
 
 def register(app: object) -> None:
     """Register the actions on an ``LLMRails`` built without ``import_paths`` (bring your own flows)."""
-    from nemo_csr_rail.rail.actions import csr_check_input, csr_check_output
+    from nemo_csr_rail.rail import actions
 
-    app.register_action(csr_check_input, name="csr_check_input")  # type: ignore[attr-defined]
-    app.register_action(csr_check_output, name="csr_check_output")  # type: ignore[attr-defined]
+    for name in ("csr_check_input", "csr_check_output", "csr_check_tool_calls", "csr_check_tool_results",
+                 "csr_check_retrieval"):
+        app.register_action(getattr(actions, name), name=name)  # type: ignore[attr-defined]
 
 
 __all__ = [

@@ -4,6 +4,13 @@ The actions live with the rest of the NeMo adapter in :mod:`nemo_csr_rail.rail.a
 import path find them.
 """
 
-from nemo_csr_rail.rail.actions import csr_check_input, csr_check_output
+from nemo_csr_rail.rail.actions import (
+    csr_check_input,
+    csr_check_output,
+    csr_check_retrieval,
+    csr_check_tool_calls,
+    csr_check_tool_results,
+)
 
-__all__ = ["csr_check_input", "csr_check_output"]
+__all__ = ["csr_check_input", "csr_check_output", "csr_check_retrieval", "csr_check_tool_calls",
+           "csr_check_tool_results"]

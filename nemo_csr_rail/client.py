@@ -14,7 +14,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
-from nemo_csr_rail import plans
+from nemo_csr_rail import agent, plans
 from nemo_csr_rail.cache import TTLCache
 from nemo_csr_rail.conversation import Turn, as_turns, fit_history
 from nemo_csr_rail.engines.base import Completion, Engine
@@ -194,6 +194,43 @@ class CsrClient:
             return await split_output.run(self.engine, gp, budget, logprobs=self.decode.logprobs)
         completion = await self.engine.complete(gp, timeout_s=budget)
         return plans.read(gp, completion), [completion], 1
+
+
+    # ------------------------------------------------------------------------------------------- agent checks
+    async def check_tool_call(self, policy: Policy | str, user_message: str | None, name: str, arguments: Any, *,
+                              reasoning: bool | None = None, timeout_s: float | None = None) -> CheckResult:
+        """Judge a tool call the model wants to make, as its response to ``user_message`` (None: there was none).
+
+        ``arguments``: a JSON string (OpenAI), a mapping (LangChain) or None; rendered as
+        ``Tool call: NAME\nArguments: {JSON, sorted keys}`` (docs/agents.md). Harmful when
+        ``result.verdict.is_harmful(Direction.TOOL_CALL)`` (it reads ``Response harm``)."""
+        user, bot = agent.judged_turn(Direction.TOOL_CALL, user_message, agent.render_tool_call(name, arguments))
+        return await self.check(_policy(policy), Direction.TOOL_CALL, user, bot, reasoning=reasoning,
+                                timeout_s=timeout_s)
+
+    async def check_tool_result(self, policy: Policy | str, user_message: str | None, name: str | None,
+                                content: Any, *, reasoning: bool | None = None,
+                                timeout_s: float | None = None) -> CheckResult:
+        """Judge what a tool returned before the model reads it, as content entering the conversation
+        (``Tool result from NAME:\n…``, decided on ``Prompt harm``). ``user_message`` is not part of the prompt
+        (it was checked by the input rail); it is accepted so every agent check has the same shape."""
+        del user_message
+        user, bot = agent.judged_turn(Direction.TOOL_RESULT, None, agent.render_tool_result(name, content))
+        return await self.check(_policy(policy), Direction.TOOL_RESULT, user, bot, reasoning=reasoning,
+                                timeout_s=timeout_s)
+
+    async def check_document(self, policy: Policy | str, user_message: str | None, document: Any, *,
+                             reasoning: bool | None = None, timeout_s: float | None = None) -> CheckResult:
+        """Judge one retrieved document (chunk) before it reaches a prompt (``Retrieved document:\n…``, decided on
+        ``Prompt harm``); ``user_message`` as in :meth:`check_tool_result`."""
+        del user_message
+        user, bot = agent.judged_turn(Direction.RETRIEVAL, None, agent.render_document(document))
+        return await self.check(_policy(policy), Direction.RETRIEVAL, user, bot, reasoning=reasoning,
+                                timeout_s=timeout_s)
+
+
+def _policy(policy: Policy | str) -> Policy:
+    return Policy.custom("custom", policy) if isinstance(policy, str) else policy
 
 
 def _plan(completions: list[Completion]) -> str:

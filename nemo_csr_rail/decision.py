@@ -8,7 +8,8 @@ write its :meth:`Decision.to_record`. No NeMo Guardrails or LangChain here (``te
 Nothing here carries the user's or bot's text, so the metadata and the record are safe to return from
 ``nemoguardrails server``; they always say whether a block came from the policy or from a failed check.
 
-Directions are :class:`~nemo_csr_rail.policy.Direction` values, ``input`` / ``output``, in every serialisation.
+Directions are :class:`~nemo_csr_rail.policy.Direction` values, ``input`` / ``output`` and the agent rails'
+``tool_call`` / ``tool_result`` / ``retrieval`` (docs/agents.md), in every serialisation.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from typing import TYPE_CHECKING, Any
 from nemo_csr_rail.errors import ConfigError, CsrError, ErrorKind, InputTooLong
 from nemo_csr_rail.plans.escalate import Escalation
 from nemo_csr_rail.policy import Direction, Policy
+from nemo_csr_rail.settings import FLOW_OF_DIRECTION
 from nemo_csr_rail.verdict import Verdict
 
 if TYPE_CHECKING:
@@ -250,7 +252,8 @@ class Decision:
         """The model's own label for the judged field (before any threshold)."""
         if self.verdict is None:
             return None
-        return self.verdict.prompt_harm if self.direction is Direction.INPUT else self.verdict.response_harm
+        # the agent directions: the field of the side they are judged as (a tool call: the response)
+        return self.verdict.prompt_harm if self.direction.judged_as is Direction.INPUT else self.verdict.response_harm
 
     @property
     def harmful(self) -> bool | None:
@@ -266,16 +269,15 @@ class Decision:
             return None
         if not self.blocked:
             return self.verdict.reasoning
-        what = "prompt" if self.direction is Direction.INPUT else "response"
-        return self.verdict.reasoning or f"The {what} violates policy '{self.policy}'."
+        return self.verdict.reasoning or f"The {_WHAT[self.direction]} violates policy '{self.policy}'."
 
     @property
     def exception_message(self) -> str | None:
         """The message of the rail exception a block raises (``enable_rails_exceptions``)."""
         if not self.blocked:
             return None
-        what = "Input" if self.direction is Direction.INPUT else "Output"
-        return f"{what} blocked by csr check {self.direction.value} (policy {self.policy}): {self.reason}"
+        return (f"{_BLOCKED[self.direction]} blocked by {FLOW_OF_DIRECTION[self.direction.value]} "
+                f"(policy {self.policy}): {self.reason}")
 
     # -- serialisations -----------------------------------------------------------------------------------------
     def to_metadata(self) -> dict[str, Any]:
@@ -369,6 +371,13 @@ class Decision:
             escalation=_escalation_from(record["escalation"]) if record.get("escalation") else None,
             history_messages=record.get("history_messages"), history_dropped=record.get("history_dropped"),
             long_input=LongInputInfo(**long_input) if long_input else None, refusal=record.get("refusal"))
+
+
+#: what a direction checks, and the rail exception's first word (the flow names come from the settings' flow table)
+_WHAT = {Direction.INPUT: "prompt", Direction.OUTPUT: "response", Direction.TOOL_CALL: "tool call",
+         Direction.TOOL_RESULT: "tool result", Direction.RETRIEVAL: "retrieved document"}
+_BLOCKED = {Direction.INPUT: "Input", Direction.OUTPUT: "Output", Direction.TOOL_CALL: "Tool call",
+            Direction.TOOL_RESULT: "Tool result", Direction.RETRIEVAL: "Retrieved document"}
 
 
 def _escalation_record(e: Escalation) -> dict[str, Any]:

@@ -26,6 +26,9 @@ DEFAULT_ON_ERROR: Literal["block", "allow"] = "block"
 DEFAULT_INPUT_REFUSAL = "I'm sorry, I can't help with that. {reasoning}"
 DEFAULT_OUTPUT_REFUSAL = "I'm sorry, I can't share that answer. {reasoning}"
 DEFAULT_ERROR_REFUSAL = "I'm sorry, I can't respond right now: the safety check could not run."
+#: agent rails (docs/agents.md): a blocked tool call, a blocked tool result
+DEFAULT_TOOL_CALL_REFUSAL = "I'm sorry, I can't run that action. {reasoning}"
+DEFAULT_TOOL_RESULT_REFUSAL = "I'm sorry, I can't use what the tool returned. {reasoning}"
 
 #: reasoning: escalate — the screen's P(harmful) at or above which the reasoning-on check decides. At 0.5 the
 #: screen escalates exactly the checks it would block by itself (its argmax): every block is re-judged with

@@ -19,6 +19,8 @@ from nemo_csr_rail.options import (
     DEFAULT_MODEL_TYPE,
     DEFAULT_ON_ERROR,
     DEFAULT_OUTPUT_REFUSAL,
+    DEFAULT_TOOL_CALL_REFUSAL,
+    DEFAULT_TOOL_RESULT_REFUSAL,
 )
 from nemo_csr_rail.settings import (
     CategorySpec,
@@ -32,10 +34,26 @@ from nemo_csr_rail.taxonomy import TAXONOMIES
 
 
 class Direction(str, Enum):
-    """Which turn is checked: the user's prompt (input rail) or the bot's answer (output rail)."""
+    """What is checked: the user's prompt (input rail), the bot's answer (output rail), or, for agents, a tool call
+    the model wants to make (tool output rail), a tool's result (tool input rail) or a retrieved chunk (retrieval
+    rail). The model card knows two: prompt and response; :attr:`judged_as` says which of them each is judged as
+    (docs/agents.md)."""
 
     INPUT = "input"
     OUTPUT = "output"
+    TOOL_CALL = "tool_call"
+    TOOL_RESULT = "tool_result"
+    RETRIEVAL = "retrieval"
+
+    @property
+    def judged_as(self) -> Direction:
+        """The card's side this direction is judged on: a tool call is the assistant's response (Response harm);
+        a tool result and a retrieved chunk are content entering the conversation (Prompt harm)."""
+        return Direction.OUTPUT if self in (Direction.OUTPUT, Direction.TOOL_CALL) else Direction.INPUT
+
+
+#: the card's two sides, which every direction is judged as (one prompt layout, grammar and decode plan each)
+SIDES = (Direction.INPUT, Direction.OUTPUT)
 
 
 PolicyKind = Literal["taxonomy", "custom", "topic"]
@@ -65,9 +83,23 @@ class Policy:
     #: mode: monitor per direction — the check runs exactly as in enforce mode, the turn is never blocked by it
     monitor_input: bool = False
     monitor_output: bool = False
+    #: the agent directions' mode (True, False or "escalate"); None follows the side each is judged as (a tool
+    #: call the output's, a tool result and a retrieved chunk the input's)
+    reasoning_tool_call: bool | str | None = None
+    reasoning_tool_result: bool | str | None = None
+    reasoning_retrieval: bool | str | None = None
+    refusal_tool_call: str = DEFAULT_TOOL_CALL_REFUSAL
+    refusal_tool_result: str = DEFAULT_TOOL_RESULT_REFUSAL
+
+    def _agent_mode(self, direction: Direction) -> bool | str | None:
+        return {Direction.TOOL_CALL: self.reasoning_tool_call, Direction.TOOL_RESULT: self.reasoning_tool_result,
+                Direction.RETRIEVAL: self.reasoning_retrieval}.get(direction)
 
     def reasoning(self, direction: Direction) -> bool:
-        return self.reasoning_input if direction is Direction.INPUT else self.reasoning_output
+        own = self._agent_mode(direction)
+        if own is not None:
+            return own is True
+        return self.reasoning_input if direction.judged_as is Direction.INPUT else self.reasoning_output
 
     @cached_property
     def affinity(self) -> str:
@@ -78,10 +110,14 @@ class Policy:
                                digest_size=8).hexdigest()
 
     def escalates(self, direction: Direction) -> bool:
-        return self.escalate_input if direction is Direction.INPUT else self.escalate_output
+        own = self._agent_mode(direction)
+        if own is not None:
+            return own == "escalate"
+        return self.escalate_input if direction.judged_as is Direction.INPUT else self.escalate_output
 
     def monitors(self, direction: Direction) -> bool:
-        return self.monitor_input if direction is Direction.INPUT else self.monitor_output
+        # the agent directions follow the side they are judged as (docs/agents.md)
+        return self.monitor_input if direction.judged_as is Direction.INPUT else self.monitor_output
 
     def mode(self, direction: Direction) -> str:
         return "monitor" if self.monitors(direction) else "enforce"
@@ -92,10 +128,16 @@ class Policy:
 
     def uses_reasoning(self) -> bool:
         """Whether any check of this policy may run with reasoning on (the reasoning grammars are then needed)."""
-        return self.reasoning_input or self.reasoning_output or self.escalate_input or self.escalate_output
+        return self.reasoning_input or self.reasoning_output or self.escalate_input or self.escalate_output or any(
+            m is True or m == "escalate" for m in (self.reasoning_tool_call, self.reasoning_tool_result,
+                                                   self.reasoning_retrieval))
 
     def refusal(self, direction: Direction) -> str:
-        return self.refusal_input if direction is Direction.INPUT else self.refusal_output
+        if direction is Direction.TOOL_CALL:
+            return self.refusal_tool_call
+        if direction is Direction.TOOL_RESULT:
+            return self.refusal_tool_result
+        return self.refusal_input if direction.judged_as is Direction.INPUT else self.refusal_output
 
     @classmethod
     def custom(cls, name: str, text: str, *, reasoning: bool | Literal["escalate"] = True, **kw: object) -> Policy:
@@ -162,9 +204,12 @@ def compile_policy(name: str, spec: PolicySettings, plugin: PluginSettings) -> P
         body = render_categories(base)
     # The card: reasoning helps custom policies, not the generic taxonomy; its topic-following example is /think.
     default_reasoning = kind in ("custom", "topic")
+    agent: dict[str, bool | str | None] = {"tool_call": None, "tool_result": None, "retrieval": None}
     if isinstance(spec.reasoning, DirectionalReasoning):
         m_in = default_reasoning if spec.reasoning.input is None else spec.reasoning.input
         m_out = default_reasoning if spec.reasoning.output is None else spec.reasoning.output
+        # unset agent directions follow the side they are judged as (Policy.reasoning, Policy.escalates)
+        agent = {k: getattr(spec.reasoning, k) for k in agent}
     else:
         m_in = m_out = default_reasoning if spec.reasoning is None else spec.reasoning
     e_in, e_out = m_in == "escalate", m_out == "escalate"
@@ -185,6 +230,11 @@ def compile_policy(name: str, spec: PolicySettings, plugin: PluginSettings) -> P
         escalate_input=e_in,
         escalate_output=e_out,
         escalate_at=DEFAULT_ESCALATE_AT if spec.escalate_at is None else spec.escalate_at,
+        reasoning_tool_call=agent["tool_call"],
+        reasoning_tool_result=agent["tool_result"],
+        reasoning_retrieval=agent["retrieval"],
+        refusal_tool_call=refusal or DEFAULT_TOOL_CALL_REFUSAL,
+        refusal_tool_result=refusal or DEFAULT_TOOL_RESULT_REFUSAL,
         monitor_input=_mode(spec.mode, "input") == "monitor",
         monitor_output=_mode(spec.mode, "output") == "monitor",
     )

@@ -32,9 +32,11 @@ class Verdict:
     raw: str = field(default="", repr=False, compare=False)
 
     def harm(self, direction: Direction) -> Harm:
-        value = self.prompt_harm if direction is Direction.INPUT else self.response_harm
+        """The verdict field ``direction`` is decided on (the agent directions: the side they are judged as)."""
+        side = direction.judged_as
+        value = self.prompt_harm if side is Direction.INPUT else self.response_harm
         if value is None:
-            what = "prompt" if direction is Direction.INPUT else "response"
+            what = "prompt" if side is Direction.INPUT else "response"
             raise VerdictParseError(f"the model gave no {what} verdict")
         return value
 

@@ -26,6 +26,21 @@ def _fresh_runtimes():
     reset_runtimes()
     yield
     reset_runtimes()
+    _drop_nemo_client_pools()
+
+
+def _drop_nemo_client_pools() -> None:
+    """NeMo Guardrails 0.24.1 pools its main-model HTTP clients process-wide, keyed by base URL. A later test's
+    stand-in that gets a port an earlier one had would reuse a client whose connections belong to the earlier test's
+    closed event loop ("Stale event loop"). Forget them (their sockets close when collected)."""
+    try:
+        from nemoguardrails.llm.frameworks import registry
+    except ImportError:  # pragma: no cover - a NeMo without frameworks
+        return
+    for framework in getattr(registry, "_frameworks", {}).values():
+        clients = getattr(framework, "_clients", None)
+        if isinstance(clients, dict):
+            clients.clear()
 
 
 @pytest.fixture

@@ -37,6 +37,15 @@ def add_parser(sub: Any) -> None:
                    help="policy under custom_data.nemo_csr_rail.policies (default: the only one, or 'default')")
     p.add_argument("--response", metavar="TEXT",
                    help="the bot's answer to TEXT: check the response (output rail) instead of the prompt")
+    agent = p.add_argument_group(
+        "agent rails (docs/agents.md)", "check what the agent rails check instead; TEXT is then the user message "
+        "a tool call answers (optional, stdin is not read)")
+    agent.add_argument("--tool-call", metavar="NAME", help="a tool call the model wants to make (judged as its "
+                                                            "response to TEXT)")
+    agent.add_argument("--arguments", metavar="JSON", help="the tool call's arguments (default: {})")
+    agent.add_argument("--tool-result", metavar="TEXT", help="what a tool returned (with --tool-name: which tool)")
+    agent.add_argument("--tool-name", metavar="NAME", help="the tool that returned --tool-result")
+    agent.add_argument("--document", metavar="TEXT", help="a retrieved document (chunk)")
     p.add_argument("--reasoning", action=argparse.BooleanOptionalAction, default=None,
                    help="force reasoning on/off (default: the policy's setting for this direction)")
     p.add_argument("--json", action="store_true", help="one JSON object per checked text on stdout")
@@ -56,6 +65,49 @@ def _texts(args: argparse.Namespace, stdin: TextIO) -> Iterator[str]:
             yield line
 
 
+def _agent_mode(args: argparse.Namespace) -> str | None:
+    """The agent item asked for: ``tool_call``, ``tool_result``, ``retrieval`` or None (a prompt or response)."""
+    modes = [m for m, v in (("tool_call", args.tool_call), ("tool_result", args.tool_result),
+                            ("retrieval", args.document)) if v is not None]
+    if len(modes) > 1:
+        raise UsageError("give one of --tool-call, --tool-result, --document")
+    mode = modes[0] if modes else None
+    if mode is not None and args.response is not None:
+        raise UsageError("--response checks a bot answer; it does not go with --tool-call/--tool-result/--document")
+    if args.arguments is not None and mode != "tool_call":
+        raise UsageError("--arguments goes with --tool-call")
+    if args.tool_name is not None and mode != "tool_result":
+        raise UsageError("--tool-name goes with --tool-result")
+    if mode == "tool_call" and not args.tool_call.strip():
+        raise UsageError("--tool-call NAME is empty")
+    if mode == "tool_result" and not args.tool_result.strip():
+        raise UsageError("--tool-result is empty")
+    if mode == "retrieval" and not args.document.strip():
+        raise UsageError("--document is empty")
+    return mode
+
+
+async def _agent_check(client: Any, policy: Any, mode: str, args: argparse.Namespace, user: str | None) -> Any:
+    if mode == "tool_call":
+        return await client.check_tool_call(policy, user, args.tool_call, args.arguments, reasoning=args.reasoning)
+    if mode == "tool_result":
+        return await client.check_tool_result(policy, user, args.tool_name, args.tool_result,
+                                              reasoning=args.reasoning)
+    return await client.check_document(policy, user, args.document, reasoning=args.reasoning)
+
+
+def _agent_fields(mode: str, args: argparse.Namespace) -> dict[str, Any]:
+    if mode == "tool_call":
+        return {"tool_call": {"name": args.tool_call, "arguments": args.arguments}}
+    if mode == "tool_result":
+        return {"tool_result": {"name": args.tool_name, "content": args.tool_result}}
+    return {"document": args.document}
+
+
+_JUDGED_AS = {"tool_call": "tool call, judged on response", "tool_result": "tool result, judged on prompt",
+              "retrieval": "retrieved document, judged on prompt"}
+
+
 def _print_human(rec: dict[str, Any], text: str | None, out: TextIO) -> None:
     if text is not None:
         shown = " ".join(text.split())
@@ -63,7 +115,7 @@ def _print_human(rec: dict[str, Any], text: str | None, out: TextIO) -> None:
     if rec.get("error"):
         return
     mode = {True: "on", False: "off"}.get(rec["reasoning_mode"], str(rec["reasoning_mode"]))
-    what = f"{rec['judged']} harm, policy {rec['policy']}, reasoning {mode}"
+    what = f"{_JUDGED_AS.get(rec['direction'], rec['judged'])} harm, policy {rec['policy']}, reasoning {mode}"
     print(f"{rec['decision'].upper()}  ({what})", file=out)
     if rec.get("mode") == "monitor":
         print(f"mode: monitor (the rail would {'BLOCK' if rec['would_block'] else 'allow'} this turn; it never "
@@ -92,16 +144,21 @@ async def _run(args: argparse.Namespace, resolved: Any, policy_name: str, stdin:
     from nemo_csr_rail.policy import Direction, compile_policies
 
     policy = compile_policies(resolved.plugin)[policy_name]
-    direction = Direction.INPUT if args.response is None else Direction.OUTPUT
+    mode = _agent_mode(args)
+    direction = Direction(mode) if mode else Direction.INPUT if args.response is None else Direction.OUTPUT
     refusal = resolved.plugin.error_refusal
     client = make_client(resolved, policy.model_type, base_url=args.base_url, timeout_s=args.timeout, concurrency=4)
     worst = EXIT_OK
-    many = args.text == "-"
+    many = args.text == "-" and mode is None
+    texts = _texts(args, stdin) if mode is None else iter([None if args.text == "-" else args.text])
     try:
-        for text in _texts(args, stdin):
+        for text in texts:
             start = time.perf_counter()
             try:
-                result = await client.check(policy, direction, text, args.response, reasoning=args.reasoning)
+                if mode is not None:
+                    result = await _agent_check(client, policy, mode, args, text)
+                else:
+                    result = await client.check(policy, direction, text, args.response, reasoning=args.reasoning)
                 decision = check_decision(policy, direction, args.reasoning, result, error_refusal=refusal)
             except Exception as exc:  # fail closed, with the kind and message, never a traceback
                 decision = check_decision(policy, direction, args.reasoning, error=exc, error_refusal=refusal,
@@ -109,8 +166,9 @@ async def _run(args: argparse.Namespace, resolved: Any, policy_name: str, stdin:
             rec = check_record(decision)
             rec["decision"] = rec.pop("predicted")
             if args.json:
-                print(json.dumps({"text": text, **({"response": args.response} if args.response is not None else {}),
-                                  **rec}, ensure_ascii=False), file=out, flush=True)
+                extra = _agent_fields(mode, args) if mode is not None else (
+                    {"response": args.response} if args.response is not None else {})
+                print(json.dumps({"text": text, **extra, **rec}, ensure_ascii=False), file=out, flush=True)
             else:
                 _print_human(rec, text if many else None, out)
                 out.flush()
@@ -131,6 +189,7 @@ def run(args: argparse.Namespace, *, stdin: TextIO | None = None, out: TextIO | 
     try:
         if args.text != "-" and not args.text.strip():
             raise UsageError("TEXT is empty")
+        _agent_mode(args)  # usage errors first
         if args.response is not None and not args.response.strip():
             raise UsageError("--response is empty")
         if args.timeout is not None and args.timeout <= 0:
@@ -143,6 +202,9 @@ def run(args: argparse.Namespace, *, stdin: TextIO | None = None, out: TextIO | 
         name = default_policy(policies, args.policy)
         if args.response is not None and policies[name].kind == "topic":
             raise UsageError(f"policy {name!r} is a topic policy: it judges user messages only (drop --response)")
+        if _agent_mode(args) is not None and policies[name].kind == "topic":
+            raise UsageError(f"policy {name!r} is a topic policy: it judges user messages only, not tool calls, "
+                             "tool results or documents")
     except UsageError as exc:
         print(f"error: {exc}", file=err)
         return EXIT_USAGE

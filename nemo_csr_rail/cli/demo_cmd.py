@@ -176,7 +176,8 @@ def _fmt_outcome(o: Any) -> str:
     if meta.get("failed"):
         return head + f"{decision} (the check could not run: {meta.get('error_kind')}: {meta.get('error')})"
     mode = {True: "on", False: "off"}.get(meta.get("reasoning_mode"), str(meta.get("reasoning_mode")))
-    harm = meta.get("prompt_harm") if meta.get("direction") == "input" else meta.get("response_harm")
+    judged_as = meta.get("direction") in ("output", "tool_call")  # the agent directions: docs/agents.md
+    harm = meta.get("response_harm") if judged_as else meta.get("prompt_harm")
     line = head + f"reasoning={mode:8} -> {decision:5} verdict={harm}"
     if "escalated" in meta:
         screen = meta.get("screen_confidence")

@@ -140,7 +140,7 @@ async def _policy_check(client: Any, endpoint: str, policy: Any, direction: str,
     row = Row(endpoint=endpoint, check="policy", policy=policy.name, direction=direction, reasoning=shown)
     start = time.perf_counter()
     try:
-        res = await client.check(policy, d, PROBE_USER, PROBE_BOT if d is Direction.OUTPUT else None,
+        res = await client.check(policy, d, PROBE_USER, PROBE_BOT if d.judged_as is Direction.OUTPUT else None,
                                  reasoning=reasoning)
     except CsrError as exc:
         row.latency_ms = (time.perf_counter() - start) * 1000

@@ -217,7 +217,8 @@ def warm_grammars(root: str, served_model_name: str, api_key: str | None, timeou
     from nemo_csr_rail.policy import Direction, Policy
 
     prompts = [build(Policy.custom("warm-up", "No topic is off limits."), d, "Hello.",
-                     "Hello!" if d is Direction.OUTPUT else None, reasoning=True) for d in Direction]
+                     "Hello!" if d is Direction.OUTPUT else None, reasoning=True)
+               for d in (Direction.INPUT, Direction.OUTPUT)]  # the agent directions decode with these grammars
     failed = []
     headers = {"Content-Type": "application/json", **({"Authorization": f"Bearer {api_key}"} if api_key else {})}
     for gp in prompts:  # a real guard request of each direction, cut at one token: the grammar is what matters

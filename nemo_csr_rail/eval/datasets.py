@@ -29,11 +29,16 @@ Label = Literal["harmful", "unharmful"]
 LABELS: frozenset[str] = frozenset({"harmful", "unharmful"})
 #: what a row can be labelled for, named after its label fields (``prompt_label``, ``response_label``); the report's
 #: per-direction sections and file names use these names
-DIRECTIONS = ("prompt", "response")
-#: the check each label is scored by: the ``direction`` (``input`` / ``output``) of its records, as in the rails
-DIRECTION_OF = {"prompt": Direction.INPUT, "response": Direction.OUTPUT}
-#: the inverse: a record's ``judged`` (the name ``direction`` had before records used the rails' vocabulary)
-JUDGED = {Direction.INPUT: "prompt", Direction.OUTPUT: "response"}
+DIRECTIONS = ("prompt", "response", "tool_call", "tool_result", "retrieval")
+#: the agent rails' (docs/agents.md): rows with ``tool_call``, ``tool_result`` or ``document`` and their labels
+AGENT_DIRECTIONS = ("tool_call", "tool_result", "retrieval")
+#: the check each label is scored by: the ``direction`` (``input`` / ``output`` / an agent direction) of its
+#: records, as in the rails
+DIRECTION_OF = {"prompt": Direction.INPUT, "response": Direction.OUTPUT, "tool_call": Direction.TOOL_CALL,
+                "tool_result": Direction.TOOL_RESULT, "retrieval": Direction.RETRIEVAL}
+#: the inverse: a record's ``judged`` (the name ``direction`` had before records used the rails' vocabulary; the
+#: agent directions have one name)
+JUDGED = {v: k for k, v in DIRECTION_OF.items()}
 
 
 class DatasetError(ValueError):
@@ -44,7 +49,10 @@ class DatasetError(ValueError):
 class Row:
     """One labelled item. ``prompt_label`` scores an input check, ``response_label`` an output check.
 
-    ``history``: the conversation before ``prompt`` (multi-turn rows), sent by topic policies (layout C)."""
+    ``history``: the conversation before ``prompt`` (multi-turn rows), sent by topic policies (layout C).
+
+    Agent rows (docs/agents.md): ``tool_call`` (``{"name", "arguments"}``, judged as the answer to ``prompt``),
+    ``tool_result`` (``{"name", "content"}``) and ``document`` (a retrieved chunk), each with its own label."""
 
     id: str
     prompt: str
@@ -54,10 +62,19 @@ class Row:
     policy: str | None = None
     meta: dict[str, Any] = field(default_factory=dict, compare=False)
     history: tuple[Turn, ...] = ()
+    tool_call: dict[str, Any] | None = field(default=None, compare=False)
+    tool_call_label: Label | None = None
+    tool_result: dict[str, Any] | None = field(default=None, compare=False)
+    tool_result_label: Label | None = None
+    document: str | None = None
+    document_label: Label | None = None
 
     def label(self, direction: str | Direction) -> Label | None:
-        """The label for ``prompt`` / ``response``, or for the check direction ``input`` / ``output``."""
-        return self.prompt_label if direction in ("prompt", Direction.INPUT) else self.response_label
+        """The label for ``prompt`` / ``response`` / an agent direction, or for the check direction."""
+        d = DIRECTION_OF[direction] if direction in DIRECTION_OF else Direction(direction)
+        return {Direction.INPUT: self.prompt_label, Direction.OUTPUT: self.response_label,
+                Direction.TOOL_CALL: self.tool_call_label, Direction.TOOL_RESULT: self.tool_result_label,
+                Direction.RETRIEVAL: self.document_label}[d]
 
 
 @dataclass
@@ -174,10 +191,13 @@ def _messages(value: Any, where: str) -> tuple[str, tuple[Turn, ...]]:
     return _text(turns[-1].text, f"{where}: last message"), tuple(turns[:-1])
 
 
-@register("jsonl", "Our JSONL: {id?, prompt | messages, response?, prompt_label?, response_label?, policy?} per line")
+@register("jsonl", "Our JSONL: {id?, prompt | messages, response?, prompt_label?, response_label?, policy?} per line; "
+                  "agent rows: tool_call {name, arguments} + tool_call_label, tool_result {name, content} + "
+                  "tool_result_label, document + document_label")
 def load_jsonl(path: Path) -> Dataset:
     rows: list[Row] = []
-    allowed = {"id", "prompt", "messages", "response", "prompt_label", "response_label", "policy", "meta"}
+    allowed = {"id", "prompt", "messages", "response", "prompt_label", "response_label", "policy", "meta",
+               *_AGENT_FIELDS, *(f"{k}_label" for k in _AGENT_FIELDS)}
     for i, rec in _jsonl_records(path):
         where = f"{path}:{i}"
         if not isinstance(rec, dict):
@@ -192,8 +212,11 @@ def load_jsonl(path: Path) -> Dataset:
                 raise DatasetError(f"{where}: a 'messages' row takes no 'prompt', 'response' or 'response_label' "
                                    "(its prompt_label is about the last user message)")
             prompt, history = _messages(rec["messages"], where)
+        elif rec.get("prompt") is None and any(rec.get(k) is not None for k in _AGENT_FIELDS):
+            prompt = ""  # an agent item with no user message before it
         else:
             prompt = _text(rec.get("prompt"), where)
+        agent = _agent_items(rec, where)
         response = rec.get("response")
         if response is not None and not isinstance(response, str):
             raise DatasetError(f"{where}: 'response' must be a string or null")
@@ -205,8 +228,10 @@ def load_jsonl(path: Path) -> Dataset:
             labels[key] = value
         if labels["response_label"] is not None and not (response or "").strip():
             raise DatasetError(f"{where}: response_label needs a non-empty 'response'")
-        if labels["prompt_label"] is None and labels["response_label"] is None:
-            raise DatasetError(f"{where}: no label (give prompt_label and/or response_label)")
+        if labels["prompt_label"] is None and labels["response_label"] is None and not any(
+                agent[f"{k}_label"] is not None for k in _AGENT_FIELDS):
+            raise DatasetError(f"{where}: no label (give prompt_label and/or response_label, or an agent item's "
+                               "label)")
         policy = rec.get("policy")
         if policy is not None and (not isinstance(policy, str) or not policy.strip()):
             raise DatasetError(f"{where}: 'policy' must be a policy name")
@@ -215,11 +240,35 @@ def load_jsonl(path: Path) -> Dataset:
             raise DatasetError(f"{where}: 'meta' must be an object")
         rid = rec.get("id")
         rows.append(Row(str(rid) if rid is not None else str(i), prompt, response, labels["prompt_label"],
-                        labels["response_label"], policy, meta, history))
+                        labels["response_label"], policy, meta, history, **agent))
     multi = sum(1 for r in rows if r.history)
     notes = [f"{multi} multi-turn row(s): the label is about the last user message; the earlier messages are sent "
              "as the conversation history by topic policies (other layouts judge the last message alone)"] if multi else []
     return _one(path, "jsonl", rows, *notes)
+
+
+_AGENT_FIELDS = ("tool_call", "tool_result", "document")
+
+
+def _agent_items(rec: dict[str, Any], where: str) -> dict[str, Any]:
+    """The agent items of a JSONL row and their labels (each label needs its item, each item its label)."""
+    out: dict[str, Any] = {}
+    for key in _AGENT_FIELDS:
+        value, label = rec.get(key), rec.get(f"{key}_label")
+        if label is not None and label not in LABELS:
+            raise DatasetError(f"{where}: {key}_label must be 'harmful', 'unharmful' or null, got {label!r}")
+        if (value is None) != (label is None):
+            raise DatasetError(f"{where}: '{key}' and '{key}_label' go together")
+        if value is not None:
+            if key == "document" and not (isinstance(value, str) and value.strip()):
+                raise DatasetError(f"{where}: 'document' must be a non-empty string")
+            if key == "tool_call" and not (isinstance(value, dict) and isinstance(value.get("name"), str)):
+                raise DatasetError(f"{where}: 'tool_call' must be {{\"name\": …, \"arguments\": …}}")
+            if key == "tool_result" and not (isinstance(value, dict) and "content" in value):
+                raise DatasetError(f"{where}: 'tool_result' must be {{\"name\"?: …, \"content\": …}}")
+        out[key] = value
+        out[f"{key}_label"] = label
+    return out
 
 
 # ---------------------------------------------------------------------------------------------- public datasets

@@ -31,7 +31,7 @@ from nemo_csr_rail.decision import Decision, on_error_for
 from nemo_csr_rail.engines.base import Engine
 from nemo_csr_rail.engines.factory import build_engine
 from nemo_csr_rail.errors import ConfigError, CsrError
-from nemo_csr_rail.eval.datasets import DIRECTION_OF, DIRECTIONS, JUDGED, Dataset, Row
+from nemo_csr_rail.eval.datasets import AGENT_DIRECTIONS, DIRECTION_OF, DIRECTIONS, JUDGED, Dataset, Row
 from nemo_csr_rail.policy import Direction, Policy, compile_policies
 from nemo_csr_rail.settings import DEFAULT_ERROR_REFUSAL, ResolvedSettings
 
@@ -119,6 +119,20 @@ def legacy_record(rec: dict[str, Any]) -> dict[str, Any]:
     return rec
 
 
+async def _agent_check(client: CsrClient, policy: Policy, direction: Direction, row: Row,
+                       reasoning: bool | None) -> CheckResult:
+    """An agent row checked as the rails check it (docs/agents.md)."""
+    user = row.prompt or None
+    if direction is Direction.TOOL_CALL:
+        call = row.tool_call or {}
+        return await client.check_tool_call(policy, user, call.get("name", ""), call.get("arguments"),
+                                            reasoning=reasoning)
+    if direction is Direction.TOOL_RESULT:
+        res = row.tool_result or {}
+        return await client.check_tool_result(policy, user, res.get("name"), res.get("content"), reasoning=reasoning)
+    return await client.check_document(policy, user, row.document, reasoning=reasoning)
+
+
 # ------------------------------------------------------------------------------------------------------ the run
 @dataclass
 class Unit:
@@ -190,8 +204,10 @@ class Runner:
     def run_settings(self, spec: RunSpec) -> dict[str, Any]:
         pol = self.policies[spec.policy]
         mt = pol.model_type
+        # the agent directions are listed when the rows use them (the card's two, always)
+        used = [d for d in DIRECTIONS if d not in AGENT_DIRECTIONS or any(r.label(d) for r in self.rows)]
         modes = {d: (pol.reasoning_mode(DIRECTION_OF[d]) if spec.reasoning is None else spec.reasoning)
-                 for d in DIRECTIONS}
+                 for d in used}
         row_policies = sorted({r.policy for r in self.rows if r.policy} - {spec.policy}) if not spec.force_policy else []
         return {
             "name": spec.name,
@@ -304,13 +320,17 @@ class Runner:
         forced: bool | None = None if spec.reasoning == "escalate" else spec.reasoning  # type: ignore[assignment]
         if spec.reasoning == "escalate":  # the policy as if it said reasoning: escalate in both directions
             policy = replace(policy, reasoning_input=False, reasoning_output=False, escalate_input=True,
-                             escalate_output=True)
+                             escalate_output=True, reasoning_tool_call=None, reasoning_tool_result=None,
+                             reasoning_retrieval=None)
         client = self._client(spec, policy.model_type)
         bot = row.response if d is Direction.OUTPUT else None
         refusal = self.resolved.plugin.error_refusal
         start = time.perf_counter()
         try:
-            result = await client.check(policy, d, row.prompt, bot, reasoning=forced, history=row.history)
+            if d.value in AGENT_DIRECTIONS:
+                result = await _agent_check(client, policy, d, row, forced)
+            else:
+                result = await client.check(policy, d, row.prompt, bot, reasoning=forced, history=row.history)
             decision = check_decision(policy, d, forced, result, error_refusal=refusal)
         except asyncio.CancelledError:
             raise

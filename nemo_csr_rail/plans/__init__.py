@@ -40,10 +40,14 @@ def build(
     history: Sequence[Turn] = (),
 ) -> GuardPrompt:
     """The first request of one check, as ``decode`` says. ``history`` (earlier messages, oldest first) is used by
-    topic policies only: the other layouts have no place for it."""
+    topic policies only: the other layouts have no place for it. An agent direction (tool call, tool result,
+    retrieved chunk) is decoded as the side it is judged as, with its own reasoning mode (docs/agents.md)."""
+    think = policy.reasoning(direction) if reasoning is None else reasoning
+    if policy.kind == "topic" and direction is not Direction.INPUT:
+        raise ValueError(f"policy {policy.name!r} is a topic policy: it judges user messages only")
+    direction = direction.judged_as
     if direction is Direction.OUTPUT and bot_message is None:
         raise ValueError("an output check needs the bot message")
-    think = policy.reasoning(direction) if reasoning is None else reasoning
     if policy.kind == "topic":
         if direction is not Direction.INPUT:
             raise ValueError(f"policy {policy.name!r} is a topic policy: it judges user messages only")

@@ -20,7 +20,7 @@ from typing import Any
 
 from nemo_csr_rail.engines.base import Completion
 from nemo_csr_rail.errors import VerdictParseError
-from nemo_csr_rail.policy import Direction
+from nemo_csr_rail.policy import SIDES, Direction
 from nemo_csr_rail.prompt import GuardPrompt
 from nemo_csr_rail.verdict import Verdict, parse
 
@@ -80,7 +80,7 @@ def warm_up_regexes() -> tuple[str, ...]:
     ``VLLM_REGEX_COMPILATION_TIMEOUT_S``, 5 s by default); the reasoning-off ones are finite sets that compile in
     milliseconds. vLLM caches a compiled grammar by its text, and a compile that outlives the timeout still lands in
     the cache, so asking for each once — early, off the check's path — spares the checks that need it later."""
-    return tuple(THINK_REGEX + TARGET[d] for d in Direction)
+    return tuple(THINK_REGEX + TARGET[d] for d in SIDES)
 
 
 def read(gp: GuardPrompt, completion: Completion) -> Verdict:

@@ -1,4 +1,5 @@
-"""The NeMo Guardrails actions ``csr_check_input`` / ``csr_check_output``.
+"""The NeMo Guardrails actions ``csr_check_input`` / ``csr_check_output`` and the agent actions
+``csr_check_tool_calls`` / ``csr_check_tool_results`` / ``csr_check_retrieval`` (docs/agents.md).
 
 NeMo Guardrails loads this file standalone from ``import_paths``; it only adapts the runtime's arguments, all state
 lives in :mod:`nemo_csr_rail.rail.runtime`. ``is_system_action=True`` keeps the call (and its result) out of the Colang
@@ -10,11 +11,18 @@ from __future__ import annotations
 from typing import Any
 
 from nemoguardrails.actions import action
+from nemoguardrails.actions.actions import ActionResult
 from nemoguardrails.actions.rail_outcome import RailOutcome
 
 from nemo_csr_rail.policy import Direction
+from nemo_csr_rail.rail import agent_checks
 from nemo_csr_rail.rail.history import history_from_events
 from nemo_csr_rail.rail.runtime import runtime_for
+
+#: context variables the agent actions set for their flows (flows.v1.co)
+KEPT_TOOL_CALLS = "csr_tool_calls_kept"
+KEPT_CHUNKS = "csr_relevant_chunks_kept"
+TOOL_RESULTS_FLOW = "csr check tool results"
 
 
 def _policy_arg(policy: str | None, kwargs: dict[str, Any]) -> str | None:
@@ -56,3 +64,98 @@ async def csr_check_output(
     ctx = context or {}
     bot = text if text is not None else ctx.get("bot_message")
     return await runtime_for(config).check(_policy_arg(policy, kwargs), Direction.OUTPUT, ctx.get("user_message"), bot)
+
+
+# ------------------------------------------------------------------------------------------------------ agent rails
+@action(name="csr_check_tool_calls", is_system_action=True)
+async def csr_check_tool_calls(
+    policy: str | None = None,
+    context: dict[str, Any] | None = None,
+    config: Any = None,
+    tool_calls: list[Any] | None = None,
+    **kwargs: Any,
+) -> ActionResult:
+    """Check each tool call of the bot's answer (``$tool_calls``) as its response to the user's message.
+
+    Returns the folded outcome, and sets ``$csr_tool_calls_kept`` to the calls that pass (unchanged, in order):
+    the flow puts them back into ``$tool_calls``, which is what NeMo returns to the caller."""
+    ctx = context or {}
+    calls = tool_calls if tool_calls is not None else ctx.get("tool_calls")
+    user = ctx.get("user_message") or ctx.get("last_user_message")
+    out, kept = await agent_checks.check_tool_calls(runtime_for(config), _policy_arg(policy, kwargs), calls, user)
+    return ActionResult(return_value=out, context_updates={KEPT_TOOL_CALLS: kept})
+
+
+@action(name="csr_check_tool_results", is_system_action=True)
+async def csr_check_tool_results(
+    policy: str | None = None,
+    context: dict[str, Any] | None = None,
+    config: Any = None,
+    events: list[Any] | None = None,
+    **kwargs: Any,
+) -> RailOutcome:
+    """Check every ``role: tool`` message of the request (``$tool_messages``), all at once, concurrently.
+
+    NeMo 0.24.1 calls tool input rails once per tool message, but its loop shares ``$i`` with the loop over the
+    rails, so it skips messages (with one rail and two results, only the first is ever visited): a check of the
+    current ``$tool_message`` alone would let the others through unchecked. So the first call of this flow in a
+    turn checks them all, and later calls in the same turn are skipped. ``metadata["continue_turn"]`` tells the
+    flow to hand the turn back to the model (NeMo ends it otherwise): on that first call, when nothing was blocked
+    and this is the last ``csr check tool results`` flow of ``rails.tool_input``."""
+    ctx = context or {}
+    runtime = runtime_for(config)
+    name = _policy_arg(policy, kwargs)
+    triggered = ctx.get("triggered_tool_input_rail")
+    if not _first_tool_input_round(events, triggered):
+        out = agent_checks.skipped(runtime.policy_label(name), Direction.TOOL_RESULT,
+                                   "checked with the turn's first tool message")
+        return RailOutcome.allow(reason=None, metadata={**out.metadata, "continue_turn": False})
+    messages = ctx.get("tool_messages")
+    if messages is None:  # called outside NeMo's tool-input loop: the current message only
+        messages = [{"content": ctx.get("tool_message"), "name": ctx.get("tool_name"),
+                     "tool_call_id": ctx.get("tool_call_id")}]
+    csr_flows = [str(f) for f in ctx.get("tool_input_flows") or () if TOOL_RESULTS_FLOW in str(f)]
+    last = not csr_flows or triggered is None or str(triggered) == csr_flows[-1]
+    out = await agent_checks.check_tool_results(runtime, name, messages, ctx.get("last_user_message"))
+    meta = {**out.metadata, "continue_turn": bool(last and not out.is_blocked)}
+    if out.is_blocked:
+        return (RailOutcome.failure if meta.get("failed") else RailOutcome.block)(reason=out.reason, metadata=meta)
+    return RailOutcome.allow(reason=out.reason, metadata=meta)
+
+
+def _first_tool_input_round(events: list[Any] | None, flow_id: Any) -> bool:
+    """Whether this is the first run of ``flow_id`` since the turn's ``UserToolMessages`` event."""
+    if not events:
+        return True
+    runs = 0
+    for event in reversed(events):
+        if not isinstance(event, dict):
+            continue
+        if event.get("type") == "UserToolMessages":
+            break
+        if event.get("type") == "StartToolInputRail" and event.get("flow_id") == flow_id:
+            runs += 1
+    return runs <= 1
+
+
+@action(name="csr_check_retrieval", is_system_action=True)
+async def csr_check_retrieval(
+    policy: str | None = None,
+    context: dict[str, Any] | None = None,
+    config: Any = None,
+    text: str | None = None,
+    **kwargs: Any,
+) -> ActionResult:
+    """Check each retrieved chunk (``$relevant_chunks_sep``); harmful ones are removed from ``$relevant_chunks``
+    (a transform, the turn goes on). Sets ``$csr_relevant_chunks_kept`` to the chunks that pass."""
+    ctx = context or {}
+    chunks = [str(c) for c in ctx.get("relevant_chunks_sep") or ()]
+    whole = text if text is not None else ctx.get("relevant_chunks")
+    if text is not None:
+        chunks = []  # the joined text was passed explicitly (a catalog surface binds it): judge that
+    if not chunks and isinstance(whole, str) and whole.strip():
+        chunks = [whole.strip()]  # a retriever that sets only the joined text: judge it as one document
+    user = ctx.get("retrieved_for") or ctx.get("last_user_message") or ctx.get("user_message")
+    out, kept = await agent_checks.check_relevant_chunks(runtime_for(config), _policy_arg(policy, kwargs), chunks,
+                                                         user)
+    return ActionResult(return_value=out, context_updates={KEPT_CHUNKS: kept})

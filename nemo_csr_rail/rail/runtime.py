@@ -32,6 +32,10 @@ from nemo_csr_rail.settings import ResolvedSettings, resolve
 from nemo_csr_rail.verdict import Verdict
 
 log = logging.getLogger("nemo_csr_rail")
+#: what each direction checks, for messages
+_WHAT = {Direction.INPUT: "the user's message", Direction.OUTPUT: "the bot's answer",
+         Direction.TOOL_CALL: "a tool call", Direction.TOOL_RESULT: "a tool result",
+         Direction.RETRIEVAL: "a retrieved document"}
 
 
 def _cache_settings(resolved: ResolvedSettings, rails_config: Any) -> tuple[bool, int, float]:
@@ -88,6 +92,19 @@ class RailRuntime:
         except KeyError:
             raise ConfigError(f"policies.{name}", f"unknown policy; defined: {', '.join(sorted(self.policies))}") from None
 
+    def policy_label(self, policy_name: str | None) -> str:
+        """The name a check with this ``$policy`` reports (the implicit policy's when none is named)."""
+        try:
+            return self.policy(policy_name).name
+        except ConfigError:
+            return policy_name or "?"
+
+    def refusal_template(self, policy_name: str | None, direction: Direction) -> str:
+        try:
+            return self.policy(policy_name).refusal(direction)
+        except ConfigError:
+            return self.settings.error_refusal
+
     def _monitors(self, label: str, direction: Direction) -> bool:
         """Whether the named policy runs in monitor mode in this direction (its failures never block either)."""
         policy = self.policies.get(label)
@@ -137,16 +154,17 @@ class RailRuntime:
         try:
             policy = self.policy(policy_name)
             label = policy.name
-            if policy.kind == "topic" and direction is Direction.OUTPUT:
+            if policy.kind == "topic" and direction is not Direction.INPUT:
                 # the config check catches flows that name it; this catches a $policy chosen at run time
                 raise ConfigError(f"policies.{policy.name}", "is a topic policy: it judges user messages only and "
-                                                               "cannot check the bot's answer")
+                                                               f"cannot check {_WHAT[direction]}")
             user = user_message if isinstance(user_message, str) else ("" if user_message is None else str(user_message))
-            if direction is Direction.OUTPUT:
+            # agent items are judged as the card's prompt or response side (docs/agents.md)
+            if direction.judged_as is Direction.OUTPUT:
                 bot = bot_message if isinstance(bot_message, str) else ("" if bot_message is None else str(bot_message))
                 if not bot.strip():
                     return Decision.skipped(policy.name, direction, SkipReason.EMPTY_MESSAGE)
-                if self._is_own_refusal(bot):
+                if direction is Direction.OUTPUT and self._is_own_refusal(bot):
                     return Decision.skipped(policy.name, direction, SkipReason.OWN_REFUSAL)
             else:
                 bot = None
@@ -203,17 +221,18 @@ class RailRuntime:
         current message alone already fills the guard's context."""
         li = self.settings.long_input
         chars = len(user) + len(bot or "")
-        what = "message" if direction is Direction.INPUT else "answer"
+        what = {Direction.INPUT: "message", Direction.OUTPUT: "answer"}.get(direction, _WHAT[direction])
+        side = direction.judged_as
         if li.strategy == "refuse":
             cause = (f"{chars} characters exceed long_input.max_chars={li.max_chars}" if trigger == "max_chars"
                      else "the guard server rejected it for its context length")
             raise InputTooLong(f"the {what} is too long for the safety check: {cause}")
-        judged = user if direction is Direction.INPUT else (bot or "")
+        judged = user if side is Direction.INPUT else (bot or "")
         size = li.window_chars
         client = self.clients[policy.model_type]
         while True:
             plan = plan_windows(judged, size, li.max_windows)
-            context = excerpt(user, max(128, size // 3)) if direction is Direction.OUTPUT else None
+            context = excerpt(user, max(128, size // 3)) if side is Direction.OUTPUT else None
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 raise GuardTimeout(f"guard check exceeded {self.settings.timeout_s:g}s while checking windows")

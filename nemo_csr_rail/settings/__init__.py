@@ -20,6 +20,8 @@ from nemo_csr_rail.options import (
 from nemo_csr_rail.settings.endpoints import Endpoint
 from nemo_csr_rail.settings.flows import (
     BARE_OUTPUT_RE,
+    FLOW_DIRECTIONS,
+    FLOW_OF_DIRECTION,
     FLOW_POLICY_RE,
     referenced_policies,
     uses_unnamed_output_check,
@@ -55,6 +57,8 @@ __all__ = [
     "DEFAULT_INPUT_REFUSAL",
     "DEFAULT_MODEL_TYPE",
     "DEFAULT_OUTPUT_REFUSAL",
+    "FLOW_DIRECTIONS",
+    "FLOW_OF_DIRECTION",
     "FLOW_POLICY_RE",
     "POLICY_KINDS",
     "REFUSAL_FIELDS",

@@ -12,25 +12,33 @@ import re
 from pathlib import Path
 from typing import Any
 
-FLOW_POLICY_RE = re.compile(r'csr check (input|output)\s+\$policy\s*=\s*"?([^"\s)]+)"?')
-#: a call of the output check that names no policy (not a flow definition)
-BARE_OUTPUT_RE = re.compile(r'(?m)^(?!\s*(?:define\s+)?flow\b)[^\n#]*\bcsr check output\b(?![ \t]+\$policy)')
+#: the plugin's flows, by the direction each checks (the agent flows: docs/agents.md)
+FLOW_DIRECTIONS = {"input": "input", "output": "output", "tool calls": "tool_call", "tool results": "tool_result",
+                   "retrieval": "retrieval"}
+FLOW_OF_DIRECTION = {d: f"csr check {f}" for f, d in FLOW_DIRECTIONS.items()}
+FLOW_POLICY_RE = re.compile(r'csr check (input|output|tool calls|tool results|retrieval)\s+\$policy\s*=\s*"?([^"\s)]+)"?')
+#: a call of a check other than the input check that names no policy (not a flow definition)
+BARE_OUTPUT_RE = re.compile(r'(?m)^(?!\s*(?:define\s+)?flow\b)[^\n#]*\bcsr check (?:output|tool calls|tool results|retrieval)\b'
+                            r'(?![ \t]+\$policy)')
 
 
 def referenced_policies(rails_config: Any) -> set[tuple[str, str]]:
-    """(direction, policy) pairs named by flows in config.yml rails lists and in the config's own .co files."""
-    return {(m.group(1), m.group(2)) for t in _flow_texts(rails_config) for m in FLOW_POLICY_RE.finditer(t)}
+    """(direction, policy) pairs named by flows in config.yml rails lists and in the config's own .co files; the
+    direction is a :class:`~nemo_csr_rail.policy.Direction` value (``tool_call`` for ``csr check tool calls``)."""
+    return {(FLOW_DIRECTIONS[m.group(1)], m.group(2)) for t in _flow_texts(rails_config)
+            for m in FLOW_POLICY_RE.finditer(t)}
 
 
 def uses_unnamed_output_check(rails_config: Any) -> bool:
-    """Whether a flow calls ``csr check output`` without a ``$policy`` (it then uses the implicit policy)."""
+    """Whether a flow calls a check other than ``csr check input`` (output, tool calls, tool results, retrieval)
+    without a ``$policy`` (it then uses the implicit policy)."""
     return any(BARE_OUTPUT_RE.search(t) for t in _flow_texts(rails_config))
 
 
 def _flow_texts(rails_config: Any) -> list[str]:
     texts: list[str] = []
     rails = getattr(rails_config, "rails", None)
-    for direction in ("input", "output"):
+    for direction in ("input", "output", "tool_output", "tool_input", "retrieval"):
         section = getattr(rails, direction, None) if rails is not None else None
         texts.extend(getattr(section, "flows", None) or [])
     config_path = getattr(rails_config, "config_path", None)

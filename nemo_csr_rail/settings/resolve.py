@@ -17,7 +17,7 @@ from typing import Any
 from nemo_csr_rail.errors import ConfigError
 from nemo_csr_rail.options import DEFAULT_BASE_URL, DEFAULT_MODEL
 from nemo_csr_rail.settings.endpoints import Endpoint, _endpoint_from_model, _model_entries
-from nemo_csr_rail.settings.flows import referenced_policies, uses_unnamed_output_check
+from nemo_csr_rail.settings.flows import FLOW_OF_DIRECTION, referenced_policies, uses_unnamed_output_check
 from nemo_csr_rail.settings.schema import SECTION, PluginSettings, parse_plugin_settings
 
 
@@ -54,24 +54,26 @@ def resolve(rails_config: Any) -> ResolvedSettings:
     for direction, name in sorted(referenced_policies(rails_config)):
         if name.startswith("$"):
             continue
+        flow = FLOW_OF_DIRECTION[direction]
         if name not in plugin.policies:
             raise ConfigError(
                 f"policies.{name}",
-                f"flow 'csr check {direction} $policy=\"{name}\"' names an unknown policy; "
+                f"flow '{flow} $policy=\"{name}\"' names an unknown policy; "
                 f"defined: {', '.join(sorted(plugin.policies))}",
             )
-        if direction == "output" and plugin.policies[name].topic is not None:
+        if direction != "input" and plugin.policies[name].topic is not None:
             raise ConfigError(
                 f"policies.{name}",
-                f"is a topic policy, which judges user messages only; flow 'csr check output $policy=\"{name}\"' "
-                "cannot use it (check the bot's answers with a 'policy' or 'taxonomy' policy)",
+                f"is a topic policy, which judges user messages only; flow '{flow} $policy=\"{name}\"' "
+                "cannot use it (check the bot's answers, tool calls, tool results and retrieved documents with a "
+                "'policy' or 'taxonomy' policy)",
             )
     implicit = plugin.implicit_policy()
     if implicit is not None and plugin.policies[implicit].topic is not None and uses_unnamed_output_check(rails_config):
         raise ConfigError(
             f"policies.{implicit}",
-            "is a topic policy, which judges user messages only; a 'csr check output' flow that names no $policy "
-            "would use it (name a 'policy' or 'taxonomy' policy there)",
+            "is a topic policy, which judges user messages only; a 'csr check output' (or tool calls, tool "
+            "results, retrieval) flow that names no $policy would use it (name a 'policy' or 'taxonomy' policy there)",
         )
     # verify counts: configs differing only in an endpoint's TLS (parameters.verify_tls / ca_bundle) must not share
     blob = json.dumps(

@@ -63,13 +63,19 @@ Reasoning = bool | Literal["escalate"]
 def uses_escalate(reasoning: Any) -> bool:
     """Whether a policy's ``reasoning`` setting escalates in some direction."""
     if isinstance(reasoning, DirectionalReasoning):
-        return "escalate" in (reasoning.input, reasoning.output)
+        return "escalate" in (reasoning.input, reasoning.output, reasoning.tool_call, reasoning.tool_result,
+                              reasoning.retrieval)
     return reasoning == "escalate"
 
 
 class DirectionalReasoning(_Strict):
     input: Reasoning | None = None
     output: Reasoning | None = None
+    #: agent rails (docs/agents.md); unset: a tool call follows ``output``, a tool result and a retrieved chunk
+    #: follow ``input`` (the side of the card each is judged as)
+    tool_call: Reasoning | None = None
+    tool_result: Reasoning | None = None
+    retrieval: Reasoning | None = None
 
 
 #: enforce: a harmful verdict blocks; monitor: the check runs exactly the same but never blocks (would_block)

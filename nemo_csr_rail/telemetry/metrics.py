@@ -137,7 +137,8 @@ CHECKS_SKIPPED = Counter("csr_checks_skipped_total", "Checks not sent to the gua
                          ["policy", "direction", "reason"])
 #: per direction, checks (started, finished): ``next()`` on an ``itertools.count`` is atomic and lock-free, and the
 #: scrape reads in-flight as their difference, instead of a gauge taking its lock twice per check
-IN_FLIGHT = {d: (itertools.count(1), itertools.count(1)) for d in ("input", "output")}
+IN_FLIGHT = {d: (itertools.count(1), itertools.count(1))
+             for d in ("input", "output", "tool_call", "tool_result", "retrieval")}
 CACHE_HITS = Counter("csr_check_cache_hits_total", "Checks answered from the verdict cache (no model call)",
                      ["policy", "direction"])
 TOKENS = Counter("csr_guard_tokens_total", "Guard model tokens by type: prompt, completion, cached (prompt "

@@ -24,7 +24,7 @@ RANK: dict[str, int] = {
     "settings.probe": 1, "settings.schema": 1, "settings.endpoints": 1, "settings.flows": 1, "settings.resolve": 1,
     "settings": 1,
     "policy": 2,
-    "prompt_topic": 3,
+    "prompt_topic": 3, "agent": 3,
     "prompt": 4,
     "verdict": 5,
     "engines.base": 6,
@@ -40,10 +40,12 @@ RANK: dict[str, int] = {
     "telemetry": 17,
     # the NeMo adapter (nemo_csr_rail/rail/, laid out like a NeMo library rail): the only package that imports NeMo
     "rail.outcome": 18, "rail.history": 18, "rail.rail_config": 18, "rail.rail": 18,
-    "rail.runtime": 19,
+    "rail.runtime": 19, "rail.agent_checks": 19,
     "rail": 20, "rail.actions": 20, "rail.hooks": 20,
     # the files NeMo loads from import_paths: one-line re-exports of the adapter
     "actions": 21, "config": 21,
+    # optional framework integrations: consumers of the adapter's runtime, imported by nothing in the package
+    "langchain": 22,
 }
 OUTSIDE = ("cli", "eval")
 
@@ -110,8 +112,12 @@ def _foreign_imports(path: Path) -> set[str]:
     return out
 
 
+# Exempt from the check below, explicitly: nemo_csr_rail/langchain.py is the optional LangChain integration (the
+# `langchain` extra). It imports langchain_core by design and reuses the NeMo adapter's runtime so that its tool
+# and retriever checks decide exactly as the rails do; its RANK (last) keeps every other module from importing it.
+INTEGRATIONS = ("langchain",)
 CORE = [p for p in MODULES if not (_module_name(p) == ADAPTER or _module_name(p).startswith(ADAPTER + "."))
-        and _module_name(p) not in ("actions", "config")]
+        and _module_name(p) not in ("actions", "config") and _module_name(p) not in INTEGRATIONS]
 
 
 @pytest.mark.parametrize("path", CORE, ids=_module_name)

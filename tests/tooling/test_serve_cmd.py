@@ -118,11 +118,11 @@ def test_health_url_and_detection():
 def test_warm_grammars_compiles_every_grammar_the_plugin_sends(guard):
     """After /health, serve sends one tiny request per grammar (vLLM caches compiled grammars), so the bounded
     reasoning-on grammar (~13 s to compile on the real vocabulary) never costs a user's first check."""
-    from nemo_csr_rail.policy import Direction, Policy
+    from nemo_csr_rail.policy import SIDES, Direction, Policy
 
     assert serve_cmd.warm_grammars(guard.root, NAME, None) == []
     sent = {r["structured_outputs"]["regex"] for r in guard.chat_requests() if r.get("structured_outputs")}
-    for d in Direction:
+    for d in SIDES:  # the agent directions use the same two grammars
         gp = plans.build(Policy.custom("p", "x"), d, "u", "b" if d is Direction.OUTPUT else None, reasoning=True)
         assert gp.regex in sent, d
         assert gp.regex.startswith(plans.grammar.THINK_REGEX)

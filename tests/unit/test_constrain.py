@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 from nemo_csr_rail import plans
 from nemo_csr_rail.engines.constrain import Grammar, Matcher, Unsupported, compile_segments
 from nemo_csr_rail.options import DecodeOptions
-from nemo_csr_rail.policy import Direction, Policy
+from nemo_csr_rail.policy import SIDES, Direction, Policy
 
 WORDS = [" harmful", " unharmful", " harm", "harm", "ful", " un", "Prompt", " Prompt", "Response", "<think>",
          "</think>", "<", "think", ">\n", "\n\n", "\n", " the", " user", " request", "Prompt harm:", " is", " ok.",
@@ -28,7 +28,7 @@ MAXLEN = max(len(b) for b in BY_BYTES)
 def regexes() -> list[tuple[str, int]]:
     out = []
     for pol in (Policy.custom("c", "No politics."), Policy.taxonomy()):
-        for d in Direction:
+        for d in SIDES:  # the agent directions decode as these two
             for r in (False, True):
                 for prefill in (True, False):
                     gp = plans.build(pol, d, "hi", "yo" if d is Direction.OUTPUT else None, reasoning=r, decode=DecodeOptions(assistant_prefill=prefill, reasoning_max_tokens=120))

@@ -236,7 +236,7 @@ def decisions(draw) -> Decision:
     policy = Policy.custom(name, "x", reasoning=draw(st.booleans()),
                            threshold=draw(st.one_of(st.none(), st.floats(0, 1))),
                            refusal_input=draw(st.text(max_size=20)).replace("{", "").replace("}", "") + "{reasoning}")
-    verdict = Verdict(draw(harms), draw(harms) if direction is Direction.OUTPUT else None, draw(texts),
+    verdict = Verdict(draw(harms), draw(harms) if direction.judged_as is Direction.OUTPUT else None, draw(texts),
                       draw(st.one_of(st.none(), st.floats(0, 1))))
     sent = draw(counts)
     r = CheckResult(verdict, draw(finite), cached=draw(st.booleans()), prompt_tokens=draw(counts),

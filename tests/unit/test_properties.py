@@ -51,7 +51,7 @@ def test_structured_fuzz_never_guesses(text: str) -> None:
     except VerdictParseError:
         return
     for direction in Direction:  # a verdict without the direction's field is an error where it is used
-        if (v.prompt_harm if direction is Direction.INPUT else v.response_harm) is None:
+        if (v.prompt_harm if direction.judged_as is Direction.INPUT else v.response_harm) is None:
             try:
                 v.harm(direction)
             except VerdictParseError:

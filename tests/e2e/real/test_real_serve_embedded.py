@@ -23,7 +23,7 @@ from nemo_csr_rail import plans
 from nemo_csr_rail.cli.serve_cmd import vllm_command
 from nemo_csr_rail.engines.http import VllmHttpEngine
 from nemo_csr_rail.options import DecodeOptions
-from nemo_csr_rail.policy import Direction, Policy
+from nemo_csr_rail.policy import SIDES, Direction, Policy
 from tests.support import vllm_server
 
 pytestmark = pytest.mark.vllm
@@ -102,7 +102,7 @@ def test_serve_starts_vllm_with_its_cpu_flags(served):
                                                   ["content"])
 
 
-CASES = [(kind, d, r) for kind in ("custom", "taxonomy") for d in Direction for r in (False, True)]
+CASES = [(kind, d, r) for kind in ("custom", "taxonomy") for d in SIDES for r in (False, True)]
 
 
 @pytest.mark.embedded

@@ -20,7 +20,7 @@ import httpx
 import pytest
 
 from nemo_csr_rail import plans
-from nemo_csr_rail.policy import Direction, Policy
+from nemo_csr_rail.policy import SIDES, Direction, Policy
 from tests.support import real_gemma
 from tests.support import vllm_server as vs
 
@@ -59,7 +59,7 @@ def warm_reasoning_grammars(server, timeout_s: float = 300.0) -> dict[str, int]:
     """
     t0 = time.monotonic()
     regexes = {plans.build(Policy.custom("p", "x"), d, "u", "b" if d is Direction.OUTPUT else None,
-                            reasoning=True).regex for d in Direction}
+                            reasoning=True).regex for d in SIDES}
     first: dict[str, int] = {}
     for regex in sorted(regexes):
         body = {"model": server.model, "messages": [{"role": "user", "content": "hello"}], "max_tokens": 1,

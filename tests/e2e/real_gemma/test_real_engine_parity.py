@@ -15,7 +15,7 @@ import pytest
 from nemo_csr_rail import plans
 from nemo_csr_rail.engines.http import VllmHttpEngine
 from nemo_csr_rail.options import DecodeOptions
-from nemo_csr_rail.policy import Direction
+from nemo_csr_rail.policy import SIDES, Direction
 from tests.support import real_gemma
 from tests.support.guard_layouts import LAYOUTS
 from tests.support.tiny_cache import need_torch
@@ -23,7 +23,7 @@ from tests.support.tiny_cache import need_torch
 pytestmark = [pytest.mark.vllm, pytest.mark.embedded, pytest.mark.real_gemma]
 # every layout x direction with reasoning off; reasoning on twice (each layout and direction once): the embedded
 # engine constrains every reasoning step over the 262,144-piece vocabulary (~1 s a step on a loaded 2-core host)
-CASES = [(layout, d, False) for layout in ("B", "A") for d in Direction] + [
+CASES = [(layout, d, False) for layout in ("B", "A") for d in SIDES] + [
     ("B", Direction.INPUT, True), ("A", Direction.OUTPUT, True)]
 REASONING_MAX_TOKENS = 32
 
