@@ -120,9 +120,9 @@ def test_the_policy_digest_covers_layout_and_text_only() -> None:
 @pytest.mark.parametrize("direction", list(Direction))
 @pytest.mark.parametrize("prefill", [True, False])
 def test_every_request_of_a_check_carries_the_policy_digest(policy, direction, prefill) -> None:
-    if policy.kind == "topic" and direction is Direction.OUTPUT:
+    if policy.kind == "topic" and direction is not Direction.INPUT:
         return
-    bot = "Sure." if direction is Direction.OUTPUT else None
+    bot = "Sure." if direction.judged_as is Direction.OUTPUT else None  # the agent directions: their judged side
     gp = build(policy, direction, "Hello", bot, decode=DecodeOptions(assistant_prefill=prefill))
     assert gp.affinity == policy.affinity
     if gp.split_output:
