@@ -121,8 +121,8 @@ def test_the_policy_digest_covers_layout_and_text_only() -> None:
 @pytest.mark.parametrize("prefill", [True, False])
 def test_every_request_of_a_check_carries_the_policy_digest(policy, direction, prefill) -> None:
     if policy.kind == "topic" and direction is not Direction.INPUT:
-        return  # a topic policy judges user messages only
-    bot = "Sure." if direction.judged_as is Direction.OUTPUT else None
+        return
+    bot = "Sure." if direction.judged_as is Direction.OUTPUT else None  # the agent directions: their judged side
     gp = build(policy, direction, "Hello", bot, decode=DecodeOptions(assistant_prefill=prefill))
     assert gp.affinity == policy.affinity
     if gp.split_output:
