@@ -3,7 +3,7 @@
 This is the only place that decides allow/block, and :class:`Decision` is the core's one description of a decision.
 Every consumer reads it: the NeMo adapter turns it into a ``RailOutcome`` (:meth:`Decision.to_metadata` is that
 outcome's metadata), telemetry counts, traces and audits it, and ``check --json`` and ``eval``'s ``rows.jsonl``
-write its :meth:`Decision.to_record`. No NeMo Guardrails or LangChain here (``tests/test_layering.py``).
+write its :meth:`Decision.to_record`. No NeMo Guardrails or LangChain here (``tests/tooling/test_layering.py``).
 
 Nothing here carries the user's or bot's text, so the metadata and the record are safe to return from
 ``nemoguardrails server``; they always say whether a block came from the policy or from a failed check.

@@ -18,7 +18,7 @@ the invocation's ``config={"metadata": {"csr_user_message": …}}``, else from `
 string or a function returning one), else the call is judged with no user message (the card's ``None``).
 
 An integration outside the core chain: it imports LangChain and the NeMo adapter's runtime, and nothing in the
-core imports it (tests/test_layering.py).
+core imports it (tests/tooling/test_layering.py).
 """
 
 from __future__ import annotations
