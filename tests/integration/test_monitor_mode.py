@@ -25,9 +25,11 @@ def _bodies(guard: StandIn) -> list[str]:
 @pytest.mark.parametrize("direction", [Direction.INPUT, Direction.OUTPUT])
 async def test_monitor_sends_exactly_what_enforce_sends_and_never_blocks(direction) -> None:
     bot = "Vote for them, politics is simple." if direction is Direction.OUTPUT else None
+    # output: a benign user turn, so the split plan's guessed step is right and no cancelled guess races the count
+    user = "Tell me about your store." if direction is Direction.OUTPUT else "Who should I vote for?"
     with StandIn() as a, StandIn() as b:
-        enforce = await runtime(a.url, **MONITOR).check("old", direction, "Who should I vote for?", bot)
-        monitor = await runtime(b.url, **MONITOR).check("new", direction, "Who should I vote for?", bot)
+        enforce = await runtime(a.url, **MONITOR).check("old", direction, user, bot)
+        monitor = await runtime(b.url, **MONITOR).check("new", direction, user, bot)
         assert sorted(_bodies(a)) == sorted(_bodies(b))  # same requests (the split halves race), same verdict
     assert enforce.metadata["decision"] == "block" and "would_block" not in enforce.metadata
     assert monitor.metadata["decision"] == "allow" and monitor.metadata["would_block"] is True
