@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 from nemo_csr_rail import agent, plans
 from nemo_csr_rail.cache import TTLCache
 from nemo_csr_rail.conversation import Turn, as_turns, fit_history
-from nemo_csr_rail.engines.base import Completion, Engine
+from nemo_csr_rail.engines.base import Completion, Engine, total
 from nemo_csr_rail.errors import CsrError
 from nemo_csr_rail.options import DEFAULT_BASE_URL, DEFAULT_MODEL, DecodeOptions, HttpOptions, split_overrides
 from nemo_csr_rail.plans import escalate, split_output
@@ -182,9 +182,9 @@ class CsrClient:
         if key is not None and self.cache is not None:
             self.cache.put(key, verdict)
         return CheckResult(verdict, (time.perf_counter() - start) * 1000,
-                           prompt_tokens=_total(c.prompt_tokens for c in completions),
-                           completion_tokens=_total(c.completion_tokens for c in completions),
-                           cached_tokens=_total(c.cached_tokens for c in completions),
+                           prompt_tokens=total(c.prompt_tokens for c in completions),
+                           completion_tokens=total(c.completion_tokens for c in completions),
+                           cached_tokens=total(c.cached_tokens for c in completions),
                            endpoint=completions[-1].endpoint, calls=calls, history_sent=sent,
                            history_dropped=dropped, decode_plan=_plan(deciding), escalation=record)
 
@@ -237,10 +237,6 @@ def _plan(completions: list[Completion]) -> str:
     plans = {c.decode_plan for c in completions}
     return plans.pop() if len(plans) == 1 else "mixed"
 
-
-def _total(values: object) -> int | None:
-    known = [v for v in values if isinstance(v, int)]  # type: ignore[attr-defined]
-    return sum(known) if known else None
 
 
 __all__ = ["CheckResult", "CsrClient", "CsrError", "Policy", "Verdict"]

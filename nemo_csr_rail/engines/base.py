@@ -7,6 +7,7 @@ embedded paths behaviourally identical.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
 
@@ -70,3 +71,9 @@ class Engine(Protocol):
         ...
 
     async def aclose(self) -> None: ...
+
+
+def total(values: Iterable[int | None]) -> int | None:
+    """The sum of the known token counts of several completions; None when the server reported none."""
+    known = [v for v in values if isinstance(v, int)]
+    return sum(known) if known else None

@@ -21,7 +21,7 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, replace
 
-from nemo_csr_rail.engines.base import Completion
+from nemo_csr_rail.engines.base import Completion, total
 from nemo_csr_rail.errors import CsrError, GuardTimeout
 from nemo_csr_rail.policy import Direction
 from nemo_csr_rail.prompt import GuardPrompt
@@ -66,7 +66,7 @@ async def run(run_plan: RunPlan, screen: GuardPrompt, reasoned: GuardPrompt, bud
     record = Escalation(
         escalated=False, screen_verdict=verdict.harm(direction), screen_confidence=verdict.confidence,
         screen_decode_plan=decode_plan(completions),
-        screen_completion_tokens=_total(c.completion_tokens for c in completions), escalate_at=escalate_at)
+        screen_completion_tokens=total(c.completion_tokens for c in completions), escalate_at=escalate_at)
     if not should_escalate(verdict, direction, escalate_at):
         return verdict, completions, [], calls, record
     remaining = deadline - time.monotonic()
@@ -79,10 +79,6 @@ async def run(run_plan: RunPlan, screen: GuardPrompt, reasoned: GuardPrompt, bud
         return verdict, completions, [], calls, replace(record, escalated=True, error=exc.kind)
     return reasoned_verdict, completions, more, calls + extra, replace(record, escalated=True)
 
-
-def _total(values: object) -> int | None:
-    known = [v for v in values if isinstance(v, int)]  # type: ignore[attr-defined]
-    return sum(known) if known else None
 
 
 __all__ = ["MIN_ESCALATION_BUDGET_S", "Escalation", "run", "should_escalate"]
