@@ -9,6 +9,7 @@ import asyncio
 import contextlib
 import time
 
+from nemo_csr_rail.engines.base import Attempt
 from nemo_csr_rail.policy import Direction
 from tests.support.runtime import runtime
 from tests.support.standin import Fault, StandIn, error_body
@@ -29,9 +30,28 @@ async def test_load_is_spread_across_healthy_replicas() -> None:
         assert len(a.chat_requests()) == len(b.chat_requests()) == 20
 
 
+class _Attempts:
+    """An engine instrument that keeps every attempt: when a timing assertion fails, the message says what happened."""
+
+    def __init__(self) -> None:
+        self.seen: list[Attempt] = []
+
+    def request_headers(self) -> None:
+        return None
+
+    def attempt(self, attempt: Attempt) -> None:
+        self.seen.append(attempt)
+
+    def to(self, url: str) -> list[tuple[str, float, str, str]]:
+        return [(a.status, round(a.seconds, 3), a.breaker_before, a.breaker_after) for a in self.seen
+                if a.replica == url]
+
+
 async def test_breaker_opens_probes_half_open_and_closes() -> None:
     with StandIn() as a, StandIn() as b:
-        rt = runtime([a.url, b.url], replica_routing="round_robin", breaker=BREAKER)
+        # timeout_s leaves the 0.3 s probe room on a stalled CI host (the check's budget is split between replicas)
+        rt = runtime([a.url, b.url], replica_routing="round_robin", breaker=BREAKER, timeout_s=5.0)
+        attempts = _engine(rt).instrument = _Attempts()
         b.inject(*[Fault(kind="status", status=503, body=error_body(503, "down"))] * 20)
         for i in range(12):
             out = await rt.check("fast", Direction.INPUT, f"q{i}")
@@ -39,6 +59,7 @@ async def test_breaker_opens_probes_half_open_and_closes() -> None:
         # Open after 3 consecutive failures: no more traffic to b while open.
         assert len(b.chat_requests()) == BREAKER["threshold"]
         assert _engine(rt).breaker_states()[b.url] == "open"
+        assert [s for s, *_ in attempts.to(b.url)] == ["503"] * BREAKER["threshold"]
 
         # Half-open after the cooldown: exactly one probe in flight, everything else keeps going to a.
         b.faults.clear()
@@ -48,7 +69,7 @@ async def test_breaker_opens_probes_half_open_and_closes() -> None:
         outs = await asyncio.gather(*(rt.check("fast", Direction.INPUT, f"p{i}") for i in range(20)))
         assert all(not o.metadata["failed"] for o in outs)
         assert len(b.chat_requests()) == BREAKER["threshold"] + 1
-        assert _engine(rt).breaker_states()[b.url] == "closed"
+        assert _engine(rt).breaker_states()[b.url] == "closed", attempts.to(b.url)
 
         # Closed again: b takes its share.
         before = len(b.chat_requests())
