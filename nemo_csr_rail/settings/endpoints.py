@@ -81,9 +81,10 @@ def _tls_verify(model_type: str, params: Mapping[str, Any], tls: TlsSettings) ->
                                   "is set; drop one of them")
         return False
     if bundle:
-        if not Path(os.path.expanduser(bundle)).is_file():
+        path = os.path.expanduser(bundle)  # ssl does not expand "~"
+        if not Path(path).is_file():
             raise ConfigError("", f"{where}: CA bundle {bundle!r} is not a readable file")
-        return bundle
+        return path
     if verify_tls is True:
         return True
     return tls.ca_bundle or tls.verify

@@ -201,9 +201,13 @@ class TlsSettings(_Strict):
     @field_validator("ca_bundle")
     @classmethod
     def _bundle_exists(cls, value: str | None) -> str | None:
-        if value is not None and not Path(os.path.expanduser(value)).is_file():
+        """The bundle's path with ``~`` expanded (ssl opens it as given), once it is known to be a file."""
+        if value is None:
+            return None
+        path = os.path.expanduser(value)
+        if not Path(path).is_file():
             raise ValueError(f"CA bundle {value!r} is not a readable file")
-        return value
+        return path
 
     @model_validator(mode="after")
     def _consistent(self) -> TlsSettings:

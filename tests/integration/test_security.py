@@ -167,6 +167,20 @@ async def test_tls_ca_bundle_per_endpoint(tls_guard, self_signed) -> None:
     assert (await rt.check("think", Direction.INPUT, "hello")).metadata["failed"] is False
 
 
+@pytest.mark.parametrize("where", ["tls", "params"])
+async def test_tls_ca_bundle_under_home_is_expanded(tls_guard, self_signed, tmp_path, monkeypatch, where) -> None:
+    cert, _ = self_signed
+    home = tmp_path / "home"
+    (home / "certs").mkdir(parents=True)
+    (home / "certs" / "guard-ca.pem").write_bytes(cert.read_bytes())
+    monkeypatch.setenv("HOME", str(home))
+    bundle = {"ca_bundle": "~/certs/guard-ca.pem"}
+    rt = runtime(tls_guard.url, **({"tls": bundle} if where == "tls" else {"params": bundle}))
+    out = await rt.check("think", Direction.INPUT, "Who should I vote for?")
+    assert out.metadata["failed"] is False, out.metadata
+    assert out.is_blocked and len(tls_guard.chat_requests()) == 1
+
+
 async def test_tls_verification_can_only_be_turned_off_explicitly(tls_guard) -> None:
     rt = runtime(tls_guard.url, tls={"verify": False})
     assert (await rt.check("think", Direction.INPUT, "hello")).metadata["failed"] is False
