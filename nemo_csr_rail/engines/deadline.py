@@ -19,8 +19,9 @@ Three rules keep "every check ends within ``timeout_s``" true:
 * :func:`within` ends a request at its give-up time without waiting for the cancelled request to unwind (closing
   its connection takes further passes of the loop, each one long under overload); that finishes in the background.
 * :data:`MIN_START_S`: a request is not started with less time than that left (after waiting for a request slot,
-  or for a retry): the check fails closed at once with a ``GuardTimeout`` that says so, instead of starting what
-  cannot end in time and overrunning the deadline by the loop's lag.
+  or for a retry): the check fails closed at once with a ``GuardTimeout`` that says so (or, before a retry, with
+  the guard error that made it retry), instead of starting what cannot end in time and overrunning the deadline by
+  the loop's lag.
 """
 
 from __future__ import annotations

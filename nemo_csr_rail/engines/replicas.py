@@ -234,10 +234,14 @@ class _Call:
         return self.deadline() if callable(self.deadline) else self.deadline
 
     def time_left(self) -> float:
-        """Seconds to the deadline; ``GuardTimeout`` when fewer than ``MIN_START_S``: what cannot end in time is not
-        started (engines/deadline.py), and no request is reported for it."""
+        """Seconds to the deadline; when fewer than ``MIN_START_S``, what cannot end in time is not started
+        (engines/deadline.py) and no request is reported for it. The check then fails with the error that made it
+        retry, if one did (a guard answering 503 on every replica is a guard error, whether the time ran out before
+        the retry or at it: a stalled host must not turn one into the other), else with ``GuardTimeout``."""
         remaining = self.give_up() - time.monotonic()
         if remaining < MIN_START_S:
+            if self.last is not None and not isinstance(self.last, GuardTimeout):
+                raise self.last
             raise GuardTimeout(f"guard check exceeded {self.timeout_s:g}s"
                                + (f": not started, {remaining * 1000:.0f} ms were left" if remaining > 0 else "")
                                + (f" (last error: {self.last.message})" if self.last else ""))

@@ -159,7 +159,7 @@ async def test_all_replicas_of_a_policy_down_is_a_labelled_failure() -> None:
     with StandIn() as a, StandIn() as b:
         a.inject(*[Fault(kind="status", status=503, body=error_body(503, "down"))] * 20)
         b.inject(*[Fault(kind="status", status=503, body=error_body(503, "down"))] * 20)
-        rt = runtime([a.url, b.url], timeout_s=1.0, max_retries=1)
+        rt = runtime([a.url, b.url], timeout_s=3.0, max_retries=1)
         out = await rt.check("fast", Direction.INPUT, "hello")
         assert out.is_blocked and out.metadata["error_kind"] == "guard_http_error"
         assert a.chat_requests() and b.chat_requests(), "the ranking is the failover order: both were tried"

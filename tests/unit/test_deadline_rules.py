@@ -12,7 +12,7 @@ import pytest
 from nemo_csr_rail.engines import deadline as dl
 from nemo_csr_rail.engines.deadline import MIN_START_S, Deadline, LoopLag, within
 from nemo_csr_rail.engines.replicas import ReplicaSet
-from nemo_csr_rail.errors import GuardTimeout
+from nemo_csr_rail.errors import GuardHTTPError, GuardTimeout
 
 
 def test_the_reserve_grows_with_the_lag_and_is_capped() -> None:
@@ -69,6 +69,47 @@ async def test_the_give_up_time_is_re_read_before_each_attempt() -> None:
         await rs.run(send, deadline=lambda: give_up[0], timeout_s=5.0)
     assert len(sent) == 1
     assert "down" in str(info.value)
+
+
+async def test_time_running_out_before_a_retry_fails_with_the_error_that_made_it_retry() -> None:
+    """All replicas answer 503; the give-up time passes while the retry waits (a stalled host, or the loop's lag
+    growing). The check fails as a guard HTTP error, exactly as when the deadline is seen before the wait, not as a
+    timeout: the guard was down, not slow."""
+    rs = ReplicaSet(["http://a/v1", "http://b/v1"], max_retries=3, breaker_threshold=99, breaker_cooldown_s=1.0,
+                    routing="round_robin")
+    sent: list[str] = []
+    reads = {"after_failures": 0}
+
+    def give_up() -> float:
+        if len(sent) < 2:
+            return time.monotonic() + 5.0
+        reads["after_failures"] += 1  # first read: the check before the wait; later: after it
+        return time.monotonic() + (5.0 if reads["after_failures"] == 1 else -0.01)
+
+    async def send(url: str, budget: float):
+        sent.append(url)
+        raise GuardHTTPError(503, "down")
+
+    with pytest.raises(GuardHTTPError) as info:
+        await rs.run(send, deadline=give_up, timeout_s=5.0)
+    assert info.value.status == 503 and sent == ["http://a/v1", "http://b/v1"]
+    assert reads["after_failures"] == 2
+
+
+async def test_a_timed_out_attempt_then_no_time_for_the_next_is_a_timeout() -> None:
+    rs = ReplicaSet(["http://a/v1", "http://b/v1"], max_retries=3, breaker_threshold=99, breaker_cooldown_s=1.0,
+                    routing="round_robin")
+    end = [time.monotonic() + 5.0]
+    sent: list[str] = []
+
+    async def send(url: str, budget: float):
+        sent.append(url)
+        end[0] = time.monotonic()  # the request used the time up
+        raise GuardTimeout("no answer")
+
+    with pytest.raises(GuardTimeout):
+        await rs.run(send, deadline=lambda: end[0], timeout_s=5.0)
+    assert sent == ["http://a/v1"]
 
 
 async def test_within_decides_at_the_deadline_without_waiting_for_the_request_to_unwind() -> None:
