@@ -98,19 +98,29 @@ class RecordingGuard:
 
     def __init__(self) -> None:
         self.judged: list[tuple[float, str]] = []
+        #: the user message of each entry of ``judged``: a whole-answer check NeMo runs after an earlier test's
+        #: stream ended can arrive during the next test, so a test asserting an absence filters by its own turn
+        self.users: list[str] = []
         self._lock = threading.Lock()
         self._decide = verdict_responder()
 
     def __call__(self, body: dict[str, Any]) -> str:
-        _, bot, _ = split_guard_prompt(last_user_content(body))
+        user, bot, _ = split_guard_prompt(last_user_content(body))
         if bot is not None:
             with self._lock:
                 self.judged.append((time.monotonic(), bot))
+                self.users.append(user)
         return self._decide(body)
 
     def clear(self) -> None:
         with self._lock:
             self.judged.clear()
+            self.users.clear()
+
+    def judged_for(self, user: str) -> list[str]:
+        """The answer texts judged in output checks of the turn whose user message is ``user``."""
+        with self._lock:
+            return [bot for (_, bot), u in zip(self.judged, self.users, strict=True) if u == user]
 
     def checks(self, answer: str) -> list[tuple[float, int, int, str]]:
         """The chunk checks of ``answer`` in order: (time the verdict was sent, start, end in the answer, text).
@@ -429,7 +439,9 @@ def test_an_input_block_streams_the_refusal_with_its_reasoning(srv):
     got, error = stream(srv["base"], "first_false", "tell me about politics")
     assert error is None
     assert [c for _, c in got] == [f"I'm sorry, I can't help with that. {REASON_IN}"]  # one chunk, no frame
-    assert srv["guard"].judged == []  # the plugin's own refusal is not sent to the output check
+    # the plugin's own refusal is not sent to the output check (of this turn: a late whole-answer check of the
+    # previous test's blocked stream may still arrive meanwhile)
+    assert srv["guard"].judged_for("tell me about politics") == []
 
 
 def test_with_rails_exceptions_an_input_block_streams_nothing(srv):
