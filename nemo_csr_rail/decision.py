@@ -25,6 +25,7 @@ from nemo_csr_rail.errors import ConfigError, CsrError, ErrorKind, InputTooLong
 from nemo_csr_rail.plans.escalate import Escalation
 from nemo_csr_rail.policy import Direction, Policy
 from nemo_csr_rail.settings import FLOW_OF_DIRECTION
+from nemo_csr_rail.verdict import RECORD_KEYS as VERDICT_KEYS
 from nemo_csr_rail.verdict import Verdict
 
 if TYPE_CHECKING:
@@ -303,7 +304,7 @@ class Decision:
                         completion_tokens=cost.completion_tokens, cached_tokens=cost.cached_tokens,
                         decode_plan=cost.decode_plan or None, failed=False)
             if self.escalation is not None:  # reasoning: escalate — the screen, and whether reasoning decided
-                meta.update(_escalation_record(self.escalation))
+                meta.update(self.escalation.to_record())
             if self.history_messages is not None:  # topic policies: counts only, never the messages themselves
                 meta["history_messages"] = self.history_messages
                 meta["history_dropped"] = self.history_dropped
@@ -322,7 +323,7 @@ class Decision:
         the record ``check --json`` prints and ``eval`` appends to ``rows.jsonl``. :meth:`from_record` reads it back.
         ``direction`` is ``input`` / ``output``; ``error`` is null or ``{kind, message}``; ``skipped`` is a
         :class:`SkipReason` name."""
-        verdict = self.verdict.to_record() if self.verdict is not None else dict.fromkeys(_VERDICT_KEYS)
+        verdict = self.verdict.to_record() if self.verdict is not None else dict.fromkeys(VERDICT_KEYS)
         cost = self.cost.to_record() if self.cost is not None else dict.fromkeys(_COST_KEYS)
         return {
             "policy": self.policy,
@@ -339,7 +340,7 @@ class Decision:
             "reasoning_mode": self.reasoning_mode,
             "mode": "monitor" if self.monitored else "enforce",
             "would_block": self.would_block,
-            "escalation": None if self.escalation is None else _escalation_record(self.escalation),
+            "escalation": None if self.escalation is None else self.escalation.to_record(),
             **cost,
             "history_messages": self.history_messages,
             "history_dropped": self.history_dropped,
@@ -368,7 +369,7 @@ class Decision:
             cost=Cost.from_record(record) if record.get("latency_ms") is not None else None,
             threshold=record.get("threshold"), reasoning_mode=record.get("reasoning_mode"),
             would_block=record.get("would_block"),
-            escalation=_escalation_from(record["escalation"]) if record.get("escalation") else None,
+            escalation=Escalation.from_record(record["escalation"]) if record.get("escalation") else None,
             history_messages=record.get("history_messages"), history_dropped=record.get("history_dropped"),
             long_input=LongInputInfo(**long_input) if long_input else None, refusal=record.get("refusal"))
 
@@ -380,20 +381,4 @@ _BLOCKED = {Direction.INPUT: "Input", Direction.OUTPUT: "Output", Direction.TOOL
             Direction.TOOL_RESULT: "Tool result", Direction.RETRIEVAL: "Retrieved document"}
 
 
-def _escalation_record(e: Escalation) -> dict[str, Any]:
-    out: dict[str, Any] = {"escalated": e.escalated, "screen_verdict": e.screen_verdict,
-                           "screen_confidence": e.screen_confidence, "screen_decode_plan": e.screen_decode_plan,
-                           "screen_completion_tokens": e.screen_completion_tokens, "escalate_at": e.escalate_at}
-    if e.error is not None:
-        out["escalation_error"] = e.error
-    return out
-
-
-def _escalation_from(record: Mapping[str, Any]) -> Escalation:
-    return Escalation(**{k: record[k] for k in ("escalated", "screen_verdict", "screen_confidence",
-                                                "screen_decode_plan", "screen_completion_tokens", "escalate_at")},
-                      error=record.get("escalation_error"))
-
-
-_VERDICT_KEYS = ("prompt_harm", "response_harm", "reasoning", "confidence")
 _COST_KEYS = tuple(f.name for f in fields(Cost))

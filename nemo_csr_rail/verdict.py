@@ -21,6 +21,10 @@ _LINE = re.compile(r"(prompt|response) harm\s*:\s*(\S+)", re.IGNORECASE)
 _VALUES = {"harmful": "harmful", "unharmful": "unharmful", "none": None}
 
 
+#: the keys of :meth:`Verdict.to_record`, for a record that has no verdict (a failed or skipped check)
+RECORD_KEYS = ("prompt_harm", "response_harm", "reasoning", "confidence")
+
+
 @dataclass(frozen=True)
 class Verdict:
     """What the model decided. ``confidence`` is P(harmful) for the deciding field, from logprobs, if known."""
@@ -48,7 +52,7 @@ class Verdict:
 
     def to_record(self) -> dict[str, Any]:
         """The JSON-safe fields (``raw``, the model's text, is not one): the keys of rail metadata, audit records,
-        ``check --json`` and ``eval``'s ``rows.jsonl``."""
+        ``check --json`` and ``eval``'s ``rows.jsonl`` (:data:`RECORD_KEYS`; all null where no verdict exists)."""
         return {
             "prompt_harm": self.prompt_harm,
             "response_harm": self.response_harm,

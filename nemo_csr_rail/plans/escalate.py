@@ -18,8 +18,9 @@ set below 0.5) is then allowed — exactly what the screen alone would decide.
 from __future__ import annotations
 
 import time
-from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, replace
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, fields, replace
+from typing import Any
 
 from nemo_csr_rail.engines.base import Completion, total
 from nemo_csr_rail.errors import CsrError, GuardTimeout
@@ -46,6 +47,20 @@ class Escalation:
     escalate_at: float
     #: the failure kind of a reasoned check that could not decide (the screen's verdict decided instead)
     error: str | None = None
+
+    def to_record(self) -> dict[str, Any]:
+        """The metadata and record keys: every field by its name, ``error`` as ``escalation_error`` (only when
+        set)."""
+        out = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "error"}
+        if self.error is not None:
+            out["escalation_error"] = self.error
+        return out
+
+    @classmethod
+    def from_record(cls, record: Mapping[str, Any]) -> Escalation:
+        """The inverse of :meth:`to_record` (other keys of ``record`` are ignored)."""
+        return cls(**{f.name: record[f.name] for f in fields(cls) if f.name != "error"},
+                   error=record.get("escalation_error"))
 
 
 def should_escalate(screen: Verdict, direction: Direction, escalate_at: float) -> bool:

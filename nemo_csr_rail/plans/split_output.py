@@ -53,20 +53,20 @@ async def run(engine: Engine, gp: GuardPrompt, budget: float, *,
     wrong guess: the cancelled guess is not among the completions)."""
     deadline = time.monotonic() + budget
 
-    async def within(request: GuardPrompt) -> Completion:
+    async def complete_in_time(request: GuardPrompt) -> Completion:
         # A task starts a loop pass after it is created (later under load): its budget is what is left by then.
         return await engine.complete(request, timeout_s=max(0.001, deadline - time.monotonic()))
 
-    first = asyncio.ensure_future(within(gp))
+    first = asyncio.ensure_future(complete_in_time(gp))
     step = response_step(gp, GUESS, logprobs=logprobs)
-    second = asyncio.ensure_future(within(step))
+    second = asyncio.ensure_future(complete_in_time(step))
     try:
         head = await first
         prompt_harm = read(gp, head).harm(Direction.INPUT)
         if prompt_harm != GUESS:
             second.cancel()
             step = response_step(gp, prompt_harm, logprobs=logprobs)
-            second = asyncio.ensure_future(within(step))
+            second = asyncio.ensure_future(complete_in_time(step))
         tail = await second
     except BaseException:
         for t in (first, second):

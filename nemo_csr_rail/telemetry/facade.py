@@ -23,6 +23,7 @@ from nemo_csr_rail.policy import Direction, Policy
 from nemo_csr_rail.settings import TelemetrySettings
 from nemo_csr_rail.telemetry import metrics, tracing
 from nemo_csr_rail.telemetry.audit import AuditWriter, writer_for
+from nemo_csr_rail.verdict import RECORD_KEYS as VERDICT_KEYS
 
 #: OpenTelemetry's GenAI switch for message content; also turns on the trace event's explanation
 GENAI_CAPTURE_ENV = "OTEL_INSTRUMENTATION_GENAI_CAPTURE_MESSAGE_CONTENT"
@@ -74,7 +75,7 @@ class EngineInstrument:
 
 
 ENGINE_INSTRUMENT = EngineInstrument()
-_NO_VERDICT: dict[str, Any] = {"prompt_harm": None, "response_harm": None, "reasoning": None, "confidence": None}
+_NO_VERDICT: dict[str, Any] = dict.fromkeys(VERDICT_KEYS)  # a failed check's audit record
 
 
 def policy_sha256(policy: Policy) -> str:
