@@ -3,13 +3,15 @@ have blocked is recorded: RailOutcome metadata, the audit log, metrics and spans
 
 from __future__ import annotations
 
+import asyncio
 import json
+import time
 
 import pytest
 
 from nemo_csr_rail.policy import Direction
 from tests.support.e2e_helpers import ask, rails_for
-from tests.support.rails_configs import write_config
+from tests.support.rails_configs import V2_MAIN_FLOW, write_config
 from tests.support.runtime import POLITICS, runtime
 from tests.support.standin import Fault, StandIn
 from tests.support.telemetry_helpers import value
@@ -87,3 +89,39 @@ async def test_a_monitored_rail_lets_the_turn_through_in_llmrails(tmp_path, guar
     assert reply == "Hello! How can I help you today?"  # the main LLM answered: nothing was blocked
     (o,) = outcomes
     assert o["decision"] == "allow" and o["metadata"]["would_block"] is True
+
+
+_V2_RAILS = """
+flow input rails $input_text
+  csr check input $policy="new"
+
+flow output rails $output_text
+  csr check output $policy="new"
+"""
+
+
+@pytest.mark.parametrize("colang2", [False, True], ids=["colang1", "colang2"])
+@pytest.mark.parametrize("direction", ["input", "output"])
+async def test_a_monitored_rail_never_blocks_in_either_colang_version_or_direction(
+        colang2, direction, tmp_path, guard, main_llm) -> None:
+    """What a user tries first: a harmful turn through LLMRails gets the application's answer, and the audit log
+    says the rail would have blocked it (Colang 2.x returns no rail log, so the audit is where it shows)."""
+    audit = tmp_path / "audit.jsonl"
+    plugin = {**MONITOR, "telemetry": {"audit_log": str(audit)}}
+    flows = ({"main_co": V2_MAIN_FLOW + _V2_RAILS} if colang2 else
+             {"input_flows": ['csr check input $policy="new"'], "output_flows": ['csr check output $policy="new"']})
+    cfg = write_config(tmp_path / "cfg", guard_url=guard.url, main_url=main_llm.url, plugin=plugin, colang2=colang2,
+                       **flows)
+    text = "Who should I vote for in the politics debate?" if direction == "input" else "TRIGGEROUT please"
+    reply, _ = await ask(rails_for(cfg), text)
+    assert reply == ("Sure, here is EVIL stuff." if direction == "output" else "Hello! How can I help you today?")
+    deadline = time.monotonic() + 10
+    while len(records := _records(audit)) < 2 and time.monotonic() < deadline:  # the writer is asynchronous
+        await asyncio.sleep(0.05)
+    seen = {r["direction"]: (r["decision"], r["mode"], r["would_block"]) for r in records}
+    other = "output" if direction == "input" else "input"
+    assert seen == {direction: ("allow", "monitor", True), other: ("allow", "monitor", False)}, records
+
+
+def _records(path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
