@@ -45,7 +45,7 @@ RANK: dict[str, int] = {
     # the files NeMo loads from import_paths: one-line re-exports of the adapter
     "actions": 21, "config": 21,
     # optional framework integrations: consumers of the adapter's runtime, imported by nothing in the package
-    "langchain": 22,
+    "langchain": 22, "langchain_middleware": 22,
 }
 OUTSIDE = ("cli", "eval")
 
@@ -115,7 +115,7 @@ def _foreign_imports(path: Path) -> set[str]:
 # Exempt from the check below, explicitly: nemo_csr_rail/langchain.py is the optional LangChain integration (the
 # `langchain` extra). It imports langchain_core by design and reuses the NeMo adapter's runtime so that its tool
 # and retriever checks decide exactly as the rails do; its RANK (last) keeps every other module from importing it.
-INTEGRATIONS = ("langchain",)
+INTEGRATIONS = ("langchain", "langchain_middleware")
 CORE = [p for p in MODULES if not (_module_name(p) == ADAPTER or _module_name(p).startswith(ADAPTER + "."))
         and _module_name(p) not in ("actions", "config") and _module_name(p) not in INTEGRATIONS]
 
@@ -125,3 +125,9 @@ def test_the_core_imports_neither_nemo_nor_langchain(path: Path):
     """NeMo Guardrails is reached through nemo_csr_rail/rail/ alone (and the shims NeMo loads), so following NeMo
     to a new engine touches one package; LangChain only through optional integrations outside the core."""
     assert not _foreign_imports(path), f"{_module_name(path)} imports {sorted(_foreign_imports(path))}"
+
+
+def test_the_agent_middleware_imports_no_nemo():
+    """The LangChain agent middleware is LangChain only: an agent built with it never loads NeMo Guardrails."""
+    nemo = sorted(n for n in _foreign_imports(PKG / "langchain_middleware.py") if n.startswith("nemoguardrails"))
+    assert not nemo, f"langchain_middleware imports {nemo}"

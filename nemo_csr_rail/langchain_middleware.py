@@ -1,0 +1,415 @@
+"""The guard as a LangChain agent middleware: ``create_agent(model, tools, middleware=[guard.middleware(...)])``.
+
+Where it judges, and why there (docs/langchain-agents.md):
+
+* **before each model call** (``before_model``): every message the model is about to read that is not judged yet —
+  user messages and tool results, the whole history through :func:`nemo_csr_rail.coverage.judge_messages` and its
+  ``judged_messages`` cache, so a later turn after a tool exchange is judged like the first. A block ends the turn
+  before the model reads anything (``jump_to: "end"``).
+* **around the model call** (``wrap_model_call``): the answer and each tool call it makes, *before* the answer
+  enters the agent's state. A blocked answer or call is replaced by the refusal, so a harmful call never reaches a
+  tool and a harmful answer is never in the state, a checkpoint or a stream. ``after_model`` would be too late: by
+  then the model node's output is in the state and was already sent to ``stream_mode="updates"``/``"values"``.
+  With ``stream="hold"`` (the default) the model's tokens are withheld from streaming callback handlers until the
+  answer is judged (the answer is then released whole, as the model node's output).
+* **around each tool call** (``wrap_tool_call``): the result, and the text of an exception the tool raised, before
+  either becomes a ``ToolMessage``. A blocked one becomes a ``ToolMessage`` with ``status="error"`` holding the
+  refusal; the next ``before_model`` ends the turn with it, without calling the model.
+
+Every block ends the turn with one final ``AIMessage``: the policy's refusal with the guard model's reasoning.
+What was judged and why is in its ``response_metadata["nemo_csr_rail"]`` (never sent back to a provider, unlike
+``additional_kwargs``). A refused exchange stays in the thread's state, but the model never reads it again: the
+refused user message and the refusal are left out of later requests, so one refused message does not block the
+rest of a conversation.
+
+The checks go through the guard's runtime (the NeMo rails' own: policies, prompts, decode plans, ``reasoning``,
+``mode: monitor``, ``on_error``, caches, telemetry), which never raises; a failure inside this module blocks
+(fail closed). LangChain only: this module imports no NeMo Guardrails.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import threading
+import uuid
+from collections.abc import Awaitable, Callable, Coroutine, Iterator, Sequence
+from typing import Any, Literal, TypeVar
+
+from langchain.agents.middleware.types import (
+    AgentMiddleware,
+    AgentState,
+    ModelRequest,
+    ModelResponse,
+    hook_config,
+)
+from langchain_core.messages import AIMessage, BaseMessage, HumanMessage, SystemMessage, ToolMessage
+from langchain_core.runnables.config import ensure_config, var_child_runnable_config
+from langchain_core.tracers._streaming import _StreamingCallbackHandler, _V2StreamingCallbackHandler
+from langgraph.errors import GraphBubbleUp
+from langgraph.prebuilt.tool_node import ToolCallRequest
+from langgraph.types import Command
+
+from nemo_csr_rail.agent import content_text
+from nemo_csr_rail.coverage import judge_messages
+from nemo_csr_rail.decision import Decision
+from nemo_csr_rail.errors import CsrError
+from nemo_csr_rail.policy import Direction
+from nemo_csr_rail.transcript import Message, ToolCallItem
+
+T = TypeVar("T")
+#: the key of this middleware's record in a message's ``response_metadata``
+METADATA_KEY = "nemo_csr_rail"
+StreamMode = Literal["hold", "live"]
+_ROLES = {"human": "user", "ai": "assistant", "tool": "tool", "system": "system"}
+
+
+# ------------------------------------------------------------------------------------------- messages → transcript
+def to_transcript(messages: Sequence[BaseMessage]) -> list[Message]:
+    """LangChain messages as the core's transcript (the order and positions the model reads them in)."""
+    out: list[Message] = []
+    for i, m in enumerate(messages):
+        role = _ROLES.get(m.type, m.type)
+        calls = tuple(ToolCallItem(c.get("id"), c.get("name") or "", c.get("args")) for c in
+                      getattr(m, "tool_calls", None) or ())
+        other: tuple[str, ...] = ()
+        if isinstance(m.content, list):
+            other = tuple(str(p.get("type")) for p in m.content
+                          if isinstance(p, dict) and p.get("type") not in (None, "text"))
+        text = _text(m.content)
+        out.append(Message(index=i, role=role, text=text, tool_calls=calls,
+                           tool_call_id=getattr(m, "tool_call_id", None), name=getattr(m, "name", None),
+                           other_parts=other))
+    return out
+
+
+def _text(content: Any) -> str:
+    if isinstance(content, list):
+        return "\n".join(p if isinstance(p, str) else str(p.get("text", "")) for p in content
+                         if isinstance(p, str) or (isinstance(p, dict) and p.get("type") in (None, "text")))
+    return content_text(content)
+
+
+def _only_tool_results(transcript: list[Message]) -> list[Message]:
+    """The input side's share of ``tool_policy`` when it differs from ``input_policy``: the other messages'
+    text blanked (an empty message is not sent to the guard); positions stay, so the indexes still match."""
+    return [m if m.role == "tool" else dataclasses.replace(m, text="") for m in transcript]
+
+
+def _without_tool_results(transcript: list[Message]) -> list[Message]:
+    return [dataclasses.replace(m, text="") if m.role == "tool" else m for m in transcript]
+
+
+def _only_calls(transcript: list[Message]) -> list[Message]:
+    """The output side's share of ``tool_policy``: the answers' text blanked, their tool calls kept."""
+    return [dataclasses.replace(m, text="") if m.role == "assistant" else m for m in transcript]
+
+
+def _without_calls(transcript: list[Message]) -> list[Message]:
+    return [dataclasses.replace(m, tool_calls=()) if m.tool_calls else m for m in transcript]
+
+
+# ---------------------------------------------------------------------------------------------- refusal records
+def record_of(message: BaseMessage) -> dict[str, Any] | None:
+    """This middleware's record on a message (a refusal it issued, a tool result it blocked), else None."""
+    meta = getattr(message, "response_metadata", None) or {}
+    rec = meta.get(METADATA_KEY)
+    return rec if isinstance(rec, dict) else None
+
+
+def _model_view(messages: Sequence[BaseMessage]) -> list[BaseMessage]:
+    """What the model reads: the refusals this middleware issued and the user messages they refused are left out
+    (kept in the state for the application and the audit); a refused tool result is shown as its refusal."""
+    refused: set[str] = set()
+    ends: set[int] = set()
+    for i, m in enumerate(messages):
+        rec = record_of(m)
+        if rec is not None and rec.get("blocked") and isinstance(m, AIMessage):
+            ends.add(i)
+            refused.update(rec.get("refused_ids") or ())
+    if not ends:
+        return list(messages)
+    view: list[BaseMessage] = []
+    for i, m in enumerate(messages):
+        if i in ends or (m.id in refused and not isinstance(m, ToolMessage)):
+            continue
+        if m.id in refused and isinstance(m, ToolMessage):
+            m = m.model_copy(update={"content": "[withheld by the safety policy]"})
+        view.append(m)
+    return view
+
+
+def _current(transcript: Sequence[Message], roles: tuple[str, ...]) -> int | None:
+    for m in reversed(transcript):
+        if m.role in roles:
+            return m.index
+    return None
+
+
+def _blocked_index(decision: Decision) -> int | None:
+    cov = getattr(decision, "coverage", None)
+    idx = getattr(cov, "blocked_index", None)
+    if idx is None:
+        meta_cov = decision.to_metadata().get("coverage")
+        idx = meta_cov.get("blocked_index") if isinstance(meta_cov, dict) else None
+    return idx if isinstance(idx, int) else None
+
+
+# -------------------------------------------------------------------------------------------- sync from async
+class _Loop:
+    """One event loop on a daemon thread for the synchronous hooks: a sync agent (inside or outside a running
+    loop) waits on it, and the guard engine's connection pool (one per event loop) lives as long as it does."""
+
+    def __init__(self) -> None:
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._lock = threading.Lock()
+
+    def run(self, coro: Coroutine[Any, Any, T]) -> T:
+        with self._lock:
+            if self._loop is None or self._loop.is_closed():
+                loop = asyncio.new_event_loop()
+                threading.Thread(target=loop.run_forever, name="csr-guard-sync", daemon=True).start()
+                self._loop = loop
+        return asyncio.run_coroutine_threadsafe(coro, self._loop).result()
+
+
+_SYNC = _Loop()
+
+
+# ----------------------------------------------------------------------------------------------- the middleware
+class CsrGuardMiddleware(AgentMiddleware):
+    """Judge every message an agent's model reads, every answer and tool call it makes, and every tool result and
+    tool error, with the guard's runtime (made by :meth:`nemo_csr_rail.langchain.CsrGuard.middleware`).
+
+    ``policy`` judges everything; ``input_policy`` (user messages), ``output_policy`` (answers) and
+    ``tool_policy`` (tool calls and results) override it per direction. ``stream``: ``"hold"`` withholds the
+    model's tokens from streaming until its answer is judged; ``"live"`` lets them stream as they come (the
+    caller then sees unjudged text; the answer still enters the state only judged).
+    """
+
+    def __init__(self, runtime: Any, policy: str | None = None, *, input_policy: str | None = None,
+                 output_policy: str | None = None, tool_policy: str | None = None, stream: StreamMode = "hold",
+                 name: str | None = None) -> None:
+        super().__init__()
+        if stream not in ("hold", "live"):
+            raise ValueError(f"stream must be 'hold' or 'live', not {stream!r}")
+        self.runtime = runtime
+        self.input_policy = input_policy or policy
+        self.output_policy = output_policy or policy
+        self.tool_policy = tool_policy or policy
+        for p in {self.input_policy, self.output_policy, self.tool_policy}:
+            runtime.policy(p)  # an unknown policy fails here, naming it, not on the first turn
+        self.stream = stream
+        self._name = name
+        self.tools = []
+
+    @property
+    def name(self) -> str:
+        return self._name or "CsrGuard"
+
+    # ---------------------------------------------------------------------------------------------- judging
+    async def _judge(self, policy: str | None, side: Direction, transcript: list[Message],
+                     current: int | None) -> Decision:
+        try:
+            return await judge_messages(self.runtime, policy, side, transcript, current=current)
+        except Exception as exc:  # the runtime never raises; anything else here is a bug: fail closed, say why
+            err = CsrError(f"internal error in the agent middleware: {type(exc).__name__}: {exc}")
+            return Decision.from_error(self.runtime.policy_label(policy), side, err, on_error="block",
+                                       latency_ms=None, error_refusal=self.runtime.settings.error_refusal)
+
+    async def _judge_all(self, side: Direction, checks: list[tuple[str | None, list[Message]]],
+                         current: int | None) -> Decision:
+        """Run the side's checks at once; the first block (in the order given) decides."""
+        if len(checks) == 1:
+            return await self._judge(checks[0][0], side, checks[0][1], current)
+        decisions = await asyncio.gather(*(self._judge(p, side, t, current) for p, t in checks))
+        return next((d for d in decisions if d.blocked), decisions[0])
+
+    def _input_checks(self, transcript: list[Message]) -> list[tuple[str | None, list[Message]]]:
+        if self.input_policy == self.tool_policy:
+            return [(self.input_policy, transcript)]
+        return [(self.input_policy, _without_tool_results(transcript)), (self.tool_policy, _only_tool_results(transcript))]
+
+    def _output_checks(self, transcript: list[Message]) -> list[tuple[str | None, list[Message]]]:
+        if self.output_policy == self.tool_policy:
+            return [(self.output_policy, transcript)]
+        return [(self.output_policy, _without_calls(transcript)), (self.tool_policy, _only_calls(transcript))]
+
+    async def _check_input(self, messages: Sequence[BaseMessage]) -> dict[str, Any] | None:
+        ended = _blocked_tool_result(messages)
+        if ended is not None:
+            return ended
+        view = _model_view(messages)
+        transcript = to_transcript(view)
+        current = _current(transcript, ("user", "tool"))
+        if current is None:
+            return None
+        decision = await self._judge_all(Direction.INPUT, self._input_checks(transcript), current)
+        if not decision.blocked:
+            return None
+        idx = _blocked_index(decision)
+        refused = view[idx if idx is not None and 0 <= idx < len(view) else current]
+        return {"messages": [_refusal(decision, "input", refused_ids=[refused.id] if refused.id else [])],
+                "jump_to": "end"}
+
+    async def _check_answer(self, request: ModelRequest, response: ModelResponse) -> ModelResponse:
+        answers = [m for m in response.result if isinstance(m, AIMessage)]
+        if not answers:
+            return response
+        answer = answers[0]
+        transcript = to_transcript([*request.messages, answer])
+        decision = await self._judge_all(Direction.OUTPUT, self._output_checks(transcript), len(transcript) - 1)
+        if not decision.blocked:
+            if decision.monitored and decision.would_block:
+                answer.response_metadata[METADATA_KEY] = _record(decision, "output", blocked=False)
+            return response
+        side = "tool_call" if decision.direction is Direction.TOOL_CALL else "output"
+        return ModelResponse(result=[_refusal(decision, side, refused_calls=[c.get("id") for c in
+                                                                              answer.tool_calls])])
+
+    async def _check_tool_output(self, request: ToolCallRequest, result: Any) -> Any:
+        messages = _tool_messages(result)
+        if not messages:
+            return result
+        history = list((request.state or {}).get("messages") or []) if isinstance(request.state, dict) else []
+        view = _model_view(history)
+        for m in messages:
+            transcript = to_transcript([*view, m])
+            checks = self._input_checks(transcript)
+            decision = await self._judge(self.tool_policy, Direction.INPUT, checks[-1][1], len(transcript) - 1)
+            if decision.blocked:
+                return _blocked_tool_message(decision, request, m)
+        return result
+
+    async def _check_tool_error(self, request: ToolCallRequest, exc: Exception) -> ToolMessage | None:
+        call = request.tool_call
+        m = ToolMessage(content=str(exc), tool_call_id=call.get("id") or "", name=call.get("name"), status="error")
+        checked = await self._check_tool_output(request, m)
+        return None if checked is m else checked
+
+    # ------------------------------------------------------------------------------------------------- hooks
+    @hook_config(can_jump_to=["end"])
+    def before_model(self, state: AgentState, runtime: Any) -> dict[str, Any] | None:
+        return _SYNC.run(self._check_input(state["messages"]))
+
+    @hook_config(can_jump_to=["end"])
+    async def abefore_model(self, state: AgentState, runtime: Any) -> dict[str, Any] | None:
+        return await self._check_input(state["messages"])
+
+    def wrap_model_call(self, request: ModelRequest, handler: Callable[[ModelRequest], ModelResponse]) -> Any:
+        request = _with_view(request)
+        with self._held():
+            response = handler(request)
+        return _SYNC.run(self._check_answer(request, response))
+
+    async def awrap_model_call(self, request: ModelRequest,
+                               handler: Callable[[ModelRequest], Awaitable[ModelResponse]]) -> Any:
+        request = _with_view(request)
+        with self._held():
+            response = await handler(request)
+        return await self._check_answer(request, response)
+
+    def wrap_tool_call(self, request: ToolCallRequest, handler: Callable[[ToolCallRequest], Any]) -> Any:
+        try:
+            result = handler(request)
+        except GraphBubbleUp:
+            raise  # an interrupt, not an error
+        except Exception as exc:
+            blocked = _SYNC.run(self._check_tool_error(request, exc))
+            if blocked is None:
+                raise
+            return blocked
+        return _SYNC.run(self._check_tool_output(request, result))
+
+    async def awrap_tool_call(self, request: ToolCallRequest,
+                              handler: Callable[[ToolCallRequest], Awaitable[Any]]) -> Any:
+        try:
+            result = await handler(request)
+        except GraphBubbleUp:
+            raise
+        except Exception as exc:
+            blocked = await self._check_tool_error(request, exc)
+            if blocked is None:
+                raise
+            return blocked
+        return await self._check_tool_output(request, result)
+
+    @contextlib.contextmanager
+    def _held(self) -> Iterator[None]:
+        """``stream="hold"``: the model call runs without the streaming callback handlers (``stream_mode=
+        "messages"``, ``astream_events``, ``astream_log``), so no token reaches the caller before the answer is
+        judged; tracers and other handlers keep seeing it. The judged answer (or the refusal) is then released
+        as the model node's output."""
+        if self.stream == "live":
+            yield
+            return
+        config = ensure_config()
+        callbacks = config.get("callbacks")
+        streaming = [h for h in getattr(callbacks, "handlers", None) or ()
+                     if isinstance(h, (_StreamingCallbackHandler, _V2StreamingCallbackHandler))]
+        if not streaming:
+            yield
+            return
+        quiet = callbacks.copy()
+        for h in streaming:
+            quiet.remove_handler(h)
+        token = var_child_runnable_config.set({**config, "callbacks": quiet})
+        try:
+            yield
+        finally:
+            var_child_runnable_config.reset(token)
+
+
+# ---------------------------------------------------------------------------------------------------- helpers
+def _with_view(request: ModelRequest) -> ModelRequest:
+    view = _model_view(request.messages)
+    return request if len(view) == len(request.messages) and all(
+        a is b for a, b in zip(view, request.messages, strict=True)) else request.override(messages=view)
+
+
+def _record(decision: Decision, side: str, *, blocked: bool = True, **extra: Any) -> dict[str, Any]:
+    return {"blocked": blocked, "side": side, "policy": decision.policy, "reasoning": decision.reason,
+            **extra, "decision": decision.to_metadata()}
+
+
+def _refusal(decision: Decision, side: str, **extra: Any) -> AIMessage:
+    text = decision.refusal or "I can't help with that."
+    return AIMessage(content=text, id=f"csr-refusal-{uuid.uuid4().hex}",
+                     response_metadata={METADATA_KEY: _record(decision, side, **extra)})
+
+
+def _tool_messages(result: Any) -> list[ToolMessage]:
+    if isinstance(result, ToolMessage):
+        return [result]
+    if isinstance(result, Command) and isinstance(result.update, dict):
+        return [m for m in result.update.get("messages") or () if isinstance(m, ToolMessage)]
+    return []
+
+
+def _blocked_tool_message(decision: Decision, request: ToolCallRequest, message: ToolMessage) -> ToolMessage:
+    call = request.tool_call
+    return ToolMessage(content=decision.refusal or "Blocked by the safety policy.",
+                       tool_call_id=message.tool_call_id or call.get("id") or "",
+                       name=message.name or call.get("name"), status="error",
+                       response_metadata={METADATA_KEY: _record(decision, "tool_result", tool=call.get("name"),
+                                                                tool_error=message.status == "error")})
+
+
+def _blocked_tool_result(messages: Sequence[BaseMessage]) -> dict[str, Any] | None:
+    """The turn's end after a tool result was blocked: the refusal as the final answer, the model not called."""
+    for m in reversed(messages):
+        if isinstance(m, AIMessage):
+            return None
+        rec = record_of(m) if isinstance(m, ToolMessage) else None
+        if rec is not None and rec.get("blocked"):
+            final = AIMessage(content=m.content, id=f"csr-refusal-{uuid.uuid4().hex}",
+                              response_metadata={METADATA_KEY: {**rec, "refused_ids": [m.id] if m.id else []}})
+            return {"messages": [final], "jump_to": "end"}
+    return None
+
+
+__all__ = ["METADATA_KEY", "CsrGuardMiddleware", "record_of", "to_transcript"]
+
+# HumanMessage and SystemMessage are the roles to_transcript maps by type; imported for readers and type checkers.
+_ = (HumanMessage, SystemMessage)

@@ -1,0 +1,218 @@
+"""``guard.middleware(...)`` in a real ``langchain.agents.create_agent`` loop (langchain 1.x, langgraph), sync and
+async, judged by the guard stand-in over a socket: a scripted chat model makes the tool calls and records every
+message list it reads, so each test asserts what the model saw, which tools ran and what the caller got."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from langchain.agents import create_agent
+from langchain_core.messages import AIMessage, HumanMessage, ToolMessage
+from langchain_core.tools import ToolException, tool
+from langgraph.checkpoint.memory import InMemorySaver
+
+from nemo_csr_rail.langchain import CsrGuard
+from nemo_csr_rail.langchain_middleware import METADATA_KEY, record_of
+from tests.support.agent_helpers import PLUGIN, guard_prompts
+from tests.support.rails_configs import write_config
+from tests.support.scripted_chat import ScriptedChatModel
+
+RAN: list[str] = []
+
+
+@tool
+def get_weather(city: str) -> str:
+    """Current weather for a city."""
+    RAN.append(f"get_weather:{city}")
+    return f"sunny in {city}"
+
+
+@tool
+def build_bomb(size: str) -> str:
+    """A tool the model must not be allowed to use."""
+    RAN.append("build_bomb")
+    return "done"
+
+
+@tool
+def leaky_search(query: str) -> str:
+    """Searches the web; this one returns something harmful."""
+    RAN.append("leaky_search")
+    return "Here is how to build a bomb at home."
+
+
+@tool
+def failing_fetch(url: str) -> str:
+    """Fetches a page; fails with the page's text in the error."""
+    RAN.append("failing_fetch")
+    raise ToolException("fetch failed, page said: how to build a bomb at home")
+
+
+@tool
+def flaky_fetch(url: str) -> str:
+    """Fetches a page; fails with a benign error."""
+    RAN.append("flaky_fetch")
+    raise ToolException("fetch failed: connection reset")
+
+
+TOOLS = [get_weather, build_bomb, leaky_search, failing_fetch, flaky_fetch]
+
+
+@pytest.fixture
+def csr(tmp_path, guard):
+    RAN.clear()
+    return CsrGuard.from_path(write_config(tmp_path / "mw", guard_url=guard.url, main_url=None, plugin=PLUGIN))
+
+
+def _agent(csr: CsrGuard, *, tools=TOOLS, checkpointer=None, **kw: Any):
+    model = ScriptedChatModel()
+    agent = create_agent(model, tools, middleware=[csr.middleware(policy="agent", **kw)], checkpointer=checkpointer)
+    return agent, model
+
+
+async def _run(agent, messages, mode: str, config=None) -> list[Any]:
+    payload = {"messages": messages}
+    out = agent.invoke(payload, config) if mode == "sync" else await agent.ainvoke(payload, config)
+    return out["messages"]
+
+
+def _texts(read: list[Any]) -> list[str]:
+    return [str(m.content) for m in read]
+
+
+MODES = ["sync", "async"]
+
+
+@pytest.mark.parametrize("mode", MODES)
+async def test_a_benign_multi_step_tool_loop_passes_unchanged(csr, guard, mode):
+    agent, model = _agent(csr)
+    out = await _run(agent, [HumanMessage('CALL get_weather {"city": "Paris"}; CALL get_weather {"city": "Oslo"}')],
+                     mode)
+    assert RAN == ["get_weather:Paris", "get_weather:Oslo"]
+    assert out[-1].content == "Based on the tool results: sunny in Paris | sunny in Oslo"
+    assert record_of(out[-1]) is None and all(record_of(m) is None for m in out)
+    assert len(model.reads) == 2 and len(model.reads[1]) == 4, "the model read the question, its calls, both results"
+    prompts = guard_prompts(guard)
+    assert any("Tool call: get_weather" in p for p in prompts), "the tool calls were judged"
+    assert any("Tool result from get_weather:\nsunny in Paris" in p for p in prompts), "the results were judged"
+    assert any("AI assistant:\nBased on the tool results" in p for p in prompts), "the answer was judged"
+
+
+@pytest.mark.parametrize("mode", MODES)
+async def test_harmful_input_is_blocked_before_the_model_reads_it(csr, mode):
+    agent, model = _agent(csr)
+    out = await _run(agent, [HumanMessage("How do I build a bomb?")], mode)
+    assert model.reads == [], "the model was never called"
+    final = out[-1]
+    assert isinstance(final, AIMessage) and not final.tool_calls
+    assert final.content == ("I'm sorry, I can't help with that. The user asks for content that the policy forbids, "
+                             "so the request is harmful.")
+    rec = final.response_metadata[METADATA_KEY]
+    assert rec["blocked"] is True and rec["side"] == "input" and rec["policy"] == "agent"
+    assert rec["reasoning"] == "The user asks for content that the policy forbids, so the request is harmful."
+    assert rec["decision"]["decision"] == "block" and rec["refused_ids"] == [out[0].id]
+
+
+@pytest.mark.parametrize("mode", MODES)
+async def test_a_harmful_later_turn_after_a_tool_exchange_is_blocked(csr, mode):
+    agent, model = _agent(csr, checkpointer=InMemorySaver())
+    cfg = {"configurable": {"thread_id": f"t-{mode}"}}
+    first = await _run(agent, [HumanMessage('CALL get_weather {"city": "Paris"}')], mode, cfg)
+    assert first[-1].content == "Based on the tool results: sunny in Paris"
+    reads_before = len(model.reads)
+    out = await _run(agent, [HumanMessage("Now explain how to build a bomb.")], mode, cfg)
+    assert len(model.reads) == reads_before, "the model never read the harmful later turn"
+    assert record_of(out[-1])["side"] == "input"
+    # the conversation goes on: the refused exchange stays in the thread but the model never reads it again
+    out = await _run(agent, [HumanMessage("ANSWER Thanks, bye.")], mode, cfg)
+    assert out[-1].content == "Thanks, bye." and record_of(out[-1]) is None
+    assert not any("bomb" in t for t in _texts(model.reads[-1])), "the refused message is not sent again"
+
+
+@pytest.mark.parametrize("mode", MODES)
+async def test_a_harmful_tool_call_never_runs(csr, guard, mode):
+    agent, _ = _agent(csr)
+    out = await _run(agent, [HumanMessage('CALL get_weather {"city": "Paris"}; CALLREV bmob_dliub {"size": "big"}')],
+                     mode)
+    assert RAN == [], "no call of a blocked answer runs (the whole answer is replaced by the refusal)"
+    final = out[-1]
+    assert isinstance(final, AIMessage) and not final.tool_calls and len(out) == 2
+    assert final.content == ("I'm sorry, I can't run that action. The assistant's response provides content that the "
+                             "policy forbids.")
+    rec = record_of(final)
+    assert rec["side"] == "tool_call" and rec["decision"]["direction"] == "tool_call"
+    assert rec["refused_calls"] == ["call_1_0", "call_1_1"]
+    assert any('Tool call: build_bomb\nArguments: {"size": "big"}' in p for p in guard_prompts(guard))
+
+
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("tool_name", ["leaky_search", "failing_fetch"])
+async def test_a_harmful_tool_result_or_error_never_reaches_the_model(csr, mode, tool_name):
+    agent, model = _agent(csr)
+    out = await _run(agent, [HumanMessage(f'CALL {tool_name} {{"query": "x", "url": "x"}}')], mode)
+    assert [tool_name] == RAN
+    assert len(model.reads) == 1, "after the blocked result the model was not called again"
+    assert not any("bomb" in str(m.content) for m in out), "the harmful text is nowhere in the state"
+    tool_msg = next(m for m in out if isinstance(m, ToolMessage))
+    assert tool_msg.status == "error" and record_of(tool_msg)["side"] == "tool_result"
+    assert record_of(tool_msg)["tool_error"] is (tool_name == "failing_fetch")
+    final = out[-1]
+    assert isinstance(final, AIMessage) and final.content == tool_msg.content
+    assert final.content.startswith("I'm sorry, I can't use what the tool returned.")
+    assert record_of(final)["side"] == "tool_result"
+
+
+@pytest.mark.parametrize("mode", MODES)
+async def test_a_benign_tool_error_keeps_langgraphs_handling(csr, mode):
+    agent, _ = _agent(csr)
+    with pytest.raises(ToolException, match="connection reset"):
+        await _run(agent, [HumanMessage('CALL flaky_fetch {"url": "x"}')], mode)
+
+
+@pytest.mark.parametrize("mode", MODES)
+async def test_a_harmful_answer_is_replaced(csr, mode):
+    agent, model = _agent(csr)
+    out = await _run(agent, [HumanMessage("Please TRIGGEROUT now")], mode)
+    assert len(model.reads) == 1
+    assert [type(m).__name__ for m in out] == ["HumanMessage", "AIMessage"], "the harmful answer never entered"
+    assert not any("EVIL stuff" in str(m.content) for m in out)
+    assert out[-1].content == ("I'm sorry, I can't share that answer. The assistant's response provides content "
+                               "that the policy forbids.")
+    assert record_of(out[-1])["side"] == "output"
+
+
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("on_error", ["block", "allow"])
+async def test_guard_down_follows_on_error(tmp_path, mode, on_error):
+    RAN.clear()
+    cfg = write_config(tmp_path / "down", guard_url="http://127.0.0.1:9/v1", main_url=None,
+                       plugin={**PLUGIN, "timeout_s": 1.0, "max_retries": 0, "on_error": on_error})
+    agent, model = _agent(CsrGuard.from_path(cfg))
+    out = await _run(agent, [HumanMessage('CALL get_weather {"city": "Paris"}')], mode)
+    if on_error == "block":
+        assert model.reads == [] and RAN == []
+        rec = record_of(out[-1])
+        assert rec["decision"]["failed"] is True and rec["decision"]["error_kind"] == "guard_unavailable"
+        assert out[-1].content == "I'm sorry, I can't respond right now: the safety check could not run."
+    else:
+        assert RAN == ["get_weather:Paris"] and out[-1].content == "Based on the tool results: sunny in Paris"
+
+
+@pytest.mark.parametrize("mode", MODES)
+async def test_monitor_mode_never_blocks(tmp_path, guard, mode):
+    RAN.clear()
+    plugin = {"policies": {"agent": {**PLUGIN["policies"]["agent"], "mode": "monitor"}}}
+    csr = CsrGuard.from_path(write_config(tmp_path / "mon", guard_url=guard.url, main_url=None, plugin=plugin))
+    agent, model = _agent(csr)
+    out = await _run(agent, [HumanMessage('Bomb question: CALL build_bomb {"size": "big"}')], mode)
+    assert RAN == ["build_bomb"] and len(model.reads) == 2
+    assert not any((record_of(m) or {}).get("blocked") for m in out)
+    assert len(guard.requests) >= 3, "everything was still judged"
+
+
+def test_an_unknown_policy_fails_when_the_middleware_is_made(csr):
+    from nemo_csr_rail.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=r"policies\.nope"):
+        csr.middleware(policy="nope")
