@@ -323,6 +323,8 @@ class Decision:
         if self.skip is not None:
             meta["skipped"] = self.skip.describe(self.direction)
             meta["failed"] = False
+            if self.coverage is not None:
+                meta["coverage"] = self.coverage.to_record()
             return meta
         cost = self.cost
         if self.error is not None:
