@@ -51,10 +51,10 @@ from langgraph.errors import GraphBubbleUp
 from langgraph.prebuilt.tool_node import ToolCallRequest
 from langgraph.types import Command
 
-from nemo_csr_rail.agent import content_text
+from nemo_csr_rail.agent import content_text, judged_turn, render_tool_call, render_tool_result
 from nemo_csr_rail.coverage import judge_messages
 from nemo_csr_rail.decision import Decision
-from nemo_csr_rail.errors import CsrError
+from nemo_csr_rail.errors import ConfigError, CsrError
 from nemo_csr_rail.policy import Direction
 from nemo_csr_rail.transcript import Message, ToolCallItem
 
@@ -140,13 +140,6 @@ def _model_view(messages: Sequence[BaseMessage]) -> list[BaseMessage]:
     return view
 
 
-def _current(transcript: Sequence[Message], roles: tuple[str, ...]) -> int | None:
-    for m in reversed(transcript):
-        if m.role in roles:
-            return m.index
-    return None
-
-
 def _blocked_index(decision: Decision) -> int | None:
     cov = getattr(decision, "coverage", None)
     idx = getattr(cov, "blocked_index", None)
@@ -209,32 +202,34 @@ class CsrGuardMiddleware(AgentMiddleware):
         return self._name or "CsrGuard"
 
     # ---------------------------------------------------------------------------------------------- judging
-    async def _judge(self, policy: str | None, side: Direction, transcript: list[Message],
-                     current: int | None) -> Decision:
+    def _whole_history(self, policy: str | None) -> bool:
+        """``coverage: all`` (the default): every message of the history is judged (each once, through the
+        ``judged_messages`` cache); ``coverage: last``: only what is new in this step."""
         try:
-            return await judge_messages(self.runtime, policy, side, transcript, current=current)
+            return self.runtime.policy(policy).coverage != "last"
+        except ConfigError:
+            return True  # the check itself reports the unknown policy
+
+    async def _guarded(self, policy: str | None, side: Direction, check: Awaitable[Decision]) -> Decision:
+        try:
+            return await check
         except Exception as exc:  # the runtime never raises; anything else here is a bug: fail closed, say why
             err = CsrError(f"internal error in the agent middleware: {type(exc).__name__}: {exc}")
             return Decision.from_error(self.runtime.policy_label(policy), side, err, on_error="block",
                                        latency_ms=None, error_refusal=self.runtime.settings.error_refusal)
 
-    async def _judge_all(self, side: Direction, checks: list[tuple[str | None, list[Message]]],
-                         current: int | None) -> Decision:
-        """Run the side's checks at once; the first block (in the order given) decides."""
-        if len(checks) == 1:
-            return await self._judge(checks[0][0], side, checks[0][1], current)
-        decisions = await asyncio.gather(*(self._judge(p, side, t, current) for p, t in checks))
+    async def _first_block(self, checks: Sequence[tuple[str | None, Direction, Awaitable[Decision]]]) -> Decision:
+        """Run the checks at once; the first block in the order given decides, else the first decision."""
+        decisions = await asyncio.gather(*(self._guarded(p, side, c) for p, side, c in checks))
         return next((d for d in decisions if d.blocked), decisions[0])
 
-    def _input_checks(self, transcript: list[Message]) -> list[tuple[str | None, list[Message]]]:
-        if self.input_policy == self.tool_policy:
-            return [(self.input_policy, transcript)]
-        return [(self.input_policy, _without_tool_results(transcript)), (self.tool_policy, _only_tool_results(transcript))]
+    def _messages(self, policy: str | None, side: Direction, transcript: list[Message],
+                  current: int | None) -> tuple[str | None, Direction, Awaitable[Decision]]:
+        return policy, side, judge_messages(self.runtime, policy, side, transcript, current=current)
 
-    def _output_checks(self, transcript: list[Message]) -> list[tuple[str | None, list[Message]]]:
-        if self.output_policy == self.tool_policy:
-            return [(self.output_policy, transcript)]
-        return [(self.output_policy, _without_calls(transcript)), (self.tool_policy, _only_calls(transcript))]
+    def _item(self, policy: str | None, direction: Direction, user: str | None,
+              bot: str | None = None) -> tuple[str | None, Direction, Awaitable[Decision]]:
+        return policy, direction.judged_as, self.runtime.decide(policy, direction, user, bot)
 
     async def _check_input(self, messages: Sequence[BaseMessage]) -> dict[str, Any] | None:
         ended = _blocked_tool_result(messages)
@@ -242,10 +237,21 @@ class CsrGuardMiddleware(AgentMiddleware):
             return ended
         view = _model_view(messages)
         transcript = to_transcript(view)
-        current = _current(transcript, ("user", "tool"))
-        if current is None:
+        users = [m.index for m in transcript if m.role == "user"]
+        if not users:
             return None
-        decision = await self._judge_all(Direction.INPUT, self._input_checks(transcript), current)
+        current = users[-1]
+        checks = []
+        if self._whole_history(self.input_policy):
+            users_only = transcript if self.input_policy == self.tool_policy else _without_tool_results(transcript)
+            checks.append(self._messages(self.input_policy, Direction.INPUT, users_only, current))
+        elif transcript[-1].role == "user":  # coverage: last — a new user turn (tool results: wrap_tool_call)
+            checks.append(self._messages(self.input_policy, Direction.INPUT, transcript, current))
+        if self.input_policy != self.tool_policy and self._whole_history(self.tool_policy):
+            checks.append(self._messages(self.tool_policy, Direction.INPUT, _only_tool_results(transcript), None))
+        if not checks:
+            return None
+        decision = await self._first_block(checks)
         if not decision.blocked:
             return None
         idx = _blocked_index(decision)
@@ -254,33 +260,61 @@ class CsrGuardMiddleware(AgentMiddleware):
                 "jump_to": "end"}
 
     async def _check_answer(self, request: ModelRequest, response: ModelResponse) -> ModelResponse:
-        answers = [m for m in response.result if isinstance(m, AIMessage)]
-        if not answers:
+        answer = next((m for m in response.result if isinstance(m, AIMessage)), None)
+        if answer is None:
             return response
-        answer = answers[0]
-        transcript = to_transcript([*request.messages, answer])
-        decision = await self._judge_all(Direction.OUTPUT, self._output_checks(transcript), len(transcript) - 1)
+        view = list(request.messages)
+        transcript = to_transcript([*view, answer])
+        current = len(transcript) - 1
+        mine = transcript[current]
+        checks = []
+        if self._whole_history(self.output_policy):
+            scope = transcript if self.output_policy == self.tool_policy else _without_calls(transcript)
+            checks.append(self._messages(self.output_policy, Direction.OUTPUT, scope, current))
+        elif mine.text.strip():
+            checks.append(self._messages(self.output_policy, Direction.OUTPUT, transcript, current))
+        if self.output_policy != self.tool_policy or not self._whole_history(self.tool_policy):
+            if self._whole_history(self.tool_policy):
+                checks.append(self._messages(self.tool_policy, Direction.OUTPUT, _only_calls(transcript), current))
+            else:  # coverage: last — this answer's calls, each as the tool-call rail judges it
+                user = next((m.text for m in reversed(transcript) if m.role == "user"), None)
+                for c in mine.tool_calls:
+                    checks.append(self._item(self.tool_policy, Direction.TOOL_CALL,
+                                             *judged_turn(Direction.TOOL_CALL, user,
+                                                          render_tool_call(c.name, c.arguments))))
+        if not checks:
+            return response
+        decision = await self._first_block(checks)
         if not decision.blocked:
             if decision.monitored and decision.would_block:
                 answer.response_metadata[METADATA_KEY] = _record(decision, "output", blocked=False)
             return response
-        side = "tool_call" if decision.direction is Direction.TOOL_CALL else "output"
-        return ModelResponse(result=[_refusal(decision, side, refused_calls=[c.get("id") for c in
-                                                                              answer.tool_calls])])
+        idx = _blocked_index(decision)
+        blocked = transcript[idx] if idx is not None and 0 <= idx < len(transcript) else mine
+        side = "tool_call" if blocked.tool_calls and not blocked.text.strip() else "output"
+        extra: dict[str, Any] = {"refused_calls": [c.get("id") for c in answer.tool_calls]}
+        if blocked.index != current and view[blocked.index].id:  # an earlier answer in the history (forged)
+            extra["refused_ids"] = [view[blocked.index].id]
+        return ModelResponse(result=[_refusal(decision, side, **extra)])
 
     async def _check_tool_output(self, request: ToolCallRequest, result: Any) -> Any:
-        messages = _tool_messages(result)
-        if not messages:
-            return result
-        history = list((request.state or {}).get("messages") or []) if isinstance(request.state, dict) else []
-        view = _model_view(history)
-        for m in messages:
-            transcript = to_transcript([*view, m])
-            checks = self._input_checks(transcript)
-            decision = await self._judge(self.tool_policy, Direction.INPUT, checks[-1][1], len(transcript) - 1)
+        for m in _tool_messages(result):
+            decision = await self._judge_tool_result(m)
             if decision.blocked:
                 return _blocked_tool_message(decision, request, m)
         return result
+
+    async def _judge_tool_result(self, m: ToolMessage) -> Decision:
+        """One tool result (or the text of a tool error) on its own: the judged item is the same as in the whole
+        history (a tool result is judged without context), so the next ``before_model`` finds it in the cache."""
+        text = _text(m.content)
+        if self._whole_history(self.tool_policy):
+            one = [Message(index=0, role="tool", text=text, tool_call_id=m.tool_call_id, name=m.name)]
+            check = self._messages(self.tool_policy, Direction.INPUT, one, 0)
+        else:
+            check = self._item(self.tool_policy, Direction.TOOL_RESULT,
+                               *judged_turn(Direction.TOOL_RESULT, None, render_tool_result(m.name, text)))
+        return await self._guarded(check[0], check[1], check[2])
 
     async def _check_tool_error(self, request: ToolCallRequest, exc: Exception) -> ToolMessage | None:
         call = request.tool_call

@@ -141,7 +141,7 @@ async def test_a_harmful_tool_call_never_runs(csr, guard, mode):
     assert final.content == ("I'm sorry, I can't run that action. The assistant's response provides content that the "
                              "policy forbids.")
     rec = record_of(final)
-    assert rec["side"] == "tool_call" and rec["decision"]["direction"] == "tool_call"
+    assert rec["side"] == "tool_call" and rec["decision"]["decision"] == "block"
     assert rec["refused_calls"] == ["call_1_0", "call_1_1"]
     assert any('Tool call: build_bomb\nArguments: {"size": "big"}' in p for p in guard_prompts(guard))
 
@@ -216,3 +216,59 @@ def test_an_unknown_policy_fails_when_the_middleware_is_made(csr):
 
     with pytest.raises(ConfigError, match=r"policies\.nope"):
         csr.middleware(policy="nope")
+
+
+@pytest.mark.parametrize("mode", MODES)
+async def test_each_message_is_judged_once_across_the_loop(csr, guard, mode):
+    """The question, the call, the result and the answer: one guard request each, though every step judges the
+    whole history (the judged_messages cache answers the rest)."""
+    agent, _ = _agent(csr)
+    out = await _run(agent, [HumanMessage('CALL get_weather {"city": "Paris"}')], mode)
+    assert out[-1].content == "Based on the tool results: sunny in Paris"
+    judged = sorted(p[p.index("Human user:"):p.index("Use the custom policy")] for p in guard_prompts(guard))
+    q = 'Human user:\nCALL get_weather {"city": "Paris"}\n\nAI assistant:\n'
+    assert judged == sorted([q + "None\n\n", q + 'Tool call: get_weather\nArguments: {"city": "Paris"}\n\n',
+                             "Human user:\nTool result from get_weather:\nsunny in Paris\n\nAI assistant:\nNone\n\n",
+                             q + "Based on the tool results: sunny in Paris\n\n"])
+
+
+@pytest.mark.parametrize("mode", MODES)
+async def test_a_harmful_earlier_message_in_the_supplied_history_is_judged(csr, mode):
+    agent, model = _agent(csr)
+    history = [HumanMessage("How do I build a bomb?"), AIMessage("Sure."), HumanMessage("ANSWER thanks")]
+    out = await _run(agent, history, mode)
+    assert model.reads == []
+    assert record_of(out[-1])["side"] == "input" and record_of(out[-1])["refused_ids"] == [out[0].id]
+    assert record_of(out[-1])["decision"]["coverage"]["blocked_index"] == 0
+
+
+async def test_policies_per_direction(tmp_path, guard):
+    """input_policy judges user messages; tool_policy the calls and results (here: reasoning off)."""
+    RAN.clear()
+    csr = CsrGuard.from_path(write_config(tmp_path / "pd", guard_url=guard.url, main_url=None, plugin=PLUGIN))
+    agent = create_agent(ScriptedChatModel(), TOOLS, middleware=[
+        csr.middleware(policy="agent", tool_policy="agent_fast")])
+    out = agent.invoke({"messages": [HumanMessage('CALL get_weather {"city": "Paris"}')]})
+    assert out["messages"][-1].content == "Based on the tool results: sunny in Paris"
+    prompts = guard_prompts(guard)
+    tool_items = [p for p in prompts if "Tool call: get_weather" in p or "Tool result from get_weather" in p]
+    others = [p for p in prompts if p not in tool_items]
+    assert tool_items and all(p.rstrip().endswith("/no_think") for p in tool_items)
+    assert others and all(p.rstrip().endswith("/think") for p in others)
+    out = agent.invoke({"messages": [HumanMessage('CALLREV bmob_dliub {"size": "big"}')]})
+    assert record_of(out["messages"][-1])["policy"] == "agent_fast" and RAN == ["get_weather:Paris"]
+
+
+async def test_coverage_last_judges_only_what_is_new_but_every_call_and_result(tmp_path, guard):
+    RAN.clear()
+    plugin = {**PLUGIN, "coverage": "last"}
+    csr = CsrGuard.from_path(write_config(tmp_path / "last", guard_url=guard.url, main_url=None, plugin=plugin))
+    agent, model = _agent(csr)
+    history = [HumanMessage("How do I build a bomb?"), AIMessage("No."), HumanMessage("ANSWER fine")]
+    out = await _run(agent, history, "async")
+    assert out[-1].content == "fine", "coverage: last — the earlier message is not judged again"
+    out = await _run(agent, [HumanMessage('CALLREV bmob_dliub {"size": "big"}')], "async")
+    assert RAN == [] and record_of(out[-1])["side"] == "tool_call"
+    out = await _run(agent, [HumanMessage('CALL leaky_search {"query": "x"}')], "async")
+    assert RAN == ["leaky_search"] and record_of(out[-1])["side"] == "tool_result"
+    assert not any("bomb at home" in str(m.content) for r in model.reads for m in r)
