@@ -220,6 +220,8 @@ class CsrGuardMiddleware(AgentMiddleware):
 
     async def _first_block(self, checks: Sequence[tuple[str | None, Direction, Awaitable[Decision]]]) -> Decision:
         """Run the checks at once; the first block in the order given decides, else the first decision."""
+        if len(checks) == 1:  # the usual case: no task to schedule
+            return await self._guarded(*checks[0])
         decisions = await asyncio.gather(*(self._guarded(p, side, c) for p, side, c in checks))
         return next((d for d in decisions if d.blocked), decisions[0])
 
