@@ -131,3 +131,10 @@ def test_hold_keeps_the_model_run_visible_to_tracers(csr):
     rec = _Recorder()
     list(_agent(csr, "hold").stream(BENIGN, {"callbacks": [rec]}, stream_mode="messages"))
     assert rec.events[0] == "start" and rec.events[-1] == "end"
+
+
+async def test_hold_in_astream_events_sends_no_model_events_and_the_judged_answer_once_judged(csr):
+    events = [e async for e in _agent(csr, "hold").astream_events(BENIGN, version="v2")]
+    assert not [e for e in events if e["event"].startswith("on_chat_model")], "the held call is not streamed"
+    ends = [e for e in events if e["event"] == "on_chain_end" and e["name"] == "model"]
+    assert ends and "Hello! How can I help you today?" in repr(ends[-1]["data"]["output"])
