@@ -1,6 +1,6 @@
 """The embedded engine: the guard model in-process with transformers/torch, no server.
 
-Same :class:`~nemo_csr_rail.prompt.GuardPrompt` in, same :class:`~nemo_csr_rail.engines.base.Completion` out as
+Same :class:`~nemo_csr_rail.prompt.GuardPrompt` in, same :class:`~nemo_csr_rail.completion.Completion` out as
 the vLLM HTTP engine, so the client, parser and rails cannot tell them apart:
 
 * the prompt is the tokenizer's chat template applied to the one user message; with ``prompt.prefill`` the
@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from nemo_csr_rail import weights
-from nemo_csr_rail.engines.base import Completion
+from nemo_csr_rail.completion import Completion
 from nemo_csr_rail.engines.constrain import Grammar, Matcher, Unsupported
 from nemo_csr_rail.errors import CsrError, EngineUnavailable, GuardTimeout, InputTooLong
 from nemo_csr_rail.options import DecodeOptions

@@ -21,7 +21,7 @@ from typing import Any
 
 import httpx
 
-from nemo_csr_rail.engines.base import Completion, Instrument
+from nemo_csr_rail.completion import Completion, Instrument
 from nemo_csr_rail.engines.deadline import MIN_START_S, Deadline, LoopLag, within
 from nemo_csr_rail.engines.replicas import ReplicaSet
 from nemo_csr_rail.engines.replicas import (

@@ -18,7 +18,7 @@ from collections.abc import Sequence
 from dataclasses import replace
 from typing import Any
 
-from nemo_csr_rail.engines.base import Completion
+from nemo_csr_rail.completion import Completion
 from nemo_csr_rail.errors import VerdictParseError
 from nemo_csr_rail.policy import SIDES, Direction
 from nemo_csr_rail.prompt import GuardPrompt

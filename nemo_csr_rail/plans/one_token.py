@@ -38,7 +38,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
-from nemo_csr_rail.engines.base import Completion
+from nemo_csr_rail.completion import Completion
 from nemo_csr_rail.errors import CsrError
 from nemo_csr_rail.prompt import GuardPrompt
 from nemo_csr_rail.verdict import Verdict, parse

@@ -16,7 +16,7 @@ import asyncio
 import time
 from dataclasses import replace
 
-from nemo_csr_rail.engines.base import Completion, Engine
+from nemo_csr_rail.completion import Completion, Engine
 from nemo_csr_rail.options import DecodeOptions
 from nemo_csr_rail.plans import grammar
 from nemo_csr_rail.plans.answers import read
