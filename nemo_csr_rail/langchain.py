@@ -98,7 +98,7 @@ class CsrGuard:
                    output_policy: str | None = None, tool_policy: str | None = None, stream: str = "hold",
                    name: str | None = None) -> Any:
         """A ``create_agent`` middleware judging every message the model reads, every answer and tool call, and
-        every tool result and tool error (``pip install 'nemo-csr-rail[langchain]'``; docs/langchain-agents.md)."""
+        every tool result and tool error (the ``langchain`` extra; docs/langchain-agents.md)."""
         from nemo_csr_rail.langchain_middleware import CsrGuardMiddleware
 
         return CsrGuardMiddleware(self.runtime, policy, input_policy=input_policy, output_policy=output_policy,
