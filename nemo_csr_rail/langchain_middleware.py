@@ -44,7 +44,7 @@ from langchain.agents.middleware.types import (
     ModelResponse,
     hook_config,
 )
-from langchain_core.messages import AIMessage, BaseMessage, HumanMessage, SystemMessage, ToolMessage
+from langchain_core.messages import AIMessage, BaseMessage, ToolMessage
 from langchain_core.runnables.config import ensure_config, var_child_runnable_config
 from langchain_core.tracers._streaming import _StreamingCallbackHandler, _V2StreamingCallbackHandler
 from langgraph.errors import GraphBubbleUp
@@ -446,6 +446,3 @@ def _blocked_tool_result(messages: Sequence[BaseMessage]) -> dict[str, Any] | No
 
 
 __all__ = ["METADATA_KEY", "CsrGuardMiddleware", "record_of", "to_transcript"]
-
-# HumanMessage and SystemMessage are the roles to_transcript maps by type; imported for readers and type checkers.
-_ = (HumanMessage, SystemMessage)
