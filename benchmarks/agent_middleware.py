@@ -14,7 +14,7 @@ no cache answers for a message the run has not judged itself. Guards:
 * the vLLM-shaped stand-in in its own process, zero latency and with ``benchmarks/run.py``'s latency model
   (assumed serving costs: 2 ms a request, 0.03 ms an uncached prompt token, 7 ms a decode step) — simulated;
 * with ``--vllm-python`` (or ``CSR_VLLM_PYTHON``), a real vLLM CPU server with Google's Gemma 3 270M — real costs,
-  meaningless verdicts (the 270M is a base model).
+  meaningless verdicts (the 270M is a base model; the policy runs in ``mode: monitor`` so they do not end the loop).
 
 **Compare** (``--compare``): the same scenarios through this middleware, NeMo Guardrails 0.24.1's
 ``GuardrailsMiddleware`` (with this plugin's ``csr check input``/``output`` rails) and LangChain's built-in
@@ -89,13 +89,14 @@ class LoopModel(BaseChatModel):
         return ChatResult(generations=[ChatGeneration(message=msg)])
 
 
-def _config_dir(url: str, model: str, tmp: Path) -> Path:
+def _config_dir(url: str, model: str, tmp: Path, mode: str = "enforce") -> Path:
     import yaml
 
     cfg = {"models": [{"type": "nemotron_csr", "engine": "vllm_openai", "model": model,
                        "parameters": {"base_url": url}}],
            "custom_data": {"nemo_csr_rail": {"timeout_s": 60, "max_retries": 0,
-                                             "policies": {"agent": {"policy": POLICY, "reasoning": False}}}}}
+                                             "policies": {"agent": {"policy": POLICY, "reasoning": False,
+                                                                           "mode": mode}}}}}
     d = tmp / f"cfg{next(_RUN)}"
     d.mkdir()
     (d / "config.yml").write_text(yaml.safe_dump(cfg))
@@ -252,8 +253,10 @@ def _question() -> dict[str, Any]:
     return {"messages": [HumanMessage(f"Plan my trip, weather for each stop please (run {next(_RUN):06d})")]}
 
 
-async def section(server: Any, model: str, steps: int, repeat: int, tmp: Path) -> dict[str, Any]:
-    guard = CsrGuard.from_path(_config_dir(server.url, model, tmp))
+async def section(server: Any, model: str, steps: int, repeat: int, tmp: Path, mode: str = "enforce") -> dict[str, Any]:
+    """``mode: monitor`` for a guard whose verdicts would end the loop (the 270M calls nearly everything harmful): a
+    monitor check is sent and decoded exactly as an enforce check, it only never blocks."""
+    guard = CsrGuard.from_path(_config_dir(server.url, model, tmp, mode))
     clock = GuardClock(guard.runtime)
     bare = create_agent(LoopModel(steps=steps), [lookup])
     guarded = create_agent(LoopModel(steps=steps), [lookup], middleware=[guard.middleware(policy="agent")])
@@ -450,6 +453,29 @@ def compare() -> dict[str, Any]:
     return results
 
 
+def _standin_sections(args: argparse.Namespace, results: dict[str, Any], tmp: Path) -> None:
+    r = results["in_process_zero_latency"] = asyncio.run(section_in_process(args.steps, args.repeat * 3, tmp))
+    print(f"\n== in-process guard answering at once ({r['steps']}-step tool loop, median of {r['repeat']}; "
+          "CPU time of the process)")
+    print(f"  without the middleware  {r['bare_cpu_ms']:9.2f} ms a run (wall {r['bare_wall_ms']:.2f})")
+    print(f"  hooks only (no-op)      {r['hooks_only_cpu_ms']:9.2f} ms a run (wall {r['hooks_only_wall_ms']:.2f})")
+    print(f"  with the middleware     {r['guarded_cpu_ms']:9.2f} ms a run (wall {r['guarded_wall_ms']:.2f}; "
+          f"{r['checks_per_run']} checks a run)")
+    print(f"  middleware's own        {r['own_cpu_ms_per_step']:9.3f} ms a step (target <= 1 ms), of which "
+          f"LangGraph's hook nodes {r['langgraph_hooks_cpu_ms_per_step']:.3f}")
+    print(f"    its own code          {r['own_code_cpu_ms_per_step']:9.3f} ms a step (inside its hooks, less the "
+          "model and tool calls)")
+    print(f"  sync invoke, own        {r['sync_own_cpu_ms_per_step']:9.3f} ms a step, of which LangGraph's hook "
+          f"nodes {r['sync_langgraph_hooks_cpu_ms_per_step']:.3f}")
+    with StandInProcess("guard") as s:
+        results["standin_zero_latency"] = asyncio.run(section(s, GUARD_MODEL, args.steps, args.repeat, tmp))
+        _print("stand-in guard, zero latency (simulated)", results["standin_zero_latency"])
+    if not args.quick:
+        with StandInProcess("guard", **STANDIN_MODEL) as s:
+            results["standin_latency_model"] = asyncio.run(section(s, GUARD_MODEL, args.steps, args.repeat, tmp))
+            _print("stand-in guard, latency model (simulated)", results["standin_latency_model"])
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--steps", type=int, default=5)
@@ -458,6 +484,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--json", type=Path)
     ap.add_argument("--quick", action="store_true", help="a smoke run: 3 repeats, the stand-in only")
     ap.add_argument("--compare", action="store_true", help="the side-by-side scenarios instead of the cost")
+    ap.add_argument("--skip-standin", action="store_true", help="only the real vLLM section")
     args = ap.parse_args(argv)
     if args.compare:
         res = compare()
@@ -468,35 +495,16 @@ def main(argv: list[str] | None = None) -> int:
         args.repeat, args.vllm_python = 3, None
     results: dict[str, Any] = {"command": "python -m benchmarks.agent_middleware " + " ".join(argv or sys.argv[1:])}
     with tempfile.TemporaryDirectory() as tmp:
-        r = results["in_process_zero_latency"] = asyncio.run(section_in_process(args.steps, args.repeat * 3,
-                                                                                 Path(tmp)))
-        print(f"\n== in-process guard answering at once ({r['steps']}-step tool loop, median of {r['repeat']}; "
-              "CPU time of the process)")
-        print(f"  without the middleware  {r['bare_cpu_ms']:9.2f} ms a run (wall {r['bare_wall_ms']:.2f})")
-        print(f"  hooks only (no-op)      {r['hooks_only_cpu_ms']:9.2f} ms a run (wall {r['hooks_only_wall_ms']:.2f})")
-        print(f"  with the middleware     {r['guarded_cpu_ms']:9.2f} ms a run (wall {r['guarded_wall_ms']:.2f}; "
-              f"{r['checks_per_run']} checks a run)")
-        print(f"  middleware's own        {r['own_cpu_ms_per_step']:9.3f} ms a step (target <= 1 ms), of which "
-              f"LangGraph's hook nodes {r['langgraph_hooks_cpu_ms_per_step']:.3f}")
-        print(f"    its own code          {r['own_code_cpu_ms_per_step']:9.3f} ms a step (inside its hooks, less the "
-              "model and tool calls)")
-        print(f"  sync invoke, own        {r['sync_own_cpu_ms_per_step']:9.3f} ms a step, of which LangGraph's hook "
-              f"nodes {r['sync_langgraph_hooks_cpu_ms_per_step']:.3f}")
-        with StandInProcess("guard") as s:
-            results["standin_zero_latency"] = asyncio.run(section(s, GUARD_MODEL, args.steps, args.repeat, Path(tmp)))
-            _print("stand-in guard, zero latency (simulated)", results["standin_zero_latency"])
-        if not args.quick:
-            with StandInProcess("guard", **STANDIN_MODEL) as s:
-                results["standin_latency_model"] = asyncio.run(section(s, GUARD_MODEL, args.steps, args.repeat,
-                                                                       Path(tmp)))
-                _print("stand-in guard, latency model (simulated)", results["standin_latency_model"])
+        if not args.skip_standin:
+            _standin_sections(args, results, Path(tmp))
         results["vllm"] = None
         if args.vllm_python:
-            from tests.support.real_gemma import converted_model_dir
+            from tests.support.real_gemma import model_dir
 
-            with VllmServer(args.vllm_python, model_dir=converted_model_dir()) as v:
-                results["vllm"] = asyncio.run(section(v, str(v.model_name) if hasattr(v, "model_name") else GUARD_MODEL,
-                                                      args.steps, max(3, args.repeat // 4), Path(tmp)))
+            with VllmServer(args.vllm_python, model_dir=model_dir(), max_model_len=2048) as v:
+                results["vllm"] = asyncio.run(section(v, GUARD_MODEL, args.steps, max(3, args.repeat // 4),
+                                                      Path(tmp), mode="monitor"))
+                results["vllm_command"] = v.command
                 _print("real vLLM CPU, Gemma 3 270M (real)", results["vllm"])
     if args.json:
         args.json.write_text(json.dumps(results, indent=2))
