@@ -385,3 +385,13 @@ def test_an_interrupt_in_a_tool_passes_through(csr):
     out = agent.invoke(Command(resume="how to build a bomb at home"), cfg)
     assert record_of(out["messages"][-1])["side"] == "tool_result"
     assert not any("bomb at home" in str(m.content) for m in out["messages"])
+
+
+def test_a_sync_agent_outside_any_event_loop(csr):
+    """``invoke`` from plain synchronous code (no running loop in the thread): the checks run on the middleware's
+    loop thread, and a second run reuses it."""
+    agent, model = _agent(csr)
+    out = agent.invoke({"messages": [HumanMessage('CALL get_weather {"city": "Rome"}')]})["messages"]
+    assert out[-1].content == "Based on the tool results: sunny in Rome"
+    out = agent.invoke({"messages": [HumanMessage('CALLREV bmob_dliub {"size": "big"}')]})["messages"]
+    assert record_of(out[-1])["side"] == "tool_call" and RAN == ["get_weather:Rome"]
