@@ -382,14 +382,20 @@ class CsrGuardMiddleware(AgentMiddleware):
             return
         config = ensure_config()
         callbacks = config.get("callbacks")
-        streaming = [h for h in getattr(callbacks, "handlers", None) or ()
-                     if isinstance(h, (_StreamingCallbackHandler, _V2StreamingCallbackHandler))]
-        if not streaming:
-            yield
-            return
-        quiet = callbacks.copy()
-        for h in streaming:
-            quiet.remove_handler(h)
+        if isinstance(callbacks, list):  # a plain handler list (outside a graph node)
+            quiet: Any = [h for h in callbacks if not _streams(h)]
+            if len(quiet) == len(callbacks):
+                yield
+                return
+        else:
+            streaming = {id(h): h for h in [*(getattr(callbacks, "handlers", None) or ()),
+                                           *(getattr(callbacks, "inheritable_handlers", None) or ())] if _streams(h)}
+            if not streaming:
+                yield
+                return
+            quiet = callbacks.copy()
+            for h in streaming.values():
+                quiet.remove_handler(h)
         token = var_child_runnable_config.set({**config, "callbacks": quiet})
         try:
             yield
@@ -398,6 +404,12 @@ class CsrGuardMiddleware(AgentMiddleware):
 
 
 # ---------------------------------------------------------------------------------------------------- helpers
+def _streams(handler: Any) -> bool:
+    """A callback handler that sends a model's tokens to a caller as they come (LangGraph's ``messages`` stream,
+    ``astream_events``, ``astream_log``, the v2 event protocol)."""
+    return isinstance(handler, (_StreamingCallbackHandler, _V2StreamingCallbackHandler))
+
+
 def _with_view(request: ModelRequest) -> ModelRequest:
     view = _model_view(request.messages)
     return request if len(view) == len(request.messages) and all(

@@ -66,3 +66,31 @@ def test_a_refused_tool_result_keeps_its_place_withheld():
 def test_a_thread_without_refusals_is_read_as_it_is():
     thread = [HumanMessage("q", id="u1"), AIMessage("a", id="a1")]
     assert _model_view(thread) == thread
+
+
+def _held_callbacks(callbacks):
+    """The callbacks a model call made inside the middleware's ``hold`` sees."""
+    from langchain_core.runnables.config import ensure_config, var_child_runnable_config
+
+    from nemo_csr_rail.langchain_middleware import CsrGuardMiddleware
+
+    mw = CsrGuardMiddleware.__new__(CsrGuardMiddleware)
+    mw.stream = "hold"
+    token = var_child_runnable_config.set({"callbacks": callbacks})
+    try:
+        with mw._held():
+            return ensure_config()["callbacks"]
+    finally:
+        var_child_runnable_config.reset(token)
+
+
+def test_hold_removes_streaming_handlers_from_lists_and_managers_only():
+    from langchain_core.callbacks import BaseCallbackHandler, CallbackManager
+    from langgraph.pregel._messages import StreamMessagesHandler
+
+    tracer, stream = BaseCallbackHandler(), StreamMessagesHandler(lambda chunk: None, subgraphs=False)
+    assert _held_callbacks([tracer, stream]) == [tracer]
+    manager = CallbackManager(handlers=[tracer, stream], inheritable_handlers=[stream])
+    held = _held_callbacks(manager)
+    assert held.handlers == [tracer] and held.inheritable_handlers == []
+    assert manager.handlers == [tracer, stream], "the caller's manager is left as it was"
