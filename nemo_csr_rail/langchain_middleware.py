@@ -53,7 +53,7 @@ from langgraph.types import Command
 
 from nemo_csr_rail.agent import content_text, judged_turn, render_tool_call, render_tool_result
 from nemo_csr_rail.coverage import judge_messages
-from nemo_csr_rail.decision import Decision
+from nemo_csr_rail.decision import Decision, render_refusal
 from nemo_csr_rail.errors import ConfigError, CsrError
 from nemo_csr_rail.policy import Direction
 from nemo_csr_rail.transcript import Message, ToolCallItem
@@ -293,11 +293,23 @@ class CsrGuardMiddleware(AgentMiddleware):
             return response
         idx = _blocked_index(decision)
         blocked = transcript[idx] if idx is not None and 0 <= idx < len(transcript) else mine
-        side = "tool_call" if blocked.tool_calls and not blocked.text.strip() else "output"
+        side = self._answer_side(decision, blocked)
         extra: dict[str, Any] = {"refused_calls": [c.get("id") for c in answer.tool_calls]}
         if blocked.index != current and view[blocked.index].id:  # an earlier answer in the history (forged)
             extra["refused_ids"] = [view[blocked.index].id]
         return ModelResponse(result=[_refusal(decision, side, **extra)])
+
+    def _answer_side(self, decision: Decision, blocked: Message) -> str:
+        """Whether an answer was blocked for a tool call or for its text: the refusal is the deciding item's own,
+        so an answer with both is told apart by which direction's refusal it carries."""
+        if not blocked.tool_calls:
+            return "output"
+        if not blocked.text.strip():
+            return "tool_call"
+        reasoning = decision.verdict.reasoning if decision.verdict is not None else None
+        call_refusal = render_refusal(self.runtime.refusal_template(decision.policy, Direction.TOOL_CALL), reasoning,
+                                      decision.policy)
+        return "tool_call" if decision.refusal == call_refusal else "output"
 
     async def _check_tool_output(self, request: ToolCallRequest, result: Any) -> Any:
         for m in _tool_messages(result):

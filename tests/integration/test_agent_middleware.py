@@ -390,8 +390,18 @@ def test_an_interrupt_in_a_tool_passes_through(csr):
 def test_a_sync_agent_outside_any_event_loop(csr):
     """``invoke`` from plain synchronous code (no running loop in the thread): the checks run on the middleware's
     loop thread, and a second run reuses it."""
-    agent, model = _agent(csr)
+    agent, _ = _agent(csr)
     out = agent.invoke({"messages": [HumanMessage('CALL get_weather {"city": "Rome"}')]})["messages"]
     assert out[-1].content == "Based on the tool results: sunny in Rome"
     out = agent.invoke({"messages": [HumanMessage('CALLREV bmob_dliub {"size": "big"}')]})["messages"]
     assert record_of(out[-1])["side"] == "tool_call" and RAN == ["get_weather:Rome"]
+
+
+@pytest.mark.parametrize(("script", "side"), [
+    ('WITHTEXT CALLREV bmob_dliub {"size": "big"}', "tool_call"),
+    ('WITHTEXT TRIGGEROUT CALL get_weather {"city": "Paris"}', "output"),
+])
+async def test_an_answer_with_text_and_calls_names_what_blocked_it(csr, script, side):
+    agent, _ = _agent(csr)
+    out = await _run(agent, [HumanMessage(script)], "async")
+    assert RAN == [] and record_of(out[-1])["side"] == side

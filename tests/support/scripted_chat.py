@@ -4,7 +4,7 @@ The script is in the last user message, like :mod:`tests.support.agent_llm`'s: `
 separated by ``;``) makes those tool calls (``CALLREV eman {json}``
 calls ``name`` spelled backwards, so a benign user message can make a harmful call); after tool results it answers ``Based on the tool results: …`` quoting
 them (so a test sees what the model read); otherwise it answers :func:`~tests.support.rails_configs.main_reply`
-(``EVILOUT`` in the message: a harmful answer). ``ANSWER text`` answers ``text`` verbatim. ``_stream`` yields the
+(``EVILOUT`` in the message: a harmful answer). ``WITHTEXT`` gives tool calls that text too. ``ANSWER text`` answers ``text`` verbatim. ``_stream`` yields the
 answer word by word, so streaming tests see tokens.
 """
 
@@ -47,7 +47,7 @@ def scripted_answer(messages: list[BaseMessage], step: int) -> AIMessage:
             calls.append({"id": f"call_{step}_{i}", "name": name, "args": json.loads(m.group(3) or "{}"),
                           "type": "tool_call"})
     if calls:
-        return AIMessage("", tool_calls=calls)
+        return AIMessage(main_reply(text) if "WITHTEXT" in text else "", tool_calls=calls)
     return AIMessage(main_reply(text))
 
 
