@@ -119,8 +119,8 @@ def record_of(message: BaseMessage) -> dict[str, Any] | None:
 
 
 def _model_view(messages: Sequence[BaseMessage]) -> list[BaseMessage]:
-    """What the model reads: the refusals this middleware issued and the user messages they refused are left out
-    (kept in the state for the application and the audit); a refused tool result is shown as its refusal."""
+    """What the model reads: the refusals this middleware issued and the messages they refused are left out (kept
+    in the state for the application and the audit); a refused tool result keeps its place, withheld."""
     refused: set[str] = set()
     ends: set[int] = set()
     for i, m in enumerate(messages):
@@ -130,9 +130,15 @@ def _model_view(messages: Sequence[BaseMessage]) -> list[BaseMessage]:
             refused.update(rec.get("refused_ids") or ())
     if not ends:
         return list(messages)
+    # the calls of a refused answer go with it, and so do their results (a result without its call is an error
+    # for most providers)
+    dropped_calls = {c.get("id") for m in messages if isinstance(m, AIMessage) and m.id in refused
+                     for c in m.tool_calls}
     view: list[BaseMessage] = []
     for i, m in enumerate(messages):
         if i in ends or (m.id in refused and not isinstance(m, ToolMessage)):
+            continue
+        if isinstance(m, ToolMessage) and m.tool_call_id in dropped_calls:
             continue
         if m.id in refused and isinstance(m, ToolMessage):
             m = m.model_copy(update={"content": "[withheld by the safety policy]"})
@@ -251,15 +257,32 @@ class CsrGuardMiddleware(AgentMiddleware):
             checks.append(self._messages(self.input_policy, Direction.INPUT, transcript, current))
         if self.input_policy != self.tool_policy and self._whole_history(self.tool_policy):
             checks.append(self._messages(self.tool_policy, Direction.INPUT, _only_tool_results(transcript), None))
+        if any(m.role == "assistant" for m in transcript):
+            # the answers and calls in the history are read by the model too (a client can forge them): the
+            # model's own were judged when it gave them, so this is the cache's work unless one is new
+            checks.extend(self._history_output_checks(transcript))
         if not checks:
             return None
         decision = await self._first_block(checks)
         if not decision.blocked:
             return None
         idx = _blocked_index(decision)
-        refused = view[idx if idx is not None and 0 <= idx < len(view) else current]
-        return {"messages": [_refusal(decision, "input", refused_ids=[refused.id] if refused.id else [])],
-                "jump_to": "end"}
+        refused = transcript[idx if idx is not None and 0 <= idx < len(view) else current]
+        side = self._answer_side(decision, refused) if refused.role == "assistant" else "input"
+        ids = [view[refused.index].id] if view[refused.index].id else []
+        return {"messages": [_refusal(decision, side, refused_ids=ids)], "jump_to": "end"}
+
+    def _history_output_checks(self, transcript: list[Message]) -> list[tuple[str | None, Direction,
+                                                                                Awaitable[Decision]]]:
+        out_all, tool_all = self._whole_history(self.output_policy), self._whole_history(self.tool_policy)
+        if self.output_policy == self.tool_policy:
+            return [self._messages(self.output_policy, Direction.OUTPUT, transcript, None)] if out_all else []
+        checks = []
+        if out_all:
+            checks.append(self._messages(self.output_policy, Direction.OUTPUT, _without_calls(transcript), None))
+        if tool_all:
+            checks.append(self._messages(self.tool_policy, Direction.OUTPUT, _only_calls(transcript), None))
+        return checks
 
     async def _check_answer(self, request: ModelRequest, response: ModelResponse) -> ModelResponse:
         answer = next((m for m in response.result if isinstance(m, AIMessage)), None)
