@@ -45,7 +45,7 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from langchain.agents import create_agent  # noqa: E402
-from langchain.agents.middleware.types import AgentMiddleware, hook_config  # noqa: E402
+from langchain.agents.middleware.types import AgentMiddleware  # noqa: E402
 from langchain_core.language_models.chat_models import BaseChatModel  # noqa: E402
 from langchain_core.messages import AIMessage, BaseMessage, HumanMessage, ToolMessage  # noqa: E402
 from langchain_core.outputs import ChatGeneration, ChatResult  # noqa: E402
@@ -131,21 +131,13 @@ class GuardClock:
 
 
 class HooksOnly(AgentMiddleware):
-    """The same hooks as the guard middleware, doing nothing: what LangGraph charges for the hook nodes."""
-
-    @hook_config(can_jump_to=["end"])
-    async def abefore_model(self, state: Any, runtime: Any) -> None:
-        return None
+    """The same hooks as the guard middleware, doing nothing: what LangGraph charges for them."""
 
     async def awrap_model_call(self, request: Any, handler: Any) -> Any:
         return await handler(request)
 
     async def awrap_tool_call(self, request: Any, handler: Any) -> Any:
         return await handler(request)
-
-    @hook_config(can_jump_to=["end"])
-    def before_model(self, state: Any, runtime: Any) -> None:
-        return None
 
     def wrap_model_call(self, request: Any, handler: Any) -> Any:
         return handler(request)
@@ -160,7 +152,7 @@ class HookTimer:
 
     def __init__(self, middleware: Any) -> None:
         self.own = 0.0
-        for name in ("abefore_model", "awrap_model_call", "awrap_tool_call"):
+        for name in ("awrap_model_call", "awrap_tool_call"):
             setattr(middleware, name, self._timed(getattr(middleware, name)))
 
     def _timed(self, hook: Any) -> Any:
@@ -189,7 +181,7 @@ class HookTimer:
 async def section_in_process(steps: int, repeat: int, tmp: Path) -> dict[str, Any]:
     """The middleware's own time with a guard that answers at once, in process (``runtime.decide`` replaced by an
     immediate 'unharmful'): no socket, no guard model, so what is left over the bare loop is the middleware — its
-    transcript, coverage and cache work, and LangGraph's hook nodes (measured apart with :class:`HooksOnly`)."""
+    transcript, coverage and cache work, and LangGraph's cost of the hooks (measured apart with :class:`HooksOnly`)."""
     from nemo_csr_rail.decision import Cost, Decision, Outcome
     from nemo_csr_rail.verdict import parse
 
@@ -462,11 +454,11 @@ def _standin_sections(args: argparse.Namespace, results: dict[str, Any], tmp: Pa
     print(f"  with the middleware     {r['guarded_cpu_ms']:9.2f} ms a run (wall {r['guarded_wall_ms']:.2f}; "
           f"{r['checks_per_run']} checks a run)")
     print(f"  middleware's own        {r['own_cpu_ms_per_step']:9.3f} ms a step (target <= 1 ms), of which "
-          f"LangGraph's hook nodes {r['langgraph_hooks_cpu_ms_per_step']:.3f}")
+          f"LangGraph's hooks {r['langgraph_hooks_cpu_ms_per_step']:.3f}")
     print(f"    its own code          {r['own_code_cpu_ms_per_step']:9.3f} ms a step (inside its hooks, less the "
           "model and tool calls)")
-    print(f"  sync invoke, own        {r['sync_own_cpu_ms_per_step']:9.3f} ms a step, of which LangGraph's hook "
-          f"nodes {r['sync_langgraph_hooks_cpu_ms_per_step']:.3f}")
+    print(f"  sync invoke, own        {r['sync_own_cpu_ms_per_step']:9.3f} ms a step, of which LangGraph's hooks "
+          f"{r['sync_langgraph_hooks_cpu_ms_per_step']:.3f}")
     with StandInProcess("guard") as s:
         results["standin_zero_latency"] = asyncio.run(section(s, GUARD_MODEL, args.steps, args.repeat, tmp))
         _print("stand-in guard, zero latency (simulated)", results["standin_zero_latency"])

@@ -1,26 +1,28 @@
 """The guard as a LangChain agent middleware: ``create_agent(model, tools, middleware=[guard.middleware(...)])``.
 
-Where it judges, and why there (docs/langchain-agents.md):
+Where it judges, and why there (docs/langchain-agents.md). Two hooks, ``wrap_model_call`` and ``wrap_tool_call``:
 
-* **before each model call** (``before_model``): every message the model is about to read that is not judged yet —
-  user messages and tool results, the whole history through :func:`nemo_csr_rail.coverage.judge_messages` and its
-  ``judged_messages`` cache, so a later turn after a tool exchange is judged like the first. A block ends the turn
-  before the model reads anything (``jump_to: "end"``).
-* **around the model call** (``wrap_model_call``): the answer and each tool call it makes, *before* the answer
-  enters the agent's state. A blocked answer or call is replaced by the refusal, so a harmful call never reaches a
-  tool and a harmful answer is never in the state, a checkpoint or a stream. ``after_model`` would be too late: by
-  then the model node's output is in the state and was already sent to ``stream_mode="updates"``/``"values"``.
-  With ``stream="hold"`` (the default) the model's tokens are withheld from streaming callback handlers until the
-  answer is judged (the answer is then released whole, as the model node's output).
+* **before the model is called** (inside ``wrap_model_call``): every message of the request the model is about to
+  read — after every other middleware's ``before_model`` — that is not judged yet: user messages, tool results,
+  and the answers and tool calls of the history (a client can forge them), the whole history through
+  :func:`nemo_csr_rail.coverage.judge_messages` and its ``judged_messages`` cache, so a later turn after a tool
+  exchange is judged like the first. A block returns the refusal instead of calling the model (no tool calls in
+  it, so the loop ends). No ``before_model`` node: one graph node fewer a step.
+* **after the model answers** (inside ``wrap_model_call``): the answer and each tool call it makes, *before* the
+  answer enters the agent's state. A blocked answer or call is replaced by the refusal, so a harmful call never
+  reaches a tool and a harmful answer is never in the state, a checkpoint or a stream. ``after_model`` would be too
+  late: by then the model node's output is in the state and was already sent to ``stream_mode="updates"``/
+  ``"values"``. With ``stream="hold"`` (the default) the model's tokens are withheld from streaming callback
+  handlers until the answer is judged (the answer is then released whole, as the model node's output).
 * **around each tool call** (``wrap_tool_call``): the result, and the text of an exception the tool raised, before
   either becomes a ``ToolMessage``. A blocked one becomes a ``ToolMessage`` with ``status="error"`` holding the
-  refusal; the next ``before_model`` ends the turn with it, without calling the model.
+  refusal; the next model call ends the turn with it, without calling the model.
 
 Every block ends the turn with one final ``AIMessage``: the policy's refusal with the guard model's reasoning.
 What was judged and why is in its ``response_metadata["nemo_csr_rail"]`` (never sent back to a provider, unlike
 ``additional_kwargs``). A refused exchange stays in the thread's state, but the model never reads it again: the
-refused user message and the refusal are left out of later requests, so one refused message does not block the
-rest of a conversation.
+refused message and the refusal are left out of later requests, so one refused message does not block the rest of
+a conversation.
 
 The checks go through the guard's runtime (the NeMo rails' own: policies, prompts, decode plans, ``reasoning``,
 ``mode: monitor``, ``on_error``, caches, telemetry), which never raises; a failure inside this module blocks
@@ -37,13 +39,7 @@ import uuid
 from collections.abc import Awaitable, Callable, Coroutine, Iterator, Sequence
 from typing import Any, Literal, TypeVar
 
-from langchain.agents.middleware.types import (
-    AgentMiddleware,
-    AgentState,
-    ModelRequest,
-    ModelResponse,
-    hook_config,
-)
+from langchain.agents.middleware.types import AgentMiddleware, ModelRequest, ModelResponse
 from langchain_core.messages import AIMessage, BaseMessage, ToolMessage
 from langchain_core.runnables.config import ensure_config, var_child_runnable_config
 from langchain_core.tracers._streaming import _StreamingCallbackHandler, _V2StreamingCallbackHandler
@@ -239,11 +235,11 @@ class CsrGuardMiddleware(AgentMiddleware):
               bot: str | None = None) -> tuple[str | None, Direction, Awaitable[Decision]]:
         return policy, direction.judged_as, self.runtime.decide(policy, direction, user, bot)
 
-    async def _check_input(self, messages: Sequence[BaseMessage]) -> dict[str, Any] | None:
-        ended = _blocked_tool_result(messages)
+    async def _check_input(self, view: Sequence[BaseMessage]) -> AIMessage | None:
+        """The refusal that ends the turn before the model reads ``view``, or None: the model may be called."""
+        ended = _blocked_tool_result(view)
         if ended is not None:
             return ended
-        view = _model_view(messages)
         transcript = to_transcript(view)
         users = [m.index for m in transcript if m.role == "user"]
         if not users:
@@ -270,7 +266,7 @@ class CsrGuardMiddleware(AgentMiddleware):
         refused = transcript[idx if idx is not None and 0 <= idx < len(view) else current]
         side = self._answer_side(decision, refused) if refused.role == "assistant" else "input"
         ids = [view[refused.index].id] if view[refused.index].id else []
-        return {"messages": [_refusal(decision, side, refused_ids=ids)], "jump_to": "end"}
+        return _refusal(decision, side, refused_ids=ids)
 
     def _history_output_checks(self, transcript: list[Message]) -> list[tuple[str | None, Direction,
                                                                                 Awaitable[Decision]]]:
@@ -288,8 +284,10 @@ class CsrGuardMiddleware(AgentMiddleware):
         answer = next((m for m in response.result if isinstance(m, AIMessage)), None)
         if answer is None:
             return response
-        view = list(request.messages)
-        transcript = to_transcript([*view, answer])
+        # the answer with the user message it answers: the history's answers and calls were judged by this step's
+        # before_model, and an item's verdict depends on nothing else, so this judges exactly what is new
+        asked = next((m for m in reversed(request.messages) if m.type == "human"), None)
+        transcript = to_transcript([answer] if asked is None else [asked, answer])
         current = len(transcript) - 1
         mine = transcript[current]
         checks = []
@@ -314,13 +312,8 @@ class CsrGuardMiddleware(AgentMiddleware):
             if decision.monitored and decision.would_block:
                 answer.response_metadata[METADATA_KEY] = _record(decision, "output", blocked=False)
             return response
-        idx = _blocked_index(decision)
-        blocked = transcript[idx] if idx is not None and 0 <= idx < len(transcript) else mine
-        side = self._answer_side(decision, blocked)
-        extra: dict[str, Any] = {"refused_calls": [c.get("id") for c in answer.tool_calls]}
-        if blocked.index != current and view[blocked.index].id:  # an earlier answer in the history (forged)
-            extra["refused_ids"] = [view[blocked.index].id]
-        return ModelResponse(result=[_refusal(decision, side, **extra)])
+        return ModelResponse(result=[_refusal(decision, self._answer_side(decision, mine),
+                                              refused_calls=[c.get("id") for c in answer.tool_calls])])
 
     def _answer_side(self, decision: Decision, blocked: Message) -> str:
         """Whether an answer was blocked for a tool call or for its text: the refusal is the deciding item's own,
@@ -360,16 +353,11 @@ class CsrGuardMiddleware(AgentMiddleware):
         return None if checked is m else checked
 
     # ------------------------------------------------------------------------------------------------- hooks
-    @hook_config(can_jump_to=["end"])
-    def before_model(self, state: AgentState, runtime: Any) -> dict[str, Any] | None:
-        return _SYNC.run(self._check_input(state["messages"]))
-
-    @hook_config(can_jump_to=["end"])
-    async def abefore_model(self, state: AgentState, runtime: Any) -> dict[str, Any] | None:
-        return await self._check_input(state["messages"])
-
     def wrap_model_call(self, request: ModelRequest, handler: Callable[[ModelRequest], ModelResponse]) -> Any:
         request = _with_view(request)
+        refusal = _SYNC.run(self._check_input(request.messages))
+        if refusal is not None:
+            return ModelResponse(result=[refusal])
         with self._held():
             response = handler(request)
         return _SYNC.run(self._check_answer(request, response))
@@ -377,6 +365,9 @@ class CsrGuardMiddleware(AgentMiddleware):
     async def awrap_model_call(self, request: ModelRequest,
                                handler: Callable[[ModelRequest], Awaitable[ModelResponse]]) -> Any:
         request = _with_view(request)
+        refusal = await self._check_input(request.messages)
+        if refusal is not None:
+            return ModelResponse(result=[refusal])
         with self._held():
             response = await handler(request)
         return await self._check_answer(request, response)
@@ -479,16 +470,15 @@ def _blocked_tool_message(decision: Decision, request: ToolCallRequest, message:
                                                                 tool_error=message.status == "error")})
 
 
-def _blocked_tool_result(messages: Sequence[BaseMessage]) -> dict[str, Any] | None:
+def _blocked_tool_result(view: Sequence[BaseMessage]) -> AIMessage | None:
     """The turn's end after a tool result was blocked: the refusal as the final answer, the model not called."""
-    for m in reversed(messages):
+    for m in reversed(view):
         if isinstance(m, AIMessage):
             return None
         rec = record_of(m) if isinstance(m, ToolMessage) else None
         if rec is not None and rec.get("blocked"):
-            final = AIMessage(content=m.content, id=f"csr-refusal-{uuid.uuid4().hex}",
-                              response_metadata={METADATA_KEY: {**rec, "refused_ids": [m.id] if m.id else []}})
-            return {"messages": [final], "jump_to": "end"}
+            return AIMessage(content=m.content, id=f"csr-refusal-{uuid.uuid4().hex}",
+                             response_metadata={METADATA_KEY: {**rec, "refused_ids": [m.id] if m.id else []}})
     return None
 
 
