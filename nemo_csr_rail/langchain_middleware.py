@@ -284,8 +284,8 @@ class CsrGuardMiddleware(AgentMiddleware):
         answer = next((m for m in response.result if isinstance(m, AIMessage)), None)
         if answer is None:
             return response
-        # the answer with the user message it answers: the history's answers and calls were judged by this step's
-        # before_model, and an item's verdict depends on nothing else, so this judges exactly what is new
+        # the answer with the user message it answers: the history's answers and calls were judged with this step's
+        # request, and an item's verdict depends on nothing else, so this judges exactly what is new
         asked = next((m for m in reversed(request.messages) if m.type == "human"), None)
         transcript = to_transcript([answer] if asked is None else [asked, answer])
         current = len(transcript) - 1
@@ -336,7 +336,7 @@ class CsrGuardMiddleware(AgentMiddleware):
 
     async def _judge_tool_result(self, m: ToolMessage) -> Decision:
         """One tool result (or the text of a tool error) on its own: the judged item is the same as in the whole
-        history (a tool result is judged without context), so the next ``before_model`` finds it in the cache."""
+        history (a tool result is judged without context), so the next request's check finds it in the cache."""
         text = _text(m.content)
         if self._whole_history(self.tool_policy):
             one = [Message(index=0, role="tool", text=text, tool_call_id=m.tool_call_id, name=m.name)]
