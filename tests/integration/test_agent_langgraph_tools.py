@@ -16,7 +16,7 @@ from langchain_core.messages import AIMessage, BaseMessage, HumanMessage, ToolMe
 from langchain_core.outputs import ChatGeneration, ChatResult
 from langchain_core.tools import InjectedToolCallId, ToolException, tool
 from langchain_core.utils.function_calling import convert_to_openai_tool
-from langgraph.prebuilt import InjectedState, ToolNode, create_react_agent
+from langgraph.prebuilt import InjectedState, ToolNode, ToolRuntime, create_react_agent
 from langgraph.types import Command
 from pydantic import Field
 
@@ -77,6 +77,13 @@ def count_messages(label: str, state: Annotated[dict, InjectedState]) -> str:
     """Counts the messages in the graph state."""
     RAN.append("count_messages")
     return f"{label}: {len(state['messages'])} messages"
+
+
+@tool
+def call_info(topic: str, runtime: ToolRuntime) -> str:
+    """Reads LangGraph's ToolRuntime."""
+    RAN.append("call_info")
+    return f"{topic}: call {runtime.tool_call_id}, {len(runtime.state['messages'])} messages"
 
 
 @tool(response_format="content_and_artifact")
@@ -193,9 +200,9 @@ async def test_a_blocked_result_goes_back_to_the_model(guard_cfg, mode, make_age
 
 async def test_allowed_calls_read_exactly_as_without_the_guard(guard_cfg, mode, make_agent):
     calls = (("get_weather", {"city": "Oslo", "units": "F"}), ("whoami", {"note": "hi"}),
-             ("count_messages", {"label": "n"}), ("query_rows", {"table": "orders"}))
+             ("count_messages", {"label": "n"}), ("query_rows", {"table": "orders"}), ("call_info", {"topic": "t"}))
     plain_model, guarded_model = _script(*calls), _script(*calls)
-    tools = [get_weather, whoami, count_messages, query_rows]
+    tools = [get_weather, whoami, count_messages, query_rows, call_info]
     plain = await _run(make_agent(plain_model, tools), mode, [HumanMessage("Status?")])
     guarded = await _run(make_agent(guarded_model, [guard_cfg.tool(t, policy="agent") for t in tools]), mode,
                          [HumanMessage("Status?")])
@@ -211,7 +218,8 @@ async def test_allowed_calls_read_exactly_as_without_the_guard(guard_cfg, mode, 
     assert by_name["count_messages"].content == "n: 2 messages", "InjectedState reached the tool"
     assert by_name["query_rows"].artifact == {"rows": [{"id": 1}, {"id": 2}]}, "the artifact is kept"
     assert by_name["query_rows"].content == "2 rows from orders"
-    assert sorted(RAN) == sorted(["get_weather:Oslo", "whoami", "count_messages", "query_rows"] * 2)
+    assert by_name["call_info"].content == "t: call call_call_info_4, 2 messages", "ToolRuntime reached the tool"
+    assert sorted(RAN) == sorted(["get_weather:Oslo", "whoami", "count_messages", "query_rows", "call_info"] * 2)
 
 
 async def test_the_text_of_a_tool_error_is_judged(guard_cfg, guard, mode):
@@ -287,7 +295,7 @@ def test_on_block_is_validated(guard_cfg):
 
 
 def test_the_model_sees_the_same_schema(guard_cfg):
-    for t in (whoami, count_messages, query_rows, get_weather):
+    for t in (whoami, count_messages, query_rows, get_weather, call_info):
         g = guard_cfg.tool(t, policy="agent")
         assert convert_to_openai_tool(g) == convert_to_openai_tool(t)
         assert g.args == t.args
