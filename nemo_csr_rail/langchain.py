@@ -104,7 +104,8 @@ class CsrGuard:
         with ``status="error"`` and the refusal, so the agent loop goes on and the model reads why; ``"raise"``
         raises a ``ToolException`` with the refusal (``.metadata`` the decision), which LangGraph's default error
         handling turns into a failed run. Invoked with plain arguments (no call id, so no ``ToolMessage`` to
-        return) a block always raises. Either way the tool's own ``handle_tool_error`` is honoured."""
+        return) a block always raises. Where a block raises, the tool's own ``handle_tool_error`` applies to it
+        as to any ``ToolException`` of the tool."""
         if on_block not in ON_BLOCK:
             raise ValueError(f"on_block must be one of {', '.join(map(repr, ON_BLOCK))}, not {on_block!r}")
         return GuardedTool(name=tool.name, description=tool.description, args_schema=_with_state_slot(tool),
