@@ -1,4 +1,4 @@
-"""Agent rails for LangChain and LangGraph (``pip install 'nemo-csr-rail[langchain]'``).
+"""Agent rails for LangChain and LangGraph (the ``langchain`` extra: ``pip install '.[langchain]'`` in a clone).
 
     from nemo_csr_rail.langchain import CsrGuard
 
