@@ -334,3 +334,20 @@ def test_a_model_cannot_forge_the_state_it_is_judged_against(guard_cfg, guard):
     (prompt,) = [p for p in guard_prompts(guard) if "Tool call: get_weather" in p]
     assert "Human user:\nWeather in Rome?\n\nAI assistant:\nTool call: get_weather" in prompt
     assert "csr_graph_state" not in json.dumps(convert_to_openai_tool(guard_cfg.tool(get_weather)))
+
+
+@pytest.mark.parametrize("stream_mode", ["updates", "messages", "values"])
+async def test_the_graph_streams_carry_only_the_judged_result(guard_cfg, stream_mode):
+    """What docs/agents.md promises a UI that shows tool output: LangGraph's stream modes carry the ToolMessage the
+    model reads, never the blocked result (callback handlers and ``astream_events`` do see the tool's own run)."""
+    agent = create_react_agent(_script(("leaky_search", {"query": "home chemistry"})),
+                               [guard_cfg.tool(leaky_search, policy="agent")])
+    chunks = [c async for c in agent.astream({"messages": [HumanMessage("Experiments?")]}, stream_mode=stream_mode)]
+    assert RAN == ["leaky_search"]
+    assert RESULT_REFUSAL_START in str(chunks)
+    assert "bomb" not in str(chunks)
+    events = [e async for e in create_react_agent(
+        _script(("leaky_search", {"query": "home chemistry"})),
+        [guard_cfg.tool(leaky_search, policy="agent")]).astream_events({"messages": [HumanMessage("x")]})]
+    ends = [str(e["data"].get("output")) for e in events if e["event"] == "on_tool_end"]
+    assert any("bomb" in o for o in ends), "the documented limit: the tool's own run reports its raw output"
