@@ -3,7 +3,7 @@
     python -m benchmarks.agent_rails [--n 8 32] [--repeat 20] [--vllm-python PY] [--json PATH]
 
 Every check goes through the rails' own path (:class:`~nemo_csr_rail.rail.runtime.RailRuntime` and
-:mod:`nemo_csr_rail.rail.agent_checks`, as ``csr check tool calls`` runs it), against:
+:mod:`nemo_csr_rail.agent_checks`, as ``csr check tool calls`` runs it), against:
 
 * the vLLM-shaped stand-in in its own process with the latency model of ``benchmarks/run.py`` (assumed serving
   costs: 2 ms a request, 0.03 ms an uncached prompt token, 7 ms a decode step; prefix caching modelled on the
@@ -38,9 +38,10 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from benchmarks.servers import GUARD_MODEL, StandInProcess, VllmServer  # noqa: E402
+from nemo_csr_rail import agent_checks  # noqa: E402
 from nemo_csr_rail.agent import judged_turn, render_tool_call  # noqa: E402
 from nemo_csr_rail.policy import Direction  # noqa: E402
-from nemo_csr_rail.rail import agent_checks, reset_runtimes  # noqa: E402
+from nemo_csr_rail.rail import reset_runtimes  # noqa: E402
 from nemo_csr_rail.rail.runtime import runtime_for  # noqa: E402
 
 STANDIN_MODEL = {"fixed_s": 0.002, "prefill_s": 0.00003, "decode_s": 0.007}  # benchmarks/run.py's

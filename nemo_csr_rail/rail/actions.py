@@ -1,8 +1,9 @@
 """The NeMo Guardrails actions ``csr_check_input`` / ``csr_check_output`` and the agent actions
 ``csr_check_tool_calls`` / ``csr_check_tool_results`` / ``csr_check_retrieval`` (docs/agents.md).
 
-NeMo Guardrails loads this file standalone from ``import_paths``; it only adapts the runtime's arguments, all state
-lives in :mod:`nemo_csr_rail.rail.runtime`. ``is_system_action=True`` keeps the call (and its result) out of the Colang
+NeMo Guardrails loads this file standalone from ``import_paths``; it only adapts NeMo's arguments to the core's
+checks (:mod:`nemo_csr_rail.runtime`, :mod:`nemo_csr_rail.agent_checks`) and their decisions to ``RailOutcome``
+(:mod:`nemo_csr_rail.rail.outcome`); all state lives in the runtime. ``is_system_action=True`` keeps the call (and its result) out of the Colang
 history that dialog prompts see, and keeps it local when an actions server is configured.
 """
 
@@ -14,9 +15,10 @@ from nemoguardrails.actions import action
 from nemoguardrails.actions.actions import ActionResult
 from nemoguardrails.actions.rail_outcome import RailOutcome
 
+from nemo_csr_rail import agent_checks
 from nemo_csr_rail.policy import Direction
-from nemo_csr_rail.rail import agent_checks
 from nemo_csr_rail.rail.history import history_from_events
+from nemo_csr_rail.rail.outcome import agent_rail_outcome, retrieval_rail_outcome
 from nemo_csr_rail.rail.runtime import runtime_for
 
 #: context variables the agent actions set for their flows (flows.v1.co)
@@ -83,7 +85,7 @@ async def csr_check_tool_calls(
     calls = tool_calls if tool_calls is not None else ctx.get("tool_calls")
     user = ctx.get("user_message") or ctx.get("last_user_message")
     out, kept = await agent_checks.check_tool_calls(runtime_for(config), _policy_arg(policy, kwargs), calls, user)
-    return ActionResult(return_value=out, context_updates={KEPT_TOOL_CALLS: kept})
+    return ActionResult(return_value=agent_rail_outcome(out), context_updates={KEPT_TOOL_CALLS: kept})
 
 
 @action(name="csr_check_tool_results", is_system_action=True)
@@ -117,8 +119,8 @@ async def csr_check_tool_results(
     csr_flows = [str(f) for f in ctx.get("tool_input_flows") or () if TOOL_RESULTS_FLOW in str(f)]
     last = not csr_flows or triggered is None or str(triggered) == csr_flows[-1]
     out = await agent_checks.check_tool_results(runtime, name, messages, ctx.get("last_user_message"))
-    meta = {**out.metadata, "continue_turn": bool(last and not out.is_blocked)}
-    if out.is_blocked:
+    meta = {**out.metadata, "continue_turn": bool(last and not out.blocked)}
+    if out.blocked:
         return (RailOutcome.failure if meta.get("failed") else RailOutcome.block)(reason=out.reason, metadata=meta)
     return RailOutcome.allow(reason=out.reason, metadata=meta)
 
@@ -158,4 +160,4 @@ async def csr_check_retrieval(
     user = ctx.get("retrieved_for") or ctx.get("last_user_message") or ctx.get("user_message")
     out, kept = await agent_checks.check_relevant_chunks(runtime_for(config), _policy_arg(policy, kwargs), chunks,
                                                          user)
-    return ActionResult(return_value=out, context_updates={KEPT_CHUNKS: kept})
+    return ActionResult(return_value=retrieval_rail_outcome(out, kept), context_updates={KEPT_CHUNKS: kept})

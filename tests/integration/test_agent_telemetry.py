@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from nemo_csr_rail.rail import agent_checks
+from nemo_csr_rail import agent_checks
 from tests.support.net import free_port
 from tests.support.runtime import runtime
 from tests.support.telemetry_helpers import metrics_endpoint, sample, scrape  # noqa: F401 - fixture
