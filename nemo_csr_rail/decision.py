@@ -24,7 +24,6 @@ from typing import TYPE_CHECKING, Any
 from nemo_csr_rail.errors import ConfigError, CsrError, ErrorKind, InputTooLong
 from nemo_csr_rail.plans.escalate import Escalation
 from nemo_csr_rail.policy import Direction, Policy
-from nemo_csr_rail.settings import FLOW_OF_DIRECTION
 from nemo_csr_rail.verdict import RECORD_KEYS as VERDICT_KEYS
 from nemo_csr_rail.verdict import Verdict
 
@@ -270,15 +269,15 @@ class Decision:
             return None
         if not self.blocked:
             return self.verdict.reasoning
-        return self.verdict.reasoning or f"The {_WHAT[self.direction]} violates policy '{self.policy}'."
+        return self.verdict.reasoning or f"The {self.direction.spec.noun} violates policy '{self.policy}'."
 
     @property
     def exception_message(self) -> str | None:
         """The message of the rail exception a block raises (``enable_rails_exceptions``)."""
         if not self.blocked:
             return None
-        return (f"{_BLOCKED[self.direction]} blocked by {FLOW_OF_DIRECTION[self.direction.value]} "
-                f"(policy {self.policy}): {self.reason}")
+        spec = self.direction.spec
+        return f"{spec.blocked} blocked by {spec.flow} (policy {self.policy}): {self.reason}"
 
     # -- serialisations -----------------------------------------------------------------------------------------
     def to_metadata(self) -> dict[str, Any]:
@@ -372,13 +371,6 @@ class Decision:
             escalation=Escalation.from_record(record["escalation"]) if record.get("escalation") else None,
             history_messages=record.get("history_messages"), history_dropped=record.get("history_dropped"),
             long_input=LongInputInfo(**long_input) if long_input else None, refusal=record.get("refusal"))
-
-
-#: what a direction checks, and the rail exception's first word (the flow names come from the settings' flow table)
-_WHAT = {Direction.INPUT: "prompt", Direction.OUTPUT: "response", Direction.TOOL_CALL: "tool call",
-         Direction.TOOL_RESULT: "tool result", Direction.RETRIEVAL: "retrieved document"}
-_BLOCKED = {Direction.INPUT: "Input", Direction.OUTPUT: "Output", Direction.TOOL_CALL: "Tool call",
-            Direction.TOOL_RESULT: "Tool result", Direction.RETRIEVAL: "Retrieved document"}
 
 
 _COST_KEYS = tuple(f.name for f in fields(Cost))

@@ -43,11 +43,11 @@ from nemo_csr_rail import agent_checks
 from nemo_csr_rail.agent import content_text
 from nemo_csr_rail.errors import ConfigError
 from nemo_csr_rail.runtime import CheckRuntime, runtime_for
+from nemo_csr_rail.settings.flows import RAILS_SECTIONS
 
 T = TypeVar("T")
 #: per-invocation user message: ``tool.invoke(args, config={"metadata": {USER_MESSAGE_KEY: "…"}})``
 USER_MESSAGE_KEY = "csr_user_message"
-_RAIL_SECTIONS = ("input", "output", "tool_output", "tool_input", "retrieval")
 
 
 class CsrGuard:
@@ -74,7 +74,7 @@ class CsrGuard:
             for section, value in (data.get("rails") or {}).items():
                 merged["rails"][section] = value
         rails = SimpleNamespace(**{s: SimpleNamespace(flows=list((merged["rails"].get(s) or {}).get("flows") or []))
-                                   for s in _RAIL_SECTIONS})
+                                   for s in RAILS_SECTIONS})
         config = SimpleNamespace(models=merged["models"], custom_data=merged["custom_data"], rails=rails,
                                  config_path=str(root))
         return cls(runtime_for(config))

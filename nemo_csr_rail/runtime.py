@@ -24,6 +24,7 @@ from nemo_csr_rail.cache import TTLCache
 from nemo_csr_rail.client import CsrClient
 from nemo_csr_rail.conversation import Turn
 from nemo_csr_rail.decision import Decision, LongInputInfo, SkipReason, on_error_for
+from nemo_csr_rail.directions import TOPIC_ONLY
 from nemo_csr_rail.engines.base import Engine
 from nemo_csr_rail.engines.factory import build_engine
 from nemo_csr_rail.errors import ConfigError, CsrError, GuardTimeout, InputTooLong
@@ -33,10 +34,6 @@ from nemo_csr_rail.settings import ResolvedSettings, resolve
 from nemo_csr_rail.verdict import Verdict
 
 log = logging.getLogger("nemo_csr_rail")
-#: what each direction checks, for messages
-_WHAT = {Direction.INPUT: "the user's message", Direction.OUTPUT: "the bot's answer",
-         Direction.TOOL_CALL: "a tool call", Direction.TOOL_RESULT: "a tool result",
-         Direction.RETRIEVAL: "a retrieved document"}
 
 
 def _cache_settings(resolved: ResolvedSettings, rails_config: Any) -> tuple[bool, int, float]:
@@ -154,8 +151,7 @@ class CheckRuntime:
             label = policy.name
             if policy.kind == "topic" and direction is not Direction.INPUT:
                 # the config check catches flows that name it; this catches a $policy chosen at run time
-                raise ConfigError(f"policies.{policy.name}", "is a topic policy: it judges user messages only and "
-                                                               f"cannot check {_WHAT[direction]}")
+                raise ConfigError(f"policies.{policy.name}", f"{TOPIC_ONLY} and cannot check {direction.spec.what}")
             user = user_message if isinstance(user_message, str) else ("" if user_message is None else str(user_message))
             # agent items are judged as the card's prompt or response side (docs/agents.md)
             if direction.judged_as is Direction.OUTPUT:
@@ -219,7 +215,7 @@ class CheckRuntime:
         current message alone already fills the guard's context."""
         li = self.settings.long_input
         chars = len(user) + len(bot or "")
-        what = {Direction.INPUT: "message", Direction.OUTPUT: "answer"}.get(direction, _WHAT[direction])
+        what = direction.spec.too_long
         side = direction.judged_as
         if li.strategy == "refuse":
             cause = (f"{chars} characters exceed long_input.max_chars={li.max_chars}" if trigger == "max_chars"

@@ -21,6 +21,8 @@ RANK: dict[str, int] = {
     "errors": 0, "taxonomy": 0, "cache": 0, "weights": 0, "long_input": 0, "conversation": 0, "neutralize": 0,
     "engines.constrain": 0, "engines.transport": 0,
     "options": 0,  # every default, once: read by the schema, the client, the engines and the prompt builder
+    "directions": 0,  # the directions and their one table (flow, action, wording, labels), read by everything
+    "_version": 0,  # the version, from the installed distribution
     "settings.probe": 1, "settings.schema": 1, "settings.endpoints": 1, "settings.flows": 1, "settings.resolve": 1,
     "settings": 1,
     "policy": 2,
