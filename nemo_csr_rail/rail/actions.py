@@ -12,19 +12,23 @@ from __future__ import annotations
 from typing import Any
 
 from nemoguardrails.actions import action
-from nemoguardrails.actions.actions import ActionResult
 from nemoguardrails.actions.rail_outcome import RailOutcome
 
 from nemo_csr_rail import agent_checks
 from nemo_csr_rail.policy import Direction
 from nemo_csr_rail.rail.history import history_from_events
-from nemo_csr_rail.rail.outcome import agent_rail_outcome, retrieval_rail_outcome
+from nemo_csr_rail.rail.outcome import (
+    RetrievalOutcome,
+    ToolCallsOutcome,
+    retrieval_rail_outcome,
+    tool_calls_rail_outcome,
+)
 from nemo_csr_rail.rail.runtime import runtime_for
 
-#: context variables the agent actions set for their flows (flows.v1.co)
+#: context variables the agent flows set from their outcomes' kept items (flows.v1.co)
 KEPT_TOOL_CALLS = "csr_tool_calls_kept"
 KEPT_CHUNKS = "csr_relevant_chunks_kept"
-TOOL_RESULTS_FLOW = "csr check tool results"
+TOOL_RESULTS_FLOW = Direction.TOOL_RESULT.spec.flow
 
 
 def _policy_arg(policy: str | None, kwargs: dict[str, Any]) -> str | None:
@@ -41,13 +45,16 @@ async def csr_check_input(
     config: Any = None,
     text: str | None = None,
     events: list[Any] | None = None,
+    user_message: str | None = None,
     **kwargs: Any,
 ) -> RailOutcome:
     """Check the user's message against ``policy``; block (with the reasoning) if the model finds it harmful.
 
-    A topic policy also gets the conversation before the message, read from ``events`` (both Colang versions
-    pass them to an action that declares the parameter)."""
-    user = text if text is not None else (context or {}).get("user_message")
+    The message: ``text``, else ``user_message`` (what the manifest's input surface binds: NeMo's catalog passes
+    it by name and no ``context``), else the Colang context's. A topic policy also gets the conversation before the
+    message, read from ``events`` (both Colang versions pass them to an action that declares the parameter)."""
+    user = text if text is not None else user_message if user_message is not None else \
+        (context or {}).get("user_message")
     runtime = runtime_for(config)
     name = _policy_arg(policy, kwargs)
     history = history_from_events(events) if runtime.wants_history(name) else None
@@ -60,12 +67,17 @@ async def csr_check_output(
     context: dict[str, Any] | None = None,
     config: Any = None,
     text: str | None = None,
+    user_message: str | None = None,
+    bot_message: str | None = None,
     **kwargs: Any,
 ) -> RailOutcome:
-    """Check the bot's answer (with the user's message as context) against ``policy``."""
+    """Check the bot's answer (with the user's message as context) against ``policy``. Each text: the explicit
+    argument (``text`` for the answer; ``user_message`` / ``bot_message`` as the manifest's output surface binds
+    them), else the Colang context's."""
     ctx = context or {}
-    bot = text if text is not None else ctx.get("bot_message")
-    return await runtime_for(config).check(_policy_arg(policy, kwargs), Direction.OUTPUT, ctx.get("user_message"), bot)
+    bot = text if text is not None else bot_message if bot_message is not None else ctx.get("bot_message")
+    user = user_message if user_message is not None else ctx.get("user_message")
+    return await runtime_for(config).check(_policy_arg(policy, kwargs), Direction.OUTPUT, user, bot)
 
 
 # ------------------------------------------------------------------------------------------------------ agent rails
@@ -76,16 +88,17 @@ async def csr_check_tool_calls(
     config: Any = None,
     tool_calls: list[Any] | None = None,
     **kwargs: Any,
-) -> ActionResult:
+) -> ToolCallsOutcome:
     """Check each tool call of the bot's answer (``$tool_calls``) as its response to the user's message.
 
-    Returns the folded outcome, and sets ``$csr_tool_calls_kept`` to the calls that pass (unchanged, in order):
-    the flow puts them back into ``$tool_calls``, which is what NeMo returns to the caller."""
+    Returns the folded outcome with the calls that pass (unchanged, in order) as ``kept_tool_calls``: the flow
+    sets ``$csr_tool_calls_kept`` from it and puts them back into ``$tool_calls``, which is what NeMo returns to the
+    caller."""
     ctx = context or {}
     calls = tool_calls if tool_calls is not None else ctx.get("tool_calls")
     user = ctx.get("user_message") or ctx.get("last_user_message")
     out, kept = await agent_checks.check_tool_calls(runtime_for(config), _policy_arg(policy, kwargs), calls, user)
-    return ActionResult(return_value=agent_rail_outcome(out), context_updates={KEPT_TOOL_CALLS: kept})
+    return tool_calls_rail_outcome(out, kept)
 
 
 @action(name="csr_check_tool_results", is_system_action=True)
@@ -147,9 +160,10 @@ async def csr_check_retrieval(
     config: Any = None,
     text: str | None = None,
     **kwargs: Any,
-) -> ActionResult:
+) -> RetrievalOutcome:
     """Check each retrieved chunk (``$relevant_chunks_sep``); harmful ones are removed from ``$relevant_chunks``
-    (a transform, the turn goes on). Sets ``$csr_relevant_chunks_kept`` to the chunks that pass."""
+    (a transform, the turn goes on). The chunks that pass are the outcome's ``kept_chunks``: the flow sets
+    ``$csr_relevant_chunks_kept`` and, after a transform, ``$relevant_chunks_sep`` from them."""
     ctx = context or {}
     chunks = [str(c) for c in ctx.get("relevant_chunks_sep") or ()]
     whole = text if text is not None else ctx.get("relevant_chunks")
@@ -160,4 +174,4 @@ async def csr_check_retrieval(
     user = ctx.get("retrieved_for") or ctx.get("last_user_message") or ctx.get("user_message")
     out, kept = await agent_checks.check_relevant_chunks(runtime_for(config), _policy_arg(policy, kwargs), chunks,
                                                          user)
-    return ActionResult(return_value=retrieval_rail_outcome(out, kept), context_updates={KEPT_CHUNKS: kept})
+    return retrieval_rail_outcome(out, kept)
