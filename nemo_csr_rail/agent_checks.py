@@ -30,7 +30,7 @@ from nemo_csr_rail.agent import (
     render_tool_result,
     tool_calls_from,
 )
-from nemo_csr_rail.decision import Decision, Outcome, render_refusal
+from nemo_csr_rail.decision import Decision, Outcome, SkipReason, render_refusal
 from nemo_csr_rail.policy import Direction
 from nemo_csr_rail.runtime import CheckRuntime
 
@@ -81,11 +81,18 @@ async def check_each(runtime: CheckRuntime, policy: str | None, direction: Direc
     return [by_turn[t] for t in turns]
 
 
-def skipped(policy: str, direction: Direction, why: str) -> AgentDecision:
-    """Allowed without asking the guard: nothing of this kind in the rail call (no calls, no messages, no chunks),
-    or already checked in this turn."""
-    return AgentDecision(Outcome.ALLOW, {"policy": policy, "direction": direction.value, "decision": "allow",
-                                         "skipped": why, "failed": False})
+def skipped(runtime: CheckRuntime, policy: str | None, direction: Direction, reason: SkipReason) -> AgentDecision:
+    """Allowed without asking the guard: nothing of this kind in the rail call, or already checked in this turn;
+    counted in ``csr_checks_skipped_total`` like the runtime's own skips."""
+    decision = Decision.skipped(runtime.policy_label(policy), direction, reason)
+    runtime.record_skip(decision)
+    return AgentDecision(Outcome.ALLOW, decision.to_metadata(), decisions=(decision,))
+
+
+def _skipped_as(runtime: CheckRuntime, policy: str, direction: Direction, reason: SkipReason) -> str:
+    """Count an empty rail call that still reports its full metadata; returns the metadata's ``skipped`` text."""
+    runtime.record_skip(Decision.skipped(policy, direction, reason))
+    return reason.describe(direction)
 
 
 def _item(d: Decision, **ids: Any) -> dict[str, Any]:
@@ -126,7 +133,7 @@ async def check_tool_calls(runtime: CheckRuntime, policy: str | None, raw_calls:
     raw = list(raw_calls or [])
     calls = tool_calls_from(raw)
     if not calls:
-        return skipped(runtime.policy_label(policy), Direction.TOOL_CALL, "no tool calls"), raw
+        return skipped(runtime, policy, Direction.TOOL_CALL, SkipReason.NO_TOOL_CALLS), raw
     meta: dict[str, Any] = {"direction": Direction.TOOL_CALL.value, "calls": len(calls)}
     if len(calls) > MAX_TOOL_CALLS:
         label = runtime.policy_label(policy)
@@ -189,7 +196,7 @@ async def check_tool_results(runtime: CheckRuntime, policy: str | None, messages
         **extra,
     }
     if not parts:
-        meta["skipped"] = "no tool messages"
+        meta["skipped"] = _skipped_as(runtime, meta["policy"], Direction.TOOL_RESULT, SkipReason.NO_TOOL_MESSAGES)
     return _fold([o for _, o in blocked], meta, outs)
 
 
@@ -220,7 +227,7 @@ async def check_documents(runtime: CheckRuntime, policy: str | None, documents: 
         "checks": [_item(o, index=i) for i, o in zip(checked, outs, strict=True)],
     }
     if not documents:
-        meta["skipped"] = "no retrieved chunks"
+        meta["skipped"] = _skipped_as(runtime, meta["policy"], Direction.RETRIEVAL, SkipReason.NO_RETRIEVED_CHUNKS)
     return keep, meta
 
 

@@ -58,12 +58,25 @@ class SkipReason(_Value):
     EMPTY_MESSAGE = "empty_message"
     #: the bot message is (a streamed chunk of) a refusal this runtime issued
     OWN_REFUSAL = "own_refusal"
+    #: agent rails (docs/agents.md): the answer makes no tool calls
+    NO_TOOL_CALLS = "no_tool_calls"
+    #: agent rails: the request has no tool messages
+    NO_TOOL_MESSAGES = "no_tool_messages"
+    #: agent rails: the retrieval returned no chunks
+    NO_RETRIEVED_CHUNKS = "no_retrieved_chunks"
+    #: agent rails: the turn's tool messages were all checked by the first run of the tool-results rail
+    CHECKED_THIS_TURN = "checked_this_turn"
 
     def describe(self, direction: Direction) -> str:
         """The metadata's ``skipped`` text, a public value kept as it always was."""
-        if self is SkipReason.OWN_REFUSAL:
-            return "the plugin's own refusal"
-        return "empty bot message" if direction is Direction.OUTPUT else "empty user message"
+        if self is SkipReason.EMPTY_MESSAGE:
+            return "empty bot message" if direction is Direction.OUTPUT else "empty user message"
+        return _SKIP_TEXT[self]
+
+
+_SKIP_TEXT = {SkipReason.OWN_REFUSAL: "the plugin's own refusal", SkipReason.NO_TOOL_CALLS: "no tool calls",
+              SkipReason.NO_TOOL_MESSAGES: "no tool messages", SkipReason.NO_RETRIEVED_CHUNKS: "no retrieved chunks",
+              SkipReason.CHECKED_THIS_TURN: "checked with the turn's first tool message"}
 
 
 @dataclass(frozen=True)
@@ -222,7 +235,8 @@ class Decision:
 
     @classmethod
     def skipped(cls, policy_name: str, direction: Direction, reason: SkipReason) -> Decision:
-        """Allowed without a check: nothing to judge, or the plugin's own refusal."""
+        """Allowed without a check: nothing to judge, the plugin's own refusal, or (agent rails) nothing of the
+        rail's kind in the call, or already checked this turn."""
         return cls(policy=policy_name, direction=direction, outcome=Outcome.ALLOW, skip=reason)
 
     def with_long_input(self, info: LongInputInfo) -> Decision:

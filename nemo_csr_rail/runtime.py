@@ -142,6 +142,12 @@ class CheckRuntime:
             return await self.telemetry.observe(decide, policy_name, direction, user_message, bot_message)
         return await decide(policy_name, direction, user_message, bot_message)
 
+    def record_skip(self, decision: Decision) -> None:
+        """Count a skip decided outside :meth:`decide` (an agent rail call with nothing to check) in
+        ``csr_checks_skipped_total``, as :meth:`decide` counts its own."""
+        if self.telemetry is not None and decision.skip is not None:
+            self.telemetry.record_skip(decision)
+
     async def _decide(self, policy_name: str | None, direction: Direction, user_message: str | None,
                       bot_message: str | None = None, history: Sequence[Turn] | None = None) -> Decision:
         start = time.perf_counter()

@@ -15,6 +15,7 @@ from nemoguardrails.actions import action
 from nemoguardrails.actions.rail_outcome import RailOutcome
 
 from nemo_csr_rail import agent_checks
+from nemo_csr_rail.decision import SkipReason
 from nemo_csr_rail.policy import Direction
 from nemo_csr_rail.rail.history import history_from_events
 from nemo_csr_rail.rail.outcome import (
@@ -122,8 +123,7 @@ async def csr_check_tool_results(
     name = _policy_arg(policy, kwargs)
     triggered = ctx.get("triggered_tool_input_rail")
     if not _first_tool_input_round(events, triggered):
-        out = agent_checks.skipped(runtime.policy_label(name), Direction.TOOL_RESULT,
-                                   "checked with the turn's first tool message")
+        out = agent_checks.skipped(runtime, name, Direction.TOOL_RESULT, SkipReason.CHECKED_THIS_TURN)
         return RailOutcome.allow(reason=None, metadata={**out.metadata, "continue_turn": False})
     messages = ctx.get("tool_messages")
     if messages is None:  # called outside NeMo's tool-input loop: the current message only

@@ -135,7 +135,9 @@ CHECK_DURATION = Histogram("csr_check_duration_seconds", "Wall time of each guar
 CHECK_ERRORS = Counter("csr_check_errors_total", "Failed guard checks by error_kind (the metadata's)",
                        ["policy", "direction", "kind"])
 CHECKS_SKIPPED = Counter("csr_checks_skipped_total", "Checks not sent to the guard: nothing to judge "
-                         "(empty_message) or the plugin's own refusal (own_refusal)",
+                         "(empty_message), the plugin's own refusal (own_refusal), an agent rail call with nothing "
+                         "of its kind (no_tool_calls, no_tool_messages, no_retrieved_chunks) or already checked "
+                         "this turn (checked_this_turn)",
                          ["policy", "direction", "reason"])
 #: per direction, checks (started, finished): ``next()`` on an ``itertools.count`` is atomic and lock-free, and the
 #: scrape reads in-flight as their difference, instead of a gauge taking its lock twice per check
