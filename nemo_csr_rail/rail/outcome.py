@@ -8,7 +8,7 @@ transform of ``relevant_chunks``.
 
 Two agent actions hand their Colang 1.0 flow more than a decision: the tool calls that pass (the flow puts them back
 into ``$tool_calls``) and the retrieved chunks kept (``$relevant_chunks_sep``, a list the transform's joined text
-cannot restore). Their outcomes are :class:`ToolCallsOutcome` and :class:`RetrievalOutcome`: ``RailOutcome``\ s, as
+cannot restore). Their outcomes are :class:`ToolCallsOutcome` and :class:`RetrievalOutcome`: ``RailOutcome`` values, as
 NeMo's catalog requires of a surface's action (``require_rail_outcome``), with the kept items in a field of their own
 that the flow reads (``$csr_retrieval.kept_chunks``). The items' text stays out of the metadata.
 """
