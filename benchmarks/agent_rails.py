@@ -144,11 +144,15 @@ async def section(server: Any, model: str, ns: list[int], repeat: int) -> dict[s
 
 async def agent_layer_overhead(n: int = 5000) -> dict[str, float]:
     """What the agent layer adds per call (parse, render, fold), in-process, with a check that returns at once."""
-    from nemoguardrails.actions.rail_outcome import RailOutcome
+    from nemo_csr_rail.decision import Cost, Decision, Outcome
+    from nemo_csr_rail.verdict import Verdict
+
+    allowed = Decision(policy="safety", direction=Direction.TOOL_CALL, outcome=Outcome.ALLOW,
+                       verdict=Verdict("unharmful", "unharmful"), cost=Cost(0.0))
 
     class Instant:
-        async def check(self, *args: Any, **kwargs: Any) -> Any:
-            return RailOutcome.allow(metadata={"policy": "safety", "decision": "allow", "failed": False})
+        async def decide(self, *args: Any, **kwargs: Any) -> Any:
+            return allowed
 
         def policy_label(self, name: Any) -> Any:
             return name
@@ -156,7 +160,7 @@ async def agent_layer_overhead(n: int = 5000) -> dict[str, float]:
     rt, calls = Instant(), [_call(0)]
     t0 = time.perf_counter()
     for _ in range(n):
-        await rt.check("safety", Direction.OUTPUT, USER, "x")
+        await rt.decide("safety", Direction.OUTPUT, USER, "x")
     bare = (time.perf_counter() - t0) / n
     t0 = time.perf_counter()
     for _ in range(n):
