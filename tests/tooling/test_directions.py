@@ -17,11 +17,14 @@ from nemoguardrails.colang import parse_colang_file
 from nemoguardrails.manifests import RailDirection, resolve_import_ref
 
 import nemo_csr_rail
+import nemo_csr_rail.actions
 from nemo_csr_rail.decision import Cost, Decision, Outcome
 from nemo_csr_rail.directions import DIRECTIONS, Direction, DirectionSpec
 from nemo_csr_rail.eval.datasets import DIRECTION_OF
 from nemo_csr_rail.eval.datasets import DIRECTIONS as EVAL_DIRECTIONS
+from nemo_csr_rail.policy import Policy, compile_policies
 from nemo_csr_rail.rail.rail import RAIL
+from nemo_csr_rail.settings import parse_plugin_settings
 from nemo_csr_rail.settings.flows import BARE_OUTPUT_RE, RAILS_SECTIONS, referenced_policies
 from nemo_csr_rail.telemetry.metrics import IN_FLIGHT
 from nemo_csr_rail.verdict import Verdict
@@ -116,3 +119,17 @@ def test_the_decision_words_it(spec: DirectionSpec):
 def test_the_metric_and_eval_labels_know_it(spec: DirectionSpec):
     assert spec.metric_label in IN_FLIGHT
     assert spec.eval_label in EVAL_DIRECTIONS and DIRECTION_OF[spec.eval_label] is spec.direction
+
+
+@pytest.mark.parametrize("spec", ROWS)
+def test_a_policy_without_a_refusal_uses_the_rows_default(spec: DirectionSpec):
+    """Policy's refusal fields are written by hand (one per direction that has its own): they must agree."""
+    assert Policy.custom("p", "No weapons.").refusal(spec.direction) == spec.default_refusal
+    plugin = parse_plugin_settings({"policies": {"p": {"policy": "No weapons."}}})
+    assert compile_policies(plugin)["p"].refusal(spec.direction) == spec.default_refusal
+
+
+@pytest.mark.parametrize("spec", ROWS)
+def test_the_import_path_shim_exposes_its_action(spec: DirectionSpec):
+    """NeMo executes nemo_csr_rail/actions.py from import_paths and registers the @action functions it finds."""
+    assert getattr(nemo_csr_rail.actions, spec.action).action_meta["name"] == spec.action
