@@ -47,7 +47,7 @@ def agent_rail_outcome(folded: AgentDecision, metadata: dict[str, Any] | None = 
 class ToolCallsOutcome(RailOutcome):
     """The tool-calls rail's outcome, with the calls that pass (unchanged, in order) for the flow's ``$tool_calls``."""
 
-    kept_tool_calls: list[Any] = field(default_factory=list)
+    kept_tool_calls: list[Any] = field(default_factory=list, repr=False)
     __hash__ = None  # type: ignore[assignment]  # as RailOutcome: its metadata is a dict
 
 
@@ -55,7 +55,7 @@ class ToolCallsOutcome(RailOutcome):
 class RetrievalOutcome(RailOutcome):
     """The retrieval rail's outcome, with the chunks kept for the flow's ``$relevant_chunks_sep``."""
 
-    kept_chunks: list[str] = field(default_factory=list)
+    kept_chunks: list[str] = field(default_factory=list, repr=False)
     __hash__ = None  # type: ignore[assignment]
 
 
