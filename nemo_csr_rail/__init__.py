@@ -40,7 +40,8 @@ def register(app: object) -> None:
 
     for spec in DIRECTIONS:
         module, _, attr = spec.action_target.partition(":")
-        app.register_action(getattr(importlib.import_module(module), attr), name=spec.action)  # type: ignore[attr-defined]
+        fn = getattr(importlib.import_module(module), attr)
+        app.register_action(fn, name=spec.action)  # type: ignore[attr-defined]
 
 
 __all__ = [

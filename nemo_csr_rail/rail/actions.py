@@ -3,8 +3,9 @@
 
 NeMo Guardrails loads this file standalone from ``import_paths``; it only adapts NeMo's arguments to the core's
 checks (:mod:`nemo_csr_rail.runtime`, :mod:`nemo_csr_rail.agent_checks`) and their decisions to ``RailOutcome``
-(:mod:`nemo_csr_rail.rail.outcome`); all state lives in the runtime. ``is_system_action=True`` keeps the call (and its result) out of the Colang
-history that dialog prompts see, and keeps it local when an actions server is configured.
+(:mod:`nemo_csr_rail.rail.outcome`); all state lives in the runtime. ``is_system_action=True`` keeps the call (and
+its result) out of the Colang history that dialog prompts see, and keeps it local when an actions server is
+configured. Every action returns a ``RailOutcome``, as NeMo's catalog requires of a surface's action.
 """
 
 from __future__ import annotations

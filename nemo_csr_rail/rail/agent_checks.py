@@ -14,5 +14,5 @@ from nemo_csr_rail.agent_checks import (
     skipped,
 )
 
-__all__ = ["MAX_CONCURRENT_CHECKS", "MAX_TOOL_CALLS", "AgentDecision", "check_documents", "check_each", "check_relevant_chunks",
-           "check_tool_calls", "check_tool_results", "skipped"]
+__all__ = ["MAX_CONCURRENT_CHECKS", "MAX_TOOL_CALLS", "AgentDecision", "check_documents", "check_each",
+           "check_relevant_chunks", "check_tool_calls", "check_tool_results", "skipped"]
