@@ -22,10 +22,10 @@ from typing import Any, TypeVar, overload
 
 from nemo_csr_rail.cache import TTLCache
 from nemo_csr_rail.client import CsrClient
+from nemo_csr_rail.completion import Engine
 from nemo_csr_rail.conversation import Turn
 from nemo_csr_rail.decision import Decision, LongInputInfo, SkipReason, on_error_for
 from nemo_csr_rail.directions import TOPIC_ONLY
-from nemo_csr_rail.engines.base import Engine
 from nemo_csr_rail.engines.factory import build_engine
 from nemo_csr_rail.errors import ConfigError, CsrError, GuardTimeout, InputTooLong
 from nemo_csr_rail.long_input import excerpt, plan_windows, scrub
