@@ -1,4 +1,4 @@
-"""Agent rails for LangChain (``pip install 'nemo-csr-rail[langchain]'``; langchain-core only).
+"""Agent rails for LangChain (the ``langchain`` extra: docs/configuration.md#installing).
 
     from nemo_csr_rail.langchain import CsrGuard
 

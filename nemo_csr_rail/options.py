@@ -94,3 +94,11 @@ def split_overrides(overrides: dict[str, Any]) -> tuple[dict[str, Any], dict[str
                         f"HTTP options: {sorted(http_names)}")
     return ({k: v for k, v in overrides.items() if k in decode_names},
             {k: v for k, v in overrides.items() if k in http_names})
+
+
+def install_hint(extra: str) -> str:
+    """How to install an extra while the package is not on the package index (docs/configuration.md#installing):
+    a hint naming only ``nemo-csr-rail[extra]`` fails with "no matching distribution"."""
+    return (f"pip install '.[{extra}]' in a clone of nemo-csr-rail, or pip install --find-links DIR "
+            f"'nemo-csr-rail[{extra}]' with a built wheel in DIR")
+

@@ -34,6 +34,7 @@ from nemo_csr_rail.options import (
     DEFAULT_PROMETHEUS_HOST,
     DecodeOptions,
     HttpOptions,
+    install_hint,
 )
 from nemo_csr_rail.settings.probe import missing_packages
 from nemo_csr_rail.taxonomy import TAXONOMIES
@@ -233,7 +234,7 @@ TELEMETRY_EXTRA_MODULES = ("prometheus_client", "opentelemetry", "opentelemetry.
 
 
 class TelemetrySettings(_Strict):
-    """Metrics, audit trail and traces (docs/operations.md). Needs ``pip install nemo-csr-rail[telemetry]``.
+    """Metrics, audit trail and traces (docs/operations.md). Needs the ``telemetry`` extra.
 
     The section exists to be switched on explicitly: without it the plugin imports none of the telemetry packages and
     behaves exactly as before. The extra is checked here, at load time, so a missing package is a ConfigError that
@@ -264,7 +265,7 @@ class TelemetrySettings(_Strict):
     def _extra_installed(self) -> TelemetrySettings:
         missing = missing_packages(TELEMETRY_EXTRA_MODULES)
         if missing:
-            raise ValueError(f"needs the 'telemetry' extra: pip install 'nemo-csr-rail[telemetry]' "
+            raise ValueError(f"needs the 'telemetry' extra: {install_hint('telemetry')} "
                              f"(missing: {', '.join(missing)})")
         return self
 

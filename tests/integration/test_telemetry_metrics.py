@@ -53,7 +53,7 @@ def test_without_the_extra_a_telemetry_section_fails_at_load_naming_it(missing, 
     with pytest.raises(ConfigError) as exc:
         parse_plugin_settings({"policies": {"p": {"policy": POLITICS}}, "telemetry": {"prometheus_port": 9464}})
     assert exc.value.key == "telemetry"
-    assert "pip install 'nemo-csr-rail[telemetry]'" in exc.value.message and missing in exc.value.message
+    assert "pip install '.[telemetry]' in a clone" in exc.value.message and missing in exc.value.message
 
 
 async def test_without_the_extra_and_without_the_section_the_plugin_runs_as_before(monkeypatch, guard):

@@ -35,7 +35,6 @@ RANK: dict[str, int] = {
     "plans": 10,
     # engines carry the plans' requests
     "engines.constrain": 11, "engines.transport": 11, "engines.deadline": 11, "engines.replicas": 11,
-    "engines.base": 11,  # a re-export of completion, for imports written before it moved
     "engines.http": 12, "engines.embedded": 12,
     "engines.factory": 13,
     "client": 14,
