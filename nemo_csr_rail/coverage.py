@@ -48,7 +48,7 @@ from nemo_csr_rail.policy import Direction, Policy
 from nemo_csr_rail.prompt import render_user_turns
 from nemo_csr_rail.transcript import Message
 
-__all__ = ["MAX_NEW_ITEMS", "Judge", "judge_messages", "judged_messages_cache", "split_turns"]
+__all__ = ["MAX_NEW_ITEMS", "Judge", "judge_messages", "judged_messages_cache", "multi_turn_text", "split_turns"]
 
 #: items not judged before (cache misses, identical ones counted once) that one call may send to the guard; past it
 #: the call is refused unjudged (fail closed). An honest client's history is judged as it grows, so only a forged or
@@ -155,15 +155,23 @@ def split_turns(user_texts: Sequence[str], n: int) -> list[str]:
     return turns if len(turns) >= 2 else []
 
 
-def _multi_turn_item(policy: Policy, messages: Sequence[Message], upto: int | None) -> _Item | None:
+def multi_turn_text(policy: Policy, user_texts: Sequence[str]) -> tuple[str, int] | None:
+    """The text the ``multi_turn`` check judges for these user turns (oldest first) and how many it joins; None
+    when the policy does not ask for it or there are fewer than two turns to join. Shared by the rails and
+    ``eval``, so both judge the same text."""
     if policy.multi_turn < 2 or policy.kind == "topic":
         return None
+    turns = split_turns(user_texts, policy.multi_turn)
+    return (render_user_turns(turns), len(turns)) if turns else None
+
+
+def _multi_turn_item(policy: Policy, messages: Sequence[Message], upto: int | None) -> _Item | None:
     users = [m for m in messages if _role(m) in USER_ROLES and (upto is None or m.index <= upto)]
-    turns = split_turns([m.text for m in users], policy.multi_turn)
-    if not turns:
+    joined = multi_turn_text(policy, [m.text for m in users])
+    if joined is None:
         return None
     last = users[-1]
-    return _Item(last.index, last.role, Direction.INPUT, render_user_turns(turns), multi_turn=len(turns))
+    return _Item(last.index, last.role, Direction.INPUT, joined[0], multi_turn=joined[1])
 
 
 def _current(side: Direction, messages: Sequence[Message], current: int | None) -> Message | None:
