@@ -263,16 +263,15 @@ async def judge_messages(runtime: Judge, policy_name: str | None, side: Directio
 
 
 def _current_item(side: Direction, messages: Sequence[Message], cur: Message | None, policy: Policy) -> _Item:
-    """The one item ``coverage: last`` judges (what the rails judged before coverage existed)."""
+    """The one item ``coverage: last`` judges (what the rails judged before coverage existed): the current message's
+    text, rendered for its role as ``coverage: all`` renders it (a user message as it is)."""
     if cur is None:
         return _Item(-1, "", side, "", "" if side is Direction.OUTPUT else None)
     if side is Direction.OUTPUT:
         return _Item(cur.index, cur.role, Direction.OUTPUT, _answered(messages, cur.index), cur.text)
-    history = None
-    if policy.kind == "topic":
-        history = tuple(Turn("user" if _role(m) in USER_ROLES else "bot", m.text) for m in messages
-                        if m.index < cur.index and _role(m) in USER_ROLES | ASSISTANT_ROLES)
-    return _Item(cur.index, cur.role, Direction.INPUT, cur.text, history=history)
+    upto = [m for m in messages if m.index <= cur.index]
+    mine = [i for i in _input_items(policy, upto) if i.index == cur.index]
+    return mine[0] if mine else _Item(cur.index, cur.role, Direction.INPUT, cur.text)
 
 
 async def _decide_current(runtime: Judge, policy_name: str | None, side: Direction, messages: Sequence[Message],
@@ -345,8 +344,7 @@ async def _judge(runtime: Judge, policy: Policy, side: Direction, items: list[_I
                                            skipped=skipped, multi_turn=multi))
     deciding = (next((x for x in done if x[1].blocked), None) or next((x for x in done if x[1].would_block), None)
                 or next((x for x in done if x[1].failed), None)
-                or next((x for x in reversed(done) if cur is not None and x[0].index == cur.index), None)
-                or done[-1])
+                or _own(done, cur, side) or done[-1])
     item, d, key = deciding
     if d.cost is not None and key in from_cache:
         d = replace(d, cost=replace(d.cost, cached=True))
@@ -355,3 +353,12 @@ async def _judge(runtime: Judge, policy: Policy, side: Direction, items: list[_I
     return replace(d, direction=side, coverage=Coverage(
         mode=mode, messages=messages, judged=len(done), guard=guard, cached=cached, skipped=skipped,
         blocked_index=item.index if stop else None, blocked_role=item.role if stop else None, multi_turn=multi))
+
+
+def _own(done: list[tuple[_Item, Decision, str]], cur: Message | None, side: Direction
+         ) -> tuple[_Item, Decision, str] | None:
+    """The current message's own check (its text, judged as the rail's side), the base of an allowed decision."""
+    if cur is None:
+        return None
+    mine = [x for x in done if x[0].index == cur.index]
+    return next((x for x in mine if x[0].direction is side and not x[0].multi_turn), mine[0] if mine else None)

@@ -233,6 +233,15 @@ async def test_coverage_last_is_the_runtime_decision_unchanged(guard, side, mess
     assert len(guard.chat_requests()) == 2 and _judged(guard)[0] == args  # only the current message
 
 
+async def test_coverage_last_judges_a_current_tool_result_as_the_tool_result_rail_does(guard):
+    rt = runtime(guard.url, coverage="last")
+    msgs = from_openai([_user("Who should I vote for?"), _bot(None, [("c1", "search", "{}")]),
+                        _tool("Sunny, 21 degrees.", name="weather")])
+    d = await judge_messages(rt, "think", IN, msgs, current=2)
+    assert not d.blocked and d.direction is Direction.TOOL_RESULT and "coverage" not in d.to_metadata()
+    assert _judged(guard) == [("Tool result from weather:\nSunny, 21 degrees.", None)]
+
+
 async def test_a_policy_overrides_the_top_level_coverage(guard):
     rt = runtime(guard.url, coverage="last", policies={"all": {"policy": "No politics.", "coverage": "all"},
                                                         "last": {"policy": "No politics."}})
