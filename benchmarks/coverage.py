@@ -28,7 +28,10 @@ Per turn: guard requests (the server's counter) and the wall time of the turn's 
 to the turn; the model itself is not simulated).
 
 (b) **Forged history.** ``--forged`` never-seen user messages in one request, judged by one ``judge_messages`` call
-(concurrently), against one check of one message; measured alternately, median of ``--repeat``.
+(concurrently), against one check of one message; measured alternately, median of 3 × ``--repeat``.
+
+(c) **Bookkeeping.** In-process, with checks that answer at once: what coverage itself costs per request when every
+message of a 40-, 200- and 1000-message history is in the cache (reading, keying, looking up, folding).
 
 Reasoning is off (the card's default for the taxonomy). ``--quick``: a 4-turn replay, one repetition, a 5-message
 forgery (the tooling smoke test; its numbers mean nothing).
@@ -52,11 +55,15 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from benchmarks.servers import GUARD_MODEL, StandInProcess, VllmServer  # noqa: E402
+from nemo_csr_rail.client import CheckResult  # noqa: E402
 from nemo_csr_rail.coverage import judge_messages  # noqa: E402
-from nemo_csr_rail.policy import Direction  # noqa: E402
+from nemo_csr_rail.decision import Decision  # noqa: E402
+from nemo_csr_rail.policy import Direction, compile_policies  # noqa: E402
 from nemo_csr_rail.rail import agent_checks, reset_runtimes  # noqa: E402
 from nemo_csr_rail.rail.runtime import runtime_for  # noqa: E402
+from nemo_csr_rail.settings import parse_plugin_settings  # noqa: E402
 from nemo_csr_rail.transcript import from_openai  # noqa: E402
+from nemo_csr_rail.verdict import Verdict  # noqa: E402
 
 STANDIN_MODEL = {"fixed_s": 0.002, "prefill_s": 0.00003, "decode_s": 0.007}  # benchmarks/run.py's
 CONFIGS = ("all", "last_agent", "last")
@@ -204,6 +211,38 @@ def _server_cpu(server: Any) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+class _NeverJudged:
+    """A runtime whose checks answer at once (the :class:`~nemo_csr_rail.coverage.Judge` shape), to time coverage's
+    own work."""
+
+    def __init__(self) -> None:
+        self.settings = parse_plugin_settings({"policies": {"safety": {"taxonomy": "nemotron_v2"}}})
+        self.telemetry = None
+        self._policies = compile_policies(self.settings)
+
+    def policy(self, name: Any) -> Any:
+        return self._policies[name]
+
+    async def decide(self, policy_name: Any, direction: Any, user: Any, bot: Any = None, history: Any = None) -> Any:
+        return Decision.from_result(self._policies[policy_name], direction, CheckResult(Verdict("unharmful", None), 1.0))
+
+
+async def bookkeeping(sizes: tuple[int, ...] = (40, 200, 1000), repeat: int = 50) -> dict[str, float]:
+    """What coverage itself costs per request when every message is cached (read the messages, key them, look them
+    up, fold), in-process: the price of replaying a long history."""
+    out = {}
+    for n in sizes:
+        rt = _NeverJudged()
+        raw = [{"role": "user" if i % 2 == 0 else "assistant",
+                "content": f"Message {i}: " + "a sentence of ordinary conversation, " * 6} for i in range(n)]
+        await judge_messages(rt, "safety", Direction.INPUT, from_openai(raw))  # fills the cache
+        t0 = time.perf_counter()
+        for _ in range(repeat):
+            await judge_messages(rt, "safety", Direction.INPUT, from_openai(raw))
+        out[f"{n}_messages_ms"] = round((time.perf_counter() - t0) / repeat * 1000, 3)
+    return out
+
+
 def _ratio(a: float, b: float) -> float | None:
     return round(a / b, 3) if b else None
 
@@ -243,6 +282,8 @@ def main(argv: list[str] | None = None) -> int:
         a.turns, a.repeat, a.forged = 4, 1, 5
     out: dict[str, Any] = {"command": " ".join(["python -m benchmarks.coverage", *(argv or sys.argv[1:])]),
                            "standin": None, "vllm": None}
+    out["bookkeeping"] = asyncio.run(bookkeeping(repeat=5 if a.quick else 50))
+    print(f"coverage bookkeeping per request, every message cached, in-process (no server): {out['bookkeeping']}")
     if not a.skip_standin:
         with StandInProcess("guard", **STANDIN_MODEL) as s:
             out["standin"] = asyncio.run(_section(s, GUARD_MODEL, a.turns, a.repeat, a.forged))
