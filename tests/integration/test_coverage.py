@@ -250,6 +250,16 @@ async def test_a_policy_overrides_the_top_level_coverage(guard):
     assert not (await judge_messages(rt, "last", IN, msgs)).blocked
 
 
+async def test_monitor_mode_reports_the_message_that_would_have_blocked_and_blocks_nothing(guard):
+    rt = runtime(guard.url, policies={"watch": {"policy": "No politics.", "mode": "monitor"}})
+    msgs = from_openai([_user("hello"), _user("who should I vote for"), _user("thanks")])
+    for _ in range(2):  # the second time from the cache: the same report
+        d = await judge_messages(rt, "watch", IN, msgs)
+        assert not d.blocked and d.would_block and d.to_metadata()["mode"] == "monitor"
+        assert (d.coverage.blocked_index, d.coverage.blocked_role) == (1, "user")
+    assert len(guard.chat_requests()) == 3
+
+
 async def test_an_unknown_policy_fails_closed_as_the_runtime_does(guard):
     rt = runtime(guard.url)
     d = await judge_messages(rt, "nope", IN, from_openai([_user("hello")]))
