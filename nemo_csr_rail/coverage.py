@@ -43,7 +43,7 @@ from nemo_csr_rail.agent import MAX_CONCURRENT_CHECKS, judged_turn, render_tool_
 from nemo_csr_rail.cache import TTLCache
 from nemo_csr_rail.conversation import Turn
 from nemo_csr_rail.decision import Coverage, Decision, SkipReason
-from nemo_csr_rail.errors import ConfigError, InputTooLong
+from nemo_csr_rail.errors import ConfigError, CsrError, InputTooLong
 from nemo_csr_rail.policy import Direction, Policy
 from nemo_csr_rail.prompt import render_user_turns
 from nemo_csr_rail.transcript import Message
@@ -325,9 +325,16 @@ async def _judge(runtime: Judge, policy: Policy, side: Direction, items: list[_I
         async with gate:
             return await runtime.decide(policy.name, item.direction, item.user, item.bot, item.history)
 
-    fresh = await asyncio.gather(*(one(i) for i in misses.values()))
+    fresh = await asyncio.gather(*(one(i) for i in misses.values()), return_exceptions=True)
     guard = 0
     for key, d in zip(misses, fresh, strict=True):
+        if isinstance(d, BaseException):  # the rail runtime never raises; another Judge might: fail closed
+            if isinstance(d, asyncio.CancelledError):
+                raise d
+            d = Decision.from_error(policy.name, misses[key].direction,
+                                    CsrError(f"internal error: {type(d).__name__}: {d}"), on_error="block",
+                                    latency_ms=None, error_refusal=runtime.settings.error_refusal,
+                                    monitor=policy.monitors(side))
         decided[key] = d
         if d.skip is not None:
             continue

@@ -98,3 +98,18 @@ def test_coverage_last_sends_at_most_the_current_message(raw, side):
     rt = MarkerRuntime(coverage="last")
     d = asyncio.run(judge_messages(rt, "p", side, from_openai(raw)))
     assert d.coverage is None and len(rt.calls) <= 1
+
+
+def test_a_judge_that_raises_fails_closed():
+    """The rail runtime never raises; a Judge from another adapter might: that item blocks as an internal error."""
+    class Raising(MarkerRuntime):
+        async def decide(self, policy_name, direction, user_message, bot_message=None, history=None):
+            if "boom" in (user_message or ""):
+                raise RuntimeError("adapter bug")
+            return await super().decide(policy_name, direction, user_message, bot_message, history)
+
+    rt = Raising()
+    d = asyncio.run(judge_messages(rt, "p", Direction.INPUT, from_openai([{"role": "user", "content": "hello"},
+                                                                          {"role": "user", "content": "boom"}])))
+    assert d.blocked and d.failed and d.error.value == "internal_error" and d.coverage.blocked_index == 1
+    assert "adapter bug" in d.error_message
