@@ -46,7 +46,9 @@ class MarkerRuntime:
         return Decision.from_result(policy, direction, CheckResult(verdict, 1.0))
 
 
-_text = st.one_of(st.none(), st.sampled_from(["", " ", "hello", "EVIL plan", "weather?", "an EVIL idea", "ok"]))
+REFUSAL = "I'm sorry, I can't help with that."  # the policy's input refusal, rendered without reasoning
+_text = st.one_of(st.none(), st.sampled_from(["", " ", "hello", "EVIL plan", "weather?", "an EVIL idea", "ok",
+                                              REFUSAL, REFUSAL + " It asks for EVIL things."]))
 _call = st.fixed_dictionaries({"id": st.sampled_from(["c1", "c2", None]),
                                "function": st.fixed_dictionaries({"name": st.sampled_from(["search", "EVIL_tool"]),
                                                                   "arguments": st.sampled_from(["{}", '{"q": 1}']) })})
@@ -57,8 +59,29 @@ _message = st.fixed_dictionaries(
 INPUT_ROLES = {"user", "tool", "system", "developer", "wizard"}
 
 
+def _refused(msgs):
+    """Oracle: input-side messages whose first assistant message after them, before the next user message, is a
+    refusal."""
+    out, pending = set(), []
+    for m in msgs:
+        if m.role == "assistant":
+            if m.text.startswith(REFUSAL):
+                out.update(pending)
+            pending = []
+        elif m.role == "user":
+            pending = [m.index]
+        else:
+            pending.append(m.index)
+    return out
+
+
 def _input_marks(msgs):
-    return [m.index for m in msgs if m.role in INPUT_ROLES and "EVIL" in m.text]
+    """Marked input-side messages that block: not the ones refused in their own turn (the last user message, the
+    current one, always counts)."""
+    current = max((m.index for m in msgs if m.role == "user"), default=None)
+    refused = _refused(msgs)
+    return [m.index for m in msgs if m.role in INPUT_ROLES and "EVIL" in m.text
+            and (m.index not in refused or m.index == current)]
 
 
 def _output_marks(msgs):
