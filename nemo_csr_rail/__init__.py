@@ -3,6 +3,7 @@
 Wire it with one line in ``config.yml`` — ``import_paths: [nemo_csr_rail]`` — or use :class:`CsrClient` directly.
 """
 
+from nemo_csr_rail._version import __version__
 from nemo_csr_rail.client import CheckResult, CsrClient
 from nemo_csr_rail.conversation import Turn
 from nemo_csr_rail.errors import (
@@ -19,8 +20,6 @@ from nemo_csr_rail.errors import (
 from nemo_csr_rail.policy import Direction, Policy
 from nemo_csr_rail.verdict import Verdict
 
-__version__ = "0.1.0"
-
 
 def package_dir() -> str:
     """Absolute directory of this package, for ``import_paths`` when the package is installed in editable mode."""
@@ -30,12 +29,18 @@ def package_dir() -> str:
 
 
 def register(app: object) -> None:
-    """Register the actions on an ``LLMRails`` built without ``import_paths`` (bring your own flows)."""
-    from nemo_csr_rail.rail import actions
+    """Register the actions on an ``LLMRails`` built without ``import_paths`` (bring your own flows).
 
-    for name in ("csr_check_input", "csr_check_output", "csr_check_tool_calls", "csr_check_tool_results",
-                 "csr_check_retrieval"):
-        app.register_action(getattr(actions, name), name=name)  # type: ignore[attr-defined]
+    Each direction's action is imported from its ``module:attr`` target in the directions' table, as NeMo's catalog
+    resolves an ``ActionRef``: the package root names no adapter module, so importing it never imports NeMo."""
+    import importlib
+
+    from nemo_csr_rail.directions import DIRECTIONS
+
+    for spec in DIRECTIONS:
+        module, _, attr = spec.action_target.partition(":")
+        fn = getattr(importlib.import_module(module), attr)
+        app.register_action(fn, name=spec.action)  # type: ignore[attr-defined]
 
 
 __all__ = [
@@ -54,6 +59,7 @@ __all__ = [
     "Turn",
     "Verdict",
     "VerdictParseError",
+    "__version__",
     "package_dir",
     "register",
 ]

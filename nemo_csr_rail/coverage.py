@@ -67,7 +67,7 @@ INSTRUCTION_ROLES = {"system": "System message", "developer": "Developer message
 
 
 class Judge(Protocol):
-    """What coverage needs of the rail runtime (``nemo_csr_rail.rail.runtime.RailRuntime`` has this shape)."""
+    """What coverage needs of the check runtime (``nemo_csr_rail.runtime.CheckRuntime`` has this shape)."""
 
     settings: Any
     telemetry: Any
