@@ -37,6 +37,7 @@ import asyncio
 import functools
 import hashlib
 import re
+import threading
 import time
 import weakref
 from collections.abc import Sequence
@@ -256,7 +257,25 @@ def _refused(policy: Policy, messages: Sequence[Message]) -> set[int]:
 
 
 # ---------------------------------------------------------------------------------------------------- the cache
+class _SharedCache(TTLCache[Decision]):
+    """A :class:`TTLCache` safe to share between threads: a runtime serves every event loop of its process (NeMo's
+    synchronous API runs its own loop per call), and an expiring or evicted key must not surface as a KeyError."""
+
+    def __init__(self, maxsize: int, ttl_s: float) -> None:
+        super().__init__(maxsize, ttl_s)
+        self._lock = threading.Lock()
+
+    def get(self, key: str) -> Decision | None:
+        with self._lock:
+            return super().get(key)
+
+    def put(self, key: str, value: Decision) -> None:
+        with self._lock:
+            super().put(key, value)
+
+
 _CACHES: weakref.WeakKeyDictionary[Any, TTLCache[Decision] | None] = weakref.WeakKeyDictionary()
+_CACHES_LOCK = threading.Lock()
 
 
 def judged_messages_cache(runtime: Judge) -> TTLCache[Decision] | None:
@@ -265,10 +284,11 @@ def judged_messages_cache(runtime: Judge) -> TTLCache[Decision] | None:
         return _CACHES[runtime]
     except KeyError:
         pass
-    spec = getattr(runtime.settings, "judged_messages", None)
-    cache = TTLCache(spec.maxsize, spec.ttl_s) if spec is not None and spec.enabled else None
-    _CACHES[runtime] = cache
-    return cache
+    with _CACHES_LOCK:
+        if runtime not in _CACHES:
+            spec = getattr(runtime.settings, "judged_messages", None)
+            _CACHES[runtime] = _SharedCache(spec.maxsize, spec.ttl_s) if spec is not None and spec.enabled else None
+        return _CACHES[runtime]
 
 
 @functools.lru_cache(maxsize=1024)
