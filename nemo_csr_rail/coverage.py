@@ -23,7 +23,7 @@ that changes is judged again. Failures and skips are never cached. The misses of
 
 The result is one folded :class:`~nemo_csr_rail.decision.Decision`: blocked if any item is blocked (the first in
 message order gives the reason and refusal), with :class:`~nemo_csr_rail.decision.Coverage` facts. An input-side
-message the conversation shows refused in its own turn (the next assistant message is the policy's refusal) is
+message the conversation shows refused in its own turn (the next assistant message is, word for word, a refusal this runtime issued) is
 judged and counted but does not block later turns: a chat client sends the refused exchange back every time, and
 the first refusal must not end the conversation (docs/coverage.md). ``coverage:
 last`` judges only the ``current`` message and returns the runtime's decision unchanged (the behaviour, and the
