@@ -20,7 +20,7 @@ from collections import deque
 from collections.abc import Sequence
 from typing import Any, TypeVar, overload
 
-from nemo_csr_rail.cache import TTLCache
+from nemo_csr_rail.cache import SharedTTLCache, TTLCache
 from nemo_csr_rail.client import CsrClient
 from nemo_csr_rail.completion import Engine
 from nemo_csr_rail.conversation import Turn
@@ -62,6 +62,10 @@ class CheckRuntime:
         self.telemetry = _telemetry(resolved, self.policies, [c.engine for c in self.clients.values()])
         self._refusals: deque[str] = deque(maxlen=256)
         self._refusal_blob: str | None = ""  # the refusals joined by NUL, rebuilt lazily after a block
+        # every refusal issued, whole, for as long as a judged message is remembered (coverage: a refused exchange
+        # sent back in the history); sized like the judged_messages cache
+        spec = getattr(resolved.plugin, "judged_messages", None)
+        self._issued: SharedTTLCache[bool] = SharedTTLCache(getattr(spec, "maxsize", 20000), getattr(spec, "ttl_s", 3600.0))
 
     @staticmethod
     def _engine(resolved: ResolvedSettings, model_type: str) -> Engine:
@@ -132,6 +136,20 @@ class CheckRuntime:
         if self._refusal_blob is None:
             self._refusal_blob = "\0".join(self._refusals)
         return text in self._refusal_blob
+
+    def remember_refusal(self, refusal: str | None) -> None:
+        """Remember a refusal this runtime issued: the output rail skips it (:meth:`_is_own_refusal`) and whole-history
+        coverage recognises the refused exchange when a client sends it back (:meth:`issued_refusal`)."""
+        if not refusal:
+            return
+        self._refusals.append(refusal)
+        self._refusal_blob = None
+        self._issued.put(" ".join(refusal.split()), True)
+
+    def issued_refusal(self, text: str) -> bool:
+        """Whether ``text`` is, whole, a refusal this runtime issued (whitespace collapsed). A refusal a client wrote
+        itself — the policy's template with reasoning of its own — is not one: it cannot excuse the message before it."""
+        return bool(text) and self._issued.get(" ".join(text.split())) is not None
 
     async def decide(self, policy_name: str | None, direction: Direction, user_message: str | None,
                      bot_message: str | None = None, history: Sequence[Turn] | None = None) -> Decision:
@@ -206,8 +224,7 @@ class CheckRuntime:
                                       latency_ms=(time.perf_counter() - start) * 1000,
                                       error_refusal=self.settings.error_refusal, monitor=self._monitors(label, direction))
         if out.blocked:
-            self._refusals.append(out.refusal or "")
-            self._refusal_blob = None
+            self.remember_refusal(out.refusal or "")
         log.info("csr %s policy=%s decision=%s%s latency_ms=%s", direction.value, label, out.outcome.value,
                  " (check failed: " + str(out.error) + ")" if out.failed else "",
                  None if out.cost is None else round(out.cost.latency_ms, 2))

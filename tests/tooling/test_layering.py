@@ -19,6 +19,7 @@ PKG = Path(__file__).resolve().parents[2] / "nemo_csr_rail"
 RANK: dict[str, int] = {
     # leaves: plain data and helpers that know nothing of the pipeline
     "errors": 0, "taxonomy": 0, "cache": 0, "weights": 0, "long_input": 0, "conversation": 0, "neutralize": 0,
+    "transcript": 0,  # the request's messages as plain data (whole-conversation coverage)
     "_version": 0,  # the installed distribution's version, read once from its metadata
     "options": 0,  # every default, once: read by the schema, the client, the engines and the prompt builder
     "directions": 0,  # the directions and their one table (flow, action, wording, labels), read by everything
@@ -39,6 +40,7 @@ RANK: dict[str, int] = {
     "engines.factory": 13,
     "client": 14,
     "decision": 15,
+    "coverage": 15,  # which messages a check judges, folded into one decision (calls the runtime it is given)
     "telemetry.metrics": 16, "telemetry.audit": 16, "telemetry.tracing": 16, "telemetry.facade": 17,
     "telemetry": 17,
     # the check runtime (one per config: policies, clients, skips, long inputs, on_error) and the agent items
