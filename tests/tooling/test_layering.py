@@ -36,6 +36,7 @@ RANK: dict[str, int] = {
     "engines.factory": 13,
     "client": 14,
     "decision": 15,
+    "long_items": 15,  # judges an item too long for one check: windows of it through the client, one decision
     "telemetry.metrics": 16, "telemetry.audit": 16, "telemetry.tracing": 16, "telemetry.facade": 17,
     "telemetry": 17,
     # the NeMo adapter (nemo_csr_rail/rail/, laid out like a NeMo library rail): the only package that imports NeMo
