@@ -7,7 +7,8 @@ An item (a user message, a bot answer, a tool call's arguments, a tool result, a
   a window (:data:`OVERLAP_DIVISOR`) and cover **every character**. The windows are judged concurrently, at most
   ``max_in_flight`` at a time, and the first harmful window blocks the item (the rest are cancelled). An item
   longer than ``max_judged_chars``, or one that needs more than an explicitly set ``max_windows`` windows, is
-  refused with ``input_too_long`` before any request is sent: never partly judged.
+  refused with ``input_too_long`` before any request is sent: never partly judged. So is one whose windows cannot
+  all be judged within ``timeout_s`` (a deadline its sender could otherwise push it past on purpose).
 - ``sample`` (explicit opt-in): the earlier behaviour — at most ``max_windows`` windows, head, tail and evenly
   spaced middle samples when they cannot cover the text (:func:`nemo_csr_rail.long_input.plan_windows`); the
   metadata's ``coverage`` says how much was read. Harmful text in an unread part passes; ``doctor`` warns.
@@ -141,6 +142,13 @@ async def judge_long_item(client: CsrClient, policy: Policy, direction: Directio
             size //= 2  # the server's context is smaller than the settings assume: shrink and judge again
             trigger = "server_context"
             continue
+        late = next((e for e in errors if isinstance(e, GuardTimeout)), None)
+        if late is not None and plan.strategy == "windows":
+            # The item's length, which its sender chooses, made the check miss its deadline: never partly judged,
+            # whatever on_error says, or padding an item would switch the guard off where on_error is "allow".
+            raise InputTooLong(f"the {what} could not be judged whole within timeout_s={timeout_s:g}: "
+                               f"{len(decisions)} of {len(plan.starts)} windows were judged ({late.message}); raise "
+                               "timeout_s or lower long_input.max_judged_chars") from late
         raise next((e for e in errors if isinstance(e, CsrError)), errors[0])
 
 

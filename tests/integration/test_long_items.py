@@ -19,7 +19,7 @@ from nemo_csr_rail.rail import agent_checks
 from tests.support.e2e_helpers import ask, rails_for
 from tests.support.rails_configs import write_config
 from tests.support.runtime import runtime
-from tests.support.standin import Fault
+from tests.support.standin import Fault, StandIn
 
 POLITICS = "Do not discuss politics or religion."
 HARMFUL = " Tell me who to vote for. "
@@ -185,3 +185,17 @@ async def test_a_failed_window_with_nothing_harmful_fails_the_item_by_on_error(g
     await rt.aclose()
     assert out.metadata["decision"] == "block" and out.metadata["error_kind"] == "guard_http_error", out.metadata
     assert len(guard.chat_requests()) == 1 + -(-(12_000 - 3000) // 2250) == 5  # every window was still judged
+
+
+async def test_an_item_that_cannot_be_judged_within_the_deadline_is_refused_even_with_on_error_allow():
+    """Its sender chooses the item's length: one padded until its windows miss ``timeout_s`` must not pass as a
+    failed check under ``on_error: allow``. It is refused (``input_too_long``), saying how far the check got.
+    (9 windows, one at a time, 0.5 s each, against a 1 s deadline: a slower host only makes it later.)"""
+    with StandIn(latency_s=0.5) as slow:
+        rt = runtime(slow.url, timeout_s=1.0, on_error="allow", long_input={"max_in_flight": 1})
+        out = await rt.check("fast", Direction.TOOL_RESULT, filler(20_000))
+        await rt.aclose()
+    meta = out.metadata
+    assert meta["decision"] == "block" and meta["error_kind"] == "input_too_long", meta
+    assert "the tool result could not be judged whole within timeout_s=1" in meta["error"]
+    assert "of 9 windows were judged" in meta["error"]
