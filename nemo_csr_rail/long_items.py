@@ -8,7 +8,8 @@ An item (a user message, a bot answer, a tool call's arguments, a tool result, a
   ``max_in_flight`` at a time, and the first harmful window blocks the item (the rest are cancelled). An item
   longer than ``max_judged_chars``, or one that needs more than an explicitly set ``max_windows`` windows, is
   refused with ``input_too_long`` before any request is sent: never partly judged. So is one whose windows cannot
-  all be judged within ``timeout_s`` (a deadline its sender could otherwise push it past on purpose).
+  all be judged within its deadline (``long_input.timeout_s``, default ``timeout_s``): its sender could otherwise
+  push the check past the deadline on purpose and have ``on_error: allow`` let it through.
 - ``sample`` (explicit opt-in): the earlier behaviour — at most ``max_windows`` windows, head, tail and evenly
   spaced middle samples when they cannot cover the text (:func:`nemo_csr_rail.long_input.plan_windows`); the
   metadata's ``coverage`` says how much was read. Harmful text in an unread part passes; ``doctor`` warns.
@@ -118,6 +119,9 @@ async def judge_long_item(client: CsrClient, policy: Policy, direction: Directio
     alone already fills the guard's context."""
     chars = len(user) + len(bot or "")
     what = _WHAT[direction]
+    if settings.timeout_s is not None:  # the item's own deadline, from the same start as the check's
+        deadline += settings.timeout_s - timeout_s
+        timeout_s = settings.timeout_s
     if settings.strategy == "refuse":
         cause = (f"{chars} characters exceed long_input.max_chars={settings.max_chars}" if trigger == "max_chars"
                  else "the guard server rejected it for its context length")
@@ -146,9 +150,10 @@ async def judge_long_item(client: CsrClient, policy: Policy, direction: Directio
         if late is not None and plan.strategy == "windows":
             # The item's length, which its sender chooses, made the check miss its deadline: never partly judged,
             # whatever on_error says, or padding an item would switch the guard off where on_error is "allow".
-            raise InputTooLong(f"the {what} could not be judged whole within timeout_s={timeout_s:g}: "
+            key = "long_input.timeout_s" if settings.timeout_s is not None else "timeout_s"
+            raise InputTooLong(f"the {what} could not be judged whole within {key}={timeout_s:g}: "
                                f"{len(decisions)} of {len(plan.starts)} windows were judged ({late.message}); raise "
-                               "timeout_s or lower long_input.max_judged_chars") from late
+                               "long_input.timeout_s or lower long_input.max_judged_chars") from late
         raise next((e for e in errors if isinstance(e, CsrError)), errors[0])
 
 

@@ -195,6 +195,9 @@ class LongInputSettings(_Strict):
     max_judged_chars: int = Field(default=DEFAULT_LONG_INPUT_MAX_JUDGED_CHARS, ge=256)
     #: ``windows``/``sample``: the windows of one item sent to the guard at the same time
     max_in_flight: int = Field(default=DEFAULT_LONG_INPUT_MAX_IN_FLIGHT, ge=1)
+    #: the deadline of an item judged in windows, from the start of its check (unset: ``timeout_s``, as for any
+    #: check); an item whose windows do not all finish in time is refused with ``input_too_long``
+    timeout_s: float | None = Field(default=None, gt=0)
 
     @model_validator(mode="after")
     def _window_fits(self) -> LongInputSettings:

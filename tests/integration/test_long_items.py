@@ -199,3 +199,19 @@ async def test_an_item_that_cannot_be_judged_within_the_deadline_is_refused_even
     assert meta["decision"] == "block" and meta["error_kind"] == "input_too_long", meta
     assert "the tool result could not be judged whole within timeout_s=1" in meta["error"]
     assert "of 9 windows were judged" in meta["error"]
+
+
+async def test_long_input_timeout_s_gives_long_items_their_own_deadline():
+    """A short deadline for ordinary checks, a long one for items judged in windows: the 9 windows (0.3 s each,
+    one at a time) miss ``timeout_s`` 0.5 but finish well within ``long_input.timeout_s`` 60."""
+    with StandIn(latency_s=0.3) as slow:
+        rt = runtime(slow.url, timeout_s=0.5, on_error="allow",
+                     long_input={"max_in_flight": 1, "timeout_s": 60.0})
+        out = await rt.check("fast", Direction.TOOL_RESULT, filler(20_000))
+        assert out.metadata["decision"] == "allow" and out.metadata["failed"] is False, out.metadata
+        assert out.metadata["long_input"]["windows"] == 9 and len(slow.chat_requests()) == 9
+        rt = runtime(slow.url, timeout_s=0.5, on_error="allow", long_input={"max_in_flight": 1, "timeout_s": 1.0})
+        late = await rt.check("fast", Direction.TOOL_RESULT, filler(20_000) + " ")
+        await rt.aclose()
+    assert late.metadata["error_kind"] == "input_too_long" and late.is_blocked
+    assert "within long_input.timeout_s=1:" in late.metadata["error"]

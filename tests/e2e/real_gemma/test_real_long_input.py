@@ -44,9 +44,9 @@ async def test_context_400_under_max_chars_ends_in_windows(gemma_server, directi
     assert meta["failed"] is False and "error_kind" not in meta, meta
     info = meta["long_input"]
     assert info["strategy"] == "windows" and info["trigger"] == "server_context", info
-    # 3000 characters (~2,350 tokens) do not fit the 1536-token context; halved once, 1500 do: three windows tile
-    # the text with their 10% overlap
-    assert info["window_chars"] == li.window_chars // 2 and info["windows"] == 3 and info["coverage"] == 1.0, info
+    # 3000 characters (~2,350 tokens) do not fit the 1536-token context; halved once, 1500 do: four windows cover
+    # the 3,900 characters, neighbours overlapping by a quarter (375)
+    assert info["window_chars"] == li.window_chars // 2 and info["windows"] == 4 and info["coverage"] == 1.0, info
     assert meta["prompt_harm"] in ("harmful", "unharmful")
     print(f"\n{direction.value}: {info}, decision {meta['decision']} (max-model-len {MAX_MODEL_LEN})")
 
