@@ -4,6 +4,8 @@ up to ``overlap`` characters is whole in one window wherever it sits, and past t
 
 from __future__ import annotations
 
+from itertools import pairwise
+
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
@@ -36,9 +38,9 @@ def test_every_character_index_is_inside_a_window(layout: tuple[int, int, int]) 
     length, window, overlap = layout
     starts = every_char_starts(length, window, overlap)
     assert starts[0] == 0 and list(starts) == sorted(set(starts))
-    assert all(0 <= s and s + window <= max(length, window) for s in starts)  # no window runs past the text
+    assert all(s >= 0 and s + window <= max(length, window) for s in starts)  # no window runs past the text
     # consecutive windows touch or overlap, the first starts at 0 and the last reaches the end: every index is read
-    assert all(b - a <= window - overlap for a, b in zip(starts, starts[1:], strict=False))
+    assert all(b - a <= window - overlap for a, b in pairwise(starts))
     assert starts[-1] + window >= length
     if length <= 20_000:  # the direct statement, index by index, where it is cheap
         seen = bytearray(length)
