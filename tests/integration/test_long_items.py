@@ -10,6 +10,7 @@ middle of a ~1 MB item, the place the old default (4 sampled windows, 1.2% of a 
 from __future__ import annotations
 
 import json
+import random
 from typing import Any
 
 import pytest
@@ -215,3 +216,43 @@ async def test_long_input_timeout_s_gives_long_items_their_own_deadline():
         await rt.aclose()
     assert late.metadata["error_kind"] == "input_too_long" and late.is_blocked
     assert "within long_input.timeout_s=1:" in late.metadata["error"]
+
+
+# ------------------------------------------------------------------------------------------------------ bad input
+async def test_an_item_exactly_at_the_cap_is_judged_and_one_more_character_is_refused(guard):
+    rt = runtime(guard.url, long_input={"max_judged_chars": 30_000})
+    at = await rt.check("fast", Direction.RETRIEVAL, with_middle(30_000))
+    sent = len(guard.chat_requests())
+    over = await rt.check("fast", Direction.RETRIEVAL, filler(30_001))
+    await rt.aclose()
+    assert at.is_blocked and at.metadata["prompt_harm"] == "harmful" and at.metadata["long_input"]["coverage"] == 1.0
+    assert over.metadata["error_kind"] == "input_too_long" and len(guard.chat_requests()) == sent
+
+
+def dense(n: int) -> str:
+    """Random CJK ideographs: ~2 real Gemma 3 tokens a character, so a 3,000-character window (~6,000 tokens) is far
+    over the stand-in's 2,048-token context."""
+    rng = random.Random(7)
+    return "".join(chr(rng.randrange(0x4E00, 0x9FFF)) for _ in range(n))
+
+
+async def test_dense_text_shrinks_the_windows_and_still_reads_every_character(guard):
+    """The server's context 400 halves the windows until they fit; every character is still judged (coverage 1.0,
+    the harmful word in the middle is found), and more windows are sent than the settings planned."""
+    text = dense(6000) + HARMFUL + dense(6000)
+    rt = runtime(guard.url, timeout_s=60.0)
+    out = await rt.check("fast", Direction.TOOL_RESULT, text)
+    await rt.aclose()
+    li = out.metadata["long_input"]
+    assert out.is_blocked and out.metadata["prompt_harm"] == "harmful", out.metadata
+    assert li["trigger"] == "server_context" and li["window_chars"] < 3000 and li["coverage"] == 1.0
+    assert li["windows"] > 1 + -(-(len(text) - 3000) // 2250)
+
+
+async def test_dense_text_past_an_explicit_max_windows_after_shrinking_is_refused(guard):
+    """Halving doubles the windows: past an explicit ``max_windows`` the item is refused, not sampled."""
+    rt = runtime(guard.url, timeout_s=60.0, on_error="allow", long_input={"max_windows": 6})
+    out = await rt.check("fast", Direction.TOOL_RESULT, dense(12_000))
+    await rt.aclose()
+    assert out.is_blocked and out.metadata["error_kind"] == "input_too_long", out.metadata
+    assert "long_input.max_windows=6" in out.metadata["error"]
