@@ -28,7 +28,7 @@ from __future__ import annotations
 import asyncio
 import math
 import time
-from collections.abc import Coroutine, Sequence
+from collections.abc import Coroutine, Iterator, Sequence
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
@@ -85,8 +85,9 @@ class ItemPlan:
     window_chars: int
     coverage: float
 
-    def windows(self, text: str) -> list[str]:
-        return [text[s:s + self.window_chars] for s in self.starts]
+    def windows(self, text: str) -> Iterator[str]:
+        """The windows' texts, one at a time (only those sent are ever cut out of the item)."""
+        return (text[s:s + self.window_chars] for s in self.starts)
 
 
 def plan_item(length: int, settings: LongInputSettings, window_chars: int, what: str = "item") -> ItemPlan:
@@ -135,8 +136,8 @@ async def judge_long_item(client: CsrClient, policy: Policy, direction: Directio
                              window_chars=size, coverage=plan.coverage)
 
         started = time.perf_counter()
-        calls = [_judge_window(client, policy, direction, w, context, deadline, timeout_s, history)
-                 for w in plan.windows(judged)]
+        calls = (_judge_window(client, policy, direction, w, context, deadline, timeout_s, history)
+                 for w in plan.windows(judged))
         decisions, errors = await _judge_windows(policy, direction, calls, settings.max_in_flight)
         if decisions and (decisions[-1].blocked or decisions[-1].would_block):  # monitor: the would-be block
             return _total(decisions[-1], decisions, started).with_long_input(info)
@@ -168,21 +169,20 @@ async def _judge_window(client: CsrClient, policy: Policy, direction: Direction,
                               history_max_chars=0)
 
 
-async def _judge_windows(policy: Policy, direction: Direction, calls: list[Coroutine[Any, Any, CheckResult]],
-                         limit: int
-                         ) -> tuple[list[Decision], list[BaseException]]:
-    """Run ``calls`` (coroutines, one per window) at most ``limit`` at a time, in order. Stops at the first harmful
+async def _judge_windows(policy: Policy, direction: Direction, calls: Iterator[Coroutine[Any, Any, CheckResult]],
+                         limit: int) -> tuple[list[Decision], list[BaseException]]:
+    """Run ``calls`` (a lazy iterator of coroutines, one per window: a window that is never started is never even
+    made) at most ``limit`` at a time, in order. Stops at the first harmful
     window (its decision is last in the list; the others in flight are cancelled and the rest never start) and at
     a context-length error (the caller shrinks the windows); any other error is kept while the remaining windows
     are still judged, so a harmful window elsewhere blocks even with ``on_error: allow``."""
     decisions: list[Decision] = []
     errors: list[BaseException] = []
-    pending = iter(calls)
     running: set[asyncio.Task[CheckResult]] = set()
     try:
         while True:
             while len(running) < limit:
-                call = next(pending, None)
+                call = next(calls, None)
                 if call is None:
                     break
                 running.add(asyncio.ensure_future(call))
@@ -203,8 +203,6 @@ async def _judge_windows(policy: Policy, direction: Direction, calls: list[Corou
     finally:
         for task in running:
             task.cancel()
-        for call in pending:
-            call.close()  # never started: no "coroutine was never awaited" warning
         if running:
             await asyncio.gather(*running, return_exceptions=True)
 
