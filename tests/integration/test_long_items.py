@@ -256,3 +256,15 @@ async def test_dense_text_past_an_explicit_max_windows_after_shrinking_is_refuse
     await rt.aclose()
     assert out.is_blocked and out.metadata["error_kind"] == "input_too_long", out.metadata
     assert "long_input.max_windows=6" in out.metadata["error"]
+
+
+async def test_monitor_mode_judges_the_item_the_same_and_records_the_would_be_block(guard):
+    """``mode: monitor``: the harmful middle is found exactly as in enforce mode (the windows after it are not
+    sent), the item is allowed, and ``would_block`` says what enforce mode would have done."""
+    rt = runtime(guard.url, timeout_s=120.0, policies={"watch": {"policy": POLITICS, "reasoning": False,
+                                                                 "mode": "monitor"}})
+    out = await rt.check("watch", Direction.TOOL_RESULT, with_middle(200_000))
+    await rt.aclose()
+    meta = out.metadata
+    assert not out.is_blocked and meta["would_block"] is True and meta["mode"] == "monitor", meta
+    assert meta["long_input"]["coverage"] == 1.0 and len(guard.chat_requests()) < meta["long_input"]["windows"]
