@@ -3,7 +3,7 @@
     python -m benchmarks.long_items [--quick] [--vllm-python PY] [--json PATH]
 
 Every check goes through the rails' own path (:class:`~nemo_csr_rail.rail.runtime.RailRuntime` and
-:mod:`nemo_csr_rail.rail.agent_checks`, as ``csr check tool results`` runs it), with the default ``long_input``
+:mod:`nemo_csr_rail.agent_checks`, as ``csr check tool results`` runs it), with the default ``long_input``
 (``strategy: windows``: windows of 3,000 characters overlapping by 750, ``max_in_flight`` 16; the verdict cache
 off and ``timeout_s`` 600 so that the time the windows really take is measured, not cut), against:
 
@@ -45,9 +45,10 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from benchmarks.servers import GUARD_MODEL, StandInProcess, VllmServer  # noqa: E402
+from nemo_csr_rail import agent_checks  # noqa: E402
 from nemo_csr_rail.long_items import every_char_starts  # noqa: E402
 from nemo_csr_rail.options import DEFAULT_LONG_INPUT_MAX_JUDGED_CHARS  # noqa: E402
-from nemo_csr_rail.rail import agent_checks, reset_runtimes  # noqa: E402
+from nemo_csr_rail.rail import reset_runtimes  # noqa: E402
 from nemo_csr_rail.rail.runtime import runtime_for  # noqa: E402
 
 STANDIN_MODEL = {"fixed_s": 0.002, "prefill_s": 0.00003, "decode_s": 0.007}  # benchmarks/run.py's

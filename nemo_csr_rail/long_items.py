@@ -52,9 +52,6 @@ OVERLAP_DIVISOR = 4
 MIN_WINDOW_CHARS = 128
 #: ``strategy: sample`` without ``max_windows``: the number of windows sampling used to check by default
 SAMPLE_MAX_WINDOWS = DEFAULT_LONG_INPUT_MAX_WINDOWS
-#: what each direction's item is called in a refusal
-_WHAT = {Direction.INPUT: "message", Direction.OUTPUT: "answer", Direction.TOOL_CALL: "tool call",
-         Direction.TOOL_RESULT: "tool result", Direction.RETRIEVAL: "retrieved document"}
 
 
 def overlap_for(window_chars: int) -> int:
@@ -119,7 +116,7 @@ async def judge_long_item(client: CsrClient, policy: Policy, direction: Directio
     topic policy's windows carry no history (a budget of 0: the metadata counts it all as dropped), since the item
     alone already fills the guard's context."""
     chars = len(user) + len(bot or "")
-    what = _WHAT[direction]
+    what = direction.spec.too_long
     if settings.timeout_s is not None:  # the item's own deadline, from the same start as the check's
         deadline += settings.timeout_s - timeout_s
         timeout_s = settings.timeout_s

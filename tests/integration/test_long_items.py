@@ -15,8 +15,8 @@ from typing import Any
 
 import pytest
 
+from nemo_csr_rail import agent_checks
 from nemo_csr_rail.policy import Direction
-from nemo_csr_rail.rail import agent_checks
 from tests.support.e2e_helpers import ask, rails_for
 from tests.support.rails_configs import write_config
 from tests.support.runtime import runtime
