@@ -41,6 +41,7 @@ RANK: dict[str, int] = {
     "client": 14,
     "decision": 15,
     "coverage": 15,  # which messages a check judges, folded into one decision (calls the runtime it is given)
+    "long_items": 15,  # judges an item too long for one check: windows of it through the client, one decision
     "telemetry.metrics": 16, "telemetry.audit": 16, "telemetry.tracing": 16, "telemetry.facade": 17,
     "telemetry": 17,
     # the check runtime (one per config: policies, clients, skips, long inputs, on_error) and the agent items
