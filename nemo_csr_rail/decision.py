@@ -24,14 +24,13 @@ from typing import TYPE_CHECKING, Any
 from nemo_csr_rail.errors import ConfigError, CsrError, ErrorKind, InputTooLong
 from nemo_csr_rail.plans.escalate import Escalation
 from nemo_csr_rail.policy import Direction, Policy
-from nemo_csr_rail.settings import FLOW_OF_DIRECTION
 from nemo_csr_rail.verdict import RECORD_KEYS as VERDICT_KEYS
 from nemo_csr_rail.verdict import Verdict
 
 if TYPE_CHECKING:
     from nemo_csr_rail.client import CheckResult
 
-__all__ = ["Cost", "Decision", "ErrorKind", "LongInputInfo", "Outcome", "SkipReason", "on_error_for",
+__all__ = ["Cost", "Coverage", "Decision", "ErrorKind", "LongInputInfo", "Outcome", "SkipReason", "on_error_for",
            "render_refusal"]
 
 
@@ -59,12 +58,25 @@ class SkipReason(_Value):
     EMPTY_MESSAGE = "empty_message"
     #: the bot message is (a streamed chunk of) a refusal this runtime issued
     OWN_REFUSAL = "own_refusal"
+    #: agent rails (docs/agents.md): the answer makes no tool calls
+    NO_TOOL_CALLS = "no_tool_calls"
+    #: agent rails: the request has no tool messages
+    NO_TOOL_MESSAGES = "no_tool_messages"
+    #: agent rails: the retrieval returned no chunks
+    NO_RETRIEVED_CHUNKS = "no_retrieved_chunks"
+    #: agent rails: the turn's tool messages were all checked by the first run of the tool-results rail
+    CHECKED_THIS_TURN = "checked_this_turn"
 
     def describe(self, direction: Direction) -> str:
         """The metadata's ``skipped`` text, a public value kept as it always was."""
-        if self is SkipReason.OWN_REFUSAL:
-            return "the plugin's own refusal"
-        return "empty bot message" if direction is Direction.OUTPUT else "empty user message"
+        if self is SkipReason.EMPTY_MESSAGE:
+            return "empty bot message" if direction is Direction.OUTPUT else "empty user message"
+        return _SKIP_TEXT[self]
+
+
+_SKIP_TEXT = {SkipReason.OWN_REFUSAL: "the plugin's own refusal", SkipReason.NO_TOOL_CALLS: "no tool calls",
+              SkipReason.NO_TOOL_MESSAGES: "no tool messages", SkipReason.NO_RETRIEVED_CHUNKS: "no retrieved chunks",
+              SkipReason.CHECKED_THIS_TURN: "checked with the turn's first tool message"}
 
 
 @dataclass(frozen=True)
@@ -100,7 +112,8 @@ class Cost:
 
 @dataclass(frozen=True)
 class LongInputInfo:
-    """How ``long_input`` handled a text too long for one check (strategy ``windows``)."""
+    """How ``long_input`` handled an item too long for one check: ``strategy`` "windows" (every character, ``coverage``
+    1.0) or "sample" (the opt-in; ``coverage`` the share read); ``windows`` is the plan's count."""
 
     strategy: str
     trigger: str  # "max_chars" (the settings) or "server_context" (the guard server said it does not fit)
@@ -111,6 +124,39 @@ class LongInputInfo:
 
     def to_record(self) -> dict[str, Any]:
         return {f.name: getattr(self, f.name) for f in fields(self)}
+
+
+@dataclass(frozen=True)
+class Coverage:
+    """Which messages of the request one rail call judged (whole-conversation coverage, docs/coverage.md).
+
+    Items are messages' texts and assistant tool calls (an assistant message with text and two calls is three).
+    ``judged`` = ``guard`` + ``cached``: every item was judged, by a guard request in this call or by the verdict of
+    an identical item (the ``judged_messages`` cache, or the same item earlier in this request). ``skipped``: items
+    not sent to the guard because there is nothing to judge (no text) or they are the plugin's own refusal. ``blocked_index`` / ``blocked_role``: the message whose item decided a block
+    (the first in message order), None when nothing blocked. ``multi_turn``: the user turns judged together (split
+    attacks), None when the policy does not ask for it or the request has fewer than two user turns. ``refused``:
+    harmful input-side messages already refused in their own turn, which do not block this one (docs/coverage.md)."""
+
+    mode: str  # "all" | "last"
+    messages: int
+    judged: int
+    guard: int
+    cached: int
+    skipped: int = 0
+    blocked_index: int | None = None
+    blocked_role: str | None = None
+    multi_turn: int | None = None
+    #: input-side messages judged harmful that the conversation shows refused in their own turn (the next assistant
+    #: message is the policy's refusal): judged, counted, and not blocking this turn
+    refused: int = 0
+
+    def to_record(self) -> dict[str, Any]:
+        return {f.name: getattr(self, f.name) for f in fields(self)}
+
+    @classmethod
+    def from_record(cls, record: Mapping[str, Any]) -> Coverage:
+        return cls(**{f.name: record[f.name] for f in fields(cls) if f.name in record})
 
 
 _SPACES = re.compile(r"[ \t]{2,}")
@@ -164,6 +210,8 @@ class Decision:
     long_input: LongInputInfo | None = None
     #: what the bot says instead (blocks only)
     refusal: str | None = None
+    #: whole-conversation coverage: which messages the rail call judged (None: one message, coverage: last)
+    coverage: Coverage | None = None
 
     def __post_init__(self) -> None:
         # on the check's path: coerce plain strings only (the constructors below pass the enums themselves)
@@ -223,11 +271,15 @@ class Decision:
 
     @classmethod
     def skipped(cls, policy_name: str, direction: Direction, reason: SkipReason) -> Decision:
-        """Allowed without a check: nothing to judge, or the plugin's own refusal."""
+        """Allowed without a check: nothing to judge, the plugin's own refusal, or (agent rails) nothing of the
+        rail's kind in the call, or already checked this turn."""
         return cls(policy=policy_name, direction=direction, outcome=Outcome.ALLOW, skip=reason)
 
     def with_long_input(self, info: LongInputInfo) -> Decision:
         return replace(self, long_input=info)
+
+    def with_coverage(self, coverage: Coverage) -> Decision:
+        return replace(self, coverage=coverage)
 
     # -- derived ------------------------------------------------------------------------------------------------
     @property
@@ -270,15 +322,15 @@ class Decision:
             return None
         if not self.blocked:
             return self.verdict.reasoning
-        return self.verdict.reasoning or f"The {_WHAT[self.direction]} violates policy '{self.policy}'."
+        return self.verdict.reasoning or f"The {self.direction.spec.noun} violates policy '{self.policy}'."
 
     @property
     def exception_message(self) -> str | None:
         """The message of the rail exception a block raises (``enable_rails_exceptions``)."""
         if not self.blocked:
             return None
-        return (f"{_BLOCKED[self.direction]} blocked by {FLOW_OF_DIRECTION[self.direction.value]} "
-                f"(policy {self.policy}): {self.reason}")
+        spec = self.direction.spec
+        return f"{spec.blocked} blocked by {spec.flow} (policy {self.policy}): {self.reason}"
 
     # -- serialisations -----------------------------------------------------------------------------------------
     def to_metadata(self) -> dict[str, Any]:
@@ -289,6 +341,8 @@ class Decision:
         if self.skip is not None:
             meta["skipped"] = self.skip.describe(self.direction)
             meta["failed"] = False
+            if self.coverage is not None:
+                meta["coverage"] = self.coverage.to_record()
             return meta
         cost = self.cost
         if self.error is not None:
@@ -316,6 +370,8 @@ class Decision:
             meta["exception_message"] = self.exception_message
         if self.long_input is not None:
             meta["long_input"] = self.long_input.to_record()
+        if self.coverage is not None:  # coverage: all — counts, index and role only, never the messages
+            meta["coverage"] = self.coverage.to_record()
         return meta
 
     def to_record(self) -> dict[str, Any]:
@@ -347,6 +403,7 @@ class Decision:
             "long_input": None if self.long_input is None else self.long_input.to_record(),
             "refusal": self.refusal,
             "exception_message": self.exception_message,
+            "coverage": None if self.coverage is None else self.coverage.to_record(),
         }
 
     def to_json(self) -> str:
@@ -361,6 +418,7 @@ class Decision:
         err = record.get("error")
         judged = skip is None and not err
         long_input = record.get("long_input")
+        coverage = record.get("coverage")
         return cls(
             policy=record["policy"], direction=Direction(record["direction"]), outcome=Outcome(record["outcome"]),
             verdict=Verdict.from_record(record) if judged else None, skip=skip,
@@ -371,14 +429,8 @@ class Decision:
             would_block=record.get("would_block"),
             escalation=Escalation.from_record(record["escalation"]) if record.get("escalation") else None,
             history_messages=record.get("history_messages"), history_dropped=record.get("history_dropped"),
-            long_input=LongInputInfo(**long_input) if long_input else None, refusal=record.get("refusal"))
-
-
-#: what a direction checks, and the rail exception's first word (the flow names come from the settings' flow table)
-_WHAT = {Direction.INPUT: "prompt", Direction.OUTPUT: "response", Direction.TOOL_CALL: "tool call",
-         Direction.TOOL_RESULT: "tool result", Direction.RETRIEVAL: "retrieved document"}
-_BLOCKED = {Direction.INPUT: "Input", Direction.OUTPUT: "Output", Direction.TOOL_CALL: "Tool call",
-            Direction.TOOL_RESULT: "Tool result", Direction.RETRIEVAL: "Retrieved document"}
+            long_input=LongInputInfo(**long_input) if long_input else None, refusal=record.get("refusal"),
+            coverage=Coverage.from_record(coverage) if coverage else None)
 
 
 _COST_KEYS = tuple(f.name for f in fields(Cost))

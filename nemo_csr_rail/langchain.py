@@ -1,4 +1,4 @@
-"""Agent rails for LangChain and LangGraph (the ``langchain`` extra: ``pip install '.[langchain]'`` in a clone).
+"""Agent rails for LangChain and LangGraph (the ``langchain`` extra: docs/configuration.md#installing).
 
     from nemo_csr_rail.langchain import CsrGuard
 
@@ -13,16 +13,17 @@ comes back as a ``ToolMessage`` with ``status="error"`` and the refusal, so the 
 reads why; the tool never ran (blocked call) or its output is dropped (blocked result or error).
 ``guard.tool(…, on_block="raise")`` raises a ``ToolException`` instead, as does any block of a call invoked with
 plain arguments. A guarded retriever drops the documents the policy finds harmful. ``invoke`` and ``ainvoke`` both
-work. Every check goes through the same runtime as the NeMo rails (:class:`~nemo_csr_rail.rail.runtime.RailRuntime`,
-via :mod:`nemo_csr_rail.rail.agent_checks`), so prompts, decode plans, ``on_error``, ``long_input`` and telemetry
-are the rails' own; the config directory is read without building an ``LLMRails``. docs/agents.md.
+work. Every check goes through the core runtime the NeMo rails use too
+(:class:`~nemo_csr_rail.runtime.CheckRuntime`, via :mod:`nemo_csr_rail.agent_checks`), so prompts, decode plans,
+``on_error``, ``long_input`` and telemetry are the rails' own; the config directory is read without building an
+``LLMRails``, and NeMo Guardrails is never imported. docs/agents.md.
 
 The user's message, against which a tool call is judged (a call is the assistant's response to it), is the last
 user message before the call in the LangGraph state (which ``ToolNode`` injects), else the invocation's
 ``config={"metadata": {"csr_user_message": …}}``, else ``guard.tool(…, user_message=…)`` (a string or a function
 returning one), else the call is judged with no user message (the card's ``None``).
 
-An integration outside the core chain: it imports LangChain and the NeMo adapter's runtime, and nothing in the
+An integration outside the core chain: it imports LangChain and the core's runtime (not NeMo), and nothing in the
 core imports it (tests/tooling/test_layering.py).
 """
 
@@ -48,10 +49,11 @@ from langgraph.prebuilt import InjectedState
 from langgraph.types import Command
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model
 
+from nemo_csr_rail import agent_checks
 from nemo_csr_rail.agent import content_text
 from nemo_csr_rail.errors import ConfigError
-from nemo_csr_rail.rail import agent_checks
-from nemo_csr_rail.rail.runtime import RailRuntime, runtime_for
+from nemo_csr_rail.runtime import CheckRuntime, runtime_for
+from nemo_csr_rail.settings.flows import RAILS_SECTIONS
 
 T = TypeVar("T")
 #: per-invocation user message: ``tool.invoke(args, config={"metadata": {USER_MESSAGE_KEY: "…"}})``
@@ -59,13 +61,12 @@ USER_MESSAGE_KEY = "csr_user_message"
 #: what a guarded tool invoked with a model ``ToolCall`` does on a block (:meth:`CsrGuard.tool`)
 OnBlock = Literal["message", "raise"]
 ON_BLOCK: tuple[str, ...] = ("message", "raise")
-_RAIL_SECTIONS = ("input", "output", "tool_output", "tool_input", "retrieval")
 
 
 class CsrGuard:
     """The agent rails of one Guardrails config, for LangChain tools and retrievers."""
 
-    def __init__(self, runtime: RailRuntime) -> None:
+    def __init__(self, runtime: CheckRuntime) -> None:
         self.runtime = runtime
 
     @classmethod
@@ -86,7 +87,7 @@ class CsrGuard:
             for section, value in (data.get("rails") or {}).items():
                 merged["rails"][section] = value
         rails = SimpleNamespace(**{s: SimpleNamespace(flows=list((merged["rails"].get(s) or {}).get("flows") or []))
-                                   for s in _RAIL_SECTIONS})
+                                   for s in RAILS_SECTIONS})
         config = SimpleNamespace(models=merged["models"], custom_data=merged["custom_data"], rails=rails,
                                  config_path=str(root))
         return cls(runtime_for(config))
@@ -144,8 +145,8 @@ class CsrGuard:
         await self.runtime.aclose()
 
 
-def _raise_if_blocked(out: Any) -> None:
-    if out.is_blocked:
+def _raise_if_blocked(out: agent_checks.AgentDecision) -> None:
+    if out.blocked:
         exc = ToolException(out.metadata.get("refusal") or out.reason or "Blocked by the safety policy.")
         exc.metadata = dict(out.metadata)  # type: ignore[attr-defined]
         raise exc

@@ -8,11 +8,13 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass
-from enum import Enum
 from functools import cached_property
 from typing import Literal
 
+from nemo_csr_rail.directions import SIDES as SIDES  # re-exported: its home was here
+from nemo_csr_rail.directions import Direction as Direction  # re-exported: its home was here
 from nemo_csr_rail.options import (
+    DEFAULT_COVERAGE,
     DEFAULT_ESCALATE_AT,
     DEFAULT_HISTORY_TURNS,
     DEFAULT_INPUT_REFUSAL,
@@ -31,30 +33,6 @@ from nemo_csr_rail.settings import (
 )
 from nemo_csr_rail.settings import implicit_policy as implicit_policy  # re-exported (rule: settings)
 from nemo_csr_rail.taxonomy import TAXONOMIES
-
-
-class Direction(str, Enum):
-    """What is checked: the user's prompt (input rail), the bot's answer (output rail), or, for agents, a tool call
-    the model wants to make (tool output rail), a tool's result (tool input rail) or a retrieved chunk (retrieval
-    rail). The model card knows two: prompt and response; :attr:`judged_as` says which of them each is judged as
-    (docs/agents.md)."""
-
-    INPUT = "input"
-    OUTPUT = "output"
-    TOOL_CALL = "tool_call"
-    TOOL_RESULT = "tool_result"
-    RETRIEVAL = "retrieval"
-
-    @property
-    def judged_as(self) -> Direction:
-        """The card's side this direction is judged on: a tool call is the assistant's response (Response harm);
-        a tool result and a retrieved chunk are content entering the conversation (Prompt harm)."""
-        return Direction.OUTPUT if self in (Direction.OUTPUT, Direction.TOOL_CALL) else Direction.INPUT
-
-
-#: the card's two sides, which every direction is judged as (one prompt layout, grammar and decode plan each)
-SIDES = (Direction.INPUT, Direction.OUTPUT)
-
 
 PolicyKind = Literal["taxonomy", "custom", "topic"]
 
@@ -90,6 +68,11 @@ class Policy:
     reasoning_retrieval: bool | str | None = None
     refusal_tool_call: str = DEFAULT_TOOL_CALL_REFUSAL
     refusal_tool_result: str = DEFAULT_TOOL_RESULT_REFUSAL
+    #: whole-conversation coverage (docs/coverage.md): "all" judges every message the client supplied, "last"
+    #: the current one only
+    coverage: Literal["all", "last"] = DEFAULT_COVERAGE
+    #: split attacks: N >= 2 also judges the last N user turns together on the input side; 0 is off
+    multi_turn: int = 0
 
     def _agent_mode(self, direction: Direction) -> bool | str | None:
         return {Direction.TOOL_CALL: self.reasoning_tool_call, Direction.TOOL_RESULT: self.reasoning_tool_result,
@@ -237,6 +220,8 @@ def compile_policy(name: str, spec: PolicySettings, plugin: PluginSettings) -> P
         refusal_tool_result=refusal or DEFAULT_TOOL_RESULT_REFUSAL,
         monitor_input=_mode(spec.mode, "input") == "monitor",
         monitor_output=_mode(spec.mode, "output") == "monitor",
+        coverage=spec.coverage or plugin.coverage,
+        multi_turn=spec.multi_turn,
     )
 
 
