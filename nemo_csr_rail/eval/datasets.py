@@ -23,19 +23,20 @@ from pathlib import Path
 from typing import Any, Literal
 
 from nemo_csr_rail.conversation import Turn
+from nemo_csr_rail.directions import DIRECTIONS as DIRECTION_TABLE
+from nemo_csr_rail.directions import SIDES
 from nemo_csr_rail.policy import Direction
 
 Label = Literal["harmful", "unharmful"]
 LABELS: frozenset[str] = frozenset({"harmful", "unharmful"})
 #: what a row can be labelled for, named after its label fields (``prompt_label``, ``response_label``); the report's
 #: per-direction sections and file names use these names
-DIRECTIONS = ("prompt", "response", "tool_call", "tool_result", "retrieval")
+DIRECTIONS = tuple(spec.eval_label for spec in DIRECTION_TABLE)
 #: the agent rails' (docs/agents.md): rows with ``tool_call``, ``tool_result`` or ``document`` and their labels
-AGENT_DIRECTIONS = ("tool_call", "tool_result", "retrieval")
+AGENT_DIRECTIONS = tuple(spec.eval_label for spec in DIRECTION_TABLE if spec.direction not in SIDES)
 #: the check each label is scored by: the ``direction`` (``input`` / ``output`` / an agent direction) of its
 #: records, as in the rails
-DIRECTION_OF = {"prompt": Direction.INPUT, "response": Direction.OUTPUT, "tool_call": Direction.TOOL_CALL,
-                "tool_result": Direction.TOOL_RESULT, "retrieval": Direction.RETRIEVAL}
+DIRECTION_OF = {spec.eval_label: spec.direction for spec in DIRECTION_TABLE}
 #: the inverse: a record's ``judged`` (the name ``direction`` had before records used the rails' vocabulary; the
 #: agent directions have one name)
 JUDGED = {v: k for k, v in DIRECTION_OF.items()}
@@ -191,12 +192,19 @@ def _messages(value: Any, where: str) -> tuple[str, tuple[Turn, ...]]:
     return _text(turns[-1].text, f"{where}: last message"), tuple(turns[:-1])
 
 
-@register("jsonl", "Our JSONL: {id?, prompt | messages, response?, prompt_label?, response_label?, policy?} per line; "
+def _turn_messages(value: Any, where: str) -> list[dict[str, Any]]:
+    """A ``turns`` row's user turns as ``messages`` (every one the user's)."""
+    if not isinstance(value, list) or not value or not all(isinstance(t, str) for t in value):
+        raise DatasetError(f"{where}: 'turns' must be a non-empty list of strings (the user's turns, oldest first)")
+    return [{"role": "user", "content": t} for t in value]
+
+
+@register("jsonl", "Our JSONL: {id?, prompt | messages | turns, response?, prompt_label?, response_label?, policy?} per line; "
                   "agent rows: tool_call {name, arguments} + tool_call_label, tool_result {name, content} + "
                   "tool_result_label, document + document_label")
 def load_jsonl(path: Path) -> Dataset:
     rows: list[Row] = []
-    allowed = {"id", "prompt", "messages", "response", "prompt_label", "response_label", "policy", "meta",
+    allowed = {"id", "prompt", "messages", "turns", "response", "prompt_label", "response_label", "policy", "meta",
                *_AGENT_FIELDS, *(f"{k}_label" for k in _AGENT_FIELDS)}
     for i, rec in _jsonl_records(path):
         where = f"{path}:{i}"
@@ -206,7 +214,13 @@ def load_jsonl(path: Path) -> Dataset:
         if unknown:
             raise DatasetError(f"{where}: unknown field(s) {sorted(unknown)}; allowed: {sorted(allowed)}")
         history: tuple[Turn, ...] = ()
-        if "messages" in rec:
+        if "turns" in rec:
+            # a split request: user turns only, the label about them taken together (policies with multi_turn)
+            if "prompt" in rec or "messages" in rec or "response" in rec or "response_label" in rec:
+                raise DatasetError(f"{where}: a 'turns' row takes no 'prompt', 'messages', 'response' or "
+                                   "'response_label' (its prompt_label is about the user turns taken together)")
+            prompt, history = _messages(_turn_messages(rec["turns"], where), where)
+        elif "messages" in rec:
             # a multi-turn row: the label is about the last (user) message, judged in the light of the others
             if "prompt" in rec or "response" in rec or "response_label" in rec:
                 raise DatasetError(f"{where}: a 'messages' row takes no 'prompt', 'response' or 'response_label' "
@@ -243,7 +257,8 @@ def load_jsonl(path: Path) -> Dataset:
                         labels["response_label"], policy, meta, history, **agent))
     multi = sum(1 for r in rows if r.history)
     notes = [f"{multi} multi-turn row(s): the label is about the last user message; the earlier messages are sent "
-             "as the conversation history by topic policies (other layouts judge the last message alone)"] if multi else []
+             "as the conversation history by topic policies, and policies with multi_turn also judge the last N user "
+             "turns together (other layouts judge the last message alone)"] if multi else []
     return _one(path, "jsonl", rows, *notes)
 
 

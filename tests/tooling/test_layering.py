@@ -22,6 +22,7 @@ RANK: dict[str, int] = {
     "transcript": 0,  # the request's messages as plain data (whole-conversation coverage)
     "_version": 0,  # the installed distribution's version, read once from its metadata
     "options": 0,  # every default, once: read by the schema, the client, the engines and the prompt builder
+    "directions": 0,  # the directions and their one table (flow, action, wording, labels), read by everything
     "settings.probe": 1, "settings.schema": 1, "settings.endpoints": 1, "settings.flows": 1, "settings.resolve": 1,
     "settings": 1,
     "policy": 2,
@@ -35,22 +36,26 @@ RANK: dict[str, int] = {
     "plans": 10,
     # engines carry the plans' requests
     "engines.constrain": 11, "engines.transport": 11, "engines.deadline": 11, "engines.replicas": 11,
-    "engines.base": 11,  # a re-export of completion, for imports written before it moved
     "engines.http": 12, "engines.embedded": 12,
     "engines.factory": 13,
     "client": 14,
     "decision": 15,
     "coverage": 15,  # which messages a check judges, folded into one decision (calls the runtime it is given)
+    "long_items": 15,  # judges an item too long for one check: windows of it through the client, one decision
     "telemetry.metrics": 16, "telemetry.audit": 16, "telemetry.tracing": 16, "telemetry.facade": 17,
     "telemetry": 17,
+    # the check runtime (one per config: policies, clients, skips, long inputs, on_error) and the agent items
+    # folded into one decision; NeMo-free, shared by the NeMo adapter and the LangChain integration
+    "runtime": 18,
+    "agent_checks": 19,
     # the NeMo adapter (nemo_csr_rail/rail/, laid out like a NeMo library rail): the only package that imports NeMo
-    "rail.outcome": 18, "rail.history": 18, "rail.rail_config": 18, "rail.rail": 18,
-    "rail.runtime": 19, "rail.agent_checks": 19,
-    "rail": 20, "rail.actions": 20, "rail.hooks": 20,
+    "rail.outcome": 20, "rail.history": 20, "rail.rail_config": 20, "rail.rail": 20,
+    "rail.runtime": 21, "rail.agent_checks": 21,
+    "rail": 22, "rail.actions": 22, "rail.hooks": 22,
     # the files NeMo loads from import_paths: one-line re-exports of the adapter
-    "actions": 21, "config": 21,
-    # optional framework integrations: consumers of the adapter's runtime, imported by nothing in the package
-    "langchain": 22, "langchain_middleware": 22,
+    "actions": 23, "config": 23,
+    # optional framework integrations: consumers of the core runtime, imported by nothing in the package
+    "langchain": 24, "langchain_middleware": 24,
 }
 OUTSIDE = ("cli", "eval")
 
@@ -114,7 +119,14 @@ def test_the_engines_sit_wholly_above_the_plans():
 
 
 ADAPTER = "rail"
-FOREIGN = ("nemoguardrails", "langchain", "langchain_core")
+#: top-level packages the core never imports; each also covers its ``_``-suffixed family (langchain_core,
+#: langchain_openai, langgraph_sdk, …)
+FOREIGN = ("nemoguardrails", "langchain", "langgraph")
+
+
+def _is_foreign(module: str) -> bool:
+    top = module.split(".")[0]
+    return any(top == f or top.startswith(f + "_") for f in FOREIGN)
 
 
 def _foreign_imports(path: Path) -> set[str]:
@@ -122,7 +134,7 @@ def _foreign_imports(path: Path) -> set[str]:
     for node in ast.walk(ast.parse(path.read_text(), str(path))):
         names = [node.module] if isinstance(node, ast.ImportFrom) and node.module and node.level == 0 else (
             [a.name for a in node.names] if isinstance(node, ast.Import) else [])
-        out.update(n for n in names if n.split(".")[0] in FOREIGN)
+        out.update(n for n in names if _is_foreign(n))
     return out
 
 
@@ -141,7 +153,27 @@ def test_the_core_imports_neither_nemo_nor_langchain(path: Path):
     assert not _foreign_imports(path), f"{_module_name(path)} imports {sorted(_foreign_imports(path))}"
 
 
+def test_the_foreign_check_covers_langchain_and_langgraph():
+    """``import langgraph.prebuilt`` or ``from langchain_openai import …`` in the core would fail the check above."""
+    for name in ("nemoguardrails.rails", "langchain", "langchain.agents", "langchain_core.tools", "langchain_openai",
+                 "langgraph", "langgraph.prebuilt", "langgraph_sdk"):
+        assert _is_foreign(name), name
+    for name in ("nemo_csr_rail.agent", "langchainish", "yaml", "httpx"):
+        assert not _is_foreign(name), name
+
+
+def test_the_langchain_integration_imports_no_nemo():
+    """A LangChain user does not pay NeMo's import: the integration reaches the checks through the core runtime
+    (tests/integration/test_langchain_without_nemo.py runs it with nemoguardrails unimportable)."""
+    path = PKG / "langchain.py"
+    assert not {n for n in _foreign_imports(path) if n.split(".")[0] == "nemoguardrails"}
+    assert not {d for d in _imports(path) if d == ADAPTER or d.startswith(ADAPTER + ".")}, \
+        "langchain.py imports the NeMo adapter"
+
+
 def test_the_agent_middleware_imports_no_nemo():
     """The LangChain agent middleware is LangChain only: an agent built with it never loads NeMo Guardrails."""
-    nemo = sorted(n for n in _foreign_imports(PKG / "langchain_middleware.py") if n.startswith("nemoguardrails"))
-    assert not nemo, f"langchain_middleware imports {nemo}"
+    path = PKG / "langchain_middleware.py"
+    assert not {n for n in _foreign_imports(path) if n.split(".")[0] == "nemoguardrails"}
+    assert not {d for d in _imports(path) if d == ADAPTER or d.startswith(ADAPTER + ".")}, \
+        "langchain_middleware.py imports the NeMo adapter"

@@ -20,7 +20,7 @@ from langchain_core.tools import tool
 from nemo_csr_rail.decision import Decision
 from nemo_csr_rail.langchain import CsrGuard
 from nemo_csr_rail.langchain_middleware import record_of
-from nemo_csr_rail.rail.runtime import reset_runtimes
+from nemo_csr_rail.runtime import reset_runtimes
 from tests.support.rails_configs import write_config
 from tests.support.scripted_chat import ScriptedChatModel
 
