@@ -67,8 +67,10 @@ def to_transcript(messages: Sequence[BaseMessage]) -> list[Message]:
     out: list[Message] = []
     for i, m in enumerate(messages):
         role = _ROLES.get(m.type, m.type)
+        # a call whose arguments did not parse is still the model's output (and shown to the application): judged
+        # with its raw arguments
         calls = tuple(ToolCallItem(c.get("id"), c.get("name") or "", c.get("args")) for c in
-                      getattr(m, "tool_calls", None) or ())
+                      [*(getattr(m, "tool_calls", None) or ()), *(getattr(m, "invalid_tool_calls", None) or ())])
         other: tuple[str, ...] = ()
         if isinstance(m.content, list):
             other = tuple(str(p.get("type")) for p in m.content

@@ -4,7 +4,7 @@ The script is in the last user message, like :mod:`tests.support.agent_llm`'s: `
 separated by ``;``) makes those tool calls (``CALLREV eman {json}``
 calls ``name`` spelled backwards, so a benign user message can make a harmful call); after tool results it answers ``Based on the tool results: …`` quoting
 them (so a test sees what the model read); otherwise it answers :func:`~tests.support.rails_configs.main_reply`
-(``EVILOUT`` in the message: a harmful answer). ``WITHTEXT`` gives tool calls that text too. ``ANSWER text`` answers ``text`` verbatim. ``_stream`` yields the
+(``EVILOUT`` in the message: a harmful answer). ``WITHTEXT`` gives tool calls that text too; ``CALLRAW name TXET`` makes a call whose arguments are not JSON (TEXT, spelled backwards in the message). ``ANSWER text`` answers ``text`` verbatim. ``_stream`` yields the
 answer word by word, so streaming tests see tokens.
 """
 
@@ -39,6 +39,10 @@ def scripted_answer(messages: list[BaseMessage], step: int) -> AIMessage:
     text = str(last.content) if isinstance(last, HumanMessage) else ""
     if text.startswith("ANSWER "):
         return AIMessage(text.removeprefix("ANSWER "))
+    if text.startswith("CALLRAW "):  # a call whose arguments are not JSON: LangChain keeps it as an invalid call
+        name, _, raw = text.removeprefix("CALLRAW ").partition(" ")
+        return AIMessage("", invalid_tool_calls=[{"id": f"call_{step}_0", "name": name, "args": raw[::-1],
+                                                  "error": "not JSON", "type": "invalid_tool_call"}])
     calls = []
     for i, part in enumerate(text.split(";")):
         m = _CALL.search(part)
