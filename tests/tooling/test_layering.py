@@ -138,9 +138,9 @@ def _foreign_imports(path: Path) -> set[str]:
     return out
 
 
-# Exempt from the check below, explicitly: nemo_csr_rail/langchain.py is the optional LangChain integration (the
-# `langchain` extra). It imports langchain_core by design and reuses the NeMo adapter's runtime so that its tool
-# and retriever checks decide exactly as the rails do; its RANK (last) keeps every other module from importing it.
+# Exempt from the check below, explicitly: nemo_csr_rail/langchain.py and langchain_middleware.py are the optional
+# LangChain integration (the `langchain` extra). They import LangChain by design and judge through the core runtime
+# so that their checks decide exactly as the rails do; their RANK (last) keeps every other module from importing them.
 INTEGRATIONS = ("langchain", "langchain_middleware")
 CORE = [p for p in MODULES if not (_module_name(p) == ADAPTER or _module_name(p).startswith(ADAPTER + "."))
         and _module_name(p) not in ("actions", "config") and _module_name(p) not in INTEGRATIONS]
