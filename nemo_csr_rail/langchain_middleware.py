@@ -314,7 +314,8 @@ class CsrGuardMiddleware(AgentMiddleware):
             if decision.monitored and decision.would_block:
                 answer.response_metadata[METADATA_KEY] = _record(decision, "output", blocked=False)
             return response
-        return ModelResponse(result=[_refusal(decision, self._answer_side(decision, mine),
+        # replaced_id: the id the answer's tokens streamed under (stream="live"), so a UI can swap that bubble
+        return ModelResponse(result=[_refusal(decision, self._answer_side(decision, mine), replaced_id=answer.id,
                                               refused_calls=[c.get("id") for c in answer.tool_calls])])
 
     def _answer_side(self, decision: Decision, blocked: Message) -> str:

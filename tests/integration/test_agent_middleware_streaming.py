@@ -98,6 +98,7 @@ async def test_live_messages_mode_sends_the_refusal_after_the_tokens_under_a_new
     final = got[-1][0]
     assert tokens and isinstance(final, AIMessage) and final.content == REFUSAL
     assert final.id != tokens[0].id, "a UI keyed on message ids shows the refusal as a new message, not merged"
+    assert final.response_metadata["nemo_csr_rail"]["replaced_id"] == tokens[0].id, "… and can tell what it replaces"
 
 
 @pytest.mark.parametrize("mode", ["sync", "async"])
