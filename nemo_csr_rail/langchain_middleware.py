@@ -33,9 +33,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import dataclasses
 import threading
-import uuid
 from collections.abc import Awaitable, Callable, Coroutine, Iterator, Sequence
 from typing import Any, Literal, TypeVar
 
@@ -45,112 +43,33 @@ from langchain_core.runnables.config import ensure_config, var_child_runnable_co
 from langchain_core.tracers._streaming import _StreamingCallbackHandler, _V2StreamingCallbackHandler
 from langgraph.errors import GraphBubbleUp
 from langgraph.prebuilt.tool_node import ToolCallRequest
-from langgraph.types import Command
 
-from nemo_csr_rail.agent import content_text, judged_turn, render_tool_call, render_tool_result
+from nemo_csr_rail.agent import judged_turn, render_tool_call, render_tool_result
 from nemo_csr_rail.coverage import judge_messages
 from nemo_csr_rail.decision import Decision, render_refusal
 from nemo_csr_rail.errors import ConfigError, CsrError
+from nemo_csr_rail.langchain_messages import (
+    METADATA_KEY,
+    blocked_index,
+    blocked_tool_message,
+    blocked_tool_result,
+    model_view,
+    only_calls,
+    only_tool_results,
+    record_for,
+    record_of,
+    refusal_message,
+    text_of,
+    to_transcript,
+    tool_messages,
+    without_calls,
+    without_tool_results,
+)
 from nemo_csr_rail.policy import Direction
-from nemo_csr_rail.transcript import Message, ToolCallItem
+from nemo_csr_rail.transcript import Message
 
 T = TypeVar("T")
-#: the key of this middleware's record in a message's ``response_metadata``
-METADATA_KEY = "nemo_csr_rail"
 StreamMode = Literal["hold", "live"]
-_ROLES = {"human": "user", "ai": "assistant", "tool": "tool", "system": "system"}
-
-
-# ------------------------------------------------------------------------------------------- messages → transcript
-def to_transcript(messages: Sequence[BaseMessage]) -> list[Message]:
-    """LangChain messages as the core's transcript (the order and positions the model reads them in)."""
-    out: list[Message] = []
-    for i, m in enumerate(messages):
-        role = _ROLES.get(m.type, m.type)
-        # a call whose arguments did not parse is still the model's output (and shown to the application): judged
-        # with its raw arguments
-        calls = tuple(ToolCallItem(c.get("id"), c.get("name") or "", c.get("args")) for c in
-                      [*(getattr(m, "tool_calls", None) or ()), *(getattr(m, "invalid_tool_calls", None) or ())])
-        other: tuple[str, ...] = ()
-        if isinstance(m.content, list):
-            other = tuple(str(p.get("type")) for p in m.content
-                          if isinstance(p, dict) and p.get("type") not in (None, "text"))
-        text = _text(m.content)
-        out.append(Message(index=i, role=role, text=text, tool_calls=calls,
-                           tool_call_id=getattr(m, "tool_call_id", None), name=getattr(m, "name", None),
-                           other_parts=other))
-    return out
-
-
-def _text(content: Any) -> str:
-    if isinstance(content, list):
-        return "\n".join(p if isinstance(p, str) else str(p.get("text", "")) for p in content
-                         if isinstance(p, str) or (isinstance(p, dict) and p.get("type") in (None, "text")))
-    return content_text(content)
-
-
-def _only_tool_results(transcript: list[Message]) -> list[Message]:
-    """The input side's share of ``tool_policy`` when it differs from ``input_policy``: the other messages'
-    text blanked (an empty message is not sent to the guard); positions stay, so the indexes still match."""
-    return [m if m.role == "tool" else dataclasses.replace(m, text="") for m in transcript]
-
-
-def _without_tool_results(transcript: list[Message]) -> list[Message]:
-    return [dataclasses.replace(m, text="") if m.role == "tool" else m for m in transcript]
-
-
-def _only_calls(transcript: list[Message]) -> list[Message]:
-    """The output side's share of ``tool_policy``: the answers' text blanked, their tool calls kept."""
-    return [dataclasses.replace(m, text="") if m.role == "assistant" else m for m in transcript]
-
-
-def _without_calls(transcript: list[Message]) -> list[Message]:
-    return [dataclasses.replace(m, tool_calls=()) if m.tool_calls else m for m in transcript]
-
-
-# ---------------------------------------------------------------------------------------------- refusal records
-def record_of(message: BaseMessage) -> dict[str, Any] | None:
-    """This middleware's record on a message (a refusal it issued, a tool result it blocked), else None."""
-    meta = getattr(message, "response_metadata", None) or {}
-    rec = meta.get(METADATA_KEY)
-    return rec if isinstance(rec, dict) else None
-
-
-def _model_view(messages: Sequence[BaseMessage]) -> list[BaseMessage]:
-    """What the model reads: the refusals this middleware issued and the messages they refused are left out (kept
-    in the state for the application and the audit); a refused tool result keeps its place, withheld."""
-    refused: set[str] = set()
-    ends: set[int] = set()
-    for i, m in enumerate(messages):
-        rec = record_of(m)
-        if rec is not None and rec.get("blocked") and isinstance(m, AIMessage):
-            ends.add(i)
-            refused.update(rec.get("refused_ids") or ())
-    if not ends:
-        return list(messages)
-    # the calls of a refused answer go with it, and so do their results (a result without its call is an error
-    # for most providers)
-    dropped_calls = {c.get("id") for m in messages if isinstance(m, AIMessage) and m.id in refused
-                     for c in m.tool_calls}
-    view: list[BaseMessage] = []
-    for i, m in enumerate(messages):
-        if i in ends or (m.id in refused and not isinstance(m, ToolMessage)):
-            continue
-        if isinstance(m, ToolMessage) and m.tool_call_id in dropped_calls:
-            continue
-        if m.id in refused and isinstance(m, ToolMessage):
-            m = m.model_copy(update={"content": "[withheld by the safety policy]"})
-        view.append(m)
-    return view
-
-
-def _blocked_index(decision: Decision) -> int | None:
-    cov = getattr(decision, "coverage", None)
-    idx = getattr(cov, "blocked_index", None)
-    if idx is None:
-        meta_cov = decision.to_metadata().get("coverage")
-        idx = meta_cov.get("blocked_index") if isinstance(meta_cov, dict) else None
-    return idx if isinstance(idx, int) else None
 
 
 # -------------------------------------------------------------------------------------------- sync from async
@@ -239,7 +158,7 @@ class CsrGuardMiddleware(AgentMiddleware):
 
     async def _check_input(self, view: Sequence[BaseMessage]) -> AIMessage | None:
         """The refusal that ends the turn before the model reads ``view``, or None: the model may be called."""
-        ended = _blocked_tool_result(view)
+        ended = blocked_tool_result(view)
         if ended is not None:
             return ended
         transcript = to_transcript(view)
@@ -249,12 +168,12 @@ class CsrGuardMiddleware(AgentMiddleware):
         current = users[-1]
         checks = []
         if self._whole_history(self.input_policy):
-            users_only = transcript if self.input_policy == self.tool_policy else _without_tool_results(transcript)
+            users_only = transcript if self.input_policy == self.tool_policy else without_tool_results(transcript)
             checks.append(self._messages(self.input_policy, Direction.INPUT, users_only, current))
         elif transcript[-1].role == "user":  # coverage: last — a new user turn (tool results: wrap_tool_call)
             checks.append(self._messages(self.input_policy, Direction.INPUT, transcript, current))
         if self.input_policy != self.tool_policy and self._whole_history(self.tool_policy):
-            checks.append(self._messages(self.tool_policy, Direction.INPUT, _only_tool_results(transcript), None))
+            checks.append(self._messages(self.tool_policy, Direction.INPUT, only_tool_results(transcript), None))
         if any(m.role == "assistant" for m in transcript):
             # the answers and calls in the history are read by the model too (a client can forge them): the
             # model's own were judged when it gave them, so this is the cache's work unless one is new
@@ -264,11 +183,11 @@ class CsrGuardMiddleware(AgentMiddleware):
         decision = await self._first_block(checks)
         if not decision.blocked:
             return None
-        idx = _blocked_index(decision)
+        idx = blocked_index(decision)
         refused = transcript[idx if idx is not None and 0 <= idx < len(view) else current]
         side = self._answer_side(decision, refused) if refused.role == "assistant" else "input"
         ids = [view[refused.index].id] if view[refused.index].id else []
-        return _refusal(decision, side, refused_ids=ids)
+        return refusal_message(decision, side, refused_ids=ids)
 
     def _history_output_checks(self, transcript: list[Message]) -> list[tuple[str | None, Direction,
                                                                                 Awaitable[Decision]]]:
@@ -277,9 +196,9 @@ class CsrGuardMiddleware(AgentMiddleware):
             return [self._messages(self.output_policy, Direction.OUTPUT, transcript, None)] if out_all else []
         checks = []
         if out_all:
-            checks.append(self._messages(self.output_policy, Direction.OUTPUT, _without_calls(transcript), None))
+            checks.append(self._messages(self.output_policy, Direction.OUTPUT, without_calls(transcript), None))
         if tool_all:
-            checks.append(self._messages(self.tool_policy, Direction.OUTPUT, _only_calls(transcript), None))
+            checks.append(self._messages(self.tool_policy, Direction.OUTPUT, only_calls(transcript), None))
         return checks
 
     async def _check_answer(self, request: ModelRequest, response: ModelResponse) -> ModelResponse:
@@ -294,13 +213,13 @@ class CsrGuardMiddleware(AgentMiddleware):
         mine = transcript[current]
         checks = []
         if self._whole_history(self.output_policy):
-            scope = transcript if self.output_policy == self.tool_policy else _without_calls(transcript)
+            scope = transcript if self.output_policy == self.tool_policy else without_calls(transcript)
             checks.append(self._messages(self.output_policy, Direction.OUTPUT, scope, current))
         elif mine.text.strip():
             checks.append(self._messages(self.output_policy, Direction.OUTPUT, transcript, current))
         if self.output_policy != self.tool_policy or not self._whole_history(self.tool_policy):
             if self._whole_history(self.tool_policy):
-                checks.append(self._messages(self.tool_policy, Direction.OUTPUT, _only_calls(transcript), current))
+                checks.append(self._messages(self.tool_policy, Direction.OUTPUT, only_calls(transcript), current))
             else:  # coverage: last — this answer's calls, each as the tool-call rail judges it
                 user = next((m.text for m in reversed(transcript) if m.role == "user"), None)
                 for c in mine.tool_calls:
@@ -312,11 +231,12 @@ class CsrGuardMiddleware(AgentMiddleware):
         decision = await self._first_block(checks)
         if not decision.blocked:
             if decision.monitored and decision.would_block:
-                answer.response_metadata[METADATA_KEY] = _record(decision, "output", blocked=False)
+                answer.response_metadata[METADATA_KEY] = record_for(decision, "output", blocked=False)
             return response
         # replaced_id: the id the answer's tokens streamed under (stream="live"), so a UI can swap that bubble
-        return ModelResponse(result=[_refusal(decision, self._answer_side(decision, mine), replaced_id=answer.id,
-                                              refused_calls=[c.get("id") for c in answer.tool_calls])])
+        side = self._answer_side(decision, mine)
+        return ModelResponse(result=[refusal_message(decision, side, replaced_id=answer.id,
+                                                     refused_calls=[c.get("id") for c in answer.tool_calls])])
 
     def _answer_side(self, decision: Decision, blocked: Message) -> str:
         """Whether an answer was blocked for a tool call or for its text: the refusal is the deciding item's own,
@@ -331,16 +251,16 @@ class CsrGuardMiddleware(AgentMiddleware):
         return "tool_call" if decision.refusal == call_refusal else "output"
 
     async def _check_tool_output(self, request: ToolCallRequest, result: Any) -> Any:
-        for m in _tool_messages(result):
+        for m in tool_messages(result):
             decision = await self._judge_tool_result(m)
             if decision.blocked:
-                return _blocked_tool_message(decision, request, m)
+                return blocked_tool_message(decision, request, m)
         return result
 
     async def _judge_tool_result(self, m: ToolMessage) -> Decision:
         """One tool result (or the text of a tool error) on its own: the judged item is the same as in the whole
         history (a tool result is judged without context), so the next request's check finds it in the cache."""
-        text = _text(m.content)
+        text = text_of(m.content)
         if self._whole_history(self.tool_policy):
             one = [Message(index=0, role="tool", text=text, tool_call_id=m.tool_call_id, name=m.name)]
             check = self._messages(self.tool_policy, Direction.INPUT, one, 0)
@@ -440,49 +360,9 @@ def _streams(handler: Any) -> bool:
 
 
 def _with_view(request: ModelRequest) -> ModelRequest:
-    view = _model_view(request.messages)
+    view = model_view(request.messages)
     return request if len(view) == len(request.messages) and all(
         a is b for a, b in zip(view, request.messages, strict=True)) else request.override(messages=view)
-
-
-def _record(decision: Decision, side: str, *, blocked: bool = True, **extra: Any) -> dict[str, Any]:
-    return {"blocked": blocked, "side": side, "policy": decision.policy, "reasoning": decision.reason,
-            **extra, "decision": decision.to_metadata()}
-
-
-def _refusal(decision: Decision, side: str, **extra: Any) -> AIMessage:
-    text = decision.refusal or "I can't help with that."
-    return AIMessage(content=text, id=f"csr-refusal-{uuid.uuid4().hex}",
-                     response_metadata={METADATA_KEY: _record(decision, side, **extra)})
-
-
-def _tool_messages(result: Any) -> list[ToolMessage]:
-    if isinstance(result, ToolMessage):
-        return [result]
-    if isinstance(result, Command) and isinstance(result.update, dict):
-        return [m for m in result.update.get("messages") or () if isinstance(m, ToolMessage)]
-    return []
-
-
-def _blocked_tool_message(decision: Decision, request: ToolCallRequest, message: ToolMessage) -> ToolMessage:
-    call = request.tool_call
-    return ToolMessage(content=decision.refusal or "Blocked by the safety policy.",
-                       tool_call_id=message.tool_call_id or call.get("id") or "",
-                       name=message.name or call.get("name"), status="error",
-                       response_metadata={METADATA_KEY: _record(decision, "tool_result", tool=call.get("name"),
-                                                                tool_error=message.status == "error")})
-
-
-def _blocked_tool_result(view: Sequence[BaseMessage]) -> AIMessage | None:
-    """The turn's end after a tool result was blocked: the refusal as the final answer, the model not called."""
-    for m in reversed(view):
-        if isinstance(m, AIMessage):
-            return None
-        rec = record_of(m) if isinstance(m, ToolMessage) else None
-        if rec is not None and rec.get("blocked"):
-            return AIMessage(content=m.content, id=f"csr-refusal-{uuid.uuid4().hex}",
-                             response_metadata={METADATA_KEY: {**rec, "refused_ids": [m.id] if m.id else []}})
-    return None
 
 
 __all__ = ["METADATA_KEY", "CsrGuardMiddleware", "record_of", "to_transcript"]

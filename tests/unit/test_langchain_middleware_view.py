@@ -1,5 +1,6 @@
-"""The agent middleware's pure parts: LangChain messages → the core's transcript (any content shape, never raising)
-and the model's view of a thread (refusals and what they refused left out, a refused tool result withheld)."""
+"""The agent middleware's message handling (nemo_csr_rail/langchain_messages.py): LangChain messages → the core's
+transcript (any content shape, never raising) and the model's view of a thread (refusals and what they refused left
+out, a refused tool result withheld)."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from langchain_core.messages import AIMessage, HumanMessage, SystemMessage, ToolMessage
 
-from nemo_csr_rail.langchain_middleware import METADATA_KEY, _model_view, record_of, to_transcript
+from nemo_csr_rail.langchain_messages import METADATA_KEY, model_view, record_of, to_transcript
 
 _TEXT = st.text(max_size=40)
 _PART = st.one_of(_TEXT, st.fixed_dictionaries({"type": st.just("text"), "text": _TEXT}),
@@ -51,21 +52,21 @@ def _refusal(refused):
 def test_the_model_never_reads_a_refusal_or_what_it_refused():
     thread = [HumanMessage("hi", id="u1"), AIMessage("hello", id="a1"), HumanMessage("harmful", id="u2"),
               _refusal(["u2"]), HumanMessage("next", id="u3")]
-    assert [m.id for m in _model_view(thread)] == ["u1", "a1", "u3"]
+    assert [m.id for m in model_view(thread)] == ["u1", "a1", "u3"]
     assert record_of(thread[3])["blocked"] is True and record_of(thread[0]) is None
 
 
 def test_a_refused_tool_result_keeps_its_place_withheld():
     thread = [HumanMessage("q", id="u1"), AIMessage("", id="a1", tool_calls=[{"id": "c1", "name": "t", "args": {}}]),
               ToolMessage("harmful page", tool_call_id="c1", id="t1"), _refusal(["t1"]), HumanMessage("n", id="u2")]
-    view = _model_view(thread)
+    view = model_view(thread)
     assert [m.id for m in view] == ["u1", "a1", "t1", "u2"]
     assert view[2].content == "[withheld by the safety policy]" and thread[2].content == "harmful page"
 
 
 def test_a_thread_without_refusals_is_read_as_it_is():
     thread = [HumanMessage("q", id="u1"), AIMessage("a", id="a1")]
-    assert _model_view(thread) == thread
+    assert model_view(thread) == thread
 
 
 def _held_callbacks(callbacks):
