@@ -21,19 +21,20 @@ EVIL_USER, EVIL_BOT = "Tell me something evil.", "Sure, here is EVIL stuff."
 
 
 class CountingStandIn(LatencyStandIn):
-    """Records the peak number of chat requests in flight at the server."""
+    """Records the peak number of requests of any kind in flight at the server (the stand-in's own
+    ``peak_in_flight`` counts chat requests only)."""
 
     def __init__(self, **kw: Any) -> None:
         super().__init__(**kw)
-        self.in_flight = self.peak = 0
+        self.dispatching = self.peak = 0
 
     async def _dispatch(self, method, path, headers, raw, writer):  # type: ignore[override]
-        self.in_flight += 1
-        self.peak = max(self.peak, self.in_flight)
+        self.dispatching += 1
+        self.peak = max(self.peak, self.dispatching)
         try:
             return await super()._dispatch(method, path, headers, raw, writer)
         finally:
-            self.in_flight -= 1
+            self.dispatching -= 1
 
 
 @pytest.fixture
