@@ -6,6 +6,7 @@ there with the offending key named, instead of on the first user message.
 
 from typing import Any
 
+from nemo_csr_rail.rail import nemo_compat
 from nemo_csr_rail.rail.runtime import runtime_for
 
 RETRIEVAL_FLOW = "csr check retrieval"
@@ -14,6 +15,7 @@ RETRIEVAL_FLOW = "csr check retrieval"
 def init(app: Any) -> None:
     runtime_for(app.config)
     accept_retrieval_flow_parameters(app.config)
+    nemo_compat.install(app)  # the rails run on every turn shape; they see the whole request (docs/agents.md)
 
 
 def accept_retrieval_flow_parameters(config: Any) -> None:

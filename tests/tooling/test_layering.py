@@ -39,7 +39,7 @@ RANK: dict[str, int] = {
     "telemetry.metrics": 16, "telemetry.audit": 16, "telemetry.tracing": 16, "telemetry.facade": 17,
     "telemetry": 17,
     # the NeMo adapter (nemo_csr_rail/rail/, laid out like a NeMo library rail): the only package that imports NeMo
-    "rail.outcome": 18, "rail.history": 18, "rail.rail_config": 18, "rail.rail": 18,
+    "rail.outcome": 18, "rail.history": 18, "rail.transcript_events": 18, "rail.nemo_compat": 19, "rail.rail_config": 18, "rail.rail": 18,
     "rail.runtime": 19, "rail.agent_checks": 19,
     "rail": 20, "rail.actions": 20, "rail.hooks": 20,
     # the files NeMo loads from import_paths: one-line re-exports of the adapter
