@@ -19,10 +19,16 @@ history, ``check_async`` with its per-call options) hits it.
 on it; the rails still read it). A call the request ends with (the last message, e.g. a tool-output check) keeps its
 ``BotToolCalls`` event and its flow.
 
-Second, when the request ends with tool results, tool-input rails are configured and the request's generation
-options switch them off (``check_async`` runs one rail type per call), NeMo still emits ``UserToolMessages``, whose
-flow then does nothing: no ``UserMessage`` and an empty answer. :func:`settle_events` emits the ``UserMessage`` NeMo
-emits when no tool-input rail is configured.
+Second, a request that ends with tool results (the model is about to read them) starts no input rail: NeMo emits
+``UserToolMessages`` for the tool-input rails when they are configured, and otherwise a bare ``UserMessage`` that
+skips ``process user input``; when tool-input rails are configured but the request's generation options switch them
+off (``check_async`` runs one rail type per call, so NeMo's LangChain middleware checks input before the model
+reads tool results this way), the ``UserToolMessages`` flow does nothing at all: no ``UserMessage``, the answer is
+``''``. In both cases :func:`settle_events` emits the user's utterance again instead (``UtteranceUserActionFinished``
+with the last user message, as NeMo emits for a request that ends with a user message), so ``process user input``
+runs the input rails, which judge the new tool results with the whole request (docs/coverage.md), and the turn
+goes on to the model. With tool-input rails configured and on, NeMo's own path is kept (``csr check tool results``
+judges the results and hands the turn back).
 
 Third (not a bug fix): the request's messages are recorded in an inert event (``transcript_events.mark_request``) so
 the rails judge the whole history, tool results and tool calls included, which NeMo's events drop.
@@ -51,6 +57,7 @@ REPLAYED_TOOL_CALLS = "CsrReplayedBotToolCalls"
 BOT_TOOL_CALLS = "BotToolCalls"
 TOOL_CALL_ACTION = "StartToolCallBotAction"
 USER_TOOL_MESSAGES = "UserToolMessages"
+USER_UTTERANCE = "UtteranceUserActionFinished"
 _INSTALLED = "_csr_events_for_messages"
 _warned: set[str] = set()
 
@@ -110,12 +117,18 @@ def settle_events(events: list[dict[str, Any]], messages: list[dict[str, Any]], 
             continue
         if event.get("type") == BOT_TOOL_CALLS and i < len(out) - 1 and not _answered(out, i):
             out[i] = {"type": REPLAYED_TOOL_CALLS, "tool_calls": event.get("tool_calls")}
-    if (tool_input_configured and out and isinstance(out[-1], Mapping) and out[-1].get("type") == USER_TOOL_MESSAGES
-            and _tool_input_switched_off(messages)):
-        user = _last_user_text(messages)
-        if user is not None:
-            out[-1] = {"type": "UserMessage", "text": user}
+    if out and _ends_with_tool_results(messages) and isinstance(out[-1], Mapping):
+        last = out[-1].get("type")
+        if (last == "UserMessage" and not tool_input_configured) or (
+                last == USER_TOOL_MESSAGES and _tool_input_switched_off(messages)):
+            user = _last_user_text(messages)
+            if user is not None:
+                out[-1] = {"type": USER_UTTERANCE, "final_transcript": user}
     return out
+
+
+def _ends_with_tool_results(messages: list[dict[str, Any]]) -> bool:
+    return bool(messages) and isinstance(messages[-1], Mapping) and messages[-1].get("role") == "tool"
 
 
 def _answered(events: list[Any], i: int) -> bool:
@@ -125,7 +138,7 @@ def _answered(events: list[Any], i: int) -> bool:
         kind = event.get("type") if isinstance(event, Mapping) else None
         if kind == TOOL_CALL_ACTION:
             return True
-        if kind in ("UtteranceUserActionFinished", USER_TOOL_MESSAGES, BOT_TOOL_CALLS):
+        if kind in (USER_UTTERANCE, USER_TOOL_MESSAGES, BOT_TOOL_CALLS):
             return False
     return False
 
