@@ -31,7 +31,7 @@ from nemo_csr_rail.verdict import Verdict
 if TYPE_CHECKING:
     from nemo_csr_rail.client import CheckResult
 
-__all__ = ["Cost", "Decision", "ErrorKind", "LongInputInfo", "Outcome", "SkipReason", "on_error_for",
+__all__ = ["Cost", "Coverage", "Decision", "ErrorKind", "LongInputInfo", "Outcome", "SkipReason", "on_error_for",
            "render_refusal"]
 
 
@@ -113,6 +113,35 @@ class LongInputInfo:
         return {f.name: getattr(self, f.name) for f in fields(self)}
 
 
+@dataclass(frozen=True)
+class Coverage:
+    """Which messages of the request one rail call judged (whole-conversation coverage, docs/coverage.md).
+
+    Items are messages' texts and assistant tool calls (an assistant message with text and two calls is three).
+    ``judged`` = ``guard`` + ``cached``: every item was judged, by a guard request in this call or by the verdict of
+    an identical item (the ``judged_messages`` cache, or the same item earlier in this request). ``skipped``: items
+    not sent to the guard because there is nothing to judge (no text) or they are the plugin's own refusal. ``blocked_index`` / ``blocked_role``: the message whose item decided a block
+    (the first in message order), None when nothing blocked. ``multi_turn``: the user turns judged together (split
+    attacks), None when the policy does not ask for it or the request has fewer than two user turns."""
+
+    mode: str  # "all" | "last"
+    messages: int
+    judged: int
+    guard: int
+    cached: int
+    skipped: int = 0
+    blocked_index: int | None = None
+    blocked_role: str | None = None
+    multi_turn: int | None = None
+
+    def to_record(self) -> dict[str, Any]:
+        return {f.name: getattr(self, f.name) for f in fields(self)}
+
+    @classmethod
+    def from_record(cls, record: Mapping[str, Any]) -> Coverage:
+        return cls(**{f.name: record[f.name] for f in fields(cls) if f.name in record})
+
+
 _SPACES = re.compile(r"[ \t]{2,}")
 
 
@@ -164,6 +193,8 @@ class Decision:
     long_input: LongInputInfo | None = None
     #: what the bot says instead (blocks only)
     refusal: str | None = None
+    #: whole-conversation coverage: which messages the rail call judged (None: one message, coverage: last)
+    coverage: Coverage | None = None
 
     def __post_init__(self) -> None:
         # on the check's path: coerce plain strings only (the constructors below pass the enums themselves)
@@ -229,6 +260,9 @@ class Decision:
     def with_long_input(self, info: LongInputInfo) -> Decision:
         return replace(self, long_input=info)
 
+    def with_coverage(self, coverage: Coverage) -> Decision:
+        return replace(self, coverage=coverage)
+
     # -- derived ------------------------------------------------------------------------------------------------
     @property
     def blocked(self) -> bool:
@@ -289,6 +323,8 @@ class Decision:
         if self.skip is not None:
             meta["skipped"] = self.skip.describe(self.direction)
             meta["failed"] = False
+            if self.coverage is not None:
+                meta["coverage"] = self.coverage.to_record()
             return meta
         cost = self.cost
         if self.error is not None:
@@ -316,6 +352,8 @@ class Decision:
             meta["exception_message"] = self.exception_message
         if self.long_input is not None:
             meta["long_input"] = self.long_input.to_record()
+        if self.coverage is not None:  # coverage: all — counts, index and role only, never the messages
+            meta["coverage"] = self.coverage.to_record()
         return meta
 
     def to_record(self) -> dict[str, Any]:
@@ -347,6 +385,7 @@ class Decision:
             "long_input": None if self.long_input is None else self.long_input.to_record(),
             "refusal": self.refusal,
             "exception_message": self.exception_message,
+            "coverage": None if self.coverage is None else self.coverage.to_record(),
         }
 
     def to_json(self) -> str:
@@ -361,6 +400,7 @@ class Decision:
         err = record.get("error")
         judged = skip is None and not err
         long_input = record.get("long_input")
+        coverage = record.get("coverage")
         return cls(
             policy=record["policy"], direction=Direction(record["direction"]), outcome=Outcome(record["outcome"]),
             verdict=Verdict.from_record(record) if judged else None, skip=skip,
@@ -371,7 +411,8 @@ class Decision:
             would_block=record.get("would_block"),
             escalation=Escalation.from_record(record["escalation"]) if record.get("escalation") else None,
             history_messages=record.get("history_messages"), history_dropped=record.get("history_dropped"),
-            long_input=LongInputInfo(**long_input) if long_input else None, refusal=record.get("refusal"))
+            long_input=LongInputInfo(**long_input) if long_input else None, refusal=record.get("refusal"),
+            coverage=Coverage.from_record(coverage) if coverage else None)
 
 
 #: what a direction checks, and the rail exception's first word (the flow names come from the settings' flow table)

@@ -49,6 +49,14 @@ DEFAULT_LONG_INPUT_MAX_WINDOWS = 4
 DEFAULT_CACHE_MAXSIZE = 4096
 DEFAULT_CACHE_TTL_S = 3600.0
 
+#: whole-conversation coverage (docs/coverage.md): judge every message of the request ("all") or only the current
+#: one ("last", the behaviour before coverage existed)
+DEFAULT_COVERAGE: Literal["all", "last"] = "all"
+#: the judged_messages cache: one verdict per (policy, direction, message, context), so a replayed history costs
+#: only its new messages
+DEFAULT_JUDGED_MESSAGES_MAXSIZE = 20000
+DEFAULT_JUDGED_MESSAGES_TTL_S = 3600.0
+
 #: telemetry: the Prometheus endpoint listens on loopback unless told otherwise
 DEFAULT_PROMETHEUS_HOST = "127.0.0.1"
 

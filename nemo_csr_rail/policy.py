@@ -13,6 +13,7 @@ from functools import cached_property
 from typing import Literal
 
 from nemo_csr_rail.options import (
+    DEFAULT_COVERAGE,
     DEFAULT_ESCALATE_AT,
     DEFAULT_HISTORY_TURNS,
     DEFAULT_INPUT_REFUSAL,
@@ -90,6 +91,11 @@ class Policy:
     reasoning_retrieval: bool | str | None = None
     refusal_tool_call: str = DEFAULT_TOOL_CALL_REFUSAL
     refusal_tool_result: str = DEFAULT_TOOL_RESULT_REFUSAL
+    #: whole-conversation coverage (docs/coverage.md): "all" judges every message the client supplied, "last"
+    #: the current one only
+    coverage: Literal["all", "last"] = DEFAULT_COVERAGE
+    #: split attacks: N >= 2 also judges the last N user turns together on the input side; 0 is off
+    multi_turn: int = 0
 
     def _agent_mode(self, direction: Direction) -> bool | str | None:
         return {Direction.TOOL_CALL: self.reasoning_tool_call, Direction.TOOL_RESULT: self.reasoning_tool_result,
@@ -237,6 +243,8 @@ def compile_policy(name: str, spec: PolicySettings, plugin: PluginSettings) -> P
         refusal_tool_result=refusal or DEFAULT_TOOL_RESULT_REFUSAL,
         monitor_input=_mode(spec.mode, "input") == "monitor",
         monitor_output=_mode(spec.mode, "output") == "monitor",
+        coverage=spec.coverage or plugin.coverage,
+        multi_turn=spec.multi_turn,
     )
 
 

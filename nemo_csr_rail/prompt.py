@@ -11,6 +11,7 @@ business: :mod:`nemo_csr_rail.plans`.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from nemo_csr_rail.neutralize import WORD_JOINER as WORD_JOINER  # re-exported: callers predate the module
@@ -55,6 +56,16 @@ def render(policy: Policy, user_message: str, bot_message: str | None, *, reason
     if policy.kind == "taxonomy":
         return _TAXONOMY_HEAD + policy.body + "\n\n" + convo + _TAXONOMY_TAIL + (_TAXONOMY_THINK if reasoning else _TAXONOMY_NO_THINK)
     return _CUSTOM_HEAD + policy.body + "\n\n" + convo + _CUSTOM_TAIL + (_CUSTOM_THINK if reasoning else _CUSTOM_NO_THINK)
+
+
+def render_user_turns(turns: Sequence[str]) -> str:
+    """Several user turns as the one text of the card's ``Human user:`` section (``multi_turn``, docs/coverage.md).
+
+    An extension of layouts A and B, which the card trains with a single message: the turns are numbered, oldest
+    first, each neutralised on its own (the layout neutralises the whole again, which changes nothing: neutralising
+    is idempotent), so a request split over turns is judged as one. Single-message prompts are not affected."""
+    n = len(turns)
+    return "\n\n".join(f"Message {i} of {n}:\n{neutralize(t)}" for i, t in enumerate(turns, start=1))
 
 
 @dataclass(frozen=True)

@@ -23,8 +23,11 @@ from nemo_csr_rail.errors import ConfigError
 from nemo_csr_rail.options import (
     DEFAULT_CACHE_MAXSIZE,
     DEFAULT_CACHE_TTL_S,
+    DEFAULT_COVERAGE,
     DEFAULT_ENGINE,
     DEFAULT_ERROR_REFUSAL,
+    DEFAULT_JUDGED_MESSAGES_MAXSIZE,
+    DEFAULT_JUDGED_MESSAGES_TTL_S,
     DEFAULT_LONG_INPUT_MAX_CHARS,
     DEFAULT_LONG_INPUT_MAX_WINDOWS,
     DEFAULT_LONG_INPUT_STRATEGY,
@@ -82,6 +85,10 @@ class DirectionalReasoning(_Strict):
 Mode = Literal["enforce", "monitor"]
 
 
+#: which messages of a request a check judges: every one the client supplied ("all"), or the current one ("last")
+Coverage = Literal["all", "last"]
+
+
 class DirectionalMode(_Strict):
     input: Mode | None = None
     output: Mode | None = None
@@ -105,6 +112,10 @@ class PolicySettings(_Strict):
     #: enforce (default) or monitor: judge and record what would have been blocked, never block (roll-outs)
     mode: Mode | DirectionalMode = "enforce"
     model: str | None = None
+    #: overrides the top-level ``coverage`` for this policy (docs/coverage.md)
+    coverage: Coverage | None = None
+    #: split attacks: the input check also judges the last N user turns together (0: off; docs/coverage.md)
+    multi_turn: int = Field(default=0, ge=0)
 
     @field_validator("threshold")
     @classmethod
@@ -144,6 +155,17 @@ class PolicySettings(_Strict):
                              "have no conversation history")
         return value
 
+    @field_validator("multi_turn")
+    @classmethod
+    def _multi_turn(cls, value: int, info: Any) -> int:
+        # a field validator (declared after 'topic') so the error names policies.NAME.multi_turn
+        if value and info.data.get("topic") is not None:
+            raise ValueError("'multi_turn' does not apply to a topic policy: it already sends the conversation "
+                             "history ('history_turns')")
+        if value == 1:
+            raise ValueError("'multi_turn: 1' judges one user turn, as without it: use 0 (off) or 2 or more")
+        return value
+
     @model_validator(mode="after")
     def _one_kind(self) -> PolicySettings:
         kinds = [k for k in POLICY_KINDS if getattr(self, k) is not None]
@@ -165,6 +187,15 @@ class CacheSettings(_Strict):
     enabled: bool = False
     maxsize: int = Field(default=DEFAULT_CACHE_MAXSIZE, ge=1)
     ttl_s: float = Field(default=DEFAULT_CACHE_TTL_S, gt=0)
+
+
+class JudgedMessagesSettings(_Strict):
+    """The cache of per-message verdicts that makes whole-conversation coverage cost only the new messages
+    (docs/coverage.md). On by default; failures are never cached."""
+
+    enabled: bool = True
+    maxsize: int = Field(default=DEFAULT_JUDGED_MESSAGES_MAXSIZE, ge=1)
+    ttl_s: float = Field(default=DEFAULT_JUDGED_MESSAGES_TTL_S, gt=0)
 
 
 class LongInputSettings(_Strict):
@@ -296,6 +327,9 @@ class PluginSettings(_Strict):
     refusal: str | None = None
     error_refusal: str = DEFAULT_ERROR_REFUSAL
     cache: CacheSettings = CacheSettings()
+    #: judge every message of the request ("all") or only the current one ("last"); per policy: policies.NAME.coverage
+    coverage: Coverage = DEFAULT_COVERAGE
+    judged_messages: JudgedMessagesSettings = JudgedMessagesSettings()
     log_user_text: bool = False
     long_input: LongInputSettings = LongInputSettings()
     tls: TlsSettings = TlsSettings()

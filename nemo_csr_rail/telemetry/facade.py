@@ -130,6 +130,37 @@ class CheckTelemetry:
         self._record(out, policy_name, d, elapsed, user_message, bot_message)
         return out
 
+    def record_coverage(self, decision: Decision) -> None:
+        """Record one rail call of whole-conversation coverage (docs/coverage.md): ``csr_messages_judged_total`` by
+        source, and one audit line with the decision's ``coverage`` facts. The checks it sent to the guard were
+        recorded one by one as they ran; an item answered from the cache has no line of its own."""
+        coverage = decision.coverage
+        if coverage is None:
+            return
+        policy, direction = decision.policy, decision.direction.value
+        if coverage.guard:
+            metrics.MESSAGES_JUDGED.labels(policy, direction, "guard").inc(coverage.guard)
+        if coverage.cached:
+            metrics.MESSAGES_JUDGED.labels(policy, direction, "cache").inc(coverage.cached)
+        if self.audit is None:
+            return
+        verdict, cost = decision.verdict, decision.cost
+        self.audit.submit({
+            "ts": time.time(),
+            "policy": policy,
+            "policy_sha256": self.policy_sha256.get(policy),
+            "direction": direction,
+            "decision": decision.outcome.value,
+            "failed": decision.error is not None,
+            "error_kind": None if decision.error is None else decision.error.value,
+            **(verdict.to_record() if verdict is not None else _NO_VERDICT),
+            "latency_ms": None if cost is None else round(cost.latency_ms, 2),
+            "cached": cost is not None and cost.cached,
+            "mode": "monitor" if decision.monitored else "enforce",
+            "would_block": decision.would_block,
+            "coverage": coverage.to_record(),  # a rail call's summary: the line that has this key
+        })
+
     def _record(self, decision: Decision, policy_name: str | None, direction: str, elapsed: float,
                 user_message: Any, bot_message: Any) -> None:
         policy = decision.policy or policy_name or "?"

@@ -141,6 +141,10 @@ IN_FLIGHT = {d: (itertools.count(1), itertools.count(1))
              for d in ("input", "output", "tool_call", "tool_result", "retrieval")}
 CACHE_HITS = Counter("csr_check_cache_hits_total", "Checks answered from the verdict cache (no model call)",
                      ["policy", "direction"])
+MESSAGES_JUDGED = Counter("csr_messages_judged_total", "Items of a request judged by whole-conversation coverage "
+                          "(messages and tool calls; docs/coverage.md), by where the verdict came from: guard (a "
+                          "guard request in this call) or cache (the judged_messages cache, or an identical item of "
+                          "the same request)", ["policy", "direction", "source"])
 TOKENS = Counter("csr_guard_tokens_total", "Guard model tokens by type: prompt, completion, cached (prompt "
                  "tokens vLLM's prefix cache served)", ["policy", "direction", "type"])
 GUARD_REQUESTS = Counter("csr_guard_requests_total", "HTTP requests to each guard replica by status: the HTTP "

@@ -19,6 +19,7 @@ PKG = Path(__file__).resolve().parents[2] / "nemo_csr_rail"
 RANK: dict[str, int] = {
     # leaves: plain data and helpers that know nothing of the pipeline
     "errors": 0, "taxonomy": 0, "cache": 0, "weights": 0, "long_input": 0, "conversation": 0, "neutralize": 0,
+    "transcript": 0,  # the request's messages as plain data (whole-conversation coverage)
     "engines.constrain": 0, "engines.transport": 0,
     "options": 0,  # every default, once: read by the schema, the client, the engines and the prompt builder
     "settings.probe": 1, "settings.schema": 1, "settings.endpoints": 1, "settings.flows": 1, "settings.resolve": 1,
@@ -36,6 +37,7 @@ RANK: dict[str, int] = {
     "engines.factory": 13,
     "client": 14,
     "decision": 15,
+    "coverage": 15,  # which messages a check judges, folded into one decision (calls the runtime it is given)
     "telemetry.metrics": 16, "telemetry.audit": 16, "telemetry.tracing": 16, "telemetry.facade": 17,
     "telemetry": 17,
     # the NeMo adapter (nemo_csr_rail/rail/, laid out like a NeMo library rail): the only package that imports NeMo
