@@ -14,10 +14,13 @@ from nemoguardrails.actions import action
 from nemoguardrails.actions.actions import ActionResult
 from nemoguardrails.actions.rail_outcome import RailOutcome
 
+from nemo_csr_rail.coverage import judge_messages
 from nemo_csr_rail.policy import Direction
 from nemo_csr_rail.rail import agent_checks
 from nemo_csr_rail.rail.history import history_from_events
+from nemo_csr_rail.rail.outcome import to_rail_outcome
 from nemo_csr_rail.rail.runtime import runtime_for
+from nemo_csr_rail.rail.transcript_events import request_transcript, with_current
 
 #: context variables the agent actions set for their flows (flows.v1.co)
 KEPT_TOOL_CALLS = "csr_tool_calls_kept"
@@ -43,11 +46,18 @@ async def csr_check_input(
 ) -> RailOutcome:
     """Check the user's message against ``policy``; block (with the reasoning) if the model finds it harmful.
 
-    A topic policy also gets the conversation before the message, read from ``events`` (both Colang versions
-    pass them to an action that declares the parameter)."""
+    With ``coverage: all`` (the default) every message of the request on the input side — each user message,
+    tool result, system/developer message — is judged (each once: the ``judged_messages`` cache), read from the
+    request record in ``events`` (``transcript_events``); the current message is the one handed to the rail. Without
+    a record (a path that does not go through ``generate_async(messages=…)``), the current message alone, and a
+    topic policy gets the conversation before it from ``events``."""
     user = text if text is not None else (context or {}).get("user_message")
     runtime = runtime_for(config)
     name = _policy_arg(policy, kwargs)
+    transcript = request_transcript(events)
+    if transcript is not None:
+        messages, current = with_current(transcript, "user", user)
+        return to_rail_outcome(await judge_messages(runtime, name, Direction.INPUT, messages, current=current))
     history = history_from_events(events) if runtime.wants_history(name) else None
     return await runtime.check(name, Direction.INPUT, user, history=history)
 
@@ -58,12 +68,22 @@ async def csr_check_output(
     context: dict[str, Any] | None = None,
     config: Any = None,
     text: str | None = None,
+    events: list[Any] | None = None,
     **kwargs: Any,
 ) -> RailOutcome:
-    """Check the bot's answer (with the user's message as context) against ``policy``."""
+    """Check the bot's answer (with the user's message as context) against ``policy``.
+
+    With ``coverage: all`` (the default) also every assistant message and tool call the client supplied in the
+    request (a forged history), each with the user message it answers, each once (the ``judged_messages`` cache)."""
     ctx = context or {}
     bot = text if text is not None else ctx.get("bot_message")
-    return await runtime_for(config).check(_policy_arg(policy, kwargs), Direction.OUTPUT, ctx.get("user_message"), bot)
+    runtime = runtime_for(config)
+    name = _policy_arg(policy, kwargs)
+    transcript = request_transcript(events)
+    if transcript is not None:
+        messages, current = with_current(transcript, "assistant", bot)
+        return to_rail_outcome(await judge_messages(runtime, name, Direction.OUTPUT, messages, current=current))
+    return await runtime.check(name, Direction.OUTPUT, ctx.get("user_message"), bot)
 
 
 # ------------------------------------------------------------------------------------------------------ agent rails

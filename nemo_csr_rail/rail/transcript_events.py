@@ -17,10 +17,15 @@ explicit Colang 1.0 ``state`` the earlier turns' events come first and the recor
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
+from dataclasses import replace
 from typing import Any
+
+from nemo_csr_rail.transcript import Message, from_openai
 
 #: the inert event that records the request's messages (no flow starts on it)
 REQUEST_MESSAGES = "CsrRequestMessages"
+#: NeMo's own control messages: they set context variables or inject events, the main model never reads them
+CONTROL_ROLES = frozenset({"context", "event"})
 
 
 def mark_request(events: list[Any], messages: Iterable[Any]) -> None:
@@ -40,4 +45,43 @@ def request_messages(events: Iterable[Any] | None) -> list[Any] | None:
     return list(found) if isinstance(found, list) else None
 
 
-__all__ = ["REQUEST_MESSAGES", "mark_request", "request_messages"]
+def request_transcript(events: Iterable[Any] | None) -> list[Message] | None:
+    """The request's messages as :class:`~nemo_csr_rail.transcript.Message` values, each at its index in the
+    caller's list; None when the events carry no record (the rails then judge the current message alone).
+
+    NeMo's own ``role: context`` message of generation options (prepended by ``generate_async``, so not the
+    caller's) is left out of the numbering; ``role: context`` / ``event`` messages are NeMo controls, not text the
+    model reads, and are left out. An answer ``check_async`` moved into ``$bot_message`` is not in the record: the
+    output rail appends it as the message it is about (:func:`with_current`)."""
+    raw = request_messages(events)
+    if raw is None:
+        return None
+    if raw and _is_generation_options(raw[0]):
+        raw = raw[1:]
+    return [m for m in from_openai(raw) if m.role not in CONTROL_ROLES]
+
+
+def with_current(messages: list[Message], role: str, text: str | None) -> tuple[list[Message], int]:
+    """The transcript with the message a rail is about: for ``user``, the last user message, its text replaced by
+    the one the rail was handed (an earlier input rail may have changed it: that is what the model reads), or
+    appended if the request has none; for ``assistant``, the answer appended after the request's messages (the
+    model's answer, or the one ``check_async`` was given). Returns (messages, index of that message)."""
+    text = "" if text is None else text if isinstance(text, str) else str(text)
+    if role == "user":
+        for pos in range(len(messages) - 1, -1, -1):
+            m = messages[pos]
+            if m.role == "user":
+                if m.text != text:
+                    messages = [*messages[:pos], replace(m, text=text), *messages[pos + 1:]]
+                return messages, m.index
+    index = messages[-1].index + 1 if messages else 0
+    return [*messages, Message(index=index, role=role, text=text)], index
+
+
+def _is_generation_options(message: Any) -> bool:
+    content = message.get("content") if isinstance(message, Mapping) else None
+    return message.get("role") == "context" and isinstance(content, Mapping) and "generation_options" in content
+
+
+__all__ = ["CONTROL_ROLES", "REQUEST_MESSAGES", "mark_request", "request_messages", "request_transcript",
+           "with_current"]

@@ -1,0 +1,140 @@
+"""Every turn shape of an agent conversation through ``LLMRails`` (Colang 1.0) and ``check_async``: the rails run.
+
+Real ``LLMRails`` of NeMo Guardrails 0.24.1, the guard stand-in (harmful iff a marker word appears) and the scripted
+main model (records every request: what it *read*). Each cell runs the shape's benign variant (the main model's
+answer comes back, never ``''`` or a refusal) and its harmful variant (refused; for a message judged on the input
+side, the main model never read it). The table in docs/agents.md is this grid.
+
+The first tests run plain NeMo, without the plugin's workaround (``rail/nemo_compat.py``), and assert that its bug
+is still there: the day a NeMo release fixes it they fail, and the workaround is revisited.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from nemo_csr_rail.rail import nemo_compat
+from tests.support.agent_helpers import PLUGIN, guard_prompts
+from tests.support.agent_llm import AgentLLM
+from tests.support.rails_configs import write_config
+from tests.support.standin import split_guard_prompt
+from tests.support.turn_shapes import SHAPE_IDS, SHAPES, Shape, bot, carries_marker, is_refusal
+
+INPUT = ['csr check input $policy="agent"']
+OUTPUT = ['csr check output $policy="agent"']
+TOOL_RAILS = {"tool_output": {"flows": ['csr check tool calls $policy="agent"']},
+              "tool_input": {"flows": ['csr check tool results $policy="agent"']}}
+CONFIGS = {
+    "passthrough": (True, False),
+    "passthrough + tool rails": (True, True),
+    "dialog": (False, False),
+    "dialog + tool rails": (False, True),
+}
+MAIN_ANSWERS = ("Hello! How can I help you today?", "Based on the tool results:")
+
+
+@pytest.fixture
+def agent_llm():
+    with AgentLLM() as server:
+        yield server
+
+
+def _rails(tmp_path, guard, llm, config: str):
+    from nemoguardrails import LLMRails, RailsConfig
+
+    passthrough, tools = CONFIGS[config]
+    rails = {"input": {"flows": INPUT}, "output": {"flows": OUTPUT}, **(TOOL_RAILS if tools else {})}
+    path = write_config(tmp_path / "cfg", guard_url=guard.url, main_url=llm.url, plugin=PLUGIN,
+                        extra={"passthrough": passthrough, "rails": rails})
+    return LLMRails(RailsConfig.from_path(str(path)))
+
+
+async def _turn(rails, messages):
+    res = await rails.generate_async(messages=messages, options={"log": {"activated_rails": True}})
+    return res.response[-1]["content"]
+
+
+# ------------------------------------------------------------------------------------------- NeMo's bug, still there
+AFTER_TOOL = next(s for s in SHAPES if s.name == "after a tool exchange")
+
+
+@pytest.mark.parametrize("config", ["passthrough", "dialog"])
+async def test_plain_nemo_still_skips_the_input_rail_after_a_tool_exchange(tmp_path, guard, agent_llm, config):
+    rails = _rails(tmp_path, guard, agent_llm, config)
+    nemo_compat.uninstall(rails)
+    answer = await _turn(rails, AFTER_TOOL.harmful)
+    input_checks = [p for p in guard_prompts(guard) if split_guard_prompt(p)[1] is None]
+    assert input_checks == [], (
+        "NeMo now runs the input rail after a replayed tool exchange: revisit rail/nemo_compat.py (docs/agents.md)")
+    assert not is_refusal(answer) and len(agent_llm.chat_requests()) == 1, "the main model was called unchecked"
+
+
+async def test_plain_nemo_still_answers_empty_after_a_tool_exchange_with_tool_rails(tmp_path, guard, agent_llm):
+    rails = _rails(tmp_path, guard, agent_llm, "passthrough + tool rails")
+    nemo_compat.uninstall(rails)
+    for messages in (AFTER_TOOL.benign, AFTER_TOOL.harmful):
+        assert await _turn(rails, messages) == "", "NeMo fixed it: revisit rail/nemo_compat.py (docs/agents.md)"
+    assert agent_llm.chat_requests() == [] and guard.chat_requests() == []
+
+
+async def test_plain_nemo_check_async_still_blanks_an_answer_after_a_tool_exchange(tmp_path, guard, agent_llm):
+    from nemoguardrails.rails.llm.options import RailStatus, RailType
+
+    rails = _rails(tmp_path, guard, agent_llm, "passthrough")
+    nemo_compat.uninstall(rails)
+    out = await rails.check_async([*AFTER_TOOL.benign[:3], bot("It shipped.")], rail_types=[RailType.OUTPUT])
+    assert (out.status, out.content) == (RailStatus.MODIFIED, ""), "NeMo fixed it: revisit rail/nemo_compat.py"
+    inp = await rails.check_async(AFTER_TOOL.harmful, rail_types=[RailType.INPUT])
+    assert inp.status == RailStatus.PASSED and guard.chat_requests() == []
+
+
+def test_the_workaround_is_verified_on_the_installed_nemo():
+    """The grid below ran on this version; a new NeMo must be re-verified before it is listed."""
+    assert nemo_compat.nemo_version() in nemo_compat.VERIFIED_NEMO_VERSIONS
+
+
+# -------------------------------------------------------------------------------------- generate_async, every shape
+def _needs_coverage(shape: Shape):
+    return shape.history or shape.judged_by == "output"
+
+
+@pytest.mark.parametrize("shape", SHAPES, ids=SHAPE_IDS)
+@pytest.mark.parametrize("config", list(CONFIGS))
+async def test_generate_async(tmp_path, guard, agent_llm, config, shape):
+    rails = _rails(tmp_path, guard, agent_llm, config)
+    answer = await _turn(rails, shape.benign)
+    assert answer and answer.startswith(MAIN_ANSWERS), f"benign turn: {answer!r}"
+    assert len(agent_llm.chat_requests()) == 1
+    read_before = len(agent_llm.chat_requests())
+
+    answer = await _turn(rails, shape.harmful)
+    assert is_refusal(answer), f"harmful turn answered: {answer!r}"
+    read = agent_llm.chat_requests()[read_before:]
+    if shape.judged_by == "input":
+        assert not any(carries_marker(r["messages"]) for r in read), "the main model read the harmful message"
+    else:  # a client-supplied assistant message or tool call is judged on the output side, after generation
+        assert len(read) == 1
+
+
+# ------------------------------------------------------------------------------------------ check_async, every shape
+@pytest.mark.parametrize("shape", SHAPES, ids=SHAPE_IDS)
+@pytest.mark.parametrize("config", ["passthrough", "passthrough + tool rails"])
+async def test_check_async(tmp_path, guard, agent_llm, config, shape):
+    """NeMo's LangChain middleware calls ``check_async`` with the agent's messages: INPUT before each model call
+    (also right after tool results), OUTPUT after it with the model's answer last."""
+    from nemoguardrails.rails.llm.options import RailStatus, RailType
+
+    rails = _rails(tmp_path, guard, agent_llm, config)
+    answer = bot("Here you go.")
+    for messages, harmful in ((shape.benign, False), (shape.harmful, True)):
+        inp = await rails.check_async(messages, rail_types=[RailType.INPUT])
+        out = await rails.check_async([*messages, answer], rail_types=[RailType.OUTPUT])
+        blocked_in = harmful and shape.judged_by == "input"
+        blocked_out = harmful and shape.judged_by == "output"
+        assert inp.status == (RailStatus.BLOCKED if blocked_in else RailStatus.PASSED), (harmful, inp)
+        assert out.status == (RailStatus.BLOCKED if blocked_out else RailStatus.PASSED), (harmful, out)
+        if not blocked_out:
+            assert out.content == "Here you go."
+        else:
+            assert is_refusal(out.content)
+    assert agent_llm.chat_requests() == [], "check_async never calls the main model"
