@@ -49,17 +49,21 @@ async def csr_check_input(
     With ``coverage: all`` (the default) every message of the request on the input side — each user message,
     tool result, system/developer message — is judged (each once: the ``judged_messages`` cache), read from the
     request record in ``events`` (``transcript_events``); the current message is the one handed to the rail. Without
-    a record (a path that does not go through ``generate_async(messages=…)``), the current message alone, and a
-    topic policy gets the conversation before it from ``events``."""
+    a record (a path that does not go through ``generate_async(messages=…)``), the current message alone. A topic
+    policy judges the current message with the conversation before it, read from ``events`` (both Colang versions
+    pass them to an action that declares the parameter)."""
     user = text if text is not None else (context or {}).get("user_message")
     runtime = runtime_for(config)
     name = _policy_arg(policy, kwargs)
+    if runtime.wants_history(name):
+        # A topic policy asks whether *this* turn is on topic, with the conversation as context: an earlier
+        # off-topic turn was refused in its own turn and must not block every later one (docs/agents.md).
+        return await runtime.check(name, Direction.INPUT, user, history=history_from_events(events))
     transcript = request_transcript(events)
     if transcript is not None:
         messages, current = with_current(transcript, "user", user)
         return to_rail_outcome(await judge_messages(runtime, name, Direction.INPUT, messages, current=current))
-    history = history_from_events(events) if runtime.wants_history(name) else None
-    return await runtime.check(name, Direction.INPUT, user, history=history)
+    return await runtime.check(name, Direction.INPUT, user)
 
 
 @action(name="csr_check_output", is_system_action=True)
