@@ -16,7 +16,7 @@ import pytest
 from nemo_csr_rail.rail import nemo_compat
 from tests.support.agent_helpers import PLUGIN, guard_prompts
 from tests.support.agent_llm import AgentLLM
-from tests.support.rails_configs import write_config
+from tests.support.rails_configs import V2_MAIN_FLOW, write_config
 from tests.support.standin import split_guard_prompt
 from tests.support.turn_shapes import SHAPE_IDS, SHAPES, Shape, bot, carries_marker, is_refusal
 
@@ -138,3 +138,34 @@ async def test_check_async(tmp_path, guard, agent_llm, config, shape):
         else:
             assert is_refusal(out.content)
     assert agent_llm.chat_requests() == [], "check_async never calls the main model"
+
+
+# ------------------------------------------------------------------------------------------------------- Colang 2.x
+V2_RAILS = """
+flow input rails $input_text
+  csr check input $policy="agent"
+
+flow output rails $output_text
+  csr check output $policy="agent"
+"""
+
+
+@pytest.mark.parametrize("shape", SHAPES, ids=SHAPE_IDS)
+async def test_colang2_generate_async(tmp_path, guard, main_llm, shape):
+    """NeMo 0.24.1 takes only user (and system/context) messages for Colang 2.x: a request with an assistant or a
+    tool message raises before any rail or model runs (nothing is read unchecked). The shapes it takes get the
+    same coverage as in 1.0."""
+    from nemoguardrails import LLMRails, RailsConfig
+
+    path = write_config(tmp_path / "v2", guard_url=guard.url, main_url=main_llm.url, plugin=PLUGIN, colang2=True,
+                        main_co=V2_MAIN_FLOW + V2_RAILS)
+    rails = LLMRails(RailsConfig.from_path(str(path)))
+    if any(m["role"] in ("assistant", "tool") for m in shape.benign):
+        for messages in (shape.benign, shape.harmful):
+            with pytest.raises(ValueError, match="assistant"):
+                await rails.generate_async(messages=messages)
+        assert main_llm.chat_requests() == [] and guard.chat_requests() == []
+        return
+    assert (await rails.generate_async(messages=shape.benign))["content"] == MAIN_ANSWERS[0]
+    answer = (await rails.generate_async(messages=shape.harmful))["content"]
+    assert is_refusal(answer), answer
