@@ -30,7 +30,13 @@ runs the input rails, which judge the new tool results with the whole request (d
 goes on to the model. With tool-input rails configured and on, NeMo's own path is kept (``csr check tool results``
 judges the results and hands the turn back).
 
-Third (not a bug fix): the request's messages are recorded in an inert event (``transcript_events.mark_request``) so
+Third, ``check_async``'s output check of an answer that calls tools (NeMo's ``GuardrailsMiddleware`` after each model
+call) runs no rail: the request ends with the assistant's ``tool_calls``, NeMo's tool-output rails are switched off
+by the options, the output rails need a ``BotMessage`` that never comes, and the result is ``PASSED`` while the
+calls go on to run. :func:`settle_events` turns that last ``BotToolCalls`` inert and lets the output rails run on the
+message's text as ``$bot_message``; ``csr check output`` judges its tool calls with the request (docs/coverage.md).
+
+Last (not a bug fix): the request's messages are recorded in an inert event (``transcript_events.mark_request``) so
 the rails judge the whole history, tool results and tool calls included, which NeMo's events drop.
 
 **Versions.** Verified on :data:`VERIFIED_NEMO_VERSIONS`; ``tests/integration/test_turn_shapes.py`` runs plain NeMo
@@ -124,7 +130,23 @@ def settle_events(events: list[dict[str, Any]], messages: list[dict[str, Any]], 
             user = _last_user_text(messages)
             if user is not None:
                 out[-1] = {"type": USER_UTTERANCE, "final_transcript": user}
+    if (out and isinstance(out[-1], Mapping) and out[-1].get("type") == BOT_TOOL_CALLS
+            and _output_check_only(messages)):
+        user = _last_user_text(messages)
+        if user is not None:
+            content = messages[-1].get("content") if isinstance(messages[-1], Mapping) else None
+            out[-1:] = [{"type": REPLAYED_TOOL_CALLS, "tool_calls": out[-1].get("tool_calls")},
+                        {"type": "ContextUpdate", "data": {"bot_message": content if isinstance(content, str) else ""}},
+                        {"type": USER_UTTERANCE, "final_transcript": user}]
     return out
+
+
+def _output_check_only(messages: list[dict[str, Any]]) -> bool:
+    """Whether the request is ``check_async``'s output check (output rails on, dialog and tool-output rails off),
+    the way NeMo's ``GuardrailsMiddleware`` checks a model answer that calls tools."""
+    rails = _option_rails(messages)
+    return (rails is not None and rails.get("output") is not False and rails.get("dialog") is False
+            and rails.get("tool_output") is False)
 
 
 def _ends_with_tool_results(messages: list[dict[str, Any]]) -> bool:
@@ -148,15 +170,21 @@ def _tool_input_configured(config: Any) -> bool:
     return bool(getattr(getattr(rails, "tool_input", None), "flows", None))
 
 
-def _tool_input_switched_off(messages: list[dict[str, Any]]) -> bool:
-    """Whether the request's generation options (NeMo's leading ``role: context`` message) switch tool-input rails
-    off, as ``check_async`` does for every rail type it was not asked to run."""
+def _option_rails(messages: list[dict[str, Any]]) -> Mapping[str, Any] | None:
+    """The ``rails`` switches of the request's generation options (NeMo's leading ``role: context`` message)."""
     if not messages or not isinstance(messages[0], Mapping) or messages[0].get("role") != "context":
-        return False
+        return None
     content = messages[0].get("content")
     options = content.get("generation_options") if isinstance(content, Mapping) else None
     rails = options.get("rails") if isinstance(options, Mapping) else None
-    return isinstance(rails, Mapping) and rails.get("tool_input") is False
+    return rails if isinstance(rails, Mapping) else None
+
+
+def _tool_input_switched_off(messages: list[dict[str, Any]]) -> bool:
+    """Whether the request's generation options switch tool-input rails off, as ``check_async`` does for every
+    rail type it was not asked to run."""
+    rails = _option_rails(messages)
+    return rails is not None and rails.get("tool_input") is False
 
 
 def _last_user_text(messages: list[dict[str, Any]]) -> Any:

@@ -65,7 +65,9 @@ def with_current(messages: list[Message], role: str, text: str | None) -> tuple[
     """The transcript with the message a rail is about: for ``user``, the last user message, its text replaced by
     the one the rail was handed (an earlier input rail may have changed it: that is what the model reads), or
     appended if the request has none; for ``assistant``, the answer appended after the request's messages (the
-    model's answer, or the one ``check_async`` was given). Returns (messages, index of that message)."""
+    model's answer, or the one ``check_async`` was given), or, when the rail was handed no text and the request
+    ends with an assistant message that calls tools (``check_async`` of such an answer), that message. Returns
+    (messages, index of that message)."""
     text = "" if text is None else text if isinstance(text, str) else str(text)
     if role == "user":
         for pos in range(len(messages) - 1, -1, -1):
@@ -74,6 +76,8 @@ def with_current(messages: list[Message], role: str, text: str | None) -> tuple[
                 if m.text != text:
                     messages = [*messages[:pos], replace(m, text=text), *messages[pos + 1:]]
                 return messages, m.index
+    if role == "assistant" and not text and messages and messages[-1].role == "assistant" and messages[-1].tool_calls:
+        return messages, messages[-1].index  # the request ends with the answer itself: calls to judge, no text
     index = messages[-1].index + 1 if messages else 0
     return [*messages, Message(index=index, role=role, text=text)], index
 

@@ -18,7 +18,18 @@ from tests.support.agent_helpers import PLUGIN, guard_prompts
 from tests.support.agent_llm import AgentLLM
 from tests.support.rails_configs import V2_MAIN_FLOW, write_config
 from tests.support.standin import split_guard_prompt
-from tests.support.turn_shapes import SHAPE_IDS, SHAPES, Shape, bot, carries_marker, is_refusal
+from tests.support.turn_shapes import (
+    HARMFUL_ARGS,
+    PARIS,
+    SHAPE_IDS,
+    SHAPES,
+    bot,
+    calls,
+    carries_marker,
+    is_refusal,
+    tool,
+    user,
+)
 
 INPUT = ['csr check input $policy="agent"']
 OUTPUT = ['csr check output $policy="agent"']
@@ -94,10 +105,6 @@ def test_the_workaround_is_verified_on_the_installed_nemo():
 
 
 # -------------------------------------------------------------------------------------- generate_async, every shape
-def _needs_coverage(shape: Shape):
-    return shape.history or shape.judged_by == "output"
-
-
 @pytest.mark.parametrize("shape", SHAPES, ids=SHAPE_IDS)
 @pytest.mark.parametrize("config", list(CONFIGS))
 async def test_generate_async(tmp_path, guard, agent_llm, config, shape):
@@ -169,3 +176,25 @@ async def test_colang2_generate_async(tmp_path, guard, main_llm, shape):
     assert (await rails.generate_async(messages=shape.benign))["content"] == MAIN_ANSWERS[0]
     answer = (await rails.generate_async(messages=shape.harmful))["content"]
     assert is_refusal(answer), answer
+
+
+# ----------------------------------------------------------------------- check_async of an answer that calls tools
+@pytest.mark.parametrize("config", ["passthrough", "passthrough + tool rails"])
+@pytest.mark.parametrize("history", [False, True], ids=["first call", "after a tool exchange"])
+async def test_check_async_output_judges_an_answer_that_calls_tools(tmp_path, guard, agent_llm, config, history):
+    """NeMo's middleware checks every model answer with ``check_async`` OUTPUT, also one that calls tools; plain
+    NeMo runs no rail there (its tool-output rails are switched off by the options) and the calls go on to run."""
+    from nemoguardrails.rails.llm.options import RailStatus, RailType
+
+    rails = _rails(tmp_path, guard, agent_llm, config)
+    before = [user("Weather in Paris?"), calls(("c0", "get_weather", PARIS)), tool("c0", "sunny")] if history else \
+        [user("Weather in Paris?")]
+    ok = await rails.check_async([*before, calls(("c1", "get_weather", PARIS))], rail_types=[RailType.OUTPUT])
+    assert ok.status in (RailStatus.PASSED, RailStatus.MODIFIED) and ok.content == ""  # NeMo: None → ''
+    bad = await rails.check_async([*before, calls(("c1", "get_weather", HARMFUL_ARGS))], rail_types=[RailType.OUTPUT])
+    assert bad.status == RailStatus.BLOCKED and bad.content.startswith("I'm sorry, I can't run that action.")
+
+    nemo_compat.uninstall(rails)  # NeMo's own behaviour, still there
+    unchecked = await rails.check_async([*before, calls(("c2", "get_weather", '{"city": "bomb?"}'))],
+                                        rail_types=[RailType.OUTPUT])
+    assert unchecked.status != RailStatus.BLOCKED, "NeMo now checks tool-call answers: revisit rail/nemo_compat.py"

@@ -165,3 +165,38 @@ async def test_guardrails_middleware_in_create_agent(tmp_path, guard, agent_llm,
         res = await agent.ainvoke({"messages": _lc_messages(shape.harmful if harmful else shape.benign)})
         _expect(shape, harmful, res["messages"][-1].content, agent_llm.chat_requests()[before:],
                 refusals=(BLOCKED_INPUT, BLOCKED_OUTPUT))
+
+
+async def test_guardrails_middleware_stops_a_harmful_tool_call_before_it_runs(tmp_path, guard, agent_llm):
+    """The model's answer that calls tools is checked by ``aafter_model`` (``check_async`` OUTPUT): a harmful call
+    is replaced by NeMo's output refusal, so the agent never runs it; a benign one runs and the agent answers."""
+    pytest.importorskip("langchain.agents")
+    pytest.importorskip("langchain_openai")
+    from langchain.agents import create_agent
+    from langchain_core.messages import HumanMessage
+    from langchain_core.tools import tool
+    from nemoguardrails.integrations.langchain.middleware import GuardrailsMiddleware
+
+    ran: list[str] = []
+
+    @tool
+    def get_weather(city: str) -> str:
+        """Weather for a city."""
+        ran.append("get_weather")
+        return "sunny"
+
+    @tool
+    def build_bomb() -> str:
+        """Not a real tool."""
+        ran.append("build_bomb")
+        return "done"
+
+    cfg = _config(tmp_path / "mw", guard, agent_llm, tools=False)
+    agent = create_agent(model=_chat_model(agent_llm), tools=[get_weather, build_bomb],
+                         middleware=[GuardrailsMiddleware(config_path=str(cfg))])
+    res = await agent.ainvoke({"messages": [HumanMessage('CALL get_weather {"city": "Paris"}')]})
+    assert ran == ["get_weather"] and res["messages"][-1].content == "Based on the tool results: sunny"
+    # the user's message passes the input rail (the name is spelled backwards); the model's call does not
+    res = await agent.ainvoke({"messages": [HumanMessage("CALLREV bmob_dliub {}")]})
+    assert ran == ["get_weather"], "the harmful call ran"
+    assert res["messages"][-1].content == BLOCKED_OUTPUT and not res["messages"][-1].tool_calls
