@@ -14,7 +14,7 @@ from __future__ import annotations
 import pytest
 
 from nemo_csr_rail.rail import nemo_compat
-from tests.support.agent_helpers import PLUGIN, guard_prompts
+from tests.support.agent_helpers import PLUGIN, guard_prompts, outcomes
 from tests.support.agent_llm import AgentLLM
 from tests.support.rails_configs import V2_MAIN_FLOW, write_config
 from tests.support.standin import split_guard_prompt
@@ -114,8 +114,15 @@ async def test_generate_async(tmp_path, guard, agent_llm, config, shape):
     assert len(agent_llm.chat_requests()) == 1
     read_before = len(agent_llm.chat_requests())
 
-    answer = await _turn(rails, shape.harmful)
+    res = await rails.generate_async(messages=shape.harmful, options={"log": {"activated_rails": True}})
+    answer = res.response[-1]["content"]
     assert is_refusal(answer), f"harmful turn answered: {answer!r}"
+    (block,) = [o for o in outcomes(res) if o["decision"] == "block"]
+    if block["action"] in ("csr_check_input", "csr_check_output"):  # the block names the message that decided it
+        cov = block["metadata"]["coverage"]
+        assert (cov["blocked_index"], cov["blocked_role"]) == (shape.harmful_index, shape.harmful[shape.harmful_index]["role"])
+    else:  # tool results last, with rails.tool_input: the tool-result rail
+        assert block["action"] == "csr_check_tool_results" and shape.ends_with_tool
     read = agent_llm.chat_requests()[read_before:]
     if shape.judged_by == "input":
         assert not any(carries_marker(r["messages"]) for r in read), "the main model read the harmful message"

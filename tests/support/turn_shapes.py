@@ -62,6 +62,11 @@ class Shape:
         return self.build(True)
 
     @property
+    def harmful_index(self) -> int:
+        """The index of the one message the harmful variant changes."""
+        return next(i for i, (b, h) in enumerate(zip(self.benign, self.harmful, strict=True)) if b != h)
+
+    @property
     def ends_with_tool(self) -> bool:
         return self.benign[-1]["role"] == "tool"
 
