@@ -27,6 +27,7 @@ import random
 import sys
 import time
 from collections import Counter
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -40,6 +41,7 @@ from nemo_csr_rail import plans  # noqa: E402
 from nemo_csr_rail import prompt as prompts  # noqa: E402
 from nemo_csr_rail import verdict as verdicts  # noqa: E402
 from nemo_csr_rail.client import CsrClient  # noqa: E402
+from nemo_csr_rail.completion import Completion  # noqa: E402
 from nemo_csr_rail.engines.http import VllmHttpEngine  # noqa: E402
 from nemo_csr_rail.errors import CsrError  # noqa: E402
 from nemo_csr_rail.eval import datasets  # noqa: E402
@@ -53,10 +55,11 @@ POLICY = Policy.taxonomy("safety")
 
 
 class GrammarOnly(VllmHttpEngine):
-    """The HTTP engine with the one-token plan switched off: today's grammar + stop-string plan everywhere."""
+    """The HTTP engine with the one-token plan switched off: today's grammar + stop-string plan everywhere. A request
+    without ``verdict_choices`` is never one-token eligible; its body is otherwise the same."""
 
-    async def plan_for(self, *_: Any, **__: Any) -> None:  # type: ignore[override]
-        return None
+    async def complete(self, prompt: prompts.GuardPrompt, *, timeout_s: float) -> Completion:
+        return await super().complete(replace(prompt, verdict_choices=()), timeout_s=timeout_s)
 
 
 def pick(ds: datasets.Dataset, n: int, direction: str, max_chars: int, seed: int = 11) -> list[datasets.Row]:

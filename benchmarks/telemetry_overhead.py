@@ -33,7 +33,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from nemo_csr_rail.engines.base import Attempt, Completion  # noqa: E402
+from nemo_csr_rail.completion import Attempt, Completion  # noqa: E402
 from nemo_csr_rail.policy import Direction  # noqa: E402
 from nemo_csr_rail.prompt import GuardPrompt  # noqa: E402
 from nemo_csr_rail.rail import RailRuntime  # noqa: E402

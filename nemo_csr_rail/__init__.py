@@ -3,6 +3,7 @@
 Wire it with one line in ``config.yml`` — ``import_paths: [nemo_csr_rail]`` — or use :class:`CsrClient` directly.
 """
 
+from nemo_csr_rail._version import __version__
 from nemo_csr_rail.client import CheckResult, CsrClient
 from nemo_csr_rail.conversation import Turn
 from nemo_csr_rail.errors import (
@@ -18,8 +19,6 @@ from nemo_csr_rail.errors import (
 )
 from nemo_csr_rail.policy import Direction, Policy
 from nemo_csr_rail.verdict import Verdict
-
-__version__ = "0.1.0"
 
 
 def package_dir() -> str:
@@ -54,6 +53,7 @@ __all__ = [
     "Turn",
     "Verdict",
     "VerdictParseError",
+    "__version__",
     "package_dir",
     "register",
 ]

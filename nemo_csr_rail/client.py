@@ -16,8 +16,8 @@ from typing import TYPE_CHECKING, Any
 
 from nemo_csr_rail import agent, plans
 from nemo_csr_rail.cache import TTLCache
+from nemo_csr_rail.completion import Completion, Engine, total
 from nemo_csr_rail.conversation import Turn, as_turns, fit_history
-from nemo_csr_rail.engines.base import Completion, Engine, total
 from nemo_csr_rail.errors import CsrError
 from nemo_csr_rail.options import DEFAULT_BASE_URL, DEFAULT_MODEL, DecodeOptions, HttpOptions, split_overrides
 from nemo_csr_rail.plans import escalate, split_output

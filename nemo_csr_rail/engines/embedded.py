@@ -1,6 +1,6 @@
 """The embedded engine: the guard model in-process with transformers/torch, no server.
 
-Same :class:`~nemo_csr_rail.prompt.GuardPrompt` in, same :class:`~nemo_csr_rail.engines.base.Completion` out as
+Same :class:`~nemo_csr_rail.prompt.GuardPrompt` in, same :class:`~nemo_csr_rail.completion.Completion` out as
 the vLLM HTTP engine, so the client, parser and rails cannot tell them apart:
 
 * the prompt is the tokenizer's chat template applied to the one user message; with ``prompt.prefill`` the
@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from nemo_csr_rail import weights
-from nemo_csr_rail.engines.base import Completion
+from nemo_csr_rail.completion import Completion
 from nemo_csr_rail.engines.constrain import Grammar, Matcher, Unsupported
 from nemo_csr_rail.errors import CsrError, EngineUnavailable, GuardTimeout, InputTooLong
 from nemo_csr_rail.options import DecodeOptions
@@ -324,9 +324,8 @@ class EmbeddedEngine:
         m = self.load()
         hit = m.plans.get(prompt.prefill)
         if hit is None:
-            def ids(content: str) -> list[int]:
-                msgs = [{"role": "user", "content": one_token.PROBE_USER}, {"role": "assistant", "content": content}]
-                text = m.tokenizer.apply_chat_template(msgs, tokenize=False, add_generation_prompt=False,
+            def ids(messages: list[dict[str, str]]) -> list[int]:
+                text = m.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=False,
                                                        continue_final_message=True)
                 return list(m.tokenizer(text, add_special_tokens=False)["input_ids"])
 
@@ -334,9 +333,8 @@ class EmbeddedEngine:
                 data = m.table[tid] if 0 <= tid < len(m.table) else None
                 return data.decode("utf-8", errors="replace") if data else None
 
-            hit = m.plans[prompt.prefill] = one_token.decide(
-                prompt.verdict_choices, ids(prompt.prefill), [ids(prompt.prefill + w) for w in prompt.verdict_choices],
-                piece)
+            hit = m.plans[prompt.prefill] = one_token.look_up_locally(ids, piece, prompt.prefill,
+                                                                       prompt.verdict_choices)
         return hit
 
     def _complete_sync(self, prompt: GuardPrompt, deadline: float, cancel: threading.Event) -> Completion:

@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import replace
 
-from nemo_csr_rail.engines.base import Engine
+from nemo_csr_rail.completion import Engine
 from nemo_csr_rail.plans import grammar
 from nemo_csr_rail.policy import compile_policies
 from nemo_csr_rail.settings import ResolvedSettings

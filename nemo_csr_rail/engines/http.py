@@ -2,8 +2,9 @@
 
 One pooled ``httpx.AsyncClient`` per event loop (connections are loop-bound), reused by every check; HTTP faults
 mapped to the package's errors; which replica gets an attempt and when to retry is
-:mod:`nemo_csr_rail.engines.replicas`; where a request is one-token eligible, the per-replica look-up and the
-request's shape come from :mod:`nemo_csr_rail.plans.one_token`, this module only carries its calls.
+:mod:`nemo_csr_rail.engines.replicas`. Each attempt hands the request, with this engine's transport to the replica,
+to :func:`nemo_csr_rail.plans.one_token.send`, which looks up and builds the one-token request where the request
+and the replica allow it (else sends the grammar plan's body as it is) and returns the completion.
 """
 
 from __future__ import annotations
@@ -15,13 +16,13 @@ import logging
 import ssl
 import time
 import weakref
-from collections.abc import Iterator, Sequence
+from collections.abc import Awaitable, Iterator, Sequence
 from dataclasses import replace
 from typing import Any
 
 import httpx
 
-from nemo_csr_rail.engines.base import Completion, Instrument
+from nemo_csr_rail.completion import Completion, Instrument
 from nemo_csr_rail.engines.deadline import MIN_START_S, Deadline, LoopLag, within
 from nemo_csr_rail.engines.replicas import ReplicaSet
 from nemo_csr_rail.engines.replicas import (
@@ -310,47 +311,35 @@ class VllmHttpEngine:
 
     async def _decode(self, client: httpx.AsyncClient, base_url: str, body: dict[str, Any], budget: float,
                       prompt: GuardPrompt) -> Completion:
-        """One request to one replica: the one-token plan where the prompt and this replica allow it, else ``body``
-        (the grammar plan). A server that refuses the plan's parameters keeps the grammar plan from then on."""
+        """One request to one replica: ``body`` (the grammar plan), or the one-token plan's request where the prompt
+        and this replica allow it (:func:`~nemo_csr_rail.plans.one_token.send` builds it; this engine carries it)."""
         start = time.monotonic()
-        plan = await self.plan_for(client, base_url, prompt, budget)
-        if plan is None:
-            return await self._post(client, base_url, body, max(0.001, budget - (time.monotonic() - start)))
-        try:
-            done = await self._post(client, base_url, one_token.payload(body, plan, logprobs=prompt.want_logprobs),
-                                    max(0.001, budget - (time.monotonic() - start)))
-        except GuardHTTPError as exc:
-            if not one_token.unsupported(exc.status, exc.message):
-                raise
-            self._plans.settle(base_url, prompt.prefill,
-                               one_token.Fallback(f"the server refused the one-token request: {exc.message[:200]}"))
-            return await self._post(client, base_url, body, max(0.001, budget - (time.monotonic() - start)))
-        return one_token.as_word(plan, done)
+
+        def post(request: dict[str, Any]) -> Awaitable[Completion]:
+            return self._post(client, base_url, request, max(0.001, budget - (time.monotonic() - start)))
+
+        return await one_token.send(self._plans, base_url, prompt, body, model=self.model,
+                                    call=self._server_call(client, base_url, budget), post=post)
 
     async def plan_for(self, client: httpx.AsyncClient, base_url: str, prompt: GuardPrompt,
                        budget: float) -> one_token.OneTokenPlan | None:
         """The one-token plan for this prompt's prefill on this replica, or None (grammar plan)."""
-        if not prompt.verdict_choices or not prompt.prefill:
-            return None
-        known = self._plans.known(base_url, prompt.prefill)
-        if known is None:
-            known = await self._plans.get(base_url, prompt.prefill,
-                                          lambda: self._look_up(client, base_url, prompt, budget))
-        return known if isinstance(known, one_token.OneTokenPlan) else None
+        return await one_token.plan_for(self._plans, base_url, prompt, model=self.model,
+                                        call=self._server_call(client, base_url, budget))
 
     def plan_decisions(self) -> dict[tuple[str, str], one_token.Decision]:
         """Every (replica, prefill) decided so far: a one-token plan or why not (``doctor``, tests)."""
         return self._plans.decisions()
 
-    async def _look_up(self, client: httpx.AsyncClient, base_url: str, prompt: GuardPrompt,
-                       budget: float) -> one_token.Decision | None:
-        """Carry the one-token plan's look-up (:func:`~nemo_csr_rail.plans.one_token.look_up`) to this replica: a
-        dead replica raises as its chat request would (so failover applies); an auth, overload or server error is
-        transient (None); any other status means the endpoint keeps the grammar plan."""
+    @staticmethod
+    def _server_call(client: httpx.AsyncClient, base_url: str, budget: float) -> one_token.Call:
+        """The one-token look-up's transport to this replica (``POST`` to the server root: ``/tokenize``,
+        ``/detokenize``): a dead replica raises as its chat request would (so failover applies); an auth, overload
+        or server error is transient (None); any other status means the endpoint keeps the grammar plan."""
         root = base_url[: -len("/v1")] if base_url.endswith("/v1") else base_url
-        timeout = httpx.Timeout(max(0.001, budget), connect=min(max(0.001, budget), 5.0))
 
         async def call(path: str, payload: dict[str, Any]) -> Any:
+            timeout = httpx.Timeout(max(0.001, budget), connect=min(max(0.001, budget), 5.0))
             try:
                 r = await client.post(root + path, json=payload, timeout=timeout)
             except (httpx.ConnectError, httpx.ConnectTimeout) as exc:
@@ -368,7 +357,7 @@ class VllmHttpEngine:
                 return None
             return one_token.Fallback(f"{path} answered HTTP {r.status_code}: {_error_message(r)[:200]}")
 
-        return await one_token.look_up(call, self.model, prompt.prefill, prompt.verdict_choices)
+        return call
 
     async def _post(self, client: httpx.AsyncClient, base_url: str, body: dict[str, Any], remaining: float) -> Completion:
         url = base_url + "/chat/completions"

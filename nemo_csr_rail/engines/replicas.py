@@ -32,7 +32,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
-from nemo_csr_rail.engines.base import Attempt, Completion, Instrument
+from nemo_csr_rail.completion import Attempt, Completion, Instrument
 from nemo_csr_rail.engines.deadline import MIN_START_S
 from nemo_csr_rail.errors import (
     ConfigError,

@@ -27,8 +27,8 @@ from pathlib import Path
 from typing import Any, Literal
 
 from nemo_csr_rail.client import CheckResult, CsrClient
+from nemo_csr_rail.completion import Engine
 from nemo_csr_rail.decision import Decision, on_error_for
-from nemo_csr_rail.engines.base import Engine
 from nemo_csr_rail.engines.factory import build_engine
 from nemo_csr_rail.errors import ConfigError, CsrError
 from nemo_csr_rail.eval.datasets import AGENT_DIRECTIONS, DIRECTION_OF, DIRECTIONS, JUDGED, Dataset, Row

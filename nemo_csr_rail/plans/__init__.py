@@ -15,7 +15,6 @@ the requests (:mod:`nemo_csr_rail.engines`); :func:`read` reads a completion wit
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import replace
 
 from nemo_csr_rail import prompt_topic
 from nemo_csr_rail.conversation import Turn
@@ -55,14 +54,15 @@ def build(
     else:
         text = render(policy, user_message, bot_message, reasoning=think)
     structured, logprobs = decode.structured_output, decode.logprobs
+    affinity = policy.affinity  # every request of a check goes where its policy is cached
     if think:
-        gp = grammar.reasoning_request(text, direction, structured=structured, max_tokens=decode.reasoning_max_tokens)
-    elif decode.assistant_prefill and direction is Direction.OUTPUT and decode.split_output:
-        gp = split_plan.prompt_half(text, structured=structured)
-    elif decode.assistant_prefill:
-        gp = grammar.prefilled_request(text, direction, structured=structured, logprobs=logprobs)
-    else:
-        gp = grammar.unprefilled_request(text, direction, structured=structured, logprobs=logprobs)
-    return replace(gp, affinity=policy.affinity)  # every request of a check goes where its policy is cached
+        return grammar.reasoning_request(text, direction, structured=structured,
+                                         max_tokens=decode.reasoning_max_tokens, affinity=affinity)
+    if decode.assistant_prefill and direction is Direction.OUTPUT and decode.split_output:
+        return split_plan.prompt_half(text, structured=structured, affinity=affinity)
+    if decode.assistant_prefill:
+        return grammar.prefilled_request(text, direction, structured=structured, logprobs=logprobs, affinity=affinity)
+    return grammar.unprefilled_request(text, direction, structured=structured, logprobs=logprobs, affinity=affinity)
+
 
 __all__ = ["build", "read"]

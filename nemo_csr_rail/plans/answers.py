@@ -7,7 +7,7 @@ completion by the rules of another plan.
 
 from __future__ import annotations
 
-from nemo_csr_rail.engines.base import Completion
+from nemo_csr_rail.completion import Completion
 from nemo_csr_rail.plans import grammar, one_token
 from nemo_csr_rail.prompt import GuardPrompt
 from nemo_csr_rail.verdict import Verdict

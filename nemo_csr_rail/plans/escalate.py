@@ -22,7 +22,7 @@ from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, fields, replace
 from typing import Any
 
-from nemo_csr_rail.engines.base import Completion, total
+from nemo_csr_rail.completion import Completion, total
 from nemo_csr_rail.errors import CsrError, GuardTimeout
 from nemo_csr_rail.policy import Direction
 from nemo_csr_rail.prompt import GuardPrompt

@@ -18,7 +18,7 @@ from collections.abc import Sequence
 from dataclasses import replace
 from typing import Any
 
-from nemo_csr_rail.engines.base import Completion
+from nemo_csr_rail.completion import Completion
 from nemo_csr_rail.errors import VerdictParseError
 from nemo_csr_rail.policy import SIDES, Direction
 from nemo_csr_rail.prompt import GuardPrompt
@@ -52,26 +52,30 @@ STOP_LINE = {
 }
 
 
-def reasoning_request(text: str, direction: Direction, *, structured: bool, max_tokens: int) -> GuardPrompt:
+def reasoning_request(text: str, direction: Direction, *, structured: bool, max_tokens: int,
+                      affinity: str = "") -> GuardPrompt:
     """Reasoning on: the trace line and the verdict (both lines for an output check) under one grammar."""
     return GuardPrompt(text, direction, True, "", THINK_REGEX + TARGET[direction] if structured else None,
-                       max_tokens, False, STOP_LINE[direction])
+                       max_tokens, False, STOP_LINE[direction], affinity=affinity)
 
 
-def prefilled_request(text: str, direction: Direction, *, structured: bool, logprobs: bool) -> GuardPrompt:
+def prefilled_request(text: str, direction: Direction, *, structured: bool, logprobs: bool,
+                      affinity: str = "") -> GuardPrompt:
     """Reasoning off, ``Prompt harm:`` prefilled: the input check decodes one bare verdict word (one-token eligible);
     the unsplit output check decodes the rest of both lines."""
     stop = STOP_VALUE if direction is Direction.INPUT else STOP_LINE[direction]
     bare = structured and direction is Direction.INPUT
     return GuardPrompt(text, direction, False, PREFILL, TARGET[direction][len(PREFILL):] if structured else None,
-                       NO_THINK_MAX_TOKENS, logprobs, stop, verdict_choices=VERDICT_CHOICES if bare else ())
+                       NO_THINK_MAX_TOKENS, logprobs, stop, verdict_choices=VERDICT_CHOICES if bare else (),
+                       affinity=affinity)
 
 
-def unprefilled_request(text: str, direction: Direction, *, structured: bool, logprobs: bool) -> GuardPrompt:
+def unprefilled_request(text: str, direction: Direction, *, structured: bool, logprobs: bool,
+                        affinity: str = "") -> GuardPrompt:
     """Reasoning off without the prefill (``assistant_prefill: false``): the whole verdict line(s) decoded."""
     stop = STOP_VALUE if direction is Direction.INPUT else STOP_LINE[direction]
     return GuardPrompt(text, direction, False, "", TARGET[direction] if structured else None, NO_THINK_MAX_TOKENS,
-                       logprobs, stop)
+                       logprobs, stop, affinity=affinity)
 
 
 def warm_up_regexes() -> tuple[str, ...]:

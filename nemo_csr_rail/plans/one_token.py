@@ -24,6 +24,10 @@ first token alone identifies the verdict. Anything else (a tokenizer that merges
 first piece, a server without ``/tokenize``: NIM and other OpenAI-compatible servers answer 404) keeps the grammar
 plan for that endpoint — never a guess. Results are cached per endpoint and prefill: one look-up per shape.
 
+The data flows one way: the HTTP engine hands :func:`send` the grammar plan's body and its transport to one replica
+(plain callables); this module looks up, builds the request, and returns the completion mapped to its verdict word.
+The embedded engine hands :func:`look_up_locally` its tokenizer instead.
+
 Why ``allowed_token_ids`` and not ``logit_bias``: a bias of +100 on two ids is a request for the same thing with a
 numeric margin that a confident model could in principle overcome, and it changes nothing in what is returned;
 the allow-list makes any other token impossible, which is the guarantee wanted here.
@@ -38,8 +42,8 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
-from nemo_csr_rail.engines.base import Completion
-from nemo_csr_rail.errors import CsrError
+from nemo_csr_rail.completion import Completion
+from nemo_csr_rail.errors import CsrError, GuardHTTPError
 from nemo_csr_rail.prompt import GuardPrompt
 from nemo_csr_rail.verdict import Verdict, parse
 
@@ -198,6 +202,46 @@ class PlanCache:
 #: what a server call of the look-up returns: the JSON body, ``None`` (transient: ask again next time) or why the
 #: endpoint keeps the grammar plan
 Call = Callable[[str, dict[str, Any]], Awaitable[Any]]
+#: the engine's transport of one chat request body to the replica: its completion, or a ``CsrError``
+Post = Callable[[dict[str, Any]], Awaitable[Completion]]
+
+
+def probe_messages(content: str) -> list[dict[str, str]]:
+    """The chat the look-ups tokenize: :data:`PROBE_USER`, then an assistant turn that ``content`` begins."""
+    return [{"role": "user", "content": PROBE_USER}, {"role": "assistant", "content": content}]
+
+
+async def send(plans: PlanCache, replica: str, prompt: GuardPrompt, body: dict[str, Any], *, model: str,
+               call: Call, post: Post) -> Completion:
+    """One request of ``prompt`` to one replica, decided by its first token where the prompt and the replica allow
+    it, else ``body`` (the grammar plan's request) as it is. The engine hands over its transport to that replica
+    (``call`` for the look-up's ``/tokenize`` and ``/detokenize``, ``post`` for the chat request) and gets the
+    completion back, mapped to its verdict word. A server that refuses the plan's parameters keeps the grammar plan
+    from then on (``plans``: the engine's decisions per replica and prefill)."""
+    plan = await plan_for(plans, replica, prompt, model=model, call=call)
+    if plan is None:
+        return await post(body)
+    try:
+        done = await post(payload(body, plan, logprobs=prompt.want_logprobs))
+    except GuardHTTPError as exc:
+        if not unsupported(exc.status, exc.message):
+            raise
+        plans.settle(replica, prompt.prefill, Fallback(f"the server refused the one-token request: {exc.message[:200]}"))
+        return await post(body)
+    return as_word(plan, done)
+
+
+async def plan_for(plans: PlanCache, replica: str, prompt: GuardPrompt, *, model: str,
+                   call: Call) -> OneTokenPlan | None:
+    """The one-token plan for this prompt's prefill on this replica (looked up once through ``call``, then cached
+    in ``plans``), or None: the grammar plan."""
+    if not prompt.verdict_choices or not prompt.prefill:
+        return None
+    known = plans.known(replica, prompt.prefill)
+    if known is None:
+        known = await plans.get(replica, prompt.prefill,
+                                lambda: look_up(call, model, prompt.prefill, prompt.verdict_choices))
+    return known if isinstance(known, OneTokenPlan) else None
 
 
 async def look_up(call: Call, model: str, prefill: str, words: Sequence[str]) -> Decision | None:
@@ -208,7 +252,7 @@ async def look_up(call: Call, model: str, prefill: str, words: Sequence[str]) ->
 
     def chat(content: str) -> dict[str, Any]:
         return {"model": model, "continue_final_message": True, "add_generation_prompt": False,
-                "messages": [{"role": "user", "content": PROBE_USER}, {"role": "assistant", "content": content}]}
+                "messages": probe_messages(content)}
 
     try:
         answers = await asyncio.gather(call("/tokenize", chat(prefill)),
@@ -230,6 +274,14 @@ async def look_up(call: Call, model: str, prefill: str, words: Sequence[str]) ->
     except (ValueError, KeyError, TypeError, AttributeError):
         return None
     return decide(words, seqs[0], seqs[1:], pieces.get)
+
+
+def look_up_locally(tokenize: Callable[[list[dict[str, str]]], Sequence[int]], piece_text: Callable[[int], str | None],
+                    prefill: str, words: Sequence[str]) -> Decision:
+    """:func:`look_up` with a tokenizer in this process (the embedded engine): ``tokenize(messages)`` gives the ids
+    of a chat rendered as vLLM's ``continue_final_message`` renders it, ``piece_text(id)`` one token's text."""
+    return decide(words, tokenize(probe_messages(prefill)), [tokenize(probe_messages(prefill + w)) for w in words],
+                  piece_text)
 
 
 def read(gp: GuardPrompt, completion: Completion) -> Verdict:
@@ -264,5 +316,6 @@ def unsupported(status: int, message: str) -> bool:
     return status in (400, 422) and any(m in low for m in UNSUPPORTED_MARKERS)
 
 
-__all__ = ["ONE_TOKEN", "Decision", "Fallback", "OneTokenPlan", "PlanCache", "as_word", "confidence", "decide",
-           "look_up", "payload", "read", "unsupported"]
+__all__ = ["ONE_TOKEN", "Call", "Decision", "Fallback", "OneTokenPlan", "PlanCache", "Post", "as_word", "confidence",
+           "decide", "look_up", "look_up_locally", "payload", "plan_for", "probe_messages", "read", "send",
+           "unsupported"]

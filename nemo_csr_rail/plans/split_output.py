@@ -16,7 +16,7 @@ import asyncio
 import time
 from dataclasses import replace
 
-from nemo_csr_rail.engines.base import Completion, Engine
+from nemo_csr_rail.completion import Completion, Engine
 from nemo_csr_rail.options import DecodeOptions
 from nemo_csr_rail.plans import grammar
 from nemo_csr_rail.plans.answers import read
@@ -28,12 +28,12 @@ from nemo_csr_rail.verdict import Verdict
 GUESS = "unharmful"
 
 
-def prompt_half(text: str, *, structured: bool) -> GuardPrompt:
+def prompt_half(text: str, *, structured: bool, affinity: str = "") -> GuardPrompt:
     """The prompt-verdict half: the input check's request, marked as an output check that :func:`run` completes."""
     return GuardPrompt(text, Direction.OUTPUT, False, grammar.PREFILL,
                        grammar.TARGET[Direction.INPUT][len(grammar.PREFILL):] if structured else None,
                        grammar.NO_THINK_MAX_TOKENS, False, grammar.STOP_VALUE, True,
-                       grammar.VERDICT_CHOICES if structured else ())
+                       grammar.VERDICT_CHOICES if structured else (), affinity=affinity)
 
 
 def response_step(gp: GuardPrompt, prompt_harm: str, *, logprobs: bool = DecodeOptions.logprobs) -> GuardPrompt:

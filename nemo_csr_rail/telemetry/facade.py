@@ -17,8 +17,8 @@ import time
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
+from nemo_csr_rail.completion import Attempt
 from nemo_csr_rail.decision import Decision
-from nemo_csr_rail.engines.base import Attempt
 from nemo_csr_rail.policy import Direction, Policy
 from nemo_csr_rail.settings import TelemetrySettings
 from nemo_csr_rail.telemetry import metrics, tracing

@@ -17,7 +17,7 @@ from typing import Any
 from opentelemetry import context, propagate, trace
 from opentelemetry.trace import SpanKind, Status, StatusCode
 
-from nemo_csr_rail import __version__
+from nemo_csr_rail._version import __version__
 from nemo_csr_rail.decision import Decision
 
 SPAN_NAME = "csr.check"

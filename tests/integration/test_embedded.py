@@ -16,7 +16,7 @@ import pytest
 
 from nemo_csr_rail import plans
 from nemo_csr_rail.client import CsrClient
-from nemo_csr_rail.engines.base import Engine
+from nemo_csr_rail.completion import Engine
 from nemo_csr_rail.errors import EngineUnavailable, GuardTimeout, InputTooLong
 from nemo_csr_rail.options import DecodeOptions
 from nemo_csr_rail.policy import Direction, Policy

@@ -9,7 +9,7 @@ import asyncio
 import contextlib
 import time
 
-from nemo_csr_rail.engines.base import Attempt
+from nemo_csr_rail.completion import Attempt
 from nemo_csr_rail.policy import Direction
 from tests.support.runtime import runtime
 from tests.support.standin import Fault, StandIn, error_body

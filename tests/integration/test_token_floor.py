@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 
 from nemo_csr_rail import plans
 from nemo_csr_rail.client import CsrClient
-from nemo_csr_rail.engines.base import Completion
+from nemo_csr_rail.completion import Completion
 from nemo_csr_rail.errors import VerdictParseError
 from nemo_csr_rail.options import DecodeOptions
 from nemo_csr_rail.plans import one_token as tf

@@ -20,7 +20,7 @@ RANK: dict[str, int] = {
     # leaves: plain data and helpers that know nothing of the pipeline
     "errors": 0, "taxonomy": 0, "cache": 0, "weights": 0, "long_input": 0, "conversation": 0, "neutralize": 0,
     "transcript": 0,  # the request's messages as plain data (whole-conversation coverage)
-    "engines.constrain": 0, "engines.transport": 0,
+    "_version": 0,  # the installed distribution's version, read once from its metadata
     "options": 0,  # every default, once: read by the schema, the client, the engines and the prompt builder
     "settings.probe": 1, "settings.schema": 1, "settings.endpoints": 1, "settings.flows": 1, "settings.resolve": 1,
     "settings": 1,
@@ -28,12 +28,15 @@ RANK: dict[str, int] = {
     "prompt_topic": 3, "agent": 3,
     "prompt": 4,
     "verdict": 5,
-    "engines.base": 6,
+    # what an engine returns and the protocols it implements: the plans read completions, the engines make them
+    "completion": 6,
     # decode plans: each builds its requests and reads its completions
     "plans.grammar": 7, "plans.one_token": 7, "plans.answers": 8, "plans.split_output": 9, "plans.escalate": 9,
     "plans": 10,
     # engines carry the plans' requests
-    "engines.deadline": 11, "engines.replicas": 11, "engines.http": 12, "engines.embedded": 12,
+    "engines.constrain": 11, "engines.transport": 11, "engines.deadline": 11, "engines.replicas": 11,
+    "engines.base": 11,  # a re-export of completion, for imports written before it moved
+    "engines.http": 12, "engines.embedded": 12,
     "engines.factory": 13,
     "client": 14,
     "decision": 15,
@@ -97,8 +100,17 @@ def test_no_import_runs_back_up_the_chain(path: Path):
     mine = _rank(me)
     assert mine is not None
     back = sorted(f"{dep} (position {_rank(dep)})" for dep in _imports(path)
-                  if dep not in ("__version__",) and (_rank(dep) or 0) > mine)
+                  if (_rank(dep) or 0) > mine)
     assert not back, f"{me} (position {mine}) imports later modules: {back}"
+
+
+def test_the_engines_sit_wholly_above_the_plans():
+    """The plans build the requests and read the completions; the engines carry them. An engine module ranked at or
+    below a plan (a helper a plan could import) would put the engines folder on both sides of the plans again."""
+    engines = {m: r for m, r in RANK.items() if m.startswith("engines.")}
+    decode_plans = {m: r for m, r in RANK.items() if m == "plans" or m.startswith("plans.")}
+    low = sorted(m for m, r in engines.items() if r <= max(decode_plans.values()))
+    assert not low, f"these engine modules rank at or below the plans (position {max(decode_plans.values())}): {low}"
 
 
 ADAPTER = "rail"

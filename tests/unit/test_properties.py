@@ -12,7 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from nemo_csr_rail import plans, prompt
-from nemo_csr_rail.engines.base import Completion
+from nemo_csr_rail.completion import Completion
 from nemo_csr_rail.errors import CsrError, VerdictParseError
 from nemo_csr_rail.options import DecodeOptions
 from nemo_csr_rail.policy import Direction, Policy
