@@ -122,16 +122,20 @@ def agent_llm():
 
 
 @pytest.mark.parametrize("shape", SHAPES, ids=SHAPE_IDS)
-@pytest.mark.parametrize("tools", [False, True], ids=["plain", "tool rails"])
-async def test_runnable_rails(tmp_path, guard, agent_llm, tools, shape):
+@pytest.mark.parametrize("mode", ["llm=model", "rails | model", "llm=model, tool rails"])
+async def test_runnable_rails(tmp_path, guard, agent_llm, mode, shape):
     """``RunnableRails(config, llm=chat_model)`` with a list of LangChain messages: NeMo converts them to chat
-    dicts and runs ``generate_async(messages=…)``."""
+    dicts and runs ``generate_async(messages=…)``. ``RunnableRails(config) | chat_model`` hands the rails one user
+    message, the input's string form, and the model the messages themselves."""
     pytest.importorskip("langchain_openai")
     from nemoguardrails import RailsConfig
     from nemoguardrails.integrations.langchain.runnable_rails import RunnableRails
 
-    cfg = _config(tmp_path / "lc", guard, agent_llm, tools=tools, main=False)
-    chain = RunnableRails(RailsConfig.from_path(str(cfg)), llm=_chat_model(agent_llm))
+    cfg = _config(tmp_path / "lc", guard, agent_llm, tools=mode.endswith("tool rails"), main=False)
+    if mode == "rails | model":
+        chain = RunnableRails(RailsConfig.from_path(str(cfg))) | _chat_model(agent_llm)
+    else:
+        chain = RunnableRails(RailsConfig.from_path(str(cfg)), llm=_chat_model(agent_llm))
     for harmful in (False, True):
         before = len(agent_llm.chat_requests())
         out = await chain.ainvoke(_lc_messages(shape.harmful if harmful else shape.benign))
