@@ -83,7 +83,9 @@ def with_current(messages: list[Message], role: str, text: str | None) -> tuple[
 
 
 def _is_generation_options(message: Any) -> bool:
-    content = message.get("content") if isinstance(message, Mapping) else None
+    if not isinstance(message, Mapping):
+        return False
+    content = message.get("content")
     return message.get("role") == "context" and isinstance(content, Mapping) and "generation_options" in content
 
 

@@ -93,3 +93,42 @@ def test_an_unverified_nemo_gets_the_workaround_and_a_warning(monkeypatch, caplo
     assert events[0]["type"] == REQUEST_MESSAGES and events[1]["type"] == UAF
     nemo_compat.uninstall(app)
     assert app._get_events_for_messages([_user("hi")], None) == [{"type": UAF, "final_transcript": "hi"}]
+
+
+# ------------------------------------------------------------------------------------------------------- fuzzing
+from hypothesis import given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+_TYPES = st.sampled_from(["BotToolCalls", "StartToolCallBotAction", UAF, "UserMessage", "UserToolMessages",
+                          "ContextUpdate", REQUEST_MESSAGES, "Other"])
+_JSON = st.recursive(st.none() | st.booleans() | st.integers() | st.text(max_size=8),
+                     lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=5), inner, max_size=3),
+                     max_leaves=8)
+_EVENT = st.one_of(st.fixed_dictionaries({"type": _TYPES}, optional={"tool_calls": _JSON, "text": _JSON}), _JSON)
+_MESSAGE = st.one_of(
+    st.fixed_dictionaries({"role": st.sampled_from(["user", "assistant", "tool", "context", "system", "x"])},
+                          optional={"content": _JSON, "tool_calls": _JSON, "tool_call_id": _JSON}),
+    _JSON)
+
+
+@settings(max_examples=300, deadline=None)
+@given(events=st.lists(_EVENT, max_size=8), messages=st.lists(_MESSAGE, max_size=6), configured=st.booleans())
+def test_settling_any_events_never_raises_nor_mutates(events, messages, configured):
+    import copy
+
+    before = copy.deepcopy(events)
+    out = settle_events(events, messages, tool_input_configured=configured)
+    assert events == before and isinstance(out, list)
+    for i, e in enumerate(out):  # a BotToolCalls left in place is the request's last event, or already answered
+        if isinstance(e, dict) and e.get("type") == "BotToolCalls":
+            assert i == len(out) - 1 or nemo_compat._answered(out, i)
+
+
+@settings(max_examples=300, deadline=None)
+@given(events=st.lists(_EVENT, max_size=6), messages=st.lists(_MESSAGE, max_size=6))
+def test_any_request_record_reads_back_without_raising(events, messages):
+    events = list(events)
+    mark_request(events, messages)
+    transcript = request_transcript(events)
+    assert transcript is not None and all(m.role not in ("context", "event") for m in transcript)
+    assert sum(1 for e in events if isinstance(e, dict) and e.get("type") == REQUEST_MESSAGES) == 1
