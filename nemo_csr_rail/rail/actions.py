@@ -8,6 +8,8 @@ history that dialog prompts see, and keeps it local when an actions server is co
 
 from __future__ import annotations
 
+import logging
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from nemoguardrails.actions import action
@@ -15,6 +17,8 @@ from nemoguardrails.actions.actions import ActionResult
 from nemoguardrails.actions.rail_outcome import RailOutcome
 
 from nemo_csr_rail.coverage import judge_messages
+from nemo_csr_rail.decision import Decision
+from nemo_csr_rail.errors import CsrError
 from nemo_csr_rail.policy import Direction
 from nemo_csr_rail.rail import agent_checks
 from nemo_csr_rail.rail.history import history_from_events
@@ -22,6 +26,7 @@ from nemo_csr_rail.rail.outcome import to_rail_outcome
 from nemo_csr_rail.rail.runtime import runtime_for
 from nemo_csr_rail.rail.transcript_events import request_transcript, with_current
 
+log = logging.getLogger("nemo_csr_rail")
 #: context variables the agent actions set for their flows (flows.v1.co)
 KEPT_TOOL_CALLS = "csr_tool_calls_kept"
 KEPT_CHUNKS = "csr_relevant_chunks_kept"
@@ -59,11 +64,8 @@ async def csr_check_input(
         # A topic policy asks whether *this* turn is on topic, with the conversation as context: an earlier
         # off-topic turn was refused in its own turn and must not block every later one (docs/agents.md).
         return await runtime.check(name, Direction.INPUT, user, history=history_from_events(events))
-    transcript = request_transcript(events)
-    if transcript is not None:
-        messages, current = with_current(transcript, "user", user)
-        return to_rail_outcome(await judge_messages(runtime, name, Direction.INPUT, messages, current=current))
-    return await runtime.check(name, Direction.INPUT, user)
+    return await _judge_request(runtime, name, Direction.INPUT, events, user,
+                                lambda: runtime.check(name, Direction.INPUT, user))
 
 
 @action(name="csr_check_output", is_system_action=True)
@@ -83,11 +85,25 @@ async def csr_check_output(
     bot = text if text is not None else ctx.get("bot_message")
     runtime = runtime_for(config)
     name = _policy_arg(policy, kwargs)
-    transcript = request_transcript(events)
-    if transcript is not None:
-        messages, current = with_current(transcript, "assistant", bot)
-        return to_rail_outcome(await judge_messages(runtime, name, Direction.OUTPUT, messages, current=current))
-    return await runtime.check(name, Direction.OUTPUT, ctx.get("user_message"), bot)
+    return await _judge_request(runtime, name, Direction.OUTPUT, events, bot,
+                                lambda: runtime.check(name, Direction.OUTPUT, ctx.get("user_message"), bot))
+
+
+async def _judge_request(runtime: Any, name: str | None, side: Direction, events: list[Any] | None, text: Any,
+                         current_only: Callable[[], Awaitable[RailOutcome]]) -> RailOutcome:
+    """Judge the request's messages on ``side`` (whole-conversation coverage), the rail's own message as current;
+    without a request record in ``events``, the current message alone. Never raises: a bug here blocks."""
+    try:
+        transcript = request_transcript(events)
+        if transcript is None:
+            return await current_only()
+        messages, current = with_current(transcript, "user" if side is Direction.INPUT else "assistant", text)
+        return to_rail_outcome(await judge_messages(runtime, name, side, messages, current=current))
+    except Exception as exc:  # judge_messages never raises; this is the adapter's own code failing
+        log.exception("csr %s: reading the request's messages failed", side.value)
+        err = CsrError(f"internal error: {type(exc).__name__} while reading the request's messages")
+        return to_rail_outcome(Decision.from_error(runtime.policy_label(name), side, err, on_error="block",
+                                                   latency_ms=None, error_refusal=runtime.settings.error_refusal))
 
 
 # ------------------------------------------------------------------------------------------------------ agent rails

@@ -205,3 +205,18 @@ async def test_check_async_output_judges_an_answer_that_calls_tools(tmp_path, gu
     unchecked = await rails.check_async([*before, calls(("c2", "get_weather", '{"city": "bomb?"}'))],
                                         rail_types=[RailType.OUTPUT])
     assert unchecked.status != RailStatus.BLOCKED, "NeMo now checks tool-call answers: revisit rail/nemo_compat.py"
+
+
+async def test_a_failure_reading_the_request_blocks_the_turn(tmp_path, guard, agent_llm, monkeypatch):
+    from nemo_csr_rail.rail import actions
+
+    def broken(events):
+        raise RuntimeError("boom")
+
+    monkeypatch.setattr(actions, "request_transcript", broken)
+    rails = _rails(tmp_path, guard, agent_llm, "passthrough")
+    res = await rails.generate_async(messages=AFTER_TOOL.benign, options={"log": {"activated_rails": True}})
+    assert res.response[-1]["content"] == "I'm sorry, I can't respond right now: the safety check could not run."
+    (o,) = outcomes(res)
+    assert o["decision"] == "block" and o["metadata"]["error_kind"] == "internal_error"
+    assert agent_llm.chat_requests() == [] and guard.chat_requests() == []
