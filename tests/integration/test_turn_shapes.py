@@ -20,6 +20,7 @@ from tests.support.rails_configs import V2_MAIN_FLOW, write_config
 from tests.support.standin import split_guard_prompt
 from tests.support.turn_shapes import (
     HARMFUL_ARGS,
+    HARMFUL_USER,
     PARIS,
     SHAPE_IDS,
     SHAPES,
@@ -220,3 +221,44 @@ async def test_a_failure_reading_the_request_blocks_the_turn(tmp_path, guard, ag
     (o,) = outcomes(res)
     assert o["decision"] == "block" and o["metadata"]["error_kind"] == "internal_error"
     assert agent_llm.chat_requests() == [] and guard.chat_requests() == []
+
+
+# ------------------------------------------------------------------------- the example agent, held turn by turn
+@pytest.mark.parametrize("harmful", [False, True], ids=["benign", "harmful"])
+@pytest.mark.parametrize("worker", ["same process", "a worker per turn"])
+async def test_the_example_agent_holds_a_conversation_after_a_tool_call(tmp_path, guard, agent_llm, worker,
+                                                                        harmful):
+    """``example_configs/agent_tools`` as an application runs it: the answer of each turn goes back into the
+    messages of the next, across a tool exchange. In one process NeMo's events cache holds its own history; a
+    server with several workers (or a restart) meets the replayed tool call afresh, where plain NeMo 0.24.1
+    answered ``''`` to every later turn."""
+    from pathlib import Path
+
+    from nemoguardrails import LLMRails, RailsConfig
+
+    from tests.support.agent_helpers import TOOLS
+    from tests.support.rails_configs import retarget
+
+    example = Path(__file__).resolve().parents[2] / "example_configs" / "agent_tools"
+    cfg = retarget(example, tmp_path / "agent", guard_url=guard.url, main_url=agent_llm.url)
+    shared = LLMRails(RailsConfig.from_path(str(cfg)))
+
+    def rails():
+        return shared if worker == "same process" else LLMRails(RailsConfig.from_path(str(cfg)))
+
+    opts = {"llm_params": {"tools": TOOLS}}
+    messages = [user('CALL get_weather {"city": "Paris"}')]
+    res = await rails().generate_async(messages=messages, options=opts)
+    (call,) = res.tool_calls
+    messages += [{"role": "assistant", "content": res.response[-1]["content"], "tool_calls": res.tool_calls},
+                 tool(call["id"], "sunny")]
+    res = await rails().generate_async(messages=messages, options=opts)
+    assert res.response[-1]["content"] == "Based on the tool results: sunny"
+    messages += [bot(res.response[-1]["content"]), user(HARMFUL_USER if harmful else "Thanks! And tomorrow?")]
+    before = len(agent_llm.chat_requests())
+    res = await rails().generate_async(messages=messages, options=opts)
+    answer = res.response[-1]["content"]
+    if harmful:
+        assert answer.startswith("Sorry, I can't help with that.") and len(agent_llm.chat_requests()) == before
+    else:
+        assert answer == "Hello! How can I help you today?" and len(agent_llm.chat_requests()) == before + 1
