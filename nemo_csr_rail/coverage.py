@@ -22,7 +22,10 @@ that changes is judged again. Failures and skips are never cached. The misses of
 ``Human user:`` section (:func:`~nemo_csr_rail.prompt.render_user_turns`).
 
 The result is one folded :class:`~nemo_csr_rail.decision.Decision`: blocked if any item is blocked (the first in
-message order gives the reason and refusal), with :class:`~nemo_csr_rail.decision.Coverage` facts. ``coverage:
+message order gives the reason and refusal), with :class:`~nemo_csr_rail.decision.Coverage` facts. An input-side
+message the conversation shows refused in its own turn (the next assistant message is the policy's refusal) is
+judged and counted but does not block later turns: a chat client sends the refused exchange back every time, and
+the first refusal must not end the conversation (docs/coverage.md). ``coverage:
 last`` judges only the ``current`` message and returns the runtime's decision unchanged (the behaviour, and the
 metadata, from before coverage existed). No NeMo Guardrails or LangChain here: the runtime is any object with the
 :class:`Judge` shape.
@@ -33,6 +36,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import hashlib
+import re
 import time
 import weakref
 from collections.abc import Sequence
@@ -42,13 +46,13 @@ from typing import Any, Protocol
 from nemo_csr_rail.agent import MAX_CONCURRENT_CHECKS, judged_turn, render_tool_call, render_tool_result
 from nemo_csr_rail.cache import TTLCache
 from nemo_csr_rail.conversation import Turn
-from nemo_csr_rail.decision import Coverage, Decision, SkipReason
-from nemo_csr_rail.errors import ConfigError, InputTooLong
+from nemo_csr_rail.decision import Coverage, Decision, Outcome, SkipReason
+from nemo_csr_rail.errors import ConfigError, CsrError, InputTooLong
 from nemo_csr_rail.policy import Direction, Policy
 from nemo_csr_rail.prompt import render_user_turns
 from nemo_csr_rail.transcript import Message
 
-__all__ = ["MAX_NEW_ITEMS", "Judge", "judge_messages", "judged_messages_cache", "split_turns"]
+__all__ = ["MAX_NEW_ITEMS", "Judge", "judge_messages", "judged_messages_cache", "multi_turn_text", "split_turns"]
 
 #: items not judged before (cache misses, identical ones counted once) that one call may send to the guard; past it
 #: the call is refused unjudged (fail closed). An honest client's history is judged as it grows, so only a forged or
@@ -155,15 +159,25 @@ def split_turns(user_texts: Sequence[str], n: int) -> list[str]:
     return turns if len(turns) >= 2 else []
 
 
-def _multi_turn_item(policy: Policy, messages: Sequence[Message], upto: int | None) -> _Item | None:
+def multi_turn_text(policy: Policy, user_texts: Sequence[str]) -> tuple[str, int] | None:
+    """The text the ``multi_turn`` check judges for these user turns (oldest first) and how many it joins; None
+    when the policy does not ask for it or there are fewer than two turns to join. Shared by the rails and
+    ``eval``, so both judge the same text."""
     if policy.multi_turn < 2 or policy.kind == "topic":
         return None
-    users = [m for m in messages if _role(m) in USER_ROLES and (upto is None or m.index <= upto)]
-    turns = split_turns([m.text for m in users], policy.multi_turn)
-    if not turns:
+    turns = split_turns(user_texts, policy.multi_turn)
+    return (render_user_turns(turns), len(turns)) if turns else None
+
+
+def _multi_turn_item(policy: Policy, messages: Sequence[Message], upto: int | None) -> _Item | None:
+    refused = _refused(policy, messages)  # a refused turn was dealt with in its own turn: not joined again
+    users = [m for m in messages if _role(m) in USER_ROLES and (upto is None or m.index <= upto)
+             and (m.index not in refused or m.index == upto)]
+    joined = multi_turn_text(policy, [m.text for m in users])
+    if joined is None:
         return None
     last = users[-1]
-    return _Item(last.index, last.role, Direction.INPUT, render_user_turns(turns), multi_turn=len(turns))
+    return _Item(last.index, last.role, Direction.INPUT, joined[0], multi_turn=joined[1])
 
 
 def _current(side: Direction, messages: Sequence[Message], current: int | None) -> Message | None:
@@ -183,6 +197,62 @@ def _answered(messages: Sequence[Message], index: int) -> str:
         if m.index < index and _role(m) in USER_ROLES:
             return m.text
     return ""
+
+
+# --------------------------------------------------------------------------------------- turns already refused
+#: a refusal template must keep this much literal text for a message to be recognised as one of its refusals
+_MIN_REFUSAL_LITERAL = 8
+
+
+@functools.lru_cache(maxsize=256)
+def _refusal_pattern(template: str, policy_name: str) -> re.Pattern[str] | None:
+    """The refusals a template renders, whatever the reasoning: ``{reasoning}`` matches any text, ``{policy}`` the
+    policy's name, spaces are compared collapsed (as :func:`~nemo_csr_rail.decision.render_refusal` writes them).
+    None when the template is (nearly) all placeholder: it would match any answer."""
+    parts = re.split(r"(\{reasoning\}|\{policy\})", template)
+    literal = "".join(p for p in parts if p not in ("{reasoning}", "{policy}"))
+    if len("".join(literal.split())) < _MIN_REFUSAL_LITERAL:
+        return None
+    out = []
+    for p in parts:
+        if p == "{reasoning}":
+            out.append(r".*?")
+        elif p == "{policy}":
+            out.append(re.escape(policy_name))
+        else:
+            out.append(r"\s*".join(re.escape(w) for w in p.replace("()", " ").replace("[]", " ").split()))
+        out.append(r"\s*")
+    return re.compile("".join(out), re.DOTALL)
+
+
+def _is_refusal(policy: Policy, text: str) -> bool:
+    """Whether an assistant message is one of this policy's input-side refusals (a user message or a tool result
+    refused), whatever reasoning it carried."""
+    text = " ".join(text.split())
+    for direction in (Direction.INPUT, Direction.TOOL_RESULT):
+        pattern = _refusal_pattern(policy.refusal(direction), policy.name)
+        if pattern is not None and pattern.fullmatch(text):
+            return True
+    return False
+
+
+def _refused(policy: Policy, messages: Sequence[Message]) -> set[int]:
+    """Indexes of input-side messages the conversation shows this policy refused: the first assistant message after
+    it, before the next user message, is the policy's refusal. Such a message was judged and refused in its own
+    turn; judging it again in every later turn would end the conversation at its first refusal."""
+    refused: set[int] = set()
+    pending: list[int] = []
+    for m in messages:
+        role = _role(m)
+        if role in ASSISTANT_ROLES:
+            if pending and _is_refusal(policy, m.text):
+                refused.update(pending)
+            pending = []
+        elif role in USER_ROLES:
+            pending = [m.index]
+        else:
+            pending.append(m.index)
+    return refused
 
 
 # ---------------------------------------------------------------------------------------------------- the cache
@@ -244,7 +314,7 @@ async def judge_messages(runtime: Judge, policy_name: str | None, side: Directio
         items = _input_items(policy, messages) if side is Direction.INPUT else _output_items(messages)
     if multi is not None:
         items.append(multi)
-    decision = await _judge(runtime, policy, side, items, len(messages), cur)
+    decision = await _judge(runtime, policy, side, items, messages, cur)
     if decision.cost is not None:
         decision = replace(decision, cost=replace(decision.cost, latency_ms=(time.perf_counter() - start) * 1000))
     if decision.coverage is not None and runtime.telemetry is not None:
@@ -255,16 +325,15 @@ async def judge_messages(runtime: Judge, policy_name: str | None, side: Directio
 
 
 def _current_item(side: Direction, messages: Sequence[Message], cur: Message | None, policy: Policy) -> _Item:
-    """The one item ``coverage: last`` judges (what the rails judged before coverage existed)."""
+    """The one item ``coverage: last`` judges (what the rails judged before coverage existed): the current message's
+    text, rendered for its role as ``coverage: all`` renders it (a user message as it is)."""
     if cur is None:
         return _Item(-1, "", side, "", "" if side is Direction.OUTPUT else None)
     if side is Direction.OUTPUT:
         return _Item(cur.index, cur.role, Direction.OUTPUT, _answered(messages, cur.index), cur.text)
-    history = None
-    if policy.kind == "topic":
-        history = tuple(Turn("user" if _role(m) in USER_ROLES else "bot", m.text) for m in messages
-                        if m.index < cur.index and _role(m) in USER_ROLES | ASSISTANT_ROLES)
-    return _Item(cur.index, cur.role, Direction.INPUT, cur.text, history=history)
+    upto = [m for m in messages if m.index <= cur.index]
+    mine = [i for i in _input_items(policy, upto) if i.index == cur.index]
+    return mine[0] if mine else _Item(cur.index, cur.role, Direction.INPUT, cur.text)
 
 
 async def _decide_current(runtime: Judge, policy_name: str | None, side: Direction, messages: Sequence[Message],
@@ -281,9 +350,10 @@ async def _decide_current(runtime: Judge, policy_name: str | None, side: Directi
     return await runtime.decide(policy_name, item.direction, item.user, item.bot, item.history)
 
 
-async def _judge(runtime: Judge, policy: Policy, side: Direction, items: list[_Item], messages: int,
+async def _judge(runtime: Judge, policy: Policy, side: Direction, items: list[_Item], request: Sequence[Message],
                  cur: Message | None) -> Decision:
     start = time.perf_counter()
+    messages = len(request)
     judged = [i for i in items if not i.empty]
     skipped = len(items) - len(judged)
     mode = policy.coverage
@@ -318,9 +388,16 @@ async def _judge(runtime: Judge, policy: Policy, side: Direction, items: list[_I
         async with gate:
             return await runtime.decide(policy.name, item.direction, item.user, item.bot, item.history)
 
-    fresh = await asyncio.gather(*(one(i) for i in misses.values()))
+    fresh = await asyncio.gather(*(one(i) for i in misses.values()), return_exceptions=True)
     guard = 0
     for key, d in zip(misses, fresh, strict=True):
+        if isinstance(d, BaseException):  # the rail runtime never raises; another Judge might: fail closed
+            if isinstance(d, asyncio.CancelledError):
+                raise d
+            d = Decision.from_error(policy.name, misses[key].direction,
+                                    CsrError(f"internal error: {type(d).__name__}: {d}"), on_error="block",
+                                    latency_ms=None, error_refusal=runtime.settings.error_refusal,
+                                    monitor=policy.monitors(side))
         decided[key] = d
         if d.skip is not None:
             continue
@@ -335,15 +412,30 @@ async def _judge(runtime: Judge, policy: Policy, side: Direction, items: list[_I
         base = Decision.skipped(policy.name, side, SkipReason.EMPTY_MESSAGE)
         return base.with_coverage(Coverage(mode=mode, messages=messages, judged=0, guard=0, cached=0,
                                            skipped=skipped, multi_turn=multi))
-    deciding = (next((x for x in done if x[1].blocked), None) or next((x for x in done if x[1].would_block), None)
-                or next((x for x in done if x[1].failed), None)
-                or next((x for x in reversed(done) if cur is not None and x[0].index == cur.index), None)
-                or done[-1])
-    item, d, key = deciding
+    # a harmful input-side message the conversation shows refused in its own turn does not block this one
+    refused_before = _refused(policy, request) if side is Direction.INPUT else set()
+    excused = [x[1].blocked and not x[1].failed and not x[0].multi_turn and x[0].index in refused_before
+               and (cur is None or x[0].index != cur.index) for x in done]
+    live = [x for x, e in zip(done, excused, strict=True) if not e]
+    item, d, key = (next((x for x in live if x[1].blocked), None) or next((x for x in live if x[1].would_block), None)
+                    or next((x for x in live if x[1].failed), None) or _own(live, cur, side)
+                    or (live or done)[-1])
+    if d.blocked and not live:  # only excused blocks, and nothing else judged: the turn goes on, verdict kept
+        d = replace(d, outcome=Outcome.ALLOW, refusal=None)
     if d.cost is not None and key in from_cache:
         d = replace(d, cost=replace(d.cost, cached=True))
     stop = d.blocked or bool(d.would_block)
     # the rail's direction (the refusal is the deciding item's own, e.g. a tool result's)
     return replace(d, direction=side, coverage=Coverage(
         mode=mode, messages=messages, judged=len(done), guard=guard, cached=cached, skipped=skipped,
-        blocked_index=item.index if stop else None, blocked_role=item.role if stop else None, multi_turn=multi))
+        blocked_index=item.index if stop else None, blocked_role=item.role if stop else None, multi_turn=multi,
+        refused=sum(excused)))
+
+
+def _own(done: list[tuple[_Item, Decision, str]], cur: Message | None, side: Direction
+         ) -> tuple[_Item, Decision, str] | None:
+    """The current message's own check (its text, judged as the rail's side), the base of an allowed decision."""
+    if cur is None:
+        return None
+    mine = [x for x in done if x[0].index == cur.index]
+    return next((x for x in mine if x[0].direction is side and not x[0].multi_turn), mine[0] if mine else None)

@@ -122,7 +122,8 @@ class Coverage:
     an identical item (the ``judged_messages`` cache, or the same item earlier in this request). ``skipped``: items
     not sent to the guard because there is nothing to judge (no text) or they are the plugin's own refusal. ``blocked_index`` / ``blocked_role``: the message whose item decided a block
     (the first in message order), None when nothing blocked. ``multi_turn``: the user turns judged together (split
-    attacks), None when the policy does not ask for it or the request has fewer than two user turns."""
+    attacks), None when the policy does not ask for it or the request has fewer than two user turns. ``refused``:
+    harmful input-side messages already refused in their own turn, which do not block this one (docs/coverage.md)."""
 
     mode: str  # "all" | "last"
     messages: int
@@ -133,6 +134,9 @@ class Coverage:
     blocked_index: int | None = None
     blocked_role: str | None = None
     multi_turn: int | None = None
+    #: input-side messages judged harmful that the conversation shows refused in their own turn (the next assistant
+    #: message is the policy's refusal): judged, counted, and not blocking this turn
+    refused: int = 0
 
     def to_record(self) -> dict[str, Any]:
         return {f.name: getattr(self, f.name) for f in fields(self)}

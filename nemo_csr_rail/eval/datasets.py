@@ -191,12 +191,19 @@ def _messages(value: Any, where: str) -> tuple[str, tuple[Turn, ...]]:
     return _text(turns[-1].text, f"{where}: last message"), tuple(turns[:-1])
 
 
-@register("jsonl", "Our JSONL: {id?, prompt | messages, response?, prompt_label?, response_label?, policy?} per line; "
+def _turn_messages(value: Any, where: str) -> list[dict[str, Any]]:
+    """A ``turns`` row's user turns as ``messages`` (every one the user's)."""
+    if not isinstance(value, list) or not value or not all(isinstance(t, str) for t in value):
+        raise DatasetError(f"{where}: 'turns' must be a non-empty list of strings (the user's turns, oldest first)")
+    return [{"role": "user", "content": t} for t in value]
+
+
+@register("jsonl", "Our JSONL: {id?, prompt | messages | turns, response?, prompt_label?, response_label?, policy?} per line; "
                   "agent rows: tool_call {name, arguments} + tool_call_label, tool_result {name, content} + "
                   "tool_result_label, document + document_label")
 def load_jsonl(path: Path) -> Dataset:
     rows: list[Row] = []
-    allowed = {"id", "prompt", "messages", "response", "prompt_label", "response_label", "policy", "meta",
+    allowed = {"id", "prompt", "messages", "turns", "response", "prompt_label", "response_label", "policy", "meta",
                *_AGENT_FIELDS, *(f"{k}_label" for k in _AGENT_FIELDS)}
     for i, rec in _jsonl_records(path):
         where = f"{path}:{i}"
@@ -206,7 +213,13 @@ def load_jsonl(path: Path) -> Dataset:
         if unknown:
             raise DatasetError(f"{where}: unknown field(s) {sorted(unknown)}; allowed: {sorted(allowed)}")
         history: tuple[Turn, ...] = ()
-        if "messages" in rec:
+        if "turns" in rec:
+            # a split request: user turns only, the label about them taken together (policies with multi_turn)
+            if "prompt" in rec or "messages" in rec or "response" in rec or "response_label" in rec:
+                raise DatasetError(f"{where}: a 'turns' row takes no 'prompt', 'messages', 'response' or "
+                                   "'response_label' (its prompt_label is about the user turns taken together)")
+            prompt, history = _messages(_turn_messages(rec["turns"], where), where)
+        elif "messages" in rec:
             # a multi-turn row: the label is about the last (user) message, judged in the light of the others
             if "prompt" in rec or "response" in rec or "response_label" in rec:
                 raise DatasetError(f"{where}: a 'messages' row takes no 'prompt', 'response' or 'response_label' "
@@ -243,7 +256,8 @@ def load_jsonl(path: Path) -> Dataset:
                         labels["response_label"], policy, meta, history, **agent))
     multi = sum(1 for r in rows if r.history)
     notes = [f"{multi} multi-turn row(s): the label is about the last user message; the earlier messages are sent "
-             "as the conversation history by topic policies (other layouts judge the last message alone)"] if multi else []
+             "as the conversation history by topic policies, and policies with multi_turn also judge the last N user "
+             "turns together (other layouts judge the last message alone)"] if multi else []
     return _one(path, "jsonl", rows, *notes)
 
 

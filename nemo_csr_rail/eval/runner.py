@@ -28,7 +28,8 @@ from typing import Any, Literal
 
 from nemo_csr_rail.client import CheckResult, CsrClient
 from nemo_csr_rail.completion import Engine
-from nemo_csr_rail.decision import Decision, on_error_for
+from nemo_csr_rail.coverage import multi_turn_text
+from nemo_csr_rail.decision import Coverage, Decision, on_error_for
 from nemo_csr_rail.engines.factory import build_engine
 from nemo_csr_rail.errors import ConfigError, CsrError
 from nemo_csr_rail.eval.datasets import AGENT_DIRECTIONS, DIRECTION_OF, DIRECTIONS, JUDGED, Dataset, Row
@@ -330,6 +331,10 @@ class Runner:
             if d.value in AGENT_DIRECTIONS:
                 result = await _agent_check(client, policy, d, row, forced)
             else:
+                joined = multi_turn_text(policy, [t.text for t in row.history if t.role == "user"] + [row.prompt]) \
+                    if d is Direction.INPUT else None
+                if joined is not None:
+                    return await self._score_multi_turn(spec, unit, policy, client, forced, joined)
                 result = await client.check(policy, d, row.prompt, bot, reasoning=forced, history=row.history)
             decision = check_decision(policy, d, forced, result, error_refusal=refusal)
         except asyncio.CancelledError:
@@ -338,6 +343,37 @@ class Runner:
             decision = check_decision(policy, d, forced, error=exc, error_refusal=refusal,
                                       latency_ms=(time.perf_counter() - start) * 1000)
         return {"run": spec.name, "id": row.id, "label": row.label(d), **check_record(decision)}
+
+    async def _score_multi_turn(self, spec: RunSpec, unit: Unit, policy: Policy, client: CsrClient,
+                                forced: bool | None, joined: tuple[str, int]) -> dict[str, Any]:
+        """A multi-turn row under a ``multi_turn`` policy, judged as the input rail judges it (docs/coverage.md):
+        the last user message alone and the last N user turns together, concurrently; harmful if either is. The
+        record is the deciding check's, with ``coverage.multi_turn`` saying how many turns were joined."""
+        row = unit.row
+        refusal = self.resolved.plugin.error_refusal
+        start = time.perf_counter()
+        texts = (row.prompt, joined[0])
+        results = await asyncio.gather(*(client.check(policy, Direction.INPUT, t, None, reasoning=forced)
+                                         for t in texts), return_exceptions=True)
+        elapsed = (time.perf_counter() - start) * 1000
+        decisions = []
+        for r in results:
+            if isinstance(r, asyncio.CancelledError):
+                raise r
+            if isinstance(r, BaseException):
+                decisions.append(check_decision(policy, Direction.INPUT, forced, error=r, error_refusal=refusal,
+                                                 latency_ms=elapsed))
+            else:
+                decisions.append(check_decision(policy, Direction.INPUT, forced, r, error_refusal=refusal))
+        single, whole = decisions
+        deciding = next((x for x in (single, whole) if x.harmful), None) or next(
+            (x for x in (single, whole) if x.failed), single)
+        index = len(row.history)
+        coverage = Coverage(mode=policy.coverage, messages=index + 1, judged=2, guard=2, cached=0,
+                            blocked_index=index if deciding.harmful else None,
+                            blocked_role="user" if deciding.harmful else None, multi_turn=joined[1])
+        return {"run": spec.name, "id": row.id, "label": row.label(Direction.INPUT),
+                **check_record(deciding.with_coverage(coverage))}
 
     async def _run_async(self, todo: list[Unit], sink: Any, bar: Any) -> int:
         specs = {s.name: s for s in self.specs}

@@ -164,7 +164,7 @@ def test_coverage_facts_go_to_metadata_and_record_and_read_back():
         Coverage(mode="all", messages=5, judged=3, guard=1, cached=2, skipped=1, blocked_index=None))
     meta = d.to_metadata()
     assert meta["coverage"] == {"mode": "all", "messages": 5, "judged": 3, "guard": 1, "cached": 2, "skipped": 1,
-                                "blocked_index": None, "blocked_role": None, "multi_turn": None}
+                                "blocked_index": None, "blocked_role": None, "multi_turn": None, "refused": 0}
     rec = json.loads(d.to_json())
     assert rec["coverage"] == meta["coverage"] and Decision.from_record(rec) == d
 

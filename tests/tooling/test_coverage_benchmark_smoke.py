@@ -1,0 +1,34 @@
+"""``benchmarks/coverage.py --quick`` end to end on the stand-in (nothing timed): both sections run, the same-run
+ratios are printed, and the counts the docs rest on hold — with coverage: all a replayed conversation sends no more
+guard requests per turn than coverage: last with the agent rails (the history comes from the cache), and a forged
+history costs one request per message."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_coverage_benchmark_runs_on_the_stand_in(tmp_path):
+    env = {k: v for k, v in os.environ.items() if k != "CSR_VLLM_PYTHON"}
+    env.update(PYTHONPATH=str(ROOT), COLANGPATH=str(ROOT))
+    out = tmp_path / "r.json"
+    proc = subprocess.run([sys.executable, "-m", "benchmarks.coverage", "--quick", "--json", str(out)],
+                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "ratios after the first turn (same run, same server)" in proc.stdout and "Traceback" not in proc.stderr
+    res = json.loads(out.read_text())
+    assert res["vllm"] is None
+    replay, forged = res["standin"]["replay"], res["standin"]["forged"]
+    assert len(replay["all"]["per_turn"]) == 4
+    # turn 1: the system message is judged once more than the baselines judge
+    assert replay["all"]["first_turn"]["requests"] == replay["last"]["first_turn"]["requests"] + 1
+    after = {c: replay[c]["after_first"]["requests_per_turn"] for c in ("all", "last_agent", "last")}
+    assert after["all"] <= after["last_agent"] and after["last"] < after["all"]
+    assert forged["history"]["requests"] == forged["messages"] == 5 and forged["one"]["requests"] == 1
+    assert forged["ratio_wall"] is not None
