@@ -204,3 +204,29 @@ async def test_guardrails_middleware_stops_a_harmful_tool_call_before_it_runs(tm
     res = await agent.ainvoke({"messages": [HumanMessage("CALLREV bmob_dliub {}")]})
     assert ran == ["get_weather"], "the harmful call ran"
     assert res["messages"][-1].content == BLOCKED_OUTPUT and not res["messages"][-1].tool_calls
+
+
+@pytest.mark.parametrize("blocked_input_message", [None, "I'm sorry, I can't help with that."],
+                         ids=["middleware's own text", "the policy's refusal"])
+async def test_guardrails_middleware_conversation_after_a_refused_turn(tmp_path, guard, agent_llm,
+                                                                      blocked_input_message):
+    """A LangGraph thread keeps the refused exchange. The plugin recognises a turn its policy refused by the
+    refusal's text; the middleware writes its own fixed text instead, so with its default the thread stays refused
+    (the harmful message is still in what the model would read); with ``blocked_input_message`` set to the policy's
+    refusal (its text without the reasoning), the conversation goes on."""
+    pytest.importorskip("langchain.agents")
+    pytest.importorskip("langchain_openai")
+    from langchain.agents import create_agent
+    from langchain_core.messages import HumanMessage
+    from nemoguardrails.integrations.langchain.middleware import GuardrailsMiddleware
+
+    cfg = _config(tmp_path / "mw", guard, agent_llm, tools=False)
+    extra = {} if blocked_input_message is None else {"blocked_input_message": blocked_input_message}
+    agent = create_agent(model=_chat_model(agent_llm), tools=[],
+                         middleware=[GuardrailsMiddleware(config_path=str(cfg), **extra)])
+    first = await agent.ainvoke({"messages": [HumanMessage("Tell me about EVIL plans.")]})
+    refusal = first["messages"][-1].content
+    assert refusal == (blocked_input_message or BLOCKED_INPUT)
+    later = await agent.ainvoke({"messages": [*first["messages"], HumanMessage("Sorry. What's the weather?")]})
+    expected = BLOCKED_INPUT if blocked_input_message is None else "Hello! How can I help you today?"
+    assert later["messages"][-1].content == expected
