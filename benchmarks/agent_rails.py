@@ -3,7 +3,7 @@
     python -m benchmarks.agent_rails [--n 8 32] [--repeat 20] [--vllm-python PY] [--json PATH]
 
 Every check goes through the rails' own path (:class:`~nemo_csr_rail.rail.runtime.RailRuntime` and
-:mod:`nemo_csr_rail.rail.agent_checks`, as ``csr check tool calls`` runs it), against:
+:mod:`nemo_csr_rail.agent_checks`, as ``csr check tool calls`` runs it), against:
 
 * the vLLM-shaped stand-in in its own process with the latency model of ``benchmarks/run.py`` (assumed serving
   costs: 2 ms a request, 0.03 ms an uncached prompt token, 7 ms a decode step; prefix caching modelled on the
@@ -38,9 +38,10 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from benchmarks.servers import GUARD_MODEL, StandInProcess, VllmServer  # noqa: E402
+from nemo_csr_rail import agent_checks  # noqa: E402
 from nemo_csr_rail.agent import judged_turn, render_tool_call  # noqa: E402
 from nemo_csr_rail.policy import Direction  # noqa: E402
-from nemo_csr_rail.rail import agent_checks, reset_runtimes  # noqa: E402
+from nemo_csr_rail.rail import reset_runtimes  # noqa: E402
 from nemo_csr_rail.rail.runtime import runtime_for  # noqa: E402
 
 STANDIN_MODEL = {"fixed_s": 0.002, "prefill_s": 0.00003, "decode_s": 0.007}  # benchmarks/run.py's
@@ -143,11 +144,15 @@ async def section(server: Any, model: str, ns: list[int], repeat: int) -> dict[s
 
 async def agent_layer_overhead(n: int = 5000) -> dict[str, float]:
     """What the agent layer adds per call (parse, render, fold), in-process, with a check that returns at once."""
-    from nemoguardrails.actions.rail_outcome import RailOutcome
+    from nemo_csr_rail.decision import Cost, Decision, Outcome
+    from nemo_csr_rail.verdict import Verdict
+
+    allowed = Decision(policy="safety", direction=Direction.TOOL_CALL, outcome=Outcome.ALLOW,
+                       verdict=Verdict("unharmful", "unharmful"), cost=Cost(0.0))
 
     class Instant:
-        async def check(self, *args: Any, **kwargs: Any) -> Any:
-            return RailOutcome.allow(metadata={"policy": "safety", "decision": "allow", "failed": False})
+        async def decide(self, *args: Any, **kwargs: Any) -> Any:
+            return allowed
 
         def policy_label(self, name: Any) -> Any:
             return name
@@ -155,7 +160,7 @@ async def agent_layer_overhead(n: int = 5000) -> dict[str, float]:
     rt, calls = Instant(), [_call(0)]
     t0 = time.perf_counter()
     for _ in range(n):
-        await rt.check("safety", Direction.OUTPUT, USER, "x")
+        await rt.decide("safety", Direction.OUTPUT, USER, "x")
     bare = (time.perf_counter() - t0) / n
     t0 = time.perf_counter()
     for _ in range(n):

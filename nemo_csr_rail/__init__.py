@@ -29,12 +29,18 @@ def package_dir() -> str:
 
 
 def register(app: object) -> None:
-    """Register the actions on an ``LLMRails`` built without ``import_paths`` (bring your own flows)."""
-    from nemo_csr_rail.rail import actions
+    """Register the actions on an ``LLMRails`` built without ``import_paths`` (bring your own flows).
 
-    for name in ("csr_check_input", "csr_check_output", "csr_check_tool_calls", "csr_check_tool_results",
-                 "csr_check_retrieval"):
-        app.register_action(getattr(actions, name), name=name)  # type: ignore[attr-defined]
+    Each direction's action is imported from its ``module:attr`` target in the directions' table, as NeMo's catalog
+    resolves an ``ActionRef``: the package root names no adapter module, so importing it never imports NeMo."""
+    import importlib
+
+    from nemo_csr_rail.directions import DIRECTIONS
+
+    for spec in DIRECTIONS:
+        module, _, attr = spec.action_target.partition(":")
+        fn = getattr(importlib.import_module(module), attr)
+        app.register_action(fn, name=spec.action)  # type: ignore[attr-defined]
 
 
 __all__ = [

@@ -24,7 +24,6 @@ from typing import TYPE_CHECKING, Any
 from nemo_csr_rail.errors import ConfigError, CsrError, ErrorKind, InputTooLong
 from nemo_csr_rail.plans.escalate import Escalation
 from nemo_csr_rail.policy import Direction, Policy
-from nemo_csr_rail.settings import FLOW_OF_DIRECTION
 from nemo_csr_rail.verdict import RECORD_KEYS as VERDICT_KEYS
 from nemo_csr_rail.verdict import Verdict
 
@@ -59,12 +58,25 @@ class SkipReason(_Value):
     EMPTY_MESSAGE = "empty_message"
     #: the bot message is (a streamed chunk of) a refusal this runtime issued
     OWN_REFUSAL = "own_refusal"
+    #: agent rails (docs/agents.md): the answer makes no tool calls
+    NO_TOOL_CALLS = "no_tool_calls"
+    #: agent rails: the request has no tool messages
+    NO_TOOL_MESSAGES = "no_tool_messages"
+    #: agent rails: the retrieval returned no chunks
+    NO_RETRIEVED_CHUNKS = "no_retrieved_chunks"
+    #: agent rails: the turn's tool messages were all checked by the first run of the tool-results rail
+    CHECKED_THIS_TURN = "checked_this_turn"
 
     def describe(self, direction: Direction) -> str:
         """The metadata's ``skipped`` text, a public value kept as it always was."""
-        if self is SkipReason.OWN_REFUSAL:
-            return "the plugin's own refusal"
-        return "empty bot message" if direction is Direction.OUTPUT else "empty user message"
+        if self is SkipReason.EMPTY_MESSAGE:
+            return "empty bot message" if direction is Direction.OUTPUT else "empty user message"
+        return _SKIP_TEXT[self]
+
+
+_SKIP_TEXT = {SkipReason.OWN_REFUSAL: "the plugin's own refusal", SkipReason.NO_TOOL_CALLS: "no tool calls",
+              SkipReason.NO_TOOL_MESSAGES: "no tool messages", SkipReason.NO_RETRIEVED_CHUNKS: "no retrieved chunks",
+              SkipReason.CHECKED_THIS_TURN: "checked with the turn's first tool message"}
 
 
 @dataclass(frozen=True)
@@ -258,7 +270,8 @@ class Decision:
 
     @classmethod
     def skipped(cls, policy_name: str, direction: Direction, reason: SkipReason) -> Decision:
-        """Allowed without a check: nothing to judge, or the plugin's own refusal."""
+        """Allowed without a check: nothing to judge, the plugin's own refusal, or (agent rails) nothing of the
+        rail's kind in the call, or already checked this turn."""
         return cls(policy=policy_name, direction=direction, outcome=Outcome.ALLOW, skip=reason)
 
     def with_long_input(self, info: LongInputInfo) -> Decision:
@@ -308,15 +321,15 @@ class Decision:
             return None
         if not self.blocked:
             return self.verdict.reasoning
-        return self.verdict.reasoning or f"The {_WHAT[self.direction]} violates policy '{self.policy}'."
+        return self.verdict.reasoning or f"The {self.direction.spec.noun} violates policy '{self.policy}'."
 
     @property
     def exception_message(self) -> str | None:
         """The message of the rail exception a block raises (``enable_rails_exceptions``)."""
         if not self.blocked:
             return None
-        return (f"{_BLOCKED[self.direction]} blocked by {FLOW_OF_DIRECTION[self.direction.value]} "
-                f"(policy {self.policy}): {self.reason}")
+        spec = self.direction.spec
+        return f"{spec.blocked} blocked by {spec.flow} (policy {self.policy}): {self.reason}"
 
     # -- serialisations -----------------------------------------------------------------------------------------
     def to_metadata(self) -> dict[str, Any]:
@@ -417,13 +430,6 @@ class Decision:
             history_messages=record.get("history_messages"), history_dropped=record.get("history_dropped"),
             long_input=LongInputInfo(**long_input) if long_input else None, refusal=record.get("refusal"),
             coverage=Coverage.from_record(coverage) if coverage else None)
-
-
-#: what a direction checks, and the rail exception's first word (the flow names come from the settings' flow table)
-_WHAT = {Direction.INPUT: "prompt", Direction.OUTPUT: "response", Direction.TOOL_CALL: "tool call",
-         Direction.TOOL_RESULT: "tool result", Direction.RETRIEVAL: "retrieved document"}
-_BLOCKED = {Direction.INPUT: "Input", Direction.OUTPUT: "Output", Direction.TOOL_CALL: "Tool call",
-            Direction.TOOL_RESULT: "Tool result", Direction.RETRIEVAL: "Retrieved document"}
 
 
 _COST_KEYS = tuple(f.name for f in fields(Cost))

@@ -8,16 +8,16 @@
 
 A guarded tool checks the call before running it (blocked: the tool does not run and a ``ToolException`` carries
 the refusal) and its result afterwards (blocked: ``ToolException``). A guarded retriever drops the documents the
-policy finds harmful. ``invoke`` and ``ainvoke`` both work. Every check goes through the same runtime as the NeMo
-rails (:class:`~nemo_csr_rail.rail.runtime.RailRuntime`, via :mod:`nemo_csr_rail.rail.agent_checks`), so prompts,
+policy finds harmful. ``invoke`` and ``ainvoke`` both work. Every check goes through the core runtime the NeMo
+rails use too (:class:`~nemo_csr_rail.runtime.CheckRuntime`, via :mod:`nemo_csr_rail.agent_checks`), so prompts,
 decode plans, ``on_error``, ``long_input`` and telemetry are the rails' own; the config directory is read without
-building an ``LLMRails``. docs/agents.md.
+building an ``LLMRails``, and NeMo Guardrails is never imported. docs/agents.md.
 
 The user's message, against which a tool call is judged (a call is the assistant's response to it), comes from
 the invocation's ``config={"metadata": {"csr_user_message": …}}``, else from ``guard.tool(…, user_message=…)`` (a
 string or a function returning one), else the call is judged with no user message (the card's ``None``).
 
-An integration outside the core chain: it imports LangChain and the NeMo adapter's runtime, and nothing in the
+An integration outside the core chain: it imports LangChain and the core's runtime (not NeMo), and nothing in the
 core imports it (tests/tooling/test_layering.py).
 """
 
@@ -39,21 +39,21 @@ from langchain_core.runnables import RunnableConfig
 from langchain_core.tools import BaseTool, ToolException
 from pydantic import ConfigDict, Field
 
+from nemo_csr_rail import agent_checks
 from nemo_csr_rail.agent import content_text
 from nemo_csr_rail.errors import ConfigError
-from nemo_csr_rail.rail import agent_checks
-from nemo_csr_rail.rail.runtime import RailRuntime, runtime_for
+from nemo_csr_rail.runtime import CheckRuntime, runtime_for
+from nemo_csr_rail.settings.flows import RAILS_SECTIONS
 
 T = TypeVar("T")
 #: per-invocation user message: ``tool.invoke(args, config={"metadata": {USER_MESSAGE_KEY: "…"}})``
 USER_MESSAGE_KEY = "csr_user_message"
-_RAIL_SECTIONS = ("input", "output", "tool_output", "tool_input", "retrieval")
 
 
 class CsrGuard:
     """The agent rails of one Guardrails config, for LangChain tools and retrievers."""
 
-    def __init__(self, runtime: RailRuntime) -> None:
+    def __init__(self, runtime: CheckRuntime) -> None:
         self.runtime = runtime
 
     @classmethod
@@ -74,7 +74,7 @@ class CsrGuard:
             for section, value in (data.get("rails") or {}).items():
                 merged["rails"][section] = value
         rails = SimpleNamespace(**{s: SimpleNamespace(flows=list((merged["rails"].get(s) or {}).get("flows") or []))
-                                   for s in _RAIL_SECTIONS})
+                                   for s in RAILS_SECTIONS})
         config = SimpleNamespace(models=merged["models"], custom_data=merged["custom_data"], rails=rails,
                                  config_path=str(root))
         return cls(runtime_for(config))
@@ -119,8 +119,8 @@ class CsrGuard:
         await self.runtime.aclose()
 
 
-def _raise_if_blocked(out: Any) -> None:
-    if out.is_blocked:
+def _raise_if_blocked(out: agent_checks.AgentDecision) -> None:
+    if out.blocked:
         exc = ToolException(out.metadata.get("refusal") or out.reason or "Blocked by the safety policy.")
         exc.metadata = dict(out.metadata)  # type: ignore[attr-defined]
         raise exc

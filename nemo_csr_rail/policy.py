@@ -8,10 +8,11 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass
-from enum import Enum
 from functools import cached_property
 from typing import Literal
 
+from nemo_csr_rail.directions import SIDES as SIDES  # re-exported: its home was here
+from nemo_csr_rail.directions import Direction as Direction  # re-exported: its home was here
 from nemo_csr_rail.options import (
     DEFAULT_COVERAGE,
     DEFAULT_ESCALATE_AT,
@@ -32,30 +33,6 @@ from nemo_csr_rail.settings import (
 )
 from nemo_csr_rail.settings import implicit_policy as implicit_policy  # re-exported (rule: settings)
 from nemo_csr_rail.taxonomy import TAXONOMIES
-
-
-class Direction(str, Enum):
-    """What is checked: the user's prompt (input rail), the bot's answer (output rail), or, for agents, a tool call
-    the model wants to make (tool output rail), a tool's result (tool input rail) or a retrieved chunk (retrieval
-    rail). The model card knows two: prompt and response; :attr:`judged_as` says which of them each is judged as
-    (docs/agents.md)."""
-
-    INPUT = "input"
-    OUTPUT = "output"
-    TOOL_CALL = "tool_call"
-    TOOL_RESULT = "tool_result"
-    RETRIEVAL = "retrieval"
-
-    @property
-    def judged_as(self) -> Direction:
-        """The card's side this direction is judged on: a tool call is the assistant's response (Response harm);
-        a tool result and a retrieved chunk are content entering the conversation (Prompt harm)."""
-        return Direction.OUTPUT if self in (Direction.OUTPUT, Direction.TOOL_CALL) else Direction.INPUT
-
-
-#: the card's two sides, which every direction is judged as (one prompt layout, grammar and decode plan each)
-SIDES = (Direction.INPUT, Direction.OUTPUT)
-
 
 PolicyKind = Literal["taxonomy", "custom", "topic"]
 

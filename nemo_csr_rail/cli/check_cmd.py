@@ -195,16 +195,16 @@ def run(args: argparse.Namespace, *, stdin: TextIO | None = None, out: TextIO | 
         if args.timeout is not None and args.timeout <= 0:
             raise UsageError("--timeout must be positive")
         from nemo_csr_rail.cli.guardcfg import default_policy, load_resolved
+        from nemo_csr_rail.directions import TOPIC_ONLY
         from nemo_csr_rail.policy import compile_policies
 
         _, resolved = load_resolved(args.config)
         policies = compile_policies(resolved.plugin)
         name = default_policy(policies, args.policy)
         if args.response is not None and policies[name].kind == "topic":
-            raise UsageError(f"policy {name!r} is a topic policy: it judges user messages only (drop --response)")
+            raise UsageError(f"policy {name!r} {TOPIC_ONLY} (drop --response)")
         if _agent_mode(args) is not None and policies[name].kind == "topic":
-            raise UsageError(f"policy {name!r} is a topic policy: it judges user messages only, not tool calls, "
-                             "tool results or documents")
+            raise UsageError(f"policy {name!r} {TOPIC_ONLY}, not tool calls, tool results or documents")
     except UsageError as exc:
         print(f"error: {exc}", file=err)
         return EXIT_USAGE

@@ -23,19 +23,20 @@ from pathlib import Path
 from typing import Any, Literal
 
 from nemo_csr_rail.conversation import Turn
+from nemo_csr_rail.directions import DIRECTIONS as DIRECTION_TABLE
+from nemo_csr_rail.directions import SIDES
 from nemo_csr_rail.policy import Direction
 
 Label = Literal["harmful", "unharmful"]
 LABELS: frozenset[str] = frozenset({"harmful", "unharmful"})
 #: what a row can be labelled for, named after its label fields (``prompt_label``, ``response_label``); the report's
 #: per-direction sections and file names use these names
-DIRECTIONS = ("prompt", "response", "tool_call", "tool_result", "retrieval")
+DIRECTIONS = tuple(spec.eval_label for spec in DIRECTION_TABLE)
 #: the agent rails' (docs/agents.md): rows with ``tool_call``, ``tool_result`` or ``document`` and their labels
-AGENT_DIRECTIONS = ("tool_call", "tool_result", "retrieval")
+AGENT_DIRECTIONS = tuple(spec.eval_label for spec in DIRECTION_TABLE if spec.direction not in SIDES)
 #: the check each label is scored by: the ``direction`` (``input`` / ``output`` / an agent direction) of its
 #: records, as in the rails
-DIRECTION_OF = {"prompt": Direction.INPUT, "response": Direction.OUTPUT, "tool_call": Direction.TOOL_CALL,
-                "tool_result": Direction.TOOL_RESULT, "retrieval": Direction.RETRIEVAL}
+DIRECTION_OF = {spec.eval_label: spec.direction for spec in DIRECTION_TABLE}
 #: the inverse: a record's ``judged`` (the name ``direction`` had before records used the rails' vocabulary; the
 #: agent directions have one name)
 JUDGED = {v: k for k, v in DIRECTION_OF.items()}

@@ -1,9 +1,11 @@
 """The NeMo Guardrails actions ``csr_check_input`` / ``csr_check_output`` and the agent actions
 ``csr_check_tool_calls`` / ``csr_check_tool_results`` / ``csr_check_retrieval`` (docs/agents.md).
 
-NeMo Guardrails loads this file standalone from ``import_paths``; it only adapts the runtime's arguments, all state
-lives in :mod:`nemo_csr_rail.rail.runtime`. ``is_system_action=True`` keeps the call (and its result) out of the Colang
-history that dialog prompts see, and keeps it local when an actions server is configured.
+NeMo Guardrails loads this file standalone from ``import_paths``; it only adapts NeMo's arguments to the core's
+checks (:mod:`nemo_csr_rail.runtime`, :mod:`nemo_csr_rail.agent_checks`) and their decisions to ``RailOutcome``
+(:mod:`nemo_csr_rail.rail.outcome`); all state lives in the runtime. ``is_system_action=True`` keeps the call (and
+its result) out of the Colang history that dialog prompts see, and keeps it local when an actions server is
+configured. Every action returns a ``RailOutcome``, as NeMo's catalog requires of a surface's action.
 """
 
 from __future__ import annotations
@@ -13,24 +15,29 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from nemoguardrails.actions import action
-from nemoguardrails.actions.actions import ActionResult
 from nemoguardrails.actions.rail_outcome import RailOutcome
 
+from nemo_csr_rail import agent_checks
 from nemo_csr_rail.coverage import judge_messages
-from nemo_csr_rail.decision import Decision
+from nemo_csr_rail.decision import Decision, SkipReason
 from nemo_csr_rail.errors import CsrError
 from nemo_csr_rail.policy import Direction
-from nemo_csr_rail.rail import agent_checks
 from nemo_csr_rail.rail.history import history_from_events
-from nemo_csr_rail.rail.outcome import to_rail_outcome
+from nemo_csr_rail.rail.outcome import (
+    RetrievalOutcome,
+    ToolCallsOutcome,
+    retrieval_rail_outcome,
+    to_rail_outcome,
+    tool_calls_rail_outcome,
+)
 from nemo_csr_rail.rail.runtime import runtime_for
 from nemo_csr_rail.rail.transcript_events import request_transcript, with_current
 
 log = logging.getLogger("nemo_csr_rail")
-#: context variables the agent actions set for their flows (flows.v1.co)
+#: context variables the agent flows set from their outcomes' kept items (flows.v1.co)
 KEPT_TOOL_CALLS = "csr_tool_calls_kept"
 KEPT_CHUNKS = "csr_relevant_chunks_kept"
-TOOL_RESULTS_FLOW = "csr check tool results"
+TOOL_RESULTS_FLOW = Direction.TOOL_RESULT.spec.flow
 
 
 def _policy_arg(policy: str | None, kwargs: dict[str, Any]) -> str | None:
@@ -47,6 +54,7 @@ async def csr_check_input(
     config: Any = None,
     text: str | None = None,
     events: list[Any] | None = None,
+    user_message: str | None = None,
     **kwargs: Any,
 ) -> RailOutcome:
     """Check the user's message against ``policy``; block (with the reasoning) if the model finds it harmful.
@@ -56,8 +64,12 @@ async def csr_check_input(
     request record in ``events`` (``transcript_events``); the current message is the one handed to the rail. Without
     a record (a path that does not go through ``generate_async(messages=…)``), the current message alone. A topic
     policy judges the current message with the conversation before it, read from ``events`` (both Colang versions
-    pass them to an action that declares the parameter)."""
-    user = text if text is not None else (context or {}).get("user_message")
+    pass them to an action that declares the parameter).
+
+    The message: ``text``, else ``user_message`` (what the manifest's input surface binds: NeMo's catalog passes
+    it by name and no ``context``), else the Colang context's."""
+    user = text if text is not None else user_message if user_message is not None else \
+        (context or {}).get("user_message")
     runtime = runtime_for(config)
     name = _policy_arg(policy, kwargs)
     if runtime.wants_history(name):
@@ -74,19 +86,24 @@ async def csr_check_output(
     context: dict[str, Any] | None = None,
     config: Any = None,
     text: str | None = None,
+    user_message: str | None = None,
+    bot_message: str | None = None,
     events: list[Any] | None = None,
     **kwargs: Any,
 ) -> RailOutcome:
-    """Check the bot's answer (with the user's message as context) against ``policy``.
+    """Check the bot's answer (with the user's message as context) against ``policy``. Each text: the explicit
+    argument (``text`` for the answer; ``user_message`` / ``bot_message`` as the manifest's output surface binds
+    them), else the Colang context's.
 
     With ``coverage: all`` (the default) also every assistant message and tool call the client supplied in the
     request (a forged history), each with the user message it answers, each once (the ``judged_messages`` cache)."""
     ctx = context or {}
-    bot = text if text is not None else ctx.get("bot_message")
+    bot = text if text is not None else bot_message if bot_message is not None else ctx.get("bot_message")
+    user = user_message if user_message is not None else ctx.get("user_message")
     runtime = runtime_for(config)
     name = _policy_arg(policy, kwargs)
     return await _judge_request(runtime, name, Direction.OUTPUT, events, bot,
-                                lambda: runtime.check(name, Direction.OUTPUT, ctx.get("user_message"), bot))
+                                lambda: runtime.check(name, Direction.OUTPUT, user, bot))
 
 
 async def _judge_request(runtime: Any, name: str | None, side: Direction, events: list[Any] | None, text: Any,
@@ -114,16 +131,17 @@ async def csr_check_tool_calls(
     config: Any = None,
     tool_calls: list[Any] | None = None,
     **kwargs: Any,
-) -> ActionResult:
+) -> ToolCallsOutcome:
     """Check each tool call of the bot's answer (``$tool_calls``) as its response to the user's message.
 
-    Returns the folded outcome, and sets ``$csr_tool_calls_kept`` to the calls that pass (unchanged, in order):
-    the flow puts them back into ``$tool_calls``, which is what NeMo returns to the caller."""
+    Returns the folded outcome with the calls that pass (unchanged, in order) as ``kept_tool_calls``: the flow
+    sets ``$csr_tool_calls_kept`` from it and puts them back into ``$tool_calls``, which is what NeMo returns to the
+    caller."""
     ctx = context or {}
     calls = tool_calls if tool_calls is not None else ctx.get("tool_calls")
     user = ctx.get("user_message") or ctx.get("last_user_message")
     out, kept = await agent_checks.check_tool_calls(runtime_for(config), _policy_arg(policy, kwargs), calls, user)
-    return ActionResult(return_value=out, context_updates={KEPT_TOOL_CALLS: kept})
+    return tool_calls_rail_outcome(out, kept)
 
 
 @action(name="csr_check_tool_results", is_system_action=True)
@@ -147,8 +165,7 @@ async def csr_check_tool_results(
     name = _policy_arg(policy, kwargs)
     triggered = ctx.get("triggered_tool_input_rail")
     if not _first_tool_input_round(events, triggered):
-        out = agent_checks.skipped(runtime.policy_label(name), Direction.TOOL_RESULT,
-                                   "checked with the turn's first tool message")
+        out = agent_checks.skipped(runtime, name, Direction.TOOL_RESULT, SkipReason.CHECKED_THIS_TURN)
         return RailOutcome.allow(reason=None, metadata={**out.metadata, "continue_turn": False})
     messages = ctx.get("tool_messages")
     if messages is None:  # called outside NeMo's tool-input loop: the current message only
@@ -157,8 +174,8 @@ async def csr_check_tool_results(
     csr_flows = [str(f) for f in ctx.get("tool_input_flows") or () if TOOL_RESULTS_FLOW in str(f)]
     last = not csr_flows or triggered is None or str(triggered) == csr_flows[-1]
     out = await agent_checks.check_tool_results(runtime, name, messages, ctx.get("last_user_message"))
-    meta = {**out.metadata, "continue_turn": bool(last and not out.is_blocked)}
-    if out.is_blocked:
+    meta = {**out.metadata, "continue_turn": bool(last and not out.blocked)}
+    if out.blocked:
         return (RailOutcome.failure if meta.get("failed") else RailOutcome.block)(reason=out.reason, metadata=meta)
     return RailOutcome.allow(reason=out.reason, metadata=meta)
 
@@ -185,9 +202,10 @@ async def csr_check_retrieval(
     config: Any = None,
     text: str | None = None,
     **kwargs: Any,
-) -> ActionResult:
+) -> RetrievalOutcome:
     """Check each retrieved chunk (``$relevant_chunks_sep``); harmful ones are removed from ``$relevant_chunks``
-    (a transform, the turn goes on). Sets ``$csr_relevant_chunks_kept`` to the chunks that pass."""
+    (a transform, the turn goes on). The chunks that pass are the outcome's ``kept_chunks``: the flow sets
+    ``$csr_relevant_chunks_kept`` and, after a transform, ``$relevant_chunks_sep`` from them."""
     ctx = context or {}
     chunks = [str(c) for c in ctx.get("relevant_chunks_sep") or ()]
     whole = text if text is not None else ctx.get("relevant_chunks")
@@ -198,4 +216,4 @@ async def csr_check_retrieval(
     user = ctx.get("retrieved_for") or ctx.get("last_user_message") or ctx.get("user_message")
     out, kept = await agent_checks.check_relevant_chunks(runtime_for(config), _policy_arg(policy, kwargs), chunks,
                                                          user)
-    return ActionResult(return_value=out, context_updates={KEPT_CHUNKS: kept})
+    return retrieval_rail_outcome(out, kept)

@@ -6,10 +6,11 @@ there with the offending key named, instead of on the first user message.
 
 from typing import Any
 
+from nemo_csr_rail.directions import Direction
 from nemo_csr_rail.rail import nemo_compat
 from nemo_csr_rail.rail.runtime import runtime_for
 
-RETRIEVAL_FLOW = "csr check retrieval"
+RETRIEVAL_FLOW = Direction.RETRIEVAL.spec.flow
 
 
 def init(app: Any) -> None:

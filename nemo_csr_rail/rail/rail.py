@@ -36,20 +36,33 @@ from nemoguardrails.manifests import (
     TransformTarget,
 )
 
+from nemo_csr_rail._version import __version__
+from nemo_csr_rail.directions import DIRECTIONS, Direction, DirectionSpec
 from nemo_csr_rail.settings import DEFAULT_MODEL_TYPE, SECTION
 
-CSR_CHECK_INPUT = ActionRef(name="csr_check_input", target="nemo_csr_rail.rail.actions:csr_check_input")
-CSR_CHECK_OUTPUT = ActionRef(name="csr_check_output", target="nemo_csr_rail.rail.actions:csr_check_output")
-CSR_CHECK_TOOL_CALLS = ActionRef(name="csr_check_tool_calls",
-                                 target="nemo_csr_rail.rail.actions:csr_check_tool_calls")
-CSR_CHECK_TOOL_RESULTS = ActionRef(name="csr_check_tool_results",
-                                   target="nemo_csr_rail.rail.actions:csr_check_tool_results")
-CSR_CHECK_RETRIEVAL = ActionRef(name="csr_check_retrieval", target="nemo_csr_rail.rail.actions:csr_check_retrieval")
-INPUT_FLOW = "csr check input"
-OUTPUT_FLOW = "csr check output"
-TOOL_CALLS_FLOW = "csr check tool calls"
-TOOL_RESULTS_FLOW = "csr check tool results"
-RETRIEVAL_FLOW = "csr check retrieval"
+
+def _ref(spec: DirectionSpec) -> ActionRef:
+    return ActionRef(name=spec.action, target=spec.action_target)
+
+
+def _surface(spec: DirectionSpec) -> RailSurface:
+    """A direction's surface: its flow, NeMo's direction, its action with the flow's ``$policy`` and the context each
+    parameter reads; the retrieval surface rewrites ``relevant_chunks`` (harmful chunks dropped, never a block)."""
+    assert spec.surface is not None
+    return RailSurface(
+        name=spec.flow,
+        direction=RailDirection(spec.surface),
+        action=_ref(spec),
+        bindings=(Binding.surface_param("policy", "policy", required=False),
+                  *(Binding.context(param, key, required=required) for param, key, required in spec.surface_context)),
+        transform_target=TransformTarget.RELEVANT_CHUNKS if spec.direction is Direction.RETRIEVAL else None,
+    )
+
+
+CSR_CHECK_INPUT, CSR_CHECK_OUTPUT, CSR_CHECK_TOOL_CALLS, CSR_CHECK_TOOL_RESULTS, CSR_CHECK_RETRIEVAL = (
+    _ref(Direction(d).spec) for d in ("input", "output", "tool_call", "tool_result", "retrieval"))
+INPUT_FLOW, OUTPUT_FLOW, TOOL_CALLS_FLOW, TOOL_RESULTS_FLOW, RETRIEVAL_FLOW = (
+    Direction(d).spec.flow for d in ("input", "output", "tool_call", "tool_result", "retrieval"))
 
 RAIL = RailManifest(
     name="nemo_csr_rail",
@@ -62,7 +75,7 @@ RAIL = RailManifest(
         tags=("nemotron", "vllm", "custom-policy", "reasoning"),
         docs_url="https://pypi.org/project/nemo-csr-rail/",
         owner="nemo-csr-rail",
-        version="0.1.0",
+        version=__version__,
     ),
     spec=RailSpec(
         config_schema=RailConfigSchema(
@@ -70,44 +83,13 @@ RAIL = RailManifest(
             spec=ConfigSpecRef(target="nemo_csr_rail.rail.rail_config:build_config_spec"),
             export_names=("PluginSettings",),
         ),
-        flows=RailFlows(files=("flows.co", "flows.v1.co"),
-                        flow_names=(INPUT_FLOW, OUTPUT_FLOW, TOOL_CALLS_FLOW, TOOL_RESULTS_FLOW, RETRIEVAL_FLOW)),
-        actions=RailActions(refs=(CSR_CHECK_INPUT, CSR_CHECK_OUTPUT, CSR_CHECK_TOOL_CALLS, CSR_CHECK_TOOL_RESULTS,
-                                  CSR_CHECK_RETRIEVAL)),
-        surfaces=(
-            RailSurface(
-                name=INPUT_FLOW,
-                direction=RailDirection.INPUT,
-                action=CSR_CHECK_INPUT,
-                bindings=(
-                    Binding.surface_param("policy", "policy", required=False),
-                    Binding.context("user_message", "user_message"),
-                ),
-            ),
-            RailSurface(
-                name=OUTPUT_FLOW,
-                direction=RailDirection.OUTPUT,
-                action=CSR_CHECK_OUTPUT,
-                bindings=(
-                    Binding.surface_param("policy", "policy", required=False),
-                    Binding.context("user_message", "user_message", required=False),
-                    Binding.context("bot_message", "bot_message"),
-                ),
-            ),
-            # Colang 1.0 only (flows.co says why there is no 2.x flow); each chunk is judged on its own and the
-            # harmful ones are dropped from relevant_chunks (a transform, never a block).
-            RailSurface(
-                name=RETRIEVAL_FLOW,
-                direction=RailDirection.RETRIEVAL,
-                action=CSR_CHECK_RETRIEVAL,
-                bindings=(
-                    Binding.surface_param("policy", "policy", required=False),
-                    Binding.context("text", "relevant_chunks"),
-                ),
-                transform_target=TransformTarget.RELEVANT_CHUNKS,
-            ),
-            # No tool surfaces: RailDirection has no tool_call/tool_result direction in 0.24.1 (module docstring).
-        ),
+        # Colang 2.x defines the input and output flows (flows.co), Colang 1.0 every flow (flows.v1.co)
+        flows=RailFlows(files=("flows.co",), v1_files=("flows.v1.co",),
+                        flow_names=tuple(spec.flow for spec in DIRECTIONS)),
+        actions=RailActions(refs=tuple(_ref(spec) for spec in DIRECTIONS)),
+        # No tool surfaces: RailDirection has no tool_call/tool_result direction in 0.24.1 (module docstring); the
+        # retrieval surface runs in Colang 1.0 only (flows.co says why there is no 2.x flow).
+        surfaces=tuple(_surface(spec) for spec in DIRECTIONS if spec.surface is not None),
         requirements=RailRequirements(
             models=(ModelRequirement(type=DEFAULT_MODEL_TYPE, required=False,
                                      description="the guard model entry (engine vllm_openai) unless engine: embedded"),),

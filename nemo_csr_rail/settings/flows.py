@@ -12,14 +12,19 @@ import re
 from pathlib import Path
 from typing import Any
 
-#: the plugin's flows, by the direction each checks (the agent flows: docs/agents.md)
-FLOW_DIRECTIONS = {"input": "input", "output": "output", "tool calls": "tool_call", "tool results": "tool_result",
-                   "retrieval": "retrieval"}
-FLOW_OF_DIRECTION = {d: f"csr check {f}" for f, d in FLOW_DIRECTIONS.items()}
-FLOW_POLICY_RE = re.compile(r'csr check (input|output|tool calls|tool results|retrieval)\s+\$policy\s*=\s*"?([^"\s)]+)"?')
+from nemo_csr_rail.directions import DIRECTIONS, Direction
+
+#: the plugin's flows' words (``csr check <words>``), by the direction each checks (the directions' table)
+FLOW_DIRECTIONS = {s.flow_words: s.direction.value for s in DIRECTIONS}
+FLOW_OF_DIRECTION = {s.direction.value: s.flow for s in DIRECTIONS}
+_ANY_FLOW = "|".join(FLOW_DIRECTIONS)
+_NOT_INPUT = "|".join(s.flow_words for s in DIRECTIONS if s.direction is not Direction.INPUT)
+FLOW_POLICY_RE = re.compile(rf'csr check ({_ANY_FLOW})\s+\$policy\s*=\s*"?([^"\s)]+)"?')
 #: a call of a check other than the input check that names no policy (not a flow definition)
-BARE_OUTPUT_RE = re.compile(r'(?m)^(?!\s*(?:define\s+)?flow\b)[^\n#]*\bcsr check (?:output|tool calls|tool results|retrieval)\b'
+BARE_OUTPUT_RE = re.compile(rf'(?m)^(?!\s*(?:define\s+)?flow\b)[^\n#]*\bcsr check (?:{_NOT_INPUT})\b'
                             r'(?![ \t]+\$policy)')
+#: the config.yml ``rails`` sections whose ``flows`` lists may call the plugin's flows
+RAILS_SECTIONS = tuple(dict.fromkeys(s.rails_section for s in DIRECTIONS))
 
 
 def referenced_policies(rails_config: Any) -> set[tuple[str, str]]:
@@ -38,7 +43,7 @@ def uses_unnamed_output_check(rails_config: Any) -> bool:
 def _flow_texts(rails_config: Any) -> list[str]:
     texts: list[str] = []
     rails = getattr(rails_config, "rails", None)
-    for direction in ("input", "output", "tool_output", "tool_input", "retrieval"):
+    for direction in RAILS_SECTIONS:
         section = getattr(rails, direction, None) if rails is not None else None
         texts.extend(getattr(section, "flows", None) or [])
     config_path = getattr(rails_config, "config_path", None)

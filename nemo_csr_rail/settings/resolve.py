@@ -14,6 +14,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from nemo_csr_rail.directions import TOPIC_ONLY_CLAUSE, checks_other_than_input, topic_not_for
 from nemo_csr_rail.errors import ConfigError
 from nemo_csr_rail.options import DEFAULT_BASE_URL, DEFAULT_MODEL
 from nemo_csr_rail.settings.endpoints import Endpoint, _endpoint_from_model, _model_entries
@@ -64,16 +65,15 @@ def resolve(rails_config: Any) -> ResolvedSettings:
         if direction != "input" and plugin.policies[name].topic is not None:
             raise ConfigError(
                 f"policies.{name}",
-                f"is a topic policy, which judges user messages only; flow '{flow} $policy=\"{name}\"' "
-                "cannot use it (check the bot's answers, tool calls, tool results and retrieved documents with a "
-                "'policy' or 'taxonomy' policy)",
+                f"{TOPIC_ONLY_CLAUSE}; flow '{flow} $policy=\"{name}\"' cannot use it (check {topic_not_for()} "
+                "with a 'policy' or 'taxonomy' policy)",
             )
     implicit = plugin.implicit_policy()
     if implicit is not None and plugin.policies[implicit].topic is not None and uses_unnamed_output_check(rails_config):
         raise ConfigError(
             f"policies.{implicit}",
-            "is a topic policy, which judges user messages only; a 'csr check output' (or tool calls, tool "
-            "results, retrieval) flow that names no $policy would use it (name a 'policy' or 'taxonomy' policy there)",
+            f"{TOPIC_ONLY_CLAUSE}; a 'csr check output' (or {checks_other_than_input()}) flow that names no $policy "
+            "would use it (name a 'policy' or 'taxonomy' policy there)",
         )
     # verify counts: configs differing only in an endpoint's TLS (parameters.verify_tls / ca_bundle) must not share
     blob = json.dumps(

@@ -161,11 +161,17 @@ class CheckTelemetry:
             "coverage": coverage.to_record(),  # a rail call's summary: the line that has this key
         })
 
+    def record_skip(self, decision: Decision, policy: str | None = None) -> None:
+        """Count a skipped check (``csr_checks_skipped_total``); a skip is no decision of the guard's: no audit."""
+        assert decision.skip is not None
+        metrics.CHECKS_SKIPPED.labels(policy or decision.policy or "?", decision.direction.value,
+                                      decision.skip.value).inc()
+
     def _record(self, decision: Decision, policy_name: str | None, direction: str, elapsed: float,
                 user_message: Any, bot_message: Any) -> None:
         policy = decision.policy or policy_name or "?"
         if decision.skip is not None:
-            metrics.CHECKS_SKIPPED.labels(policy, direction, decision.skip.value).inc()
+            self.record_skip(decision, policy)
             return
         series = self._series.get((policy, direction))
         if series is None:

@@ -31,6 +31,8 @@ from prometheus_client import REGISTRY, Counter, Histogram, start_http_server
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
+from nemo_csr_rail.directions import DIRECTIONS
+
 log = logging.getLogger("nemo_csr_rail")
 
 #: records waiting to be applied: (series, outcome, seconds, error labels or None, cached, (prompt, completion,
@@ -133,12 +135,14 @@ CHECK_DURATION = Histogram("csr_check_duration_seconds", "Wall time of each guar
 CHECK_ERRORS = Counter("csr_check_errors_total", "Failed guard checks by error_kind (the metadata's)",
                        ["policy", "direction", "kind"])
 CHECKS_SKIPPED = Counter("csr_checks_skipped_total", "Checks not sent to the guard: nothing to judge "
-                         "(empty_message) or the plugin's own refusal (own_refusal)",
+                         "(empty_message), the plugin's own refusal (own_refusal), an agent rail call with nothing "
+                         "of its kind (no_tool_calls, no_tool_messages, no_retrieved_chunks) or already checked "
+                         "this turn (checked_this_turn)",
                          ["policy", "direction", "reason"])
 #: per direction, checks (started, finished): ``next()`` on an ``itertools.count`` is atomic and lock-free, and the
 #: scrape reads in-flight as their difference, instead of a gauge taking its lock twice per check
 IN_FLIGHT = {d: (itertools.count(1), itertools.count(1))
-             for d in ("input", "output", "tool_call", "tool_result", "retrieval")}
+             for d in (spec.metric_label for spec in DIRECTIONS)}
 CACHE_HITS = Counter("csr_check_cache_hits_total", "Checks answered from the verdict cache (no model call)",
                      ["policy", "direction"])
 MESSAGES_JUDGED = Counter("csr_messages_judged_total", "Items of a request judged by whole-conversation coverage "

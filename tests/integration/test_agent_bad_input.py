@@ -8,9 +8,9 @@ import json
 
 import pytest
 
+from nemo_csr_rail import agent_checks
 from nemo_csr_rail.neutralize import WORD_JOINER
-from nemo_csr_rail.rail import agent_checks
-from nemo_csr_rail.rail.runtime import RailRuntime
+from nemo_csr_rail.runtime import CheckRuntime
 from tests.support.agent_helpers import TOOLS, guard_prompts, names, run_turn, tool_config
 from tests.support.agent_llm import AgentLLM
 from tests.support.runtime import runtime
@@ -136,7 +136,7 @@ async def test_hundreds_of_calls_are_all_checked_a_bounded_number_at_a_time(tmp_
                                                                               monkeypatch):
     guard.latency_s = 0.002
     in_flight = peak = 0
-    real = RailRuntime.check
+    real = CheckRuntime.decide
 
     async def counting(self, *args, **kwargs):
         nonlocal in_flight, peak
@@ -147,7 +147,7 @@ async def test_hundreds_of_calls_are_all_checked_a_bounded_number_at_a_time(tmp_
         finally:
             in_flight -= 1
 
-    monkeypatch.setattr(RailRuntime, "check", counting)
+    monkeypatch.setattr(CheckRuntime, "decide", counting)
     rails = _rails(tool_config(tmp_path, guard, agent_llm))
     _, calls, outs = await run_turn(rails, [{"role": "user", "content": "CALLMANY 300 get_weather"}], tools=TOOLS)
     assert len(calls) == 300, "every call passed and is returned"

@@ -22,6 +22,7 @@ RANK: dict[str, int] = {
     "transcript": 0,  # the request's messages as plain data (whole-conversation coverage)
     "_version": 0,  # the installed distribution's version, read once from its metadata
     "options": 0,  # every default, once: read by the schema, the client, the engines and the prompt builder
+    "directions": 0,  # the directions and their one table (flow, action, wording, labels), read by everything
     "settings.probe": 1, "settings.schema": 1, "settings.endpoints": 1, "settings.flows": 1, "settings.resolve": 1,
     "settings": 1,
     "policy": 2,
@@ -43,14 +44,18 @@ RANK: dict[str, int] = {
     "coverage": 15,  # which messages a check judges, folded into one decision (calls the runtime it is given)
     "telemetry.metrics": 16, "telemetry.audit": 16, "telemetry.tracing": 16, "telemetry.facade": 17,
     "telemetry": 17,
+    # the check runtime (one per config: policies, clients, skips, long inputs, on_error) and the agent items
+    # folded into one decision; NeMo-free, shared by the NeMo adapter and the LangChain integration
+    "runtime": 18,
+    "agent_checks": 19,
     # the NeMo adapter (nemo_csr_rail/rail/, laid out like a NeMo library rail): the only package that imports NeMo
-    "rail.outcome": 18, "rail.history": 18, "rail.transcript_events": 18, "rail.nemo_compat": 19, "rail.rail_config": 18, "rail.rail": 18,
-    "rail.runtime": 19, "rail.agent_checks": 19,
-    "rail": 20, "rail.actions": 20, "rail.hooks": 20,
+    "rail.outcome": 20, "rail.history": 20, "rail.transcript_events": 20, "rail.rail_config": 20, "rail.rail": 20,
+    "rail.runtime": 21, "rail.agent_checks": 21, "rail.nemo_compat": 21,
+    "rail": 22, "rail.actions": 22, "rail.hooks": 22,
     # the files NeMo loads from import_paths: one-line re-exports of the adapter
-    "actions": 21, "config": 21,
-    # optional framework integrations: consumers of the adapter's runtime, imported by nothing in the package
-    "langchain": 22,
+    "actions": 23, "config": 23,
+    # optional framework integrations: consumers of the core runtime, imported by nothing in the package
+    "langchain": 24,
 }
 OUTSIDE = ("cli", "eval")
 
@@ -139,3 +144,12 @@ def test_the_core_imports_neither_nemo_nor_langchain(path: Path):
     """NeMo Guardrails is reached through nemo_csr_rail/rail/ alone (and the shims NeMo loads), so following NeMo
     to a new engine touches one package; LangChain only through optional integrations outside the core."""
     assert not _foreign_imports(path), f"{_module_name(path)} imports {sorted(_foreign_imports(path))}"
+
+
+def test_the_langchain_integration_imports_no_nemo():
+    """A LangChain user does not pay NeMo's import: the integration reaches the checks through the core runtime
+    (tests/integration/test_langchain_without_nemo.py runs it with nemoguardrails unimportable)."""
+    path = PKG / "langchain.py"
+    assert not {n for n in _foreign_imports(path) if n.split(".")[0] == "nemoguardrails"}
+    assert not {d for d in _imports(path) if d == ADAPTER or d.startswith(ADAPTER + ".")}, \
+        "langchain.py imports the NeMo adapter"

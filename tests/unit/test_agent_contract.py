@@ -236,7 +236,7 @@ def test_the_catalog_takes_the_retrieval_surface():
 
 
 def test_metadata_of_the_folded_outcome_is_json_safe_and_textless():
-    from nemo_csr_rail.rail.agent_checks import _ITEM_KEYS
+    from nemo_csr_rail.agent_checks import _ITEM_KEYS
 
     assert "raw" not in _ITEM_KEYS and "refusal" not in _ITEM_KEYS
     json.dumps(list(_ITEM_KEYS))
