@@ -32,8 +32,11 @@ TOOL_RAILS = {"tool_output": {"flows": ['csr check tool calls $policy="agent"']}
 MAIN_ANSWERS = ("Hello! How can I help you today?", "Based on the tool results:")
 
 
-def _config(path, guard, llm, *, tools: bool, main: bool = True):
-    rails = {"input": {"flows": INPUT}, "output": {"flows": OUTPUT}, **(TOOL_RAILS if tools else {})}
+def _config(path, guard, llm, *, tools: bool, main: bool = True, streaming: bool = False):
+    output: dict[str, Any] = {"flows": OUTPUT}
+    if streaming:  # NeMo streams only with streaming output rails (checked in chunks, then the whole answer)
+        output["streaming"] = {"enabled": True, "chunk_size": 10, "context_size": 3, "stream_first": False}
+    rails = {"input": {"flows": INPUT}, "output": output, **(TOOL_RAILS if tools else {})}
     return write_config(path, guard_url=guard.url, main_url=llm.url if main else None, plugin=PLUGIN,
                         extra={"passthrough": True, "rails": rails})
 
@@ -58,6 +61,7 @@ def served(tmp_path_factory):
     with StandIn() as guard, AgentLLM() as llm:
         _config(root / "plain", guard, llm, tools=False)
         _config(root / "tools", guard, llm, tools=True)
+        _config(root / "streamed", guard, llm, tools=False, streaming=True)
         with guardrails_server(root, log_path=root.parent / "server.log") as base:
             yield base, guard, llm
 
@@ -230,3 +234,24 @@ async def test_guardrails_middleware_conversation_after_a_refused_turn(tmp_path,
     later = await agent.ainvoke({"messages": [*first["messages"], HumanMessage("Sorry. What's the weather?")]})
     expected = BLOCKED_INPUT if blocked_input_message is None else "Hello! How can I help you today?"
     assert later["messages"][-1].content == expected
+
+
+STREAM_GAP = pytest.mark.xfail(strict=True, reason=(
+    "known gap (docs/agents.md): with streaming output rails, a client-supplied assistant message or tool call is "
+    "judged only by NeMo's whole-answer check after the stream, whose verdict the client never sees; the chunk "
+    "checks get no events, so no history"))
+
+
+@pytest.mark.parametrize("shape", [pytest.param(s, id=s.name, marks=STREAM_GAP if s.judged_by == "output" else ())
+                                   for s in SHAPES])
+def test_server_chat_completions_streamed(served, shape):
+    """``stream=True`` (streaming output rails): the input rail judges the whole request before anything
+    streams."""
+    base, _, llm = served
+    client = openai.OpenAI(base_url=base + "/v1", api_key="not-needed", max_retries=0, timeout=60)
+    for harmful in (False, True):
+        before = len(llm.chat_requests())
+        stream = client.chat.completions.create(model=MAIN_MODEL, messages=shape.harmful if harmful else shape.benign,
+                                                stream=True, extra_body={"guardrails": {"config_id": "streamed"}})
+        text = "".join(c.choices[0].delta.content or "" for c in stream if c.choices)
+        _expect(shape, harmful, text, llm.chat_requests()[before:])
