@@ -10,6 +10,7 @@ configured. Every action returns a ``RailOutcome``, as NeMo's catalog requires o
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -77,7 +78,15 @@ async def csr_check_input(
         # off-topic turn was refused in its own turn and must not block every later one (docs/agents.md).
         return await runtime.check(name, Direction.INPUT, user, history=history_from_events(events))
     return await _judge_request(runtime, name, Direction.INPUT, events, user,
-                                lambda: runtime.check(name, Direction.INPUT, user))
+                                lambda: runtime.check(name, Direction.INPUT, user),
+                                also_output_side=_streams_output(config))
+
+
+def _streams_output(config: Any) -> bool:
+    """Whether the config's output rails check a stream: their chunk checks get no events from NeMo 0.24.1, so the
+    client-supplied assistant messages and tool calls are judged by the input rail instead (docs/agents.md)."""
+    output = getattr(getattr(config, "rails", None), "output", None)
+    return bool(getattr(output, "flows", None)) and bool(getattr(getattr(output, "streaming", None), "enabled", False))
 
 
 @action(name="csr_check_output", is_system_action=True)
@@ -107,15 +116,22 @@ async def csr_check_output(
 
 
 async def _judge_request(runtime: Any, name: str | None, side: Direction, events: list[Any] | None, text: Any,
-                         current_only: Callable[[], Awaitable[RailOutcome]]) -> RailOutcome:
+                         current_only: Callable[[], Awaitable[RailOutcome]], *,
+                         also_output_side: bool = False) -> RailOutcome:
     """Judge the request's messages on ``side`` (whole-conversation coverage), the rail's own message as current;
-    without a request record in ``events``, the current message alone. Never raises: a bug here blocks."""
+    without a request record in ``events``, the current message alone. ``also_output_side``: an input rail also
+    judges the request's assistant messages and tool calls (concurrently; the input side's block decides first).
+    Never raises: a bug here blocks."""
     try:
         transcript = request_transcript(events)
         if transcript is None:
             return await current_only()
         messages, current = with_current(transcript, "user" if side is Direction.INPUT else "assistant", text)
-        return to_rail_outcome(await judge_messages(runtime, name, side, messages, current=current))
+        if not (also_output_side and any(m.role == "assistant" for m in messages)):
+            return to_rail_outcome(await judge_messages(runtime, name, side, messages, current=current))
+        decisions = await asyncio.gather(judge_messages(runtime, name, side, messages, current=current),
+                                         judge_messages(runtime, name, Direction.OUTPUT, messages))
+        return to_rail_outcome(next((d for d in decisions if d.blocked), decisions[0]))
     except Exception as exc:  # judge_messages never raises; this is the adapter's own code failing
         log.exception("csr %s: reading the request's messages failed", side.value)
         err = CsrError(f"internal error: {type(exc).__name__} while reading the request's messages")

@@ -236,17 +236,10 @@ async def test_guardrails_middleware_conversation_after_a_refused_turn(tmp_path,
     assert later["messages"][-1].content == expected
 
 
-STREAM_GAP = pytest.mark.xfail(strict=True, reason=(
-    "known gap (docs/agents.md): with streaming output rails, a client-supplied assistant message or tool call is "
-    "judged only by NeMo's whole-answer check after the stream, whose verdict the client never sees; the chunk "
-    "checks get no events, so no history"))
-
-
-@pytest.mark.parametrize("shape", [pytest.param(s, id=s.name, marks=STREAM_GAP if s.judged_by == "output" else ())
-                                   for s in SHAPES])
+@pytest.mark.parametrize("shape", SHAPES, ids=SHAPE_IDS)
 def test_server_chat_completions_streamed(served, shape):
     """``stream=True`` (streaming output rails): the input rail judges the whole request before anything
-    streams."""
+    streams, the client-supplied assistant messages and tool calls included (the chunk checks get no history)."""
     base, _, llm = served
     client = openai.OpenAI(base_url=base + "/v1", api_key="not-needed", max_retries=0, timeout=60)
     for harmful in (False, True):
