@@ -6,6 +6,7 @@ built-in rail) saves a model call for repeated turns such as retries and regener
 
 from __future__ import annotations
 
+import threading
 import time
 from collections import OrderedDict
 from typing import Generic, TypeVar
@@ -40,3 +41,20 @@ class TTLCache(Generic[V]):
 
     def __len__(self) -> int:
         return len(self._data)
+
+
+class SharedTTLCache(TTLCache[V]):
+    """A :class:`TTLCache` safe to share between threads: a runtime serves every event loop of its process (NeMo's
+    synchronous API runs its own loop per call), and an expiring or evicted key must not surface as a KeyError."""
+
+    def __init__(self, maxsize: int = DEFAULT_CACHE_MAXSIZE, ttl_s: float = DEFAULT_CACHE_TTL_S) -> None:
+        super().__init__(maxsize, ttl_s)
+        self._lock = threading.Lock()
+
+    def get(self, key: str) -> V | None:
+        with self._lock:
+            return super().get(key)
+
+    def put(self, key: str, value: V) -> None:
+        with self._lock:
+            super().put(key, value)

@@ -23,7 +23,7 @@ that changes is judged again. Failures and skips are never cached. The misses of
 
 The result is one folded :class:`~nemo_csr_rail.decision.Decision`: blocked if any item is blocked (the first in
 message order gives the reason and refusal), with :class:`~nemo_csr_rail.decision.Coverage` facts. An input-side
-message the conversation shows refused in its own turn (the next assistant message is the policy's refusal) is
+message the conversation shows refused in its own turn (the next assistant message is, word for word, a refusal this runtime issued) is
 judged and counted but does not block later turns: a chat client sends the refused exchange back every time, and
 the first refusal must not end the conversation (docs/coverage.md). ``coverage:
 last`` judges only the ``current`` message and returns the runtime's decision unchanged (the behaviour, and the
@@ -36,7 +36,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import hashlib
-import re
+import threading
 import time
 import weakref
 from collections.abc import Sequence
@@ -44,7 +44,7 @@ from dataclasses import dataclass, replace
 from typing import Any, Protocol
 
 from nemo_csr_rail.agent import MAX_CONCURRENT_CHECKS, judged_turn, render_tool_call, render_tool_result
-from nemo_csr_rail.cache import TTLCache
+from nemo_csr_rail.cache import SharedTTLCache, TTLCache
 from nemo_csr_rail.conversation import Turn
 from nemo_csr_rail.decision import Coverage, Decision, Outcome, SkipReason
 from nemo_csr_rail.errors import ConfigError, CsrError, InputTooLong
@@ -67,12 +67,16 @@ INSTRUCTION_ROLES = {"system": "System message", "developer": "Developer message
 
 
 class Judge(Protocol):
-    """What coverage needs of the rail runtime (``nemo_csr_rail.rail.runtime.RailRuntime`` has this shape)."""
+    """What coverage needs of the check runtime (``nemo_csr_rail.runtime.CheckRuntime`` has this shape)."""
 
     settings: Any
     telemetry: Any
 
     def policy(self, name: str | None) -> Policy: ...
+
+    def issued_refusal(self, text: str) -> bool: ...
+
+    def remember_refusal(self, refusal: str | None) -> None: ...
 
     async def decide(self, policy_name: str | None, direction: Direction, user_message: str | None,
                      bot_message: str | None = None, history: Sequence[Turn] | None = None) -> Decision: ...
@@ -169,8 +173,9 @@ def multi_turn_text(policy: Policy, user_texts: Sequence[str]) -> tuple[str, int
     return (render_user_turns(turns), len(turns)) if turns else None
 
 
-def _multi_turn_item(policy: Policy, messages: Sequence[Message], upto: int | None) -> _Item | None:
-    refused = _refused(policy, messages)  # a refused turn was dealt with in its own turn: not joined again
+def _multi_turn_item(runtime: Judge, policy: Policy, messages: Sequence[Message], upto: int | None
+                     ) -> _Item | None:
+    refused = _refused(runtime, messages)  # a refused turn was dealt with in its own turn: not joined again
     users = [m for m in messages if _role(m) in USER_ROLES and (upto is None or m.index <= upto)
              and (m.index not in refused or m.index == upto)]
     joined = multi_turn_text(policy, [m.text for m in users])
@@ -200,52 +205,17 @@ def _answered(messages: Sequence[Message], index: int) -> str:
 
 
 # --------------------------------------------------------------------------------------- turns already refused
-#: a refusal template must keep this much literal text for a message to be recognised as one of its refusals
-_MIN_REFUSAL_LITERAL = 8
-
-
-@functools.lru_cache(maxsize=256)
-def _refusal_pattern(template: str, policy_name: str) -> re.Pattern[str] | None:
-    """The refusals a template renders, whatever the reasoning: ``{reasoning}`` matches any text, ``{policy}`` the
-    policy's name, spaces are compared collapsed (as :func:`~nemo_csr_rail.decision.render_refusal` writes them).
-    None when the template is (nearly) all placeholder: it would match any answer."""
-    parts = re.split(r"(\{reasoning\}|\{policy\})", template)
-    literal = "".join(p for p in parts if p not in ("{reasoning}", "{policy}"))
-    if len("".join(literal.split())) < _MIN_REFUSAL_LITERAL:
-        return None
-    out = []
-    for p in parts:
-        if p == "{reasoning}":
-            out.append(r".*?")
-        elif p == "{policy}":
-            out.append(re.escape(policy_name))
-        else:
-            out.append(r"\s*".join(re.escape(w) for w in p.replace("()", " ").replace("[]", " ").split()))
-        out.append(r"\s*")
-    return re.compile("".join(out), re.DOTALL)
-
-
-def _is_refusal(policy: Policy, text: str) -> bool:
-    """Whether an assistant message is one of this policy's input-side refusals (a user message or a tool result
-    refused), whatever reasoning it carried."""
-    text = " ".join(text.split())
-    for direction in (Direction.INPUT, Direction.TOOL_RESULT):
-        pattern = _refusal_pattern(policy.refusal(direction), policy.name)
-        if pattern is not None and pattern.fullmatch(text):
-            return True
-    return False
-
-
-def _refused(policy: Policy, messages: Sequence[Message]) -> set[int]:
-    """Indexes of input-side messages the conversation shows this policy refused: the first assistant message after
-    it, before the next user message, is the policy's refusal. Such a message was judged and refused in its own
-    turn; judging it again in every later turn would end the conversation at its first refusal."""
+def _refused(runtime: Judge, messages: Sequence[Message]) -> set[int]:
+    """Indexes of input-side messages the conversation shows refused: the first assistant message after it, before
+    the next user message, is a refusal this runtime issued (exactly, not merely its template: a client cannot forge
+    one). Such a message was judged and refused in its own turn; judging it again in every later turn would end the
+    conversation at its first refusal."""
     refused: set[int] = set()
     pending: list[int] = []
     for m in messages:
         role = _role(m)
         if role in ASSISTANT_ROLES:
-            if pending and _is_refusal(policy, m.text):
+            if pending and runtime.issued_refusal(m.text):
                 refused.update(pending)
             pending = []
         elif role in USER_ROLES:
@@ -257,6 +227,7 @@ def _refused(policy: Policy, messages: Sequence[Message]) -> set[int]:
 
 # ---------------------------------------------------------------------------------------------------- the cache
 _CACHES: weakref.WeakKeyDictionary[Any, TTLCache[Decision] | None] = weakref.WeakKeyDictionary()
+_CACHES_LOCK = threading.Lock()
 
 
 def judged_messages_cache(runtime: Judge) -> TTLCache[Decision] | None:
@@ -265,10 +236,11 @@ def judged_messages_cache(runtime: Judge) -> TTLCache[Decision] | None:
         return _CACHES[runtime]
     except KeyError:
         pass
-    spec = getattr(runtime.settings, "judged_messages", None)
-    cache = TTLCache(spec.maxsize, spec.ttl_s) if spec is not None and spec.enabled else None
-    _CACHES[runtime] = cache
-    return cache
+    with _CACHES_LOCK:
+        if runtime not in _CACHES:
+            spec = getattr(runtime.settings, "judged_messages", None)
+            _CACHES[runtime] = SharedTTLCache(spec.maxsize, spec.ttl_s) if spec is not None and spec.enabled else None
+        return _CACHES[runtime]
 
 
 @functools.lru_cache(maxsize=1024)
@@ -303,8 +275,8 @@ async def judge_messages(runtime: Judge, policy_name: str | None, side: Directio
         policy = None
     if policy is None or (policy.kind == "topic" and side is Direction.OUTPUT):
         return await _decide_current(runtime, policy_name, side, messages, cur)  # the runtime's failure decision
-    multi = _multi_turn_item(policy, messages, cur.index if cur is not None and side is Direction.INPUT else None) \
-        if side is Direction.INPUT else None
+    upto = cur.index if cur is not None else None
+    multi = _multi_turn_item(runtime, policy, messages, upto) if side is Direction.INPUT else None
     if policy.coverage == "last" and multi is None:
         return await _decide_current(runtime, policy_name, side, messages, cur)
     start = time.perf_counter()
@@ -413,7 +385,7 @@ async def _judge(runtime: Judge, policy: Policy, side: Direction, items: list[_I
         return base.with_coverage(Coverage(mode=mode, messages=messages, judged=0, guard=0, cached=0,
                                            skipped=skipped, multi_turn=multi))
     # a harmful input-side message the conversation shows refused in its own turn does not block this one
-    refused_before = _refused(policy, request) if side is Direction.INPUT else set()
+    refused_before = _refused(runtime, request) if side is Direction.INPUT else set()
     excused = [x[1].blocked and not x[1].failed and not x[0].multi_turn and x[0].index in refused_before
                and (cur is None or x[0].index != cur.index) for x in done]
     live = [x for x, e in zip(done, excused, strict=True) if not e]
@@ -422,6 +394,8 @@ async def _judge(runtime: Judge, policy: Policy, side: Direction, items: list[_I
                     or (live or done)[-1])
     if d.blocked and not live:  # only excused blocks, and nothing else judged: the turn goes on, verdict kept
         d = replace(d, outcome=Outcome.ALLOW, refusal=None)
+    if d.blocked:  # also when it came from the cache: the client will send this refusal back
+        runtime.remember_refusal(d.refusal)
     if d.cost is not None and key in from_cache:
         d = replace(d, cost=replace(d.cost, cached=True))
     stop = d.blocked or bool(d.would_block)

@@ -112,7 +112,8 @@ class Cost:
 
 @dataclass(frozen=True)
 class LongInputInfo:
-    """How ``long_input`` handled a text too long for one check (strategy ``windows``)."""
+    """How ``long_input`` handled an item too long for one check: ``strategy`` "windows" (every character, ``coverage``
+    1.0) or "sample" (the opt-in; ``coverage`` the share read); ``windows`` is the plan's count."""
 
     strategy: str
     trigger: str  # "max_chars" (the settings) or "server_context" (the guard server said it does not fit)

@@ -116,12 +116,12 @@ DIRECTIONS: tuple[DirectionSpec, ...] = (
                   DEFAULT_OUTPUT_REFUSAL, "response", "the bot's answer", "answer", "Output", "the bot's answers",
                   "response"),
     DirectionSpec(Direction.TOOL_CALL, _O, "tool calls", "tool_output", None, (), False, DEFAULT_TOOL_CALL_REFUSAL,
-                  "tool call", "a tool call", "a tool call", "Tool call", "tool calls", "tool_call"),
+                  "tool call", "a tool call", "tool call", "Tool call", "tool calls", "tool_call"),
     DirectionSpec(Direction.TOOL_RESULT, _I, "tool results", "tool_input", None, (), False,
-                  DEFAULT_TOOL_RESULT_REFUSAL, "tool result", "a tool result", "a tool result", "Tool result",
+                  DEFAULT_TOOL_RESULT_REFUSAL, "tool result", "a tool result", "tool result", "Tool result",
                   "tool results", "tool_result"),
     DirectionSpec(Direction.RETRIEVAL, _I, "retrieval", "retrieval", "retrieval", (("text", "relevant_chunks", True),),
-                  False, DEFAULT_INPUT_REFUSAL, "retrieved document", "a retrieved document", "a retrieved document",
+                  False, DEFAULT_INPUT_REFUSAL, "retrieved document", "a retrieved document", "retrieved document",
                   "Retrieved document", "retrieved documents", "retrieval"),
 )
 _BY_DIRECTION = {s.direction: s for s in DIRECTIONS}

@@ -1,10 +1,10 @@
-"""Texts the guard model cannot take whole: the ``windows`` plan, and scrubbing checked text out of messages.
+"""Texts the guard model cannot take whole: the ``sample`` plan, a context excerpt, and scrubbing checked text out of
+error messages.
 
-A conversation longer than ``long_input.max_chars`` (or one the server rejects for its context length) is either
-refused (``strategy: refuse``) or checked as overlapping windows (``strategy: windows``). When ``max_windows``
-windows cover the whole text they tile it with a 10% overlap, so a phrase cut at a boundary is whole in one
-window; beyond that the head, the tail and evenly spaced middle samples are checked and the metadata reports the
-fraction covered. Any harmful window blocks the whole message.
+``strategy: sample`` (an explicit opt-in; the default ``windows`` judges every character, see
+:mod:`nemo_csr_rail.long_items`) checks at most ``max_windows`` windows: when they cover the whole text they tile it
+with a 10% overlap; beyond that the head, the tail and evenly spaced middle samples are checked and the metadata
+reports the fraction covered. Text in the parts not read is not judged.
 """
 
 from __future__ import annotations
@@ -23,25 +23,31 @@ class WindowPlan:
 
 
 def plan_windows(text: str, window_chars: int, max_windows: int) -> WindowPlan:
-    n = len(text)
+    """``strategy: sample``: at most ``max_windows`` windows of ``text`` (:func:`sample_starts`)."""
+    starts, coverage = sample_starts(len(text), window_chars, max_windows)
+    return WindowPlan(tuple(text[s:s + window_chars] for s in starts), coverage)
+
+
+def sample_starts(length: int, window_chars: int, max_windows: int) -> tuple[tuple[int, ...], float]:
+    """Start offsets of at most ``max_windows`` windows over ``length`` characters, and the share they read: a
+    tiling with a 10% overlap when that many windows cover the text, else the head, the tail and evenly spaced
+    middle samples."""
+    n = length
     if n <= window_chars:
-        return WindowPlan((text,), 1.0)
+        return (0,), 1.0
     overlap = window_chars // 10
     step = window_chars - overlap
     needed = 1 + math.ceil((n - window_chars) / step)
     if needed <= max_windows:
-        starts = [min(i * step, n - window_chars) for i in range(needed)]
-        coverage = 1.0
-    else:
-        span = n - window_chars
-        starts = sorted({round(i * span / (max_windows - 1)) for i in range(max_windows)})
-        covered = 0
-        end = 0
-        for s in starts:
-            covered += max(0, s + window_chars - max(s, end))
-            end = s + window_chars
-        coverage = covered / n
-    return WindowPlan(tuple(text[s:s + window_chars] for s in starts), round(coverage, 4))
+        return tuple(min(i * step, n - window_chars) for i in range(needed)), 1.0
+    span = n - window_chars
+    starts = sorted({round(i * span / (max_windows - 1)) for i in range(max_windows)})
+    covered = 0
+    end = 0
+    for s in starts:
+        covered += max(0, s + window_chars - max(s, end))
+        end = s + window_chars
+    return tuple(starts), round(covered / n, 4)
 
 
 def excerpt(text: str, max_chars: int) -> str:

@@ -40,10 +40,15 @@ DEFAULT_ESCALATE_AT = 0.5
 DEFAULT_HISTORY_TURNS = 6
 
 #: long_input (see LongInputSettings for why these sizes)
-DEFAULT_LONG_INPUT_STRATEGY: Literal["windows", "refuse"] = "windows"
+DEFAULT_LONG_INPUT_STRATEGY: Literal["windows", "sample", "refuse"] = "windows"
 DEFAULT_LONG_INPUT_MAX_CHARS = 4000
 DEFAULT_LONG_INPUT_WINDOW_CHARS = 3000
+#: strategy: sample — windows sampled when max_windows is not set (strategy: windows has no window-count default)
 DEFAULT_LONG_INPUT_MAX_WINDOWS = 4
+#: strategy: windows — the longest item judged whole (docs/performance.md, "Long items")
+DEFAULT_LONG_INPUT_MAX_JUDGED_CHARS = 1_048_576
+#: windows of one item in flight at once (docs/performance.md, "Long items")
+DEFAULT_LONG_INPUT_MAX_IN_FLIGHT = 16
 
 #: verdict cache
 DEFAULT_CACHE_MAXSIZE = 4096
@@ -102,3 +107,11 @@ def split_overrides(overrides: dict[str, Any]) -> tuple[dict[str, Any], dict[str
                         f"HTTP options: {sorted(http_names)}")
     return ({k: v for k, v in overrides.items() if k in decode_names},
             {k: v for k, v in overrides.items() if k in http_names})
+
+
+def install_hint(extra: str) -> str:
+    """How to install an extra while the package is not on the package index (docs/configuration.md#installing):
+    a hint naming only ``nemo-csr-rail[extra]`` fails with "no matching distribution"."""
+    return (f"pip install '.[{extra}]' in a clone of nemo-csr-rail, or pip install --find-links DIR "
+            f"'nemo-csr-rail[{extra}]' with a built wheel in DIR")
+

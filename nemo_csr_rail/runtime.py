@@ -12,7 +12,6 @@ the namespace the LangChain integration builds from the config directory, so not
 
 from __future__ import annotations
 
-import asyncio
 import functools
 import logging
 import time
@@ -20,15 +19,16 @@ from collections import deque
 from collections.abc import Sequence
 from typing import Any, TypeVar, overload
 
-from nemo_csr_rail.cache import TTLCache
+from nemo_csr_rail.cache import SharedTTLCache, TTLCache
 from nemo_csr_rail.client import CsrClient
 from nemo_csr_rail.completion import Engine
 from nemo_csr_rail.conversation import Turn
-from nemo_csr_rail.decision import Decision, LongInputInfo, SkipReason, on_error_for
+from nemo_csr_rail.decision import Decision, SkipReason, on_error_for
 from nemo_csr_rail.directions import TOPIC_ONLY
 from nemo_csr_rail.engines.factory import build_engine
-from nemo_csr_rail.errors import ConfigError, CsrError, GuardTimeout, InputTooLong
-from nemo_csr_rail.long_input import excerpt, plan_windows, scrub
+from nemo_csr_rail.errors import ConfigError, CsrError, InputTooLong
+from nemo_csr_rail.long_input import scrub
+from nemo_csr_rail.long_items import judge_long_item
 from nemo_csr_rail.policy import Direction, Policy, compile_policies, implicit_policy
 from nemo_csr_rail.settings import ResolvedSettings, resolve
 from nemo_csr_rail.verdict import Verdict
@@ -62,6 +62,10 @@ class CheckRuntime:
         self.telemetry = _telemetry(resolved, self.policies, [c.engine for c in self.clients.values()])
         self._refusals: deque[str] = deque(maxlen=256)
         self._refusal_blob: str | None = ""  # the refusals joined by NUL, rebuilt lazily after a block
+        # every refusal issued, whole, for as long as a judged message is remembered (coverage: a refused exchange
+        # sent back in the history); sized like the judged_messages cache
+        spec = getattr(resolved.plugin, "judged_messages", None)
+        self._issued: SharedTTLCache[bool] = SharedTTLCache(getattr(spec, "maxsize", 20000), getattr(spec, "ttl_s", 3600.0))
 
     @staticmethod
     def _engine(resolved: ResolvedSettings, model_type: str) -> Engine:
@@ -132,6 +136,20 @@ class CheckRuntime:
         if self._refusal_blob is None:
             self._refusal_blob = "\0".join(self._refusals)
         return text in self._refusal_blob
+
+    def remember_refusal(self, refusal: str | None) -> None:
+        """Remember a refusal this runtime issued: the output rail skips it (:meth:`_is_own_refusal`) and whole-history
+        coverage recognises the refused exchange when a client sends it back (:meth:`issued_refusal`)."""
+        if not refusal:
+            return
+        self._refusals.append(refusal)
+        self._refusal_blob = None
+        self._issued.put(" ".join(refusal.split()), True)
+
+    def issued_refusal(self, text: str) -> bool:
+        """Whether ``text`` is, whole, a refusal this runtime issued (whitespace collapsed). A refusal a client wrote
+        itself — the policy's template with reasoning of its own — is not one: it cannot excuse the message before it."""
+        return bool(text) and self._issued.get(" ".join(text.split())) is not None
 
     async def decide(self, policy_name: str | None, direction: Direction, user_message: str | None,
                      bot_message: str | None = None, history: Sequence[Turn] | None = None) -> Decision:
@@ -206,8 +224,7 @@ class CheckRuntime:
                                       latency_ms=(time.perf_counter() - start) * 1000,
                                       error_refusal=self.settings.error_refusal, monitor=self._monitors(label, direction))
         if out.blocked:
-            self._refusals.append(out.refusal or "")
-            self._refusal_blob = None
+            self.remember_refusal(out.refusal or "")
         log.info("csr %s policy=%s decision=%s%s latency_ms=%s", direction.value, label, out.outcome.value,
                  " (check failed: " + str(out.error) + ")" if out.failed else "",
                  None if out.cost is None else round(out.cost.latency_ms, 2))
@@ -215,53 +232,10 @@ class CheckRuntime:
 
     async def _long_input(self, policy: Policy, direction: Direction, user: str, bot: str | None, trigger: str,
                           deadline: float, history: Sequence[Turn] | None = None) -> Decision:
-        """Apply ``long_input``: refuse, or check windows of the judged text and block if any is harmful.
-
-        A topic policy's windows carry no history (a budget of 0: the metadata counts it all as dropped), since the
-        current message alone already fills the guard's context."""
-        li = self.settings.long_input
-        chars = len(user) + len(bot or "")
-        what = direction.spec.too_long
-        side = direction.judged_as
-        if li.strategy == "refuse":
-            cause = (f"{chars} characters exceed long_input.max_chars={li.max_chars}" if trigger == "max_chars"
-                     else "the guard server rejected it for its context length")
-            raise InputTooLong(f"the {what} is too long for the safety check: {cause}")
-        judged = user if side is Direction.INPUT else (bot or "")
-        size = li.window_chars
-        client = self.clients[policy.model_type]
-        while True:
-            plan = plan_windows(judged, size, li.max_windows)
-            context = excerpt(user, max(128, size // 3)) if side is Direction.OUTPUT else None
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                raise GuardTimeout(f"guard check exceeded {self.settings.timeout_s:g}s while checking windows")
-            calls = [client.check(policy, direction, w if context is None else context,
-                                  None if context is None else w, timeout_s=remaining, history=history,
-                                  history_max_chars=0) for w in plan.windows]
-            results = await asyncio.gather(*calls, return_exceptions=True)
-            info = LongInputInfo(strategy="windows", trigger=trigger, chars=chars, windows=len(plan.windows),
-                                 window_chars=size, coverage=plan.coverage)
-            decisions = []
-            errors: list[BaseException] = []
-            for r in results:
-                if isinstance(r, BaseException):
-                    errors.append(r)
-                else:
-                    d = Decision.from_result(policy, direction, r)
-                    decisions.append(d)
-                    if d.blocked or d.would_block:  # monitor mode: the window that would have blocked
-                        return d.with_long_input(info)
-            if not errors:
-                return decisions[0].with_long_input(info)
-            if any(isinstance(e, InputTooLong) for e in errors) and size // 2 >= 128:
-                size //= 2  # the server's context is smaller than the settings assume: shrink and retry
-                trigger = "server_context"
-                continue
-            for e in errors:
-                if isinstance(e, CsrError):
-                    raise e
-            raise errors[0]
+        """Apply ``long_input`` to an item too long for one check (:func:`~nemo_csr_rail.long_items.judge_long_item`)."""
+        return await judge_long_item(self.clients[policy.model_type], policy, direction, user, bot,
+                                     settings=self.settings.long_input, trigger=trigger, deadline=deadline,
+                                     timeout_s=self.settings.timeout_s, history=history)
 
     async def aclose(self) -> None:
         for c in self.clients.values():

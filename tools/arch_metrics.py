@@ -129,8 +129,19 @@ def main(argv: list[str]) -> int:
         back = sorted((m, d) for m, deps in graph.items() for d in deps
                       if not m.startswith(("cli", "eval")) and rank_of(rank, m) is not None
                       and (rank_of(rank, d) or 0) > (rank_of(rank, m) or 0))
-        print(f"imports back up the chain (ranks of tests/test_layering.py): {len(back)}"
+        print(f"imports back up the chain (ranks of tests/tooling/test_layering.py): {len(back)}"
               + "".join(f"\n  {m} -> {d}" for m, d in back))
+    # Folders on both sides of each other (plans -> engines.x while engines.y -> plans): ranks per module can allow
+    # it, a reader following one check still walks back and forth between the two folders.
+    def folder(m: str) -> str:
+        return m.split(".")[0] if "." in m or (pkg / m).is_dir() else m
+
+    folder_edges = {(folder(m), folder(d)) for m, deps in graph.items() for d in deps if folder(m) != folder(d)}
+    both = sorted({tuple(sorted(e)) for e in folder_edges if (e[1], e[0]) in folder_edges
+                   and not {"cli", "eval"} & set(e)})
+    print(f"folders importing each other: {len(both)}" + "".join(f"\n  {a} <-> {b}" for a, b in both))
+    root_up = sorted(d for d in imports(pkg, pkg / "__init__.py", known)[0] if folder(d) == "rail")
+    print(f"package root importing the NeMo adapter: {len(root_up)}" + "".join(f"\n  {d}" for d in root_up))
     adapter = {m: f for m, f in foreign.items()
                if not (m == "rail" or m.startswith("rail.") or m in ("actions", "config") or m.startswith("cli"))}
     print(f"library modules (not cli) importing NeMo/LangChain outside the adapter: {len(adapter)}"

@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from nemo_csr_rail import weights
-from nemo_csr_rail.options import DEFAULT_MODEL, DEFAULT_MODEL_TYPE, DecodeOptions
+from nemo_csr_rail.options import DEFAULT_MODEL, DEFAULT_MODEL_TYPE, DecodeOptions, install_hint
 
 SCRIPTED_LABEL = "app LLM (scripted stand-in)"
 # Packaged copies are not named config.yml: NeMo Guardrails merges every *.yml under an import_paths package into
@@ -277,7 +277,7 @@ def run(args: argparse.Namespace, *, out: TextIO | None = None, err: TextIO | No
             import transformers  # noqa: F401
         except ImportError as exc:
             print(f"error: the in-process guard needs torch and transformers ({exc.name} is missing): "
-                  "pip install 'nemo-csr-rail[embedded]'  — or use --engine http --base-url URL", file=err)
+                  f"{install_hint('embedded')} — or use --engine http --base-url URL", file=err)
             return 1
         try:
             model_path = str(_resolve_embedded_weights(args.model or DEFAULT_MODEL, err))

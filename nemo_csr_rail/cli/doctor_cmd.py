@@ -6,11 +6,14 @@
 3. for each policy and each mode the config uses — direction from the rails flows, reasoning on/off from the
    policy — one real check goes through the same client as the rails, and must come back with a parsed verdict.
 
-4. with a ``telemetry`` section: what it turns on, whether the ``/metrics`` endpoint answers with the plugin's
+4. with ``long_input.strategy: sample``: a warning row (it passes): long items are sampled, not judged whole, so
+   text in the parts not read reaches the model unchecked (docs/reliability.md).
+
+5. with a ``telemetry`` section: what it turns on, whether the ``/metrics`` endpoint answers with the plugin's
    metrics (it is served by the process that loads the config — run doctor while that process runs), and whether
    the audit log can be appended to.
 
-Prints a table (or ``--json``): endpoint / policy / direction / reasoning → PASS/FAIL, latency, detail. The verdict
+Prints a table (or ``--json``): endpoint / policy / direction / reasoning → PASS/WARN/FAIL, latency, detail. The verdict
 itself is not judged (a benign probe may be flagged by a strict policy); only that a verdict came back. Exit 0 when
 every row passes, 1 otherwise, 2 for a config or usage error.
 """
@@ -41,6 +44,8 @@ class Row:
     ok: bool = False
     latency_ms: float | None = None
     detail: str = ""
+    #: passes, but says something the operator should know (printed WARN; never changes the exit code)
+    warning: bool = False
 
 
 def add_parser(sub: Any) -> None:
@@ -249,15 +254,34 @@ async def diagnose(rails_config: Any, resolved: Any, timeout_s: float | None = N
                                 if model_type in resolved.endpoints and s.engine != "embedded" else "embedded",
                                 check="policy", policy=name, direction=d, reasoning="on" if r else "off",
                                 detail="skipped: the guard endpoint is not usable (see above)"))
+    sampling = _sampling_row(s.long_input)
+    if sampling is not None:
+        rows.append(sampling)
     if s.telemetry is not None:
         rows += await _telemetry_rows(s.telemetry)
     return rows
 
 
+def _sampling_row(long_input: Any) -> Row | None:
+    """A warning when ``long_input`` samples long items instead of judging every character."""
+    from nemo_csr_rail.long_input import sample_starts
+    from nemo_csr_rail.long_items import SAMPLE_MAX_WINDOWS
+
+    if long_input.strategy != "sample":
+        return None
+    windows = long_input.max_windows or SAMPLE_MAX_WINDOWS
+    _, read = sample_starts(1_000_000, long_input.window_chars, windows)
+    return Row(endpoint="-", check="long_input", ok=True, warning=True,
+               detail=f"strategy: sample judges at most {windows} windows of {long_input.window_chars} characters "
+                      f"of a long item: harmful text in the parts not read reaches the model unchecked (of a 1 MB "
+                      f"item {read:.1%} is read); strategy: windows judges every character up to "
+                      "long_input.max_judged_chars")
+
+
 def print_table(rows: list[Row], out: TextIO) -> None:
     head = ("ENDPOINT", "CHECK", "POLICY", "DIRECTION", "REASONING", "RESULT", "LATENCY", "DETAIL")
     data = [(r.endpoint, r.check, r.policy or "-", r.direction or "-", r.reasoning or "-",
-             "PASS" if r.ok else "FAIL", "-" if r.latency_ms is None else f"{r.latency_ms:.0f} ms", r.detail)
+             ("WARN" if r.warning else "PASS") if r.ok else "FAIL", "-" if r.latency_ms is None else f"{r.latency_ms:.0f} ms", r.detail)
             for r in rows]
     widths = [max(len(h), *(len(str(row[i])) for row in data)) if data else len(h) for i, h in enumerate(head[:-1])]
     for row in (head, *data):
@@ -287,5 +311,7 @@ def run(args: argparse.Namespace, *, out: TextIO | None = None, err: TextIO | No
     else:
         print_table(rows, out)
         failed = sum(not r.ok for r in rows)
-        print(f"\n{'OK' if ok else 'FAILED'}: {len(rows) - failed}/{len(rows)} checks passed", file=out)
+        warnings = sum(r.ok and r.warning for r in rows)
+        print(f"\n{'OK' if ok else 'FAILED'}: {len(rows) - failed}/{len(rows)} checks passed"
+              + (f" ({warnings} with a warning)" if warnings else ""), file=out)
     return 0 if ok else 1

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from nemo_csr_rail.cli.guardcfg import EXIT_GUARD, EXIT_OK, EXIT_USAGE, UsageError
+from nemo_csr_rail.options import install_hint
 
 EPILOG = """\
 comparison (one extra setting, run b, against run a):
@@ -127,7 +128,7 @@ def run(args: argparse.Namespace) -> int:
         if plots.available():
             files = plots.write_all(out, rep, result.records)
         else:
-            print("note: matplotlib is not installed (pip install 'nemo-csr-rail[eval]'): no plots", file=sys.stderr)
+            print(f"note: matplotlib is not installed ({install_hint('eval')}): no plots", file=sys.stderr)
     rep["plots"] = files
     report.write_json(out, rep)
     report.write_markdown(out, report.markdown(rep, result.records, runner.rows, worst=args.worst, plots=files))

@@ -33,12 +33,12 @@ from nemo_csr_rail import weights
 from nemo_csr_rail.completion import Completion
 from nemo_csr_rail.engines.constrain import Grammar, Matcher, Unsupported
 from nemo_csr_rail.errors import CsrError, EngineUnavailable, GuardTimeout, InputTooLong
-from nemo_csr_rail.options import DecodeOptions
+from nemo_csr_rail.options import DecodeOptions, install_hint
 from nemo_csr_rail.plans import one_token
 from nemo_csr_rail.prompt import GuardPrompt
 
 TOP_LOGPROBS = DecodeOptions.top_logprobs
-INSTALL_HINT = "pip install 'nemo-csr-rail[embedded]'  (torch, transformers>=4.50, safetensors)"
+INSTALL_HINT = install_hint("embedded") + "  (torch, transformers>=4.50, safetensors)"
 _DTYPES = {"float32": "float32", "fp32": "float32", "float": "float32", "bfloat16": "bfloat16", "bf16": "bfloat16",
            "float16": "float16", "fp16": "float16", "half": "float16"}
 

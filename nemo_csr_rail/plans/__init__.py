@@ -18,6 +18,7 @@ from collections.abc import Sequence
 
 from nemo_csr_rail import prompt_topic
 from nemo_csr_rail.conversation import Turn
+from nemo_csr_rail.directions import TOPIC_ONLY
 from nemo_csr_rail.options import DecodeOptions
 from nemo_csr_rail.plans import grammar
 from nemo_csr_rail.plans import split_output as split_plan
@@ -43,13 +44,13 @@ def build(
     retrieved chunk) is decoded as the side it is judged as, with its own reasoning mode (docs/agents.md)."""
     think = policy.reasoning(direction) if reasoning is None else reasoning
     if policy.kind == "topic" and direction is not Direction.INPUT:
-        raise ValueError(f"policy {policy.name!r} is a topic policy: it judges user messages only")
+        raise ValueError(f"policy {policy.name!r} {TOPIC_ONLY}")
     direction = direction.judged_as
     if direction is Direction.OUTPUT and bot_message is None:
         raise ValueError("an output check needs the bot message")
     if policy.kind == "topic":
         if direction is not Direction.INPUT:
-            raise ValueError(f"policy {policy.name!r} is a topic policy: it judges user messages only")
+            raise ValueError(f"policy {policy.name!r} {TOPIC_ONLY}")
         text = prompt_topic.render(policy, history, user_message, reasoning=think)
     else:
         text = render(policy, user_message, bot_message, reasoning=think)

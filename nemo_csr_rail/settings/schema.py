@@ -29,7 +29,8 @@ from nemo_csr_rail.options import (
     DEFAULT_JUDGED_MESSAGES_MAXSIZE,
     DEFAULT_JUDGED_MESSAGES_TTL_S,
     DEFAULT_LONG_INPUT_MAX_CHARS,
-    DEFAULT_LONG_INPUT_MAX_WINDOWS,
+    DEFAULT_LONG_INPUT_MAX_IN_FLIGHT,
+    DEFAULT_LONG_INPUT_MAX_JUDGED_CHARS,
     DEFAULT_LONG_INPUT_STRATEGY,
     DEFAULT_LONG_INPUT_WINDOW_CHARS,
     DEFAULT_MODEL_TYPE,
@@ -37,6 +38,7 @@ from nemo_csr_rail.options import (
     DEFAULT_PROMETHEUS_HOST,
     DecodeOptions,
     HttpOptions,
+    install_hint,
 )
 from nemo_csr_rail.settings.probe import missing_packages
 from nemo_csr_rail.taxonomy import TAXONOMIES
@@ -199,27 +201,43 @@ class JudgedMessagesSettings(_Strict):
 
 
 class LongInputSettings(_Strict):
-    """What to do with a conversation too long for the guard model's context (see docs/reliability.md).
+    """What to do with an item too long for the guard model's context (docs/reliability.md, ``long_items.py``).
 
-    ``windows``: check overlapping windows of ``window_chars`` (all of the text when ``max_windows`` windows cover
-    it, else head, tail and evenly spaced middle samples) and block if any window is harmful. ``refuse``: block
-    with the reason ``input_too_long``. Either applies when the text exceeds ``max_chars`` and when the server
-    rejects a request for its context length.
+    Applies when the item exceeds ``max_chars`` and when the server rejects a request for its context length.
+    ``windows`` (the default): judge every character, as overlapping windows of ``window_chars`` checked at most
+    ``max_in_flight`` at a time, and block if any is harmful; an item over ``max_judged_chars`` characters, or one
+    needing more than ``max_windows`` windows when that is set, is refused (``input_too_long``), never partly
+    judged. ``sample`` (opt-in; ``doctor`` warns): at most ``max_windows`` (default 4) windows, head, tail and
+    evenly spaced samples when they cannot cover the text. ``refuse``: block with the reason ``input_too_long``.
 
-    Defaults sized on the real Gemma 3 tokenizer: ``max_chars`` random letters/digits/symbols (~0.78 tokens a
-    character, the densest ordinary text), in the largest layout with the reasoning budget, fit the 4096-token
-    context ``serve`` gives on CPU and NVIDIA's tutorial uses; so does every window (tests/unit/test_real_tokenizer.py).
+    ``max_chars``/``window_chars`` are sized on the real Gemma 3 tokenizer: ``max_chars`` random
+    letters/digits/symbols (~0.78 tokens a character, the densest ordinary text), in the largest layout with the
+    reasoning budget, fit the 4096-token context ``serve`` gives on CPU and NVIDIA's tutorial uses; so does every
+    window (tests/unit/test_real_tokenizer.py). ``max_judged_chars`` and ``max_in_flight``: measured with
+    ``benchmarks/long_items.py`` (docs/performance.md, "Long items").
     """
 
-    strategy: Literal["windows", "refuse"] = DEFAULT_LONG_INPUT_STRATEGY
+    strategy: Literal["windows", "sample", "refuse"] = DEFAULT_LONG_INPUT_STRATEGY
     max_chars: int = Field(default=DEFAULT_LONG_INPUT_MAX_CHARS, ge=256)
     window_chars: int = Field(default=DEFAULT_LONG_INPUT_WINDOW_CHARS, ge=128)
-    max_windows: int = Field(default=DEFAULT_LONG_INPUT_MAX_WINDOWS, ge=2, le=64)
+    #: ``windows``: refuse an item that needs more windows (unset: ``max_judged_chars`` alone bounds it);
+    #: ``sample``: the number of windows sampled (unset: 4)
+    max_windows: int | None = Field(default=None, ge=2)
+    #: ``windows``: the longest item judged whole; longer ones are refused with ``input_too_long``
+    max_judged_chars: int = Field(default=DEFAULT_LONG_INPUT_MAX_JUDGED_CHARS, ge=256)
+    #: ``windows``/``sample``: the windows of one item sent to the guard at the same time
+    max_in_flight: int = Field(default=DEFAULT_LONG_INPUT_MAX_IN_FLIGHT, ge=1)
+    #: the deadline of an item judged in windows, from the start of its check (unset: ``timeout_s``, as for any
+    #: check); an item whose windows do not all finish in time is refused with ``input_too_long``
+    timeout_s: float | None = Field(default=None, gt=0)
 
     @model_validator(mode="after")
     def _window_fits(self) -> LongInputSettings:
         if self.window_chars > self.max_chars:
             raise ValueError("window_chars must not exceed max_chars")
+        if self.max_judged_chars < self.max_chars:
+            raise ValueError("max_judged_chars must not be below max_chars (an item up to max_chars is judged in "
+                             "one check)")
         return self
 
 
@@ -264,7 +282,7 @@ TELEMETRY_EXTRA_MODULES = ("prometheus_client", "opentelemetry", "opentelemetry.
 
 
 class TelemetrySettings(_Strict):
-    """Metrics, audit trail and traces (docs/operations.md). Needs ``pip install nemo-csr-rail[telemetry]``.
+    """Metrics, audit trail and traces (docs/operations.md). Needs the ``telemetry`` extra.
 
     The section exists to be switched on explicitly: without it the plugin imports none of the telemetry packages and
     behaves exactly as before. The extra is checked here, at load time, so a missing package is a ConfigError that
@@ -295,7 +313,7 @@ class TelemetrySettings(_Strict):
     def _extra_installed(self) -> TelemetrySettings:
         missing = missing_packages(TELEMETRY_EXTRA_MODULES)
         if missing:
-            raise ValueError(f"needs the 'telemetry' extra: pip install 'nemo-csr-rail[telemetry]' "
+            raise ValueError(f"needs the 'telemetry' extra: {install_hint('telemetry')} "
                              f"(missing: {', '.join(missing)})")
         return self
 

@@ -9,6 +9,8 @@ import json
 import pytest
 
 from nemo_csr_rail import agent_checks
+from nemo_csr_rail.agent import render_tool_call
+from nemo_csr_rail.long_items import every_char_starts
 from nemo_csr_rail.neutralize import WORD_JOINER
 from nemo_csr_rail.runtime import CheckRuntime
 from tests.support.agent_helpers import TOOLS, guard_prompts, names, run_turn, tool_config
@@ -77,8 +79,10 @@ async def test_huge_arguments_follow_long_input(guard, strategy):
     out, kept = await agent_checks.check_tool_calls(rt, "think", _calls(("write_file", args)), "save my essay")
     (check,) = out.metadata["checks"]
     assert out.is_blocked and kept == []
-    if strategy == "windows":
-        assert check["long_input"]["windows"] == 4 and check["decision"] == "block" and not check["failed"]
+    if strategy == "windows":  # every character of the rendered call, in overlapping windows
+        windows = every_char_starts(len(render_tool_call("write_file", args)), 3000, 750)
+        assert check["long_input"]["windows"] == len(windows) > 4 and check["long_input"]["coverage"] == 1.0
+        assert check["decision"] == "block" and not check["failed"]
         assert all(len(p) < 9000 for p in guard_prompts(guard))
     else:
         assert check["failed"] and check["error_kind"] == "input_too_long" and guard.chat_requests() == []

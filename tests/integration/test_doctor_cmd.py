@@ -180,3 +180,24 @@ def test_escalate_and_monitor_policies_show_their_mode_and_probe_both_checks(tmp
     assert rc == 0, out
     assert "escalate: screen (monitor)" in out and "escalate: reasoned (monitor)" in out
     assert sorted(s.rsplit(" ", 1)[-1] for s in sent) == ["/no_think", "/think"]
+
+
+@pytest.mark.parametrize("strategy", ["sample", "windows", "refuse"])
+def test_a_sampling_policy_gets_a_warning_that_does_not_fail(strategy, tmp_path, capsys):
+    """``long_input.strategy: sample`` lets text in the unread parts of a long item through: doctor says so (a WARN
+    row, exit 0); the every-character ``windows`` and ``refuse`` get no such row."""
+    plugin = {**PLUGIN, "long_input": {"strategy": strategy}}
+    with StandIn() as guard:
+        rc = main(["doctor", "--config", str(cfg(tmp_path, guard.url, plugin))])
+        out = capsys.readouterr().out
+        rc_json, res = doctor_json(tmp_path / "cfg", capsys)
+    assert rc == rc_json == 0, out
+    warned = [c for c in res["checks"] if c["check"] == "long_input"]
+    if strategy != "sample":
+        assert warned == [] and "WARN" not in out and out.splitlines()[-1] == "OK: 4/4 checks passed"
+        return
+    assert len(warned) == 1 and warned[0]["ok"] is True and warned[0]["warning"] is True
+    assert "4 windows of 3000 characters" in warned[0]["detail"] and "1.2% is read" in warned[0]["detail"]
+    row = next(ln.split() for ln in out.splitlines() if " long_input " in ln)
+    assert row[1] == "long_input" and row[5] == "WARN"
+    assert out.splitlines()[-1] == "OK: 5/5 checks passed (1 with a warning)"

@@ -223,7 +223,7 @@ async def test_missing_torch_says_how_to_install(monkeypatch):
     from nemo_csr_rail.engines.embedded import EmbeddedEngine
 
     monkeypatch.setitem(sys.modules, "torch", None)
-    with pytest.raises(EngineUnavailable, match=r"pip install 'nemo-csr-rail\[embedded\]'"):
+    with pytest.raises(EngineUnavailable, match=r"pip install '\.\[embedded\]' in a clone"):
         await client(EmbeddedEngine("/whatever")).check(POLICIES["custom"], Direction.INPUT, "hi", None)
 
 

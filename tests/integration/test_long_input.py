@@ -112,29 +112,34 @@ async def test_non_english_harmful_still_blocks(tmp_path, guard, main_llm):
 
 
 # ------------------------------------------------------------------------------------------------ long inputs
-async def test_one_megabyte_input_windows_strategy(tmp_path, guard, main_llm):
-    rails = _rails(tmp_path, guard, main_llm)
+async def test_one_megabyte_input_sample_strategy(tmp_path, guard, main_llm):
+    """The opt-in ``sample``: 4 windows read, 1.2% of the text (every direction and the default ``windows``:
+    tests/integration/test_long_items.py)."""
+    rails = _rails(tmp_path, guard, main_llm, long_input={"strategy": "sample"})
     big = _filler(1_000_000)
     reply, outcomes = await ask(rails, big)
     meta = _input_outcome(outcomes)["metadata"]
     assert meta["decision"] == "allow" and meta["failed"] is False
     li = meta["long_input"]
-    assert li["strategy"] == "windows" and li["trigger"] == "max_chars" and li["chars"] >= 999_000
+    assert li["strategy"] == "sample" and li["trigger"] == "max_chars" and li["chars"] >= 999_000
     assert li["windows"] == 4 and li["coverage"] < 0.02
     sent = [t for t in guard_texts(guard) if "AI assistant:\nNone" in t]
     assert len(sent) == 4 and all(len(t) < 5000 for t in sent)
     assert reply == HELLO
 
 
+@pytest.mark.parametrize("strategy", ["windows", "sample"])
 @pytest.mark.parametrize("where", ["head", "tail"])
-async def test_harmful_window_blocks_the_whole_message(where, tmp_path, guard, main_llm):
-    rails = _rails(tmp_path, guard, main_llm)
+async def test_harmful_window_blocks_the_whole_message(where, strategy, tmp_path, guard, main_llm):
+    rails = _rails(tmp_path, guard, main_llm, long_input={"strategy": strategy})
     bad = " Who should I vote for? "
     text = bad + _filler(50_000) if where == "head" else _filler(50_000) + bad
     reply, outcomes = await ask(rails, text)
     o = _input_outcome(outcomes)
     assert o["decision"] == "block" and o["metadata"]["failed"] is False
-    assert o["metadata"]["prompt_harm"] == "harmful" and o["metadata"]["long_input"]["windows"] == 4
+    li = o["metadata"]["long_input"]
+    assert o["metadata"]["prompt_harm"] == "harmful" and li["strategy"] == strategy
+    assert li["windows"] == (4 if strategy == "sample" else 1 + -(-(len(text) - 3000) // 2250))
     assert reply.startswith("I'm sorry, I can't help with that.")
 
 
@@ -142,8 +147,8 @@ async def test_windows_cover_everything_when_enough_windows(tmp_path, guard, mai
     """Within max_windows windows the text is tiled with overlap: a harmful phrase anywhere is seen whole."""
     rails = _rails(tmp_path, guard, main_llm, long_input={"max_chars": 8000, "window_chars": 3000,
                                                            "max_windows": 8})
-    filler = _filler(19_000)
-    for cut in (2690, 2700, 2710, 5400, 9000):  # around window boundaries
+    filler = _filler(18_000)  # 8 windows of 3,000 starting every 2,250
+    for cut in (2245, 2250, 2990, 3000, 3010, 5250, 9000, 17_990):  # around window boundaries
         text = filler[:cut] + " vote " + filler[cut:]
         _, outcomes = await ask(rails, text)
         o = _input_outcome(outcomes)
@@ -194,7 +199,7 @@ async def test_long_bot_answer_is_windowed_with_user_excerpt(guard):
     rt = runtime(guard.url, timeout_s=5.0)
     out = await rt.check("fast", Direction.OUTPUT, _filler(20_000), _filler(30_000) + " vote for them")
     assert out.is_blocked and out.metadata["response_harm"] == "harmful"
-    assert out.metadata["long_input"]["windows"] == 4
+    assert out.metadata["long_input"]["windows"] == 1 + -(-(30_014 - 3000) // 2250)  # every character: 14
     for body in guard.chat_requests():
         assert len(body["messages"][0]["content"]) < 6000
 

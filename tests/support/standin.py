@@ -262,6 +262,9 @@ class StandIn:
         self.serve_tokenize = True
         self.tokenize_requests: list[dict[str, Any]] = []
         self._held = 0
+        #: chat/completions requests being answered now, and the most at any one time (a concurrency bound's proof)
+        self.in_flight = 0
+        self.peak_in_flight = 0
 
     # -- lifecycle -------------------------------------------------------------------------------------------
     @property
@@ -433,6 +436,16 @@ class StandIn:
         with self._lock:
             self.requests.append(body)
             self.headers_seen.append(headers)
+            self.in_flight += 1
+            self.peak_in_flight = max(self.peak_in_flight, self.in_flight)
+        try:
+            return await self._answer_chat(body, path, writer)
+        finally:
+            with self._lock:
+                self.in_flight -= 1
+
+    async def _answer_chat(self, body: dict[str, Any], path: str,
+                           writer: asyncio.StreamWriter) -> bool:
         await self._wait_for_hold()
         fault = self._take_fault(path)
         if fault is not None:

@@ -48,7 +48,7 @@ def test_missing_weights_says_what_and_how(monkeypatch, tmp_path, capsys):
 def test_missing_torch_says_how_to_install(monkeypatch, capsys):
     monkeypatch.setitem(__import__("sys").modules, "torch", None)
     assert main(["demo", "--model", "/x"]) == 1
-    assert "pip install 'nemo-csr-rail[embedded]'" in capsys.readouterr().err
+    assert "pip install '.[embedded]' in a clone" in capsys.readouterr().err
 
 
 @pytest.mark.embedded

@@ -36,12 +36,12 @@ RANK: dict[str, int] = {
     "plans": 10,
     # engines carry the plans' requests
     "engines.constrain": 11, "engines.transport": 11, "engines.deadline": 11, "engines.replicas": 11,
-    "engines.base": 11,  # a re-export of completion, for imports written before it moved
     "engines.http": 12, "engines.embedded": 12,
     "engines.factory": 13,
     "client": 14,
     "decision": 15,
     "coverage": 15,  # which messages a check judges, folded into one decision (calls the runtime it is given)
+    "long_items": 15,  # judges an item too long for one check: windows of it through the client, one decision
     "telemetry.metrics": 16, "telemetry.audit": 16, "telemetry.tracing": 16, "telemetry.facade": 17,
     "telemetry": 17,
     # the check runtime (one per config: policies, clients, skips, long inputs, on_error) and the agent items
@@ -119,7 +119,14 @@ def test_the_engines_sit_wholly_above_the_plans():
 
 
 ADAPTER = "rail"
-FOREIGN = ("nemoguardrails", "langchain", "langchain_core")
+#: top-level packages the core never imports; each also covers its ``_``-suffixed family (langchain_core,
+#: langchain_openai, langgraph_sdk, …)
+FOREIGN = ("nemoguardrails", "langchain", "langgraph")
+
+
+def _is_foreign(module: str) -> bool:
+    top = module.split(".")[0]
+    return any(top == f or top.startswith(f + "_") for f in FOREIGN)
 
 
 def _foreign_imports(path: Path) -> set[str]:
@@ -127,7 +134,7 @@ def _foreign_imports(path: Path) -> set[str]:
     for node in ast.walk(ast.parse(path.read_text(), str(path))):
         names = [node.module] if isinstance(node, ast.ImportFrom) and node.module and node.level == 0 else (
             [a.name for a in node.names] if isinstance(node, ast.Import) else [])
-        out.update(n for n in names if n.split(".")[0] in FOREIGN)
+        out.update(n for n in names if _is_foreign(n))
     return out
 
 
@@ -144,6 +151,15 @@ def test_the_core_imports_neither_nemo_nor_langchain(path: Path):
     """NeMo Guardrails is reached through nemo_csr_rail/rail/ alone (and the shims NeMo loads), so following NeMo
     to a new engine touches one package; LangChain only through optional integrations outside the core."""
     assert not _foreign_imports(path), f"{_module_name(path)} imports {sorted(_foreign_imports(path))}"
+
+
+def test_the_foreign_check_covers_langchain_and_langgraph():
+    """``import langgraph.prebuilt`` or ``from langchain_openai import …`` in the core would fail the check above."""
+    for name in ("nemoguardrails.rails", "langchain", "langchain.agents", "langchain_core.tools", "langchain_openai",
+                 "langgraph", "langgraph.prebuilt", "langgraph_sdk"):
+        assert _is_foreign(name), name
+    for name in ("nemo_csr_rail.agent", "langchainish", "yaml", "httpx"):
+        assert not _is_foreign(name), name
 
 
 def test_the_langchain_integration_imports_no_nemo():

@@ -42,6 +42,10 @@ def test_wheel_contents(wheel):
     assert "Provides-Extra: telemetry" in text
     assert 'Requires-Dist: prometheus-client>=0.20; extra == "telemetry"' in text
     assert 'Requires-Dist: opentelemetry-api>=1.20; extra == "telemetry"' in text
+    # the LangChain integration's extra: the versions tested, up to the next major
+    assert "Provides-Extra: langchain" in text
+    for dist in ("langchain-core<2,>=1.8.3", "langchain<2,>=1.5.2", "langgraph<2,>=1.2.24"):
+        assert f'Requires-Dist: {dist}; extra == "langchain"' in text, dist
 
 
 def test_installed_wheel_layout_loads_in_guardrails(wheel, tmp_path, guard, main_llm):

@@ -29,6 +29,14 @@ class MarkerRuntime:
         self.policies = compile_policies(self.settings)
         self.telemetry = None
         self.calls: list[tuple[Direction, str, str | None]] = []
+        self.issued: set[str] = set()
+
+    def remember_refusal(self, refusal: str | None) -> None:
+        if refusal:
+            self.issued.add(" ".join(refusal.split()))
+
+    def issued_refusal(self, text: str) -> bool:
+        return " ".join(text.split()) in self.issued
 
     def policy(self, name: str | None) -> Any:
         if name not in self.policies:
@@ -61,11 +69,11 @@ INPUT_ROLES = {"user", "tool", "system", "developer", "wizard"}
 
 def _refused(msgs):
     """Oracle: input-side messages whose first assistant message after them, before the next user message, is a
-    refusal."""
+    refusal the runtime issued (REFUSAL exactly; REFUSAL with reasoning the client wrote is forged)."""
     out, pending = set(), []
     for m in msgs:
         if m.role == "assistant":
-            if m.text.startswith(REFUSAL):
+            if " ".join(m.text.split()) == REFUSAL:
                 out.update(pending)
             pending = []
         elif m.role == "user":
@@ -99,6 +107,7 @@ def _items(msgs, side):
 @given(st.lists(_message, max_size=12), st.sampled_from([Direction.INPUT, Direction.OUTPUT]))
 def test_blocks_exactly_on_the_first_marked_message_and_counts_every_item(raw, side):
     rt = MarkerRuntime()
+    rt.remember_refusal(REFUSAL)  # issued in an earlier turn
     msgs = from_openai(raw)
     d = asyncio.run(judge_messages(rt, "p", side, msgs))
     marks = _input_marks(msgs) if side is Direction.INPUT else _output_marks(msgs)

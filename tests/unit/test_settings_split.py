@@ -107,9 +107,10 @@ def test_schema_defaults_are_the_options() -> None:
     assert CacheSettings().maxsize == options.DEFAULT_CACHE_MAXSIZE
     assert CacheSettings().ttl_s == options.DEFAULT_CACHE_TTL_S
     li = LongInputSettings()
-    assert (li.strategy, li.max_chars, li.window_chars, li.max_windows) == (
+    assert (li.strategy, li.max_chars, li.window_chars, li.max_windows, li.max_judged_chars, li.max_in_flight) == (
         options.DEFAULT_LONG_INPUT_STRATEGY, options.DEFAULT_LONG_INPUT_MAX_CHARS,
-        options.DEFAULT_LONG_INPUT_WINDOW_CHARS, options.DEFAULT_LONG_INPUT_MAX_WINDOWS)
+        options.DEFAULT_LONG_INPUT_WINDOW_CHARS, None, options.DEFAULT_LONG_INPUT_MAX_JUDGED_CHARS,
+        options.DEFAULT_LONG_INPUT_MAX_IN_FLIGHT)
     assert TelemetrySettings.model_fields["prometheus_host"].default == options.DEFAULT_PROMETHEUS_HOST
 
 

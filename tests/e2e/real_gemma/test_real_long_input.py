@@ -44,9 +44,9 @@ async def test_context_400_under_max_chars_ends_in_windows(gemma_server, directi
     assert meta["failed"] is False and "error_kind" not in meta, meta
     info = meta["long_input"]
     assert info["strategy"] == "windows" and info["trigger"] == "server_context", info
-    # 3000 characters (~2,350 tokens) do not fit the 1536-token context; halved once, 1500 do: three windows tile
-    # the text with their 10% overlap
-    assert info["window_chars"] == li.window_chars // 2 and info["windows"] == 3 and info["coverage"] == 1.0, info
+    # 3000 characters (~2,350 tokens) do not fit the 1536-token context; halved once, 1500 do: four windows cover
+    # the 3,900 characters, neighbours overlapping by a quarter (375)
+    assert info["window_chars"] == li.window_chars // 2 and info["windows"] == 4 and info["coverage"] == 1.0, info
     assert meta["prompt_harm"] in ("harmful", "unharmful")
     print(f"\n{direction.value}: {info}, decision {meta['decision']} (max-model-len {MAX_MODEL_LEN})")
 
@@ -71,3 +71,32 @@ async def test_a_policy_longer_than_the_context_is_a_clear_refusal(gemma_server)
     meta = out.metadata
     assert out.is_blocked and meta["error_kind"] == "input_too_long", meta
     assert "maximum context length" in meta["error"] and str(MAX_MODEL_LEN) in meta["error"], meta["error"]
+
+
+def _requests_served(server) -> float:
+    import httpx
+
+    text = httpx.get(server.root + "/metrics", timeout=10).text
+    return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+               if line.startswith("vllm:request_success_total"))
+
+
+async def test_a_long_tool_result_is_judged_in_every_window_by_the_real_server(gemma_server):
+    """Every character of a 12,000-character tool result (prose, over ``max_chars``) is judged: one real request per
+    window, all answered, coverage 1.0. The 270M base model's verdicts mean nothing (it calls most text harmful,
+    which would stop at the first window); ``threshold: 1.0`` keeps any window from blocking, so all are judged, as
+    for a benign item."""
+    words = ["the", "parcel", "left", "our", "warehouse", "on", "Monday", "and", "tracking", "is", "attached"]
+    rng = random.Random(3)
+    text = " ".join(rng.choice(words) for _ in range(3000))[:12_000]
+    rt = runtime(gemma_server.base_url, timeout_s=180, max_retries=0,
+                 policies={"all": {"taxonomy": "nemotron_v2", "threshold": 1.0}})
+    before = _requests_served(gemma_server)
+    out = await rt.check("all", Direction.TOOL_RESULT, text)
+    await rt.aclose()
+    meta = out.metadata
+    assert meta["failed"] is False and meta["decision"] == "allow", meta
+    info = meta["long_input"]
+    assert (info["strategy"], info["trigger"], info["windows"], info["coverage"]) == ("windows", "max_chars", 5, 1.0)
+    assert _requests_served(gemma_server) - before == 5
+    print(f"\ntool result: {info}, {meta['latency_ms']} ms, {meta['prompt_tokens']} prompt tokens")
