@@ -32,11 +32,12 @@ TOOL_RAILS = {"tool_output": {"flows": ['csr check tool calls $policy="agent"']}
 MAIN_ANSWERS = ("Hello! How can I help you today?", "Based on the tool results:")
 
 
-def _config(path, guard, llm, *, tools: bool, main: bool = True, streaming: bool = False):
-    output: dict[str, Any] = {"flows": OUTPUT}
+def _config(path, guard, llm, *, tools: bool, main: bool = True, streaming: bool = False, policy: str = "agent"):
+    output: dict[str, Any] = {"flows": [f.replace('"agent"', f'"{policy}"') for f in OUTPUT]}
     if streaming:  # NeMo streams only with streaming output rails (checked in chunks, then the whole answer)
         output["streaming"] = {"enabled": True, "chunk_size": 10, "context_size": 3, "stream_first": False}
-    rails = {"input": {"flows": INPUT}, "output": output, **(TOOL_RAILS if tools else {})}
+    rails = {"input": {"flows": [f.replace('"agent"', f'"{policy}"') for f in INPUT]}, "output": output,
+             **(TOOL_RAILS if tools else {})}
     return write_config(path, guard_url=guard.url, main_url=llm.url if main else None, plugin=PLUGIN,
                         extra={"passthrough": True, "rails": rails})
 
@@ -214,17 +215,18 @@ async def test_guardrails_middleware_stops_a_harmful_tool_call_before_it_runs(tm
                          ids=["middleware's own text", "the policy's refusal"])
 async def test_guardrails_middleware_conversation_after_a_refused_turn(tmp_path, guard, agent_llm,
                                                                       blocked_input_message):
-    """A LangGraph thread keeps the refused exchange. The plugin recognises a turn its policy refused by the
-    refusal's text; the middleware writes its own fixed text instead, so with its default the thread stays refused
-    (the harmful message is still in what the model would read); with ``blocked_input_message`` set to the policy's
-    refusal (its text without the reasoning), the conversation goes on."""
+    """A LangGraph thread keeps the refused exchange. A refused turn sent back excuses its message only when the
+    answer after it is, word for word, a refusal the runtime issued (docs/coverage.md); the middleware writes its
+    own fixed text instead, so with its default the thread stays refused (the harmful message is still in what the
+    model would read). With a reasoning-off policy its refusal has no model text in it, and a
+    ``blocked_input_message`` equal to it lets the conversation go on."""
     pytest.importorskip("langchain.agents")
     pytest.importorskip("langchain_openai")
     from langchain.agents import create_agent
     from langchain_core.messages import HumanMessage
     from nemoguardrails.integrations.langchain.middleware import GuardrailsMiddleware
 
-    cfg = _config(tmp_path / "mw", guard, agent_llm, tools=False)
+    cfg = _config(tmp_path / "mw", guard, agent_llm, tools=False, policy="agent_fast")
     extra = {} if blocked_input_message is None else {"blocked_input_message": blocked_input_message}
     agent = create_agent(model=_chat_model(agent_llm), tools=[],
                          middleware=[GuardrailsMiddleware(config_path=str(cfg), **extra)])
