@@ -1,7 +1,9 @@
 """Executed by NeMo Guardrails when it loads a config that imports this package: validate at load time.
 
 ``LLMRails.__init__`` calls ``init(app)`` before any turn runs, so a bad ``custom_data.nemo_csr_rail`` section fails
-there with the offending key named, instead of on the first user message.
+there with the offending key named, instead of on the first user message. It also installs the turn-shape
+workaround on that ``LLMRails`` (:mod:`nemo_csr_rail.rail.nemo_compat`): the rails run on every turn of an agent
+conversation and see the request's messages.
 """
 
 from typing import Any
