@@ -186,6 +186,19 @@ async def test_colang2_generate_async(tmp_path, guard, main_llm, shape):
     assert is_refusal(answer), answer
 
 
+@pytest.mark.parametrize("shape", SHAPES, ids=SHAPE_IDS)
+async def test_check_async_both_sides_at_once(tmp_path, guard, agent_llm, shape):
+    """``check_async(messages)`` without ``rail_types`` runs the input and the output rails together when the
+    messages hold both: whichever side the harmful message is judged on blocks."""
+    from nemoguardrails.rails.llm.options import RailStatus
+
+    rails = _rails(tmp_path, guard, agent_llm, "passthrough + tool rails")
+    ok = await rails.check_async([*shape.benign, bot("Here you go.")])
+    assert (ok.status, ok.content) == (RailStatus.PASSED, "Here you go.")
+    bad = await rails.check_async([*shape.harmful, bot("Here you go.")])
+    assert bad.status == RailStatus.BLOCKED and is_refusal(bad.content)
+
+
 # ----------------------------------------------------------------------- check_async of an answer that calls tools
 @pytest.mark.parametrize("config", ["passthrough", "passthrough + tool rails"])
 @pytest.mark.parametrize("history", [False, True], ids=["first call", "after a tool exchange"])
