@@ -120,6 +120,16 @@ class CsrGuard:
         return GuardedRetriever(inner=retriever, guard=self, policy=policy, tags=retriever.tags,
                                 metadata=retriever.metadata)
 
+    def middleware(self, policy: str | None = None, *, input_policy: str | None = None,
+                   output_policy: str | None = None, tool_policy: str | None = None, stream: str = "hold",
+                   name: str | None = None) -> Any:
+        """A ``create_agent`` middleware judging every message the model reads, every answer and tool call, and
+        every tool result and tool error (the ``langchain`` extra; docs/langchain-agents.md)."""
+        from nemo_csr_rail.langchain_middleware import CsrGuardMiddleware
+
+        return CsrGuardMiddleware(self.runtime, policy, input_policy=input_policy, output_policy=output_policy,
+                                  tool_policy=tool_policy, stream=stream, name=name)  # type: ignore[arg-type]
+
     # ---------------------------------------------------------------------------------------------- checks
     async def acheck_tool_call(self, name: str, arguments: Any, *, policy: str | None = None,
                                user_message: str | None = None, call_id: str | None = None) -> None:

@@ -55,7 +55,7 @@ RANK: dict[str, int] = {
     # the files NeMo loads from import_paths: one-line re-exports of the adapter
     "actions": 23, "config": 23,
     # optional framework integrations: consumers of the core runtime, imported by nothing in the package
-    "langchain": 24,
+    "langchain": 24, "langchain_messages": 24, "langchain_middleware": 24,
 }
 OUTSIDE = ("cli", "eval")
 
@@ -138,10 +138,10 @@ def _foreign_imports(path: Path) -> set[str]:
     return out
 
 
-# Exempt from the check below, explicitly: nemo_csr_rail/langchain.py is the optional LangChain integration (the
-# `langchain` extra). It imports langchain_core by design and reuses the NeMo adapter's runtime so that its tool
-# and retriever checks decide exactly as the rails do; its RANK (last) keeps every other module from importing it.
-INTEGRATIONS = ("langchain",)
+# Exempt from the check below, explicitly: nemo_csr_rail/langchain.py, langchain_middleware.py and
+# langchain_messages.py are the optional LangChain integration (the `langchain` extra). They import LangChain by design and judge through the core runtime
+# so that their checks decide exactly as the rails do; their RANK (last) keeps every other module from importing them.
+INTEGRATIONS = ("langchain", "langchain_messages", "langchain_middleware")
 CORE = [p for p in MODULES if not (_module_name(p) == ADAPTER or _module_name(p).startswith(ADAPTER + "."))
         and _module_name(p) not in ("actions", "config") and _module_name(p) not in INTEGRATIONS]
 
@@ -169,3 +169,12 @@ def test_the_langchain_integration_imports_no_nemo():
     assert not {n for n in _foreign_imports(path) if n.split(".")[0] == "nemoguardrails"}
     assert not {d for d in _imports(path) if d == ADAPTER or d.startswith(ADAPTER + ".")}, \
         "langchain.py imports the NeMo adapter"
+
+
+@pytest.mark.parametrize("name", ["langchain_middleware.py", "langchain_messages.py"])
+def test_the_agent_middleware_imports_no_nemo(name):
+    """The LangChain agent middleware is LangChain only: an agent built with it never loads NeMo Guardrails."""
+    path = PKG / name
+    assert not {n for n in _foreign_imports(path) if n.split(".")[0] == "nemoguardrails"}
+    assert not {d for d in _imports(path) if d == ADAPTER or d.startswith(ADAPTER + ".")}, \
+        f"{name} imports the NeMo adapter"

@@ -1,0 +1,182 @@
+"""LangChain messages for the guard: the transcript the core judges, the model's view of a thread, the records.
+
+* :func:`to_transcript`: LangChain messages as :class:`nemo_csr_rail.transcript.Message` (text parts joined, other
+  parts named, tool calls — also those whose arguments did not parse — kept), in the order the model reads them;
+* :func:`model_view`: what the model is sent of a thread: the refusals the middleware issued and what they refused
+  left out, a refused tool result withheld in place (docs/langchain-agents.md, "Later turns");
+* the refusal ``AIMessage`` and the blocked ``ToolMessage``, with the middleware's record in
+  ``response_metadata["nemo_csr_rail"]`` (:func:`record_of` reads it).
+
+Used by :mod:`nemo_csr_rail.langchain_middleware`; LangChain only, no NeMo Guardrails.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import uuid
+from collections.abc import Sequence
+from typing import Any
+
+from langchain_core.messages import AIMessage, BaseMessage, ToolMessage
+from langgraph.prebuilt.tool_node import ToolCallRequest
+from langgraph.types import Command
+
+from nemo_csr_rail.agent import content_text
+from nemo_csr_rail.decision import Decision
+from nemo_csr_rail.transcript import Message, ToolCallItem
+
+#: the key of this middleware's record in a message's ``response_metadata``
+METADATA_KEY = "nemo_csr_rail"
+_ROLES = {"human": "user", "ai": "assistant", "tool": "tool", "system": "system"}
+
+
+# ------------------------------------------------------------------------------------------- messages → transcript
+def to_transcript(messages: Sequence[BaseMessage]) -> list[Message]:
+    """LangChain messages as the core's transcript (the order and positions the model reads them in)."""
+    out: list[Message] = []
+    for i, m in enumerate(messages):
+        role = _ROLES.get(m.type, m.type)
+        # a call whose arguments did not parse is still the model's output (and shown to the application): judged
+        # with its raw arguments
+        calls = tuple(ToolCallItem(c.get("id"), c.get("name") or "", c.get("args")) for c in
+                      [*(getattr(m, "tool_calls", None) or ()), *(getattr(m, "invalid_tool_calls", None) or ())])
+        other: tuple[str, ...] = ()
+        if isinstance(m.content, list):
+            other = tuple(str(p.get("type")) for p in m.content
+                          if isinstance(p, dict) and p.get("type") not in (None, "text"))
+        text = text_of(m.content)
+        out.append(Message(index=i, role=role, text=text, tool_calls=calls,
+                           tool_call_id=getattr(m, "tool_call_id", None), name=getattr(m, "name", None),
+                           other_parts=other))
+    return out
+
+
+def text_of(content: Any) -> str:
+    """A message's judged text: its text parts joined by newlines (a string as it is)."""
+    if isinstance(content, list):
+        return "\n".join(p if isinstance(p, str) else str(p.get("text", "")) for p in content
+                         if isinstance(p, str) or (isinstance(p, dict) and p.get("type") in (None, "text")))
+    return content_text(content)
+
+
+def only_tool_results(transcript: list[Message]) -> list[Message]:
+    """The input side's share of ``tool_policy`` when it differs from ``input_policy``: the other messages'
+    text blanked (an empty message is not sent to the guard); positions stay, so the indexes still match."""
+    return [m if m.role == "tool" else dataclasses.replace(m, text="") for m in transcript]
+
+
+def without_tool_results(transcript: list[Message]) -> list[Message]:
+    return [dataclasses.replace(m, text="") if m.role == "tool" else m for m in transcript]
+
+
+def only_calls(transcript: list[Message]) -> list[Message]:
+    """The output side's share of ``tool_policy``: the answers' text blanked, their tool calls kept."""
+    return [dataclasses.replace(m, text="") if m.role == "assistant" else m for m in transcript]
+
+
+def without_calls(transcript: list[Message]) -> list[Message]:
+    return [dataclasses.replace(m, tool_calls=()) if m.tool_calls else m for m in transcript]
+
+
+# ---------------------------------------------------------------------------------------------- refusal records
+def record_of(message: BaseMessage) -> dict[str, Any] | None:
+    """This middleware's record on a message (a refusal it issued, a tool result it blocked), else None."""
+    meta = getattr(message, "response_metadata", None) or {}
+    rec = meta.get(METADATA_KEY)
+    return rec if isinstance(rec, dict) else None
+
+
+def model_view(messages: Sequence[BaseMessage]) -> list[BaseMessage]:
+    """What the model reads: the refusals this middleware issued and the messages they refused are left out (kept
+    in the state for the application and the audit); a refused tool result keeps its place, withheld."""
+    refused: set[str] = set()
+    ends: set[int] = set()
+    for i, m in enumerate(messages):
+        rec = record_of(m)
+        if rec is not None and rec.get("blocked") and isinstance(m, AIMessage):
+            ends.add(i)
+            refused.update(rec.get("refused_ids") or ())
+    if not ends:
+        return list(messages)
+    # the calls of a refused answer go with it, and so do their results (a result without its call is an error
+    # for most providers)
+    dropped_calls = {c.get("id") for m in messages if isinstance(m, AIMessage) and m.id in refused
+                     for c in m.tool_calls}
+    view: list[BaseMessage] = []
+    for i, m in enumerate(messages):
+        if i in ends or (m.id in refused and not isinstance(m, ToolMessage)):
+            continue
+        if isinstance(m, ToolMessage) and m.tool_call_id in dropped_calls:
+            continue
+        if m.id in refused and isinstance(m, ToolMessage):
+            m = m.model_copy(update={"content": "[withheld by the safety policy]"})
+        view.append(m)
+    return view
+
+
+def blocked_index(decision: Decision) -> int | None:
+    cov = getattr(decision, "coverage", None)
+    idx = getattr(cov, "blocked_index", None)
+    if idx is None:
+        meta_cov = decision.to_metadata().get("coverage")
+        idx = meta_cov.get("blocked_index") if isinstance(meta_cov, dict) else None
+    return idx if isinstance(idx, int) else None
+
+
+def record_for(decision: Decision, side: str, *, blocked: bool = True, **extra: Any) -> dict[str, Any]:
+    return {"blocked": blocked, "side": side, "policy": decision.policy, "reasoning": decision.reason,
+            **extra, "decision": decision.to_metadata()}
+
+
+def refusal_message(decision: Decision, side: str, **extra: Any) -> AIMessage:
+    text = decision.refusal or "I can't help with that."
+    return AIMessage(content=text, id=f"csr-refusal-{uuid.uuid4().hex}",
+                     response_metadata={METADATA_KEY: record_for(decision, side, **extra)})
+
+
+def tool_messages(result: Any) -> list[ToolMessage]:
+    if isinstance(result, ToolMessage):
+        return [result]
+    if isinstance(result, Command) and isinstance(result.update, dict):
+        return [m for m in result.update.get("messages") or () if isinstance(m, ToolMessage)]
+    return []
+
+
+def blocked_tool_message(decision: Decision, request: ToolCallRequest, message: ToolMessage) -> ToolMessage:
+    call = request.tool_call
+    return ToolMessage(content=decision.refusal or "Blocked by the safety policy.",
+                       tool_call_id=message.tool_call_id or call.get("id") or "",
+                       name=message.name or call.get("name"), status="error",
+                       response_metadata={METADATA_KEY: record_for(decision, "tool_result", tool=call.get("name"),
+                                                                tool_error=message.status == "error")})
+
+
+def blocked_tool_result(view: Sequence[BaseMessage]) -> AIMessage | None:
+    """The turn's end after a tool result was blocked: the refusal as the final answer, the model not called."""
+    for m in reversed(view):
+        if isinstance(m, AIMessage):
+            return None
+        rec = record_of(m) if isinstance(m, ToolMessage) else None
+        if rec is not None and rec.get("blocked"):
+            return AIMessage(content=m.content, id=f"csr-refusal-{uuid.uuid4().hex}",
+                             response_metadata={METADATA_KEY: {**rec, "refused_ids": [m.id] if m.id else []}})
+    return None
+
+
+__all__ = [
+    "METADATA_KEY",
+    "blocked_index",
+    "blocked_tool_message",
+    "blocked_tool_result",
+    "model_view",
+    "only_calls",
+    "only_tool_results",
+    "record_for",
+    "record_of",
+    "refusal_message",
+    "text_of",
+    "to_transcript",
+    "tool_messages",
+    "without_calls",
+    "without_tool_results",
+]
