@@ -10,23 +10,31 @@ configured. Every action returns a ``RailOutcome``, as NeMo's catalog requires o
 
 from __future__ import annotations
 
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from nemoguardrails.actions import action
 from nemoguardrails.actions.rail_outcome import RailOutcome
 
 from nemo_csr_rail import agent_checks
-from nemo_csr_rail.decision import SkipReason
+from nemo_csr_rail.coverage import judge_messages
+from nemo_csr_rail.decision import Decision, SkipReason
+from nemo_csr_rail.errors import CsrError
 from nemo_csr_rail.policy import Direction
 from nemo_csr_rail.rail.history import history_from_events
 from nemo_csr_rail.rail.outcome import (
     RetrievalOutcome,
     ToolCallsOutcome,
     retrieval_rail_outcome,
+    to_rail_outcome,
     tool_calls_rail_outcome,
 )
 from nemo_csr_rail.rail.runtime import runtime_for
+from nemo_csr_rail.rail.transcript_events import request_transcript, with_current
 
+log = logging.getLogger("nemo_csr_rail")
 #: context variables the agent flows set from their outcomes' kept items (flows.v1.co)
 KEPT_TOOL_CALLS = "csr_tool_calls_kept"
 KEPT_CHUNKS = "csr_relevant_chunks_kept"
@@ -52,15 +60,33 @@ async def csr_check_input(
 ) -> RailOutcome:
     """Check the user's message against ``policy``; block (with the reasoning) if the model finds it harmful.
 
+    With ``coverage: all`` (the default) every message of the request on the input side — each user message,
+    tool result, system/developer message — is judged (each once: the ``judged_messages`` cache), read from the
+    request record in ``events`` (``transcript_events``); the current message is the one handed to the rail. Without
+    a record (a path that does not go through ``generate_async(messages=…)``), the current message alone. A topic
+    policy judges the current message with the conversation before it, read from ``events`` (both Colang versions
+    pass them to an action that declares the parameter).
+
     The message: ``text``, else ``user_message`` (what the manifest's input surface binds: NeMo's catalog passes
-    it by name and no ``context``), else the Colang context's. A topic policy also gets the conversation before the
-    message, read from ``events`` (both Colang versions pass them to an action that declares the parameter)."""
+    it by name and no ``context``), else the Colang context's."""
     user = text if text is not None else user_message if user_message is not None else \
         (context or {}).get("user_message")
     runtime = runtime_for(config)
     name = _policy_arg(policy, kwargs)
-    history = history_from_events(events) if runtime.wants_history(name) else None
-    return await runtime.check(name, Direction.INPUT, user, history=history)
+    if runtime.wants_history(name):
+        # A topic policy asks whether *this* turn is on topic, with the conversation as context: an earlier
+        # off-topic turn was refused in its own turn and must not block every later one (docs/agents.md).
+        return await runtime.check(name, Direction.INPUT, user, history=history_from_events(events))
+    return await _judge_request(runtime, name, Direction.INPUT, events, user,
+                                lambda: runtime.check(name, Direction.INPUT, user),
+                                also_output_side=_streams_output(config))
+
+
+def _streams_output(config: Any) -> bool:
+    """Whether the config's output rails check a stream: their chunk checks get no events from NeMo 0.24.1, so the
+    client-supplied assistant messages and tool calls are judged by the input rail instead (docs/agents.md)."""
+    output = getattr(getattr(config, "rails", None), "output", None)
+    return bool(getattr(output, "flows", None)) and bool(getattr(getattr(output, "streaming", None), "enabled", False))
 
 
 @action(name="csr_check_output", is_system_action=True)
@@ -71,15 +97,46 @@ async def csr_check_output(
     text: str | None = None,
     user_message: str | None = None,
     bot_message: str | None = None,
+    events: list[Any] | None = None,
     **kwargs: Any,
 ) -> RailOutcome:
     """Check the bot's answer (with the user's message as context) against ``policy``. Each text: the explicit
     argument (``text`` for the answer; ``user_message`` / ``bot_message`` as the manifest's output surface binds
-    them), else the Colang context's."""
+    them), else the Colang context's.
+
+    With ``coverage: all`` (the default) also every assistant message and tool call the client supplied in the
+    request (a forged history), each with the user message it answers, each once (the ``judged_messages`` cache)."""
     ctx = context or {}
     bot = text if text is not None else bot_message if bot_message is not None else ctx.get("bot_message")
     user = user_message if user_message is not None else ctx.get("user_message")
-    return await runtime_for(config).check(_policy_arg(policy, kwargs), Direction.OUTPUT, user, bot)
+    runtime = runtime_for(config)
+    name = _policy_arg(policy, kwargs)
+    return await _judge_request(runtime, name, Direction.OUTPUT, events, bot,
+                                lambda: runtime.check(name, Direction.OUTPUT, user, bot))
+
+
+async def _judge_request(runtime: Any, name: str | None, side: Direction, events: list[Any] | None, text: Any,
+                         current_only: Callable[[], Awaitable[RailOutcome]], *,
+                         also_output_side: bool = False) -> RailOutcome:
+    """Judge the request's messages on ``side`` (whole-conversation coverage), the rail's own message as current;
+    without a request record in ``events``, the current message alone. ``also_output_side``: an input rail also
+    judges the request's assistant messages and tool calls (concurrently; the input side's block decides first).
+    Never raises: a bug here blocks."""
+    try:
+        transcript = request_transcript(events)
+        if transcript is None:
+            return await current_only()
+        messages, current = with_current(transcript, "user" if side is Direction.INPUT else "assistant", text)
+        if not (also_output_side and any(m.role == "assistant" for m in messages)):
+            return to_rail_outcome(await judge_messages(runtime, name, side, messages, current=current))
+        decisions = await asyncio.gather(judge_messages(runtime, name, side, messages, current=current),
+                                         judge_messages(runtime, name, Direction.OUTPUT, messages))
+        return to_rail_outcome(next((d for d in decisions if d.blocked), decisions[0]))
+    except Exception as exc:  # judge_messages never raises; this is the adapter's own code failing
+        log.exception("csr %s: reading the request's messages failed", side.value)
+        err = CsrError(f"internal error: {type(exc).__name__} while reading the request's messages")
+        return to_rail_outcome(Decision.from_error(runtime.policy_label(name), side, err, on_error="block",
+                                                   latency_ms=None, error_refusal=runtime.settings.error_refusal))
 
 
 # ------------------------------------------------------------------------------------------------------ agent rails

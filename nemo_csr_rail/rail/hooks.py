@@ -1,12 +1,15 @@
 """Executed by NeMo Guardrails when it loads a config that imports this package: validate at load time.
 
 ``LLMRails.__init__`` calls ``init(app)`` before any turn runs, so a bad ``custom_data.nemo_csr_rail`` section fails
-there with the offending key named, instead of on the first user message.
+there with the offending key named, instead of on the first user message. It also installs the turn-shape
+workaround on that ``LLMRails`` (:mod:`nemo_csr_rail.rail.nemo_compat`): the rails run on every turn of an agent
+conversation and see the request's messages.
 """
 
 from typing import Any
 
 from nemo_csr_rail.directions import Direction
+from nemo_csr_rail.rail import nemo_compat
 from nemo_csr_rail.rail.runtime import runtime_for
 
 RETRIEVAL_FLOW = Direction.RETRIEVAL.spec.flow
@@ -15,6 +18,7 @@ RETRIEVAL_FLOW = Direction.RETRIEVAL.spec.flow
 def init(app: Any) -> None:
     runtime_for(app.config)
     accept_retrieval_flow_parameters(app.config)
+    nemo_compat.install(app)  # the rails run on every turn shape; they see the whole request (docs/agents.md)
 
 
 def accept_retrieval_flow_parameters(config: Any) -> None:

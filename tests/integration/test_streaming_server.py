@@ -152,7 +152,9 @@ class RecordingGuard:
 
 
 # --------------------------------------------------------------------------------------------------- fixtures
-PLUGIN = {"policies": {"retail": {"policy": "Do not discuss politics.",
+# judged_messages off: these tests count the guard's requests of each streamed turn, and the per-message cache of
+# whole-conversation coverage would answer a repeated answer's whole-answer check from memory (docs/coverage.md)
+PLUGIN = {"judged_messages": {"enabled": False}, "policies": {"retail": {"policy": "Do not discuss politics.",
                                   "reasoning": {"input": True, "output": False}}}}
 
 
@@ -402,7 +404,7 @@ def test_the_block_reason_is_in_the_audit_record_not_in_the_stream(srv):
     assert error is not None and error.body == BLOCKED_FRAME["error"]
     blocked_text = next(text for *_, text in srv["guard"].checks(BAD_ANSWER) if "EVIL" in text)
     chunk_blocks = _audited(audit, before, lambda r: r["direction"] == "output" and r["decision"] == "block"
-                            and r["bot_text"] == blocked_text)
+                            and r.get("bot_text") == blocked_text)
     assert len(chunk_blocks) == 1
     rec = chunk_blocks[0]
     assert (rec["policy"], rec["response_harm"], rec["failed"], rec["user_text"]) == (
@@ -417,7 +419,7 @@ def test_with_output_reasoning_on_the_reasoning_is_audited_but_the_frame_is_the_
     assert text_of(got) == OK_ANSWER + " Sure, here is"
     assert error is not None and error.body == BLOCKED_FRAME["error"]
     assert _audited(audit, before, lambda r: r["decision"] == "block" and r["direction"] == "output"
-                    and r["reasoning"] == REASON_OUT)
+                    and r.get("reasoning") == REASON_OUT)
 
 
 def test_a_failed_chunk_check_looks_like_a_block_to_the_client(srv):
@@ -430,7 +432,7 @@ def test_a_failed_chunk_check_looks_like_a_block_to_the_client(srv):
     got, error = stream(srv["base"], "output_only", "Where is my order?")
     assert got == [] and error is not None and error.body == BLOCKED_FRAME["error"]
     first_chunk = "".join(tokenize(OK_ANSWER)[:10])
-    failed = _audited(audit, before, lambda r: r["direction"] == "output" and r["bot_text"] == first_chunk)
+    failed = _audited(audit, before, lambda r: r["direction"] == "output" and r.get("bot_text") == first_chunk)
     assert [(r["decision"], r["failed"], r["error_kind"]) for r in failed] == [("block", True, "guard_http_error")]
 
 

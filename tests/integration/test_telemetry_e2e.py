@@ -58,9 +58,15 @@ async def test_llmrails_turns_are_counted_per_check_and_audited(colang2, tmp_pat
     from nemo_csr_rail.rail import runtime_for
 
     assert runtime_for(rails.config).telemetry.audit.flush(10)
-    got = [json.loads(x) for x in audit.read_text().splitlines()]
+    records = [json.loads(x) for x in audit.read_text().splitlines()]
+    got = [r for r in records if "coverage" not in r]  # one line per guard check; the rail calls' summaries apart
     assert [(r["direction"], r["decision"]) for r in got] == [
         ("input", "allow"), ("output", "allow"), ("input", "block"), ("input", "allow"), ("output", "block")]
+    summaries = [(r["direction"], r["decision"], r["coverage"]["judged"]) for r in records if "coverage" in r]
+    # Colang 2.x also runs the output rail on the input refusal: the plugin's own refusal, skipped (judged 0)
+    refusal = [("output", "allow", 0)] if colang2 else []
+    assert summaries == [("input", "allow", 1), ("output", "allow", 1), ("input", "block", 1), *refusal,
+                         ("input", "allow", 1), ("output", "block", 1)], "each rail call judged its turn's message"
 
 
 @pytest.mark.usefixtures("metrics_endpoint")
@@ -118,6 +124,7 @@ def test_guardrails_server_several_configs_one_endpoint(tmp_path, guard, main_ll
     assert sample(text, "csr_check_duration_seconds_count", policy="srv_bank", direction="input") == 1
     # the server process has exited: its atexit hook wrote what was queued
     got = [json.loads(x) for x in audit.read_text().splitlines()]
+    got = [r for r in got if "coverage" not in r]  # the checks; each rail call's coverage summary apart
     assert sorted((r["policy"], r["decision"]) for r in got) == [
         ("srv_bank", "block"), ("srv_misc", "allow"), ("srv_shop", "allow")]
 

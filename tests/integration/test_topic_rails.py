@@ -133,7 +133,10 @@ async def test_colang1_forged_history_stays_one_line_per_message(tmp_path, guard
 async def test_non_topic_policies_send_no_history(tmp_path, guard, main_llm):
     rails = rails_for(v1(tmp_path, guard, main_llm, policy="retail"))
     _, outcomes = await generate(rails, [*CONVO, {"role": "user", "content": "Thanks"}])
-    assert "Human user:\nThanks\n\nAI assistant:\nNone" in guard_texts(guard)[0]
+    texts = guard_texts(guard)
+    # coverage: all judges each user message on its own (docs/coverage.md); none of them carries a history
+    assert any("Human user:\nThanks\n\nAI assistant:\nNone" in t for t in texts)
+    assert all(split_topic_prompt(t) is None for t in texts)
     assert "history_messages" not in outcomes[0]["metadata"]
 
 

@@ -49,8 +49,8 @@ RANK: dict[str, int] = {
     "runtime": 18,
     "agent_checks": 19,
     # the NeMo adapter (nemo_csr_rail/rail/, laid out like a NeMo library rail): the only package that imports NeMo
-    "rail.outcome": 20, "rail.history": 20, "rail.rail_config": 20, "rail.rail": 20,
-    "rail.runtime": 21, "rail.agent_checks": 21,
+    "rail.outcome": 20, "rail.history": 20, "rail.transcript_events": 20, "rail.rail_config": 20, "rail.rail": 20,
+    "rail.runtime": 21, "rail.agent_checks": 21, "rail.nemo_compat": 21,
     "rail": 22, "rail.actions": 22, "rail.hooks": 22,
     # the files NeMo loads from import_paths: one-line re-exports of the adapter
     "actions": 23, "config": 23,
