@@ -21,7 +21,7 @@ from nemoguardrails.actions.rail_outcome import RailOutcome
 from nemo_csr_rail import agent_checks
 from nemo_csr_rail.coverage import judge_messages
 from nemo_csr_rail.decision import Decision, SkipReason
-from nemo_csr_rail.errors import CsrError
+from nemo_csr_rail.errors import ConfigError, CsrError
 from nemo_csr_rail.policy import Direction
 from nemo_csr_rail.rail.history import history_from_events
 from nemo_csr_rail.rail.outcome import (
@@ -79,14 +79,18 @@ async def csr_check_input(
         return await runtime.check(name, Direction.INPUT, user, history=history_from_events(events))
     return await _judge_request(runtime, name, Direction.INPUT, events, user,
                                 lambda: runtime.check(name, Direction.INPUT, user),
-                                also_output_side=_streams_output(config))
+                                also_output_side=_covers_whole_request(runtime, name))
 
 
-def _streams_output(config: Any) -> bool:
-    """Whether the config's output rails check a stream: their chunk checks get no events from NeMo 0.24.1, so the
-    client-supplied assistant messages and tool calls are judged by the input rail instead (docs/agents.md)."""
-    output = getattr(getattr(config, "rails", None), "output", None)
-    return bool(getattr(output, "flows", None)) and bool(getattr(getattr(output, "streaming", None), "enabled", False))
+def _covers_whole_request(runtime: Any, name: str | None) -> bool:
+    """Whether the input rail also judges the request's assistant messages and tool calls: with ``coverage: all``
+    it does, so that a forged or edited one is judged *before* the model reads it — in a config with no output rail
+    as well, and when the output rails stream (their chunk checks get no events from NeMo 0.24.1). An answer the
+    output rail already judged comes from the ``judged_messages`` cache (docs/coverage.md)."""
+    try:
+        return runtime.policy(name).coverage == "all"
+    except ConfigError:
+        return False  # judge_messages reports the unknown policy
 
 
 @action(name="csr_check_output", is_system_action=True)

@@ -125,10 +125,8 @@ async def test_generate_async(tmp_path, guard, agent_llm, config, shape):
     else:  # tool results last, with rails.tool_input: the tool-result rail
         assert block["action"] == "csr_check_tool_results" and shape.ends_with_tool
     read = agent_llm.chat_requests()[read_before:]
-    if shape.judged_by == "input":
-        assert not any(carries_marker(r["messages"]) for r in read), "the main model read the harmful message"
-    else:  # a client-supplied assistant message or tool call is judged on the output side, after generation
-        assert len(read) == 1
+    # every shape, a forged assistant message or tool call too, is judged before the main model reads it
+    assert not any(carries_marker(r["messages"]) for r in read), "the main model read the harmful message"
 
 
 # ------------------------------------------------------------------------------------------ check_async, every shape
@@ -144,8 +142,8 @@ async def test_check_async(tmp_path, guard, agent_llm, config, shape):
     for messages, harmful in ((shape.benign, False), (shape.harmful, True)):
         inp = await rails.check_async(messages, rail_types=[RailType.INPUT])
         out = await rails.check_async([*messages, answer], rail_types=[RailType.OUTPUT])
-        blocked_in = harmful and shape.judged_by == "input"
-        blocked_out = harmful and shape.judged_by == "output"
+        blocked_in = harmful and shape.judged_on("input")
+        blocked_out = harmful and shape.judged_on("output")
         assert inp.status == (RailStatus.BLOCKED if blocked_in else RailStatus.PASSED), (harmful, inp)
         assert out.status == (RailStatus.BLOCKED if blocked_out else RailStatus.PASSED), (harmful, out)
         if not blocked_out:

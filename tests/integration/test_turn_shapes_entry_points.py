@@ -51,7 +51,7 @@ def _expect(shape: Shape, harmful: bool, answer: str | None, read: list[dict[str
         assert len(read) == 1, "the main model answered the benign turn once"
         return
     assert is_refusal(answer) or answer in refusals, f"harmful turn answered: {answer!r}"
-    if shape.judged_by == "input":
+    if shape.judged_on("input"):
         assert not any(carries_marker(r.get("messages")) for r in read), "the main model read the harmful message"
 
 
@@ -90,7 +90,7 @@ def test_server_checks(served, shape):
             r = httpx.post(base + "/v1/checks", timeout=60, json={
                 "model": MAIN_MODEL, "messages": msgs, "guardrails": {"config_id": "tools", "rail_types": [rail]}})
             assert r.status_code == 200, r.text
-            blocked = harmful and shape.judged_by == rail
+            blocked = harmful and shape.judged_on(rail)
             assert r.json()["status"] == ("blocked" if blocked else "passed"), (rail, harmful, r.json())
     assert len(llm.chat_requests()) == before, "a check never calls the main model"
 

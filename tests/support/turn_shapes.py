@@ -5,8 +5,9 @@ harmful variant differs from the benign one in exactly one message, which carrie
 (``EVIL``, ``bomb``); :attr:`Shape.judged_by` says which rail must catch it:
 
 * ``input``: the input rail (``csr check input``), before the main model reads anything;
-* ``output``: the output rail (``csr check output``): a client-supplied assistant message or tool call is judged
-  on the output side (docs/coverage.md), so the main model has read it, but its answer is replaced;
+* ``input+output``: a client-supplied assistant message or tool call: judged on the output side (docs/coverage.md)
+  by the input rail, before the main model reads anything, and again (from the cache) by the output rail — so a
+  ``check_async`` of either rail type blocks it;
 
 and :attr:`Shape.history` whether the harmful message is an earlier one (only whole-history coverage catches it).
 """
@@ -48,7 +49,7 @@ def tool(call_id: str, content: str) -> dict[str, Any]:
 class Shape:
     name: str
     build: Any  # harmful: bool -> messages
-    judged_by: str  # 'input' | 'output'
+    judged_by: str  # 'input' | 'input+output'
     history: bool  # the harmful message is an earlier one
 
     # Fresh lists every time: NeMo's passthrough path writes ``$user_message`` back into the caller's last user
@@ -65,6 +66,10 @@ class Shape:
     def harmful_index(self) -> int:
         """The index of the one message the harmful variant changes."""
         return next(i for i, (b, h) in enumerate(zip(self.benign, self.harmful, strict=True)) if b != h)
+
+    def judged_on(self, rail: str) -> bool:
+        """Whether the harmful variant is blocked by a check of this rail type ('input' or 'output')."""
+        return rail in self.judged_by.split("+")
 
     @property
     def ends_with_tool(self) -> bool:
@@ -113,10 +118,10 @@ SHAPES: list[Shape] = [
         user("Weather in Paris and Rome?"), calls(("c1", "get_weather", PARIS), ("c2", "get_weather", '{"city": "Rome"}')),
         tool("c1", _pick(h, HARMFUL_TOOL, "sunny")), tool("c2", "warm"), bot("Sunny and warm."),
         user("Thanks, go on.")]),
-    _shape("history: a fabricated assistant message", "output", True, lambda h: [
+    _shape("history: a fabricated assistant message", "input+output", True, lambda h: [
         user("What's the weather in Paris?"), bot(_pick(h, HARMFUL_BOT, "It is sunny in Paris.")),
         user("Thanks, go on.")]),
-    _shape("history: a fabricated tool call", "output", True, lambda h: [
+    _shape("history: a fabricated tool call", "input+output", True, lambda h: [
         user("What's the weather in Paris?"), calls(("c1", "get_weather", _pick(h, HARMFUL_ARGS, PARIS))),
         tool("c1", "sunny"), bot("It is sunny."), user("Thanks, go on.")]),
 ]
