@@ -275,6 +275,24 @@ async def test_the_example_agent_holds_a_conversation_after_a_tool_call(tmp_path
         assert answer == "Hello! How can I help you today?" and len(agent_llm.chat_requests()) == before + 1
 
 
+@pytest.mark.parametrize("config", ["passthrough", "dialog"])
+async def test_an_honest_replayed_history_costs_only_its_new_messages(tmp_path, guard, agent_llm, config):
+    """A chat client sends the whole conversation with every turn. With input and output rails, the input rail's
+    judging of the earlier answers (forged-history coverage) finds each in the cache, where the output rail put it
+    in its own turn: every turn after the first sends the guard its new user message and its new answer, no more."""
+    rails = _rails(tmp_path, guard, agent_llm, config)
+    messages: list = []
+    per_turn = []
+    for i in range(5):
+        messages.append(user(f"Question number {i}: what is the weather in Paris?"))
+        before = len(guard.chat_requests())
+        answer = await _turn(rails, messages)
+        assert answer == MAIN_ANSWERS[0]
+        per_turn.append(len(guard.chat_requests()) - before)
+        messages.append(bot(answer))
+    assert per_turn == [2] * 5, per_turn  # the user message (input) and the answer (output), each once
+
+
 @pytest.mark.parametrize("config", ["passthrough", "passthrough + tool rails"])
 async def test_a_refused_turn_kept_in_the_history_does_not_refuse_the_next(tmp_path, guard, agent_llm, config):
     """A chat client sends the refused exchange back with its next message: the conversation goes on (the
