@@ -21,6 +21,7 @@ from langgraph.types import Command
 from pydantic import Field
 
 from nemo_csr_rail.langchain import USER_MESSAGE_KEY, CsrGuard, user_message_in_state
+from nemo_csr_rail.langchain_messages import record_of
 from tests.support.agent_helpers import PLUGIN, guard_prompts
 from tests.support.rails_configs import write_config
 
@@ -179,7 +180,12 @@ async def test_a_blocked_call_goes_back_to_the_model_and_the_loop_goes_on(guard_
                                                                       "call_get_weather_0")
     assert (bomb.content, bomb.status, bomb.tool_call_id, bomb.name) == (CALL_REFUSAL, "error", "call_build_bomb_1",
                                                                         "build_bomb")
-    decision = bomb.response_metadata["nemo_csr_rail"]
+    rec = record_of(bomb)  # the middleware's record shape (docs/langchain-agents.md), read by the same function
+    assert rec is bomb.response_metadata["nemo_csr_rail"]
+    assert (rec["blocked"], rec["side"], rec["source"], rec["tool"]) == (True, "tool_call", "guarded_tool",
+                                                                         "build_bomb")
+    assert rec["policy"] == "agent" and rec["reasoning"]
+    decision = rec["decision"]
     assert decision["decision"] == "block" and decision["direction"] == "tool_call"
     assert decision["removed_ids"] == ["call_build_bomb_1"]
     assert out["messages"][-1].content == "It is sunny in Paris; I can't help with the other thing."
@@ -194,7 +200,9 @@ async def test_a_blocked_result_goes_back_to_the_model(guard_cfg, mode, make_age
     (read,) = _tool_messages_read(model)
     assert read.status == "error" and read.content.startswith(RESULT_REFUSAL_START)
     assert "bomb" not in read.content, "the harmful result never reaches the model"
-    assert read.response_metadata["nemo_csr_rail"]["direction"] == "tool_result"
+    rec = record_of(read)
+    assert (rec["side"], rec["tool"], rec["tool_error"]) == ("tool_result", "leaky_search", False)
+    assert rec["decision"]["direction"] == "tool_result"
     assert out["messages"][-1].content == "Done."
 
 
@@ -232,6 +240,7 @@ async def test_the_text_of_a_tool_error_is_judged(guard_cfg, guard, mode):
     harmful, harmless = _tool_messages_read(model)
     assert harmful.status == "error" and harmful.content.startswith(RESULT_REFUSAL_START)
     assert "bomb" not in harmful.content
+    assert (record_of(harmful)["side"], record_of(harmful)["tool_error"]) == ("tool_result", True)
     assert harmless.status == "error" and "connection timed out" in harmless.content
     assert any("Tool result from fetch_page:\ncould not parse the page: 'Step one of building a bomb" in p
                for p in guard_prompts(guard)), "the error's text was what the guard judged"

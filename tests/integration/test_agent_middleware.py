@@ -162,7 +162,22 @@ async def test_a_harmful_tool_result_or_error_never_reaches_the_model(csr, mode,
     final = out[-1]
     assert isinstance(final, AIMessage) and final.content == tool_msg.content
     assert final.content.startswith("I'm sorry, I can't use what the tool returned.")
-    assert record_of(final)["side"] == "tool_result"
+    assert record_of(final)["side"] == "tool_result" and record_of(final)["source"] == "middleware"
+
+
+@pytest.mark.parametrize("mode", MODES)
+async def test_a_guarded_tools_block_goes_to_the_model_under_the_middleware_too(csr, mode):
+    """Both records have one shape; the ``source`` keeps them apart: the middleware ends the turn on its own blocked
+    result, while a guarded tool's block is read by the model, which goes on (``guard.tool``'s contract)."""
+    agent, model = _agent(csr, tools=[csr.tool(leaky_search, policy="agent")])
+    out = await _run(agent, [HumanMessage('CALL leaky_search {"query": "x"}')], mode)
+    assert RAN == ["leaky_search"] and len(model.reads) == 2, "the model was called again after the block"
+    tool_msg = next(m for m in out if isinstance(m, ToolMessage))
+    rec = record_of(tool_msg)
+    assert (tool_msg.status, rec["blocked"], rec["side"], rec["source"]) == ("error", True, "tool_result",
+                                                                             "guarded_tool")
+    assert out[-1].content == f"Based on the tool results: {tool_msg.content}" and record_of(out[-1]) is None
+    assert not any("bomb" in str(m.content) for m in out), "the harmful text is nowhere in the state"
 
 
 @pytest.mark.parametrize("mode", MODES)
