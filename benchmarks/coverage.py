@@ -223,6 +223,12 @@ class _NeverJudged:
     def policy(self, name: Any) -> Any:
         return self._policies[name]
 
+    def issued_refusal(self, text: str) -> bool:
+        return False  # this runtime refuses nothing
+
+    def remember_refusal(self, refusal: str | None) -> None:
+        pass
+
     async def decide(self, policy_name: Any, direction: Any, user: Any, bot: Any = None, history: Any = None) -> Any:
         return Decision.from_result(self._policies[policy_name], direction, CheckResult(Verdict("unharmful", None), 1.0))
 
