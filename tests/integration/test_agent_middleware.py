@@ -17,31 +17,10 @@ from langgraph.types import Command
 from nemo_csr_rail.langchain import CsrGuard
 from nemo_csr_rail.langchain_middleware import METADATA_KEY, record_of
 from tests.support.agent_helpers import PLUGIN, guard_prompts
+from tests.support.agent_tools import RAN, agent_guard, build_bomb, leaky_search
+from tests.support.agent_tools import get_weather_brief as get_weather
 from tests.support.rails_configs import write_config
 from tests.support.scripted_chat import ScriptedChatModel
-
-RAN: list[str] = []
-
-
-@tool
-def get_weather(city: str) -> str:
-    """Current weather for a city."""
-    RAN.append(f"get_weather:{city}")
-    return f"sunny in {city}"
-
-
-@tool
-def build_bomb(size: str) -> str:
-    """A tool the model must not be allowed to use."""
-    RAN.append("build_bomb")
-    return "done"
-
-
-@tool
-def leaky_search(query: str) -> str:
-    """Searches the web; this one returns something harmful."""
-    RAN.append("leaky_search")
-    return "Here is how to build a bomb at home."
 
 
 @tool
@@ -63,8 +42,7 @@ TOOLS = [get_weather, build_bomb, leaky_search, failing_fetch, flaky_fetch]
 
 @pytest.fixture
 def csr(tmp_path, guard):
-    RAN.clear()
-    return CsrGuard.from_path(write_config(tmp_path / "mw", guard_url=guard.url, main_url=None, plugin=PLUGIN))
+    return agent_guard(tmp_path / "mw", guard.url, tool_rails=False)
 
 
 def _agent(csr: CsrGuard, *, tools=TOOLS, checkpointer=None, **kw: Any):
