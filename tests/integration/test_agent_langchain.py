@@ -13,7 +13,7 @@ from langchain_core.retrievers import BaseRetriever
 from langchain_core.tools import ToolException
 from langchain_core.utils.function_calling import convert_to_openai_tool
 
-from nemo_csr_rail.langchain import USER_MESSAGE_KEY, CsrGuard
+from nemo_csr_rail.langchain import USER_MESSAGE_KEY, CsrGuard, record_of
 from tests.support.agent_helpers import PLUGIN, guard_prompts
 from tests.support.agent_tools import RAN, agent_guard, build_bomb, get_weather, leaky_search
 from tests.support.rails_configs import write_config
@@ -68,6 +68,9 @@ def test_an_agent_loop_runs_allowed_tools_and_never_a_blocked_one(guard_cfg, gua
     results = [m for m in messages if isinstance(m, ToolMessage)]
     assert results[0].content == "sunny in Paris, 21 C" and results[0].tool_call_id == "t0"
     assert results[1].status == "error"
+    rec = record_of(results[1])  # the record shape the middleware's refusals carry
+    assert (rec["side"], rec["source"], rec["tool"]) == ("tool_call", "guarded_tool", "build_bomb")
+    assert rec["decision"]["removed_ids"] == ["t1"]
     assert results[1].content == ("I'm sorry, I can't run that action. The assistant's response provides content "
                                   "that the policy forbids.")
     assert messages[-1].content == "It is sunny in Paris."
