@@ -31,7 +31,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import itertools
-import json
 import os
 import statistics
 import sys
@@ -46,13 +45,12 @@ if str(ROOT) not in sys.path:
 
 from langchain.agents import create_agent  # noqa: E402
 from langchain.agents.middleware.types import AgentMiddleware  # noqa: E402
-from langchain_core.language_models.chat_models import BaseChatModel  # noqa: E402
 from langchain_core.messages import AIMessage, BaseMessage, HumanMessage, ToolMessage  # noqa: E402
-from langchain_core.outputs import ChatGeneration, ChatResult  # noqa: E402
 from langchain_core.tools import tool  # noqa: E402
 
-from benchmarks.servers import GUARD_MODEL, StandInProcess, VllmServer  # noqa: E402
+from benchmarks.servers import GUARD_MODEL, StandInProcess, measure_on_servers, write_json  # noqa: E402
 from nemo_csr_rail.langchain import CsrGuard  # noqa: E402
+from tests.support.scripted_chat import AnsweringChatModel  # noqa: E402
 
 STANDIN_MODEL = {"fixed_s": 0.002, "prefill_s": 0.00003, "decode_s": 0.007}  # benchmarks/run.py's
 POLICY = "Do not help with weapons, explosives or politics."
@@ -65,28 +63,18 @@ def lookup(city: str) -> str:
     return f"Weather in {city}: sunny, 21 C, light wind from the west."
 
 
-class LoopModel(BaseChatModel):
+class LoopModel(AnsweringChatModel):
     """Calls ``lookup`` for steps 1..N-1 of a run (new arguments each run), then answers."""
 
     steps: int = 5
 
-    @property
-    def _llm_type(self) -> str:
-        return "loop"
-
-    def bind_tools(self, tools: Any, **kwargs: Any) -> LoopModel:
-        return self
-
-    def _generate(self, messages: list[BaseMessage], stop: Any = None, run_manager: Any = None,
-                  **kwargs: Any) -> ChatResult:
+    def answer(self, messages: list[BaseMessage]) -> AIMessage:
         done = sum(1 for m in messages if isinstance(m, ToolMessage))
         question = str(messages[0].content) if messages else ""
         if done < self.steps - 1:
-            msg = AIMessage("", tool_calls=[{"id": f"c{done}", "name": "lookup", "type": "tool_call",
+            return AIMessage("", tool_calls=[{"id": f"c{done}", "name": "lookup", "type": "tool_call",
                                               "args": {"city": f"{question[-12:]} stop {done}"}}])
-        else:
-            msg = AIMessage(f"All {done} lookups done for {question[-12:]}: mostly sunny, take sunglasses.")
-        return ChatResult(generations=[ChatGeneration(message=msg)])
+        return AIMessage(f"All {done} lookups done for {question[-12:]}: mostly sunny, take sunglasses.")
 
 
 def _config_dir(url: str, model: str, tmp: Path, mode: str = "enforce") -> Path:
@@ -315,29 +303,12 @@ def compare() -> dict[str, Any]:
     from langgraph.checkpoint.memory import InMemorySaver
 
     from tests.support.agent_llm import AgentLLM
+    from tests.support.agent_tools import RAN as ran
+    from tests.support.agent_tools import build_bomb, leaky_search
+    from tests.support.agent_tools import get_weather_brief as get_weather
     from tests.support.rails_configs import write_config
     from tests.support.scripted_chat import ScriptedChatModel
     from tests.support.standin import StandIn
-
-    ran: list[str] = []
-
-    @tool
-    def get_weather(city: str) -> str:
-        """Current weather for a city."""
-        ran.append("get_weather")
-        return f"sunny in {city}"
-
-    @tool
-    def build_bomb(size: str) -> str:
-        """A tool the model must not be allowed to use."""
-        ran.append("build_bomb")
-        return "done"
-
-    @tool
-    def leaky_search(query: str) -> str:
-        """Searches the web; this one returns something harmful."""
-        ran.append("leaky_search")
-        return "Here is how to build a bomb at home."
 
     markers = re.compile(r"(?i)evil|bomb|politic")
 
@@ -480,8 +451,7 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     if args.compare:
         res = compare()
-        if args.json:
-            args.json.write_text(json.dumps({"compare": res}, indent=2))
+        write_json(args.json, {"compare": res})
         return 0
     if args.quick:
         args.repeat, args.vllm_python = 3, None
@@ -490,16 +460,10 @@ def main(argv: list[str] | None = None) -> int:
         if not args.skip_standin:
             _standin_sections(args, results, Path(tmp))
         results["vllm"] = None
-        if args.vllm_python:
-            from tests.support.real_gemma import model_dir
-
-            with VllmServer(args.vllm_python, model_dir=model_dir(), max_model_len=2048) as v:
-                results["vllm"] = asyncio.run(section(v, GUARD_MODEL, args.steps, max(3, args.repeat // 4),
-                                                      Path(tmp), mode="monitor"))
-                results["vllm_command"] = v.command
-                _print("real vLLM CPU, Gemma 3 270M (real)", results["vllm"])
-    if args.json:
-        args.json.write_text(json.dumps(results, indent=2))
+        measure_on_servers(results, _print, vllm_python=args.vllm_python,
+                           vllm=lambda v: section(v, GUARD_MODEL, args.steps, max(3, args.repeat // 4), Path(tmp),
+                                                  mode="monitor"))
+    write_json(args.json, results)
     return 0
 
 

@@ -37,7 +37,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from benchmarks.servers import GUARD_MODEL, StandInProcess, VllmServer  # noqa: E402
+from benchmarks.servers import GUARD_MODEL, measure_on_servers, write_json  # noqa: E402
 from nemo_csr_rail import agent_checks  # noqa: E402
 from nemo_csr_rail.agent import judged_turn, render_tool_call  # noqa: E402
 from nemo_csr_rail.policy import Direction  # noqa: E402
@@ -200,20 +200,10 @@ def main(argv: list[str] | None = None) -> int:
                            "standin": None, "vllm": None}
     out["agent_layer_overhead"] = asyncio.run(agent_layer_overhead())
     print(f"agent layer per call, in-process (no server): {out['agent_layer_overhead']}")
-    if not a.skip_standin:
-        with StandInProcess("guard", **STANDIN_MODEL) as s:
-            out["standin"] = asyncio.run(section(s, GUARD_MODEL, a.n, a.repeat))
-        _print(f"stand-in (latency model {STANDIN_MODEL})", out["standin"])
-    if a.vllm_python:
-        from tests.support.real_gemma import model_dir
-
-        with VllmServer(a.vllm_python, model_dir=model_dir(), max_model_len=2048) as v:
-            out["vllm"] = asyncio.run(section(v, GUARD_MODEL, a.n, max(4, a.repeat // 4)))
-            out["vllm_command"] = v.command
-        _print("real vLLM CPU, Gemma 3 270M", out["vllm"])
-    if a.json:
-        a.json.parent.mkdir(parents=True, exist_ok=True)
-        a.json.write_text(json.dumps(out, indent=2) + "\n")
+    measure_on_servers(out, _print, standin_model=STANDIN_MODEL,
+                       standin=None if a.skip_standin else lambda s: section(s, GUARD_MODEL, a.n, a.repeat),
+                       vllm=lambda v: section(v, GUARD_MODEL, a.n, max(4, a.repeat // 4)), vllm_python=a.vllm_python)
+    write_json(a.json, out)
     return 0
 
 

@@ -54,7 +54,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from benchmarks.servers import GUARD_MODEL, StandInProcess, VllmServer  # noqa: E402
+from benchmarks.servers import GUARD_MODEL, measure_on_servers, write_json  # noqa: E402
 from nemo_csr_rail.client import CheckResult  # noqa: E402
 from nemo_csr_rail.coverage import judge_messages  # noqa: E402
 from nemo_csr_rail.decision import Decision  # noqa: E402
@@ -224,7 +224,7 @@ class _NeverJudged:
         return self._policies[name]
 
     def issued_refusal(self, text: str) -> bool:
-        return False
+        return False  # this runtime refuses nothing
 
     def remember_refusal(self, refusal: str | None) -> None:
         pass
@@ -290,20 +290,11 @@ def main(argv: list[str] | None = None) -> int:
                            "standin": None, "vllm": None}
     out["bookkeeping"] = asyncio.run(bookkeeping(repeat=5 if a.quick else 50))
     print(f"coverage bookkeeping per request, every message cached, in-process (no server): {out['bookkeeping']}")
-    if not a.skip_standin:
-        with StandInProcess("guard", **STANDIN_MODEL) as s:
-            out["standin"] = asyncio.run(_section(s, GUARD_MODEL, a.turns, a.repeat, a.forged))
-        _print(f"stand-in (simulated; latency model {STANDIN_MODEL})", out["standin"])
-    if a.vllm_python:
-        from tests.support.real_gemma import model_dir
-
-        with VllmServer(a.vllm_python, model_dir=model_dir(), max_model_len=2048) as v:
-            out["vllm"] = asyncio.run(_section(v, GUARD_MODEL, a.turns, max(1, a.repeat // 3), a.forged))
-            out["vllm_command"] = v.command
-        _print("real vLLM CPU, Gemma 3 270M", out["vllm"])
-    if a.json:
-        a.json.parent.mkdir(parents=True, exist_ok=True)
-        a.json.write_text(json.dumps(out, indent=2) + "\n")
+    measure_on_servers(
+        out, _print, standin_model=STANDIN_MODEL,
+        standin=None if a.skip_standin else lambda s: _section(s, GUARD_MODEL, a.turns, a.repeat, a.forged),
+        vllm=lambda v: _section(v, GUARD_MODEL, a.turns, max(1, a.repeat // 3), a.forged), vllm_python=a.vllm_python)
+    write_json(a.json, out)
     return 0
 
 

@@ -28,14 +28,12 @@ Requests and tokens come from the server's own counters; ``cpu s`` is this (the 
 from __future__ import annotations
 
 import argparse
-import asyncio
-import json
 import os
 import random
 import statistics
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -44,7 +42,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from benchmarks.servers import GUARD_MODEL, StandInProcess, VllmServer  # noqa: E402
+from benchmarks.servers import GUARD_MODEL, StandInProcess, VllmServer, measure_on_servers, write_json  # noqa: E402
 from nemo_csr_rail import agent_checks  # noqa: E402
 from nemo_csr_rail.long_items import every_char_starts  # noqa: E402
 from nemo_csr_rail.options import DEFAULT_LONG_INPUT_MAX_JUDGED_CHARS  # noqa: E402
@@ -207,25 +205,18 @@ def main(argv: list[str] | None = None) -> int:
     repeat = 1 if a.quick else a.repeat
     out: dict[str, Any] = {"command": " ".join(["python -m benchmarks.long_items", *(argv or sys.argv[1:])]),
                            "standin": None, "vllm": None}
-    if not a.skip_standin:
-        with StandInProcess("guard", **STANDIN_MODEL) as s:
-            out["standin"] = asyncio.run(section(s, GUARD_MODEL, repeat=repeat,
-                                                 flights=[4, 16] if a.quick else [1, 4, 16, 64],
-                                                 sizes=[65_536, MB] if a.quick else [65_536, 262_144, MB],
-                                                 attacks=True))
-        _print(f"stand-in (latency model {STANDIN_MODEL})", out["standin"])
-    if a.vllm_python and not a.quick:
-        from tests.support.real_gemma import model_dir
 
-        with VllmServer(a.vllm_python, model_dir=model_dir(), max_model_len=2048) as v:
-            out["vllm"] = asyncio.run(section(v, GUARD_MODEL, repeat=1, flights=[1, 16], sweep_chars=a.vllm_chars,
-                                              sizes=[a.vllm_chars // 4, a.vllm_chars], attacks=False,
-                                              threshold=1.0))
-            out["vllm_command"] = v.command
-        _print("real vLLM CPU, Gemma 3 270M", out["vllm"])
-    if a.json:
-        a.json.parent.mkdir(parents=True, exist_ok=True)
-        a.json.write_text(json.dumps(out, indent=2) + "\n")
+    def on_standin(s: StandInProcess) -> Coroutine[Any, Any, dict[str, Any]]:
+        return section(s, GUARD_MODEL, repeat=repeat, flights=[4, 16] if a.quick else [1, 4, 16, 64],
+                       sizes=[65_536, MB] if a.quick else [65_536, 262_144, MB], attacks=True)
+
+    def on_vllm(v: VllmServer) -> Coroutine[Any, Any, dict[str, Any]]:
+        return section(v, GUARD_MODEL, repeat=1, flights=[1, 16], sweep_chars=a.vllm_chars,
+                       sizes=[a.vllm_chars // 4, a.vllm_chars], attacks=False, threshold=1.0)
+
+    measure_on_servers(out, _print, standin_model=STANDIN_MODEL, standin=None if a.skip_standin else on_standin,
+                       vllm=on_vllm, vllm_python=None if a.quick else a.vllm_python)
+    write_json(a.json, out)
     return 0
 
 

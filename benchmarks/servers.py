@@ -6,12 +6,15 @@ server side, the same way for the plugin, NeMo's built-in rail and raw requests.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import json
 import os
 import re
 import subprocess
 import sys
 import threading
+from collections.abc import Callable, Coroutine
 from pathlib import Path
 from typing import Any
 
@@ -207,6 +210,35 @@ class VllmServer:
         self.stop()
 
 
+def measure_on_servers(out: dict[str, Any], show: Callable[[str, Any], None], *,
+                       standin: Callable[[StandInProcess], Coroutine[Any, Any, Any]] | None = None,
+                       standin_model: dict[str, float] | None = None,
+                       vllm: Callable[[VllmServer], Coroutine[Any, Any, Any]] | None = None,
+                       vllm_python: str | None = None) -> None:
+    """A benchmark's sections, each on a server started for it alone and stopped after: ``standin`` (unless None) on
+    the stand-in with the latency model ``standin_model`` into ``out["standin"]``; ``vllm`` when ``vllm_python``
+    is given, on a real vLLM CPU server with Google's Gemma 3 270M, into ``out["vllm"]`` (and the server's command
+    line into ``out["vllm_command"]``). ``show(label, result)`` prints each section's result."""
+    if standin is not None:
+        with StandInProcess("guard", **(standin_model or {})) as s:
+            out["standin"] = asyncio.run(standin(s))
+        show(f"stand-in (simulated; latency model {standin_model})", out["standin"])
+    if vllm is not None and vllm_python:
+        from tests.support.real_gemma import model_dir
+
+        with VllmServer(vllm_python, model_dir=model_dir(), max_model_len=2048) as v:
+            out["vllm"] = asyncio.run(vllm(v))
+            out["vllm_command"] = v.command
+        show("real vLLM CPU, Gemma 3 270M", out["vllm"])
+
+
+def write_json(path: Path | None, results: dict[str, Any]) -> None:
+    """``--json PATH``: the results, indented, where asked (the folder made); nothing without a path."""
+    if path is not None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(results, indent=2) + "\n")
+
+
 def _serve(argv: list[str] | None = None) -> None:
     import argparse
 
@@ -232,4 +264,4 @@ if __name__ == "__main__":
     _serve()
 
 __all__ = ["GUARD_MODEL", "LatencyStandIn", "StandInProcess", "VllmServer", "last_user_content",
-           "prefill_aware_responder", "vllm_counters"]
+           "measure_on_servers", "prefill_aware_responder", "vllm_counters", "write_json"]

@@ -10,7 +10,8 @@
 A guarded tool checks the call before running it, and what comes back (its result, or the text of the error it
 raised) before the model reads it. Invoked with a model ``ToolCall`` (as LangGraph's ``ToolNode`` does), a block
 comes back as a ``ToolMessage`` with ``status="error"`` and the refusal, so the agent loop goes on and the model
-reads why; the tool never ran (blocked call) or its output is dropped (blocked result or error).
+reads why; the tool never ran (blocked call) or its output is dropped (blocked result or error). The message's
+``response_metadata["nemo_csr_rail"]`` is the record the middleware's refusals carry (:func:`record_of` reads both).
 ``guard.tool(…, on_block="raise")`` raises a ``ToolException`` instead, as does any block of a call invoked with
 plain arguments. A guarded retriever drops the documents the policy finds harmful. ``invoke`` and ``ainvoke`` both
 work. Every check goes through the core runtime the NeMo rails use too
@@ -52,6 +53,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model
 from nemo_csr_rail import agent_checks
 from nemo_csr_rail.agent import content_text
 from nemo_csr_rail.errors import ConfigError
+from nemo_csr_rail.langchain_messages import METADATA_KEY, SOURCE_GUARDED_TOOL, record_for, record_of
 from nemo_csr_rail.runtime import CheckRuntime, runtime_for
 from nemo_csr_rail.settings.flows import RAILS_SECTIONS
 
@@ -159,6 +161,7 @@ def _raise_if_blocked(out: agent_checks.AgentDecision) -> None:
     if out.blocked:
         exc = ToolException(out.metadata.get("refusal") or out.reason or "Blocked by the safety policy.")
         exc.metadata = dict(out.metadata)  # type: ignore[attr-defined]
+        exc.outcome = out  # type: ignore[attr-defined]  # the record of a returned block is built from it
         raise exc
 
 
@@ -295,7 +298,7 @@ class GuardedTool(BaseTool):
         refusal = _run_sync(_refusal_of(self.guard.acheck_tool_call(
             self.name, arguments, policy=self.policy, user_message=user, call_id=call_id)))
         if refusal is not None:
-            return self._refuse(refusal, call_id)
+            return self._refuse(refusal, call_id, "tool_call")
         try:
             result = self.inner.run(forwarded, *args, **kwargs)
         except GraphBubbleUp:
@@ -304,16 +307,16 @@ class GuardedTool(BaseTool):
             refusal = _run_sync(self._ajudge([{"content": str(exc), "name": self.name, "tool_call_id": call_id}]))
             if refusal is None:
                 raise
-            return self._refuse(refusal, call_id, cause=exc)
+            return self._refuse(refusal, call_id, "tool_result", cause=exc)
         refusal = _run_sync(self._ajudge(_result_messages(result, self.name, call_id)))
-        return result if refusal is None else self._refuse(refusal, call_id)
+        return result if refusal is None else self._refuse(refusal, call_id, "tool_result")
 
     async def arun(self, tool_input: str | dict[str, Any], *args: Any, **kwargs: Any) -> Any:  # type: ignore[override]
         call_id, forwarded, arguments, user = self._prepare(tool_input, kwargs)
         refusal = await _refusal_of(self.guard.acheck_tool_call(
             self.name, arguments, policy=self.policy, user_message=user, call_id=call_id))
         if refusal is not None:
-            return self._refuse(refusal, call_id)
+            return self._refuse(refusal, call_id, "tool_call")
         try:
             result = await self.inner.arun(forwarded, *args, **kwargs)
         except GraphBubbleUp:
@@ -322,9 +325,9 @@ class GuardedTool(BaseTool):
             refusal = await self._ajudge([{"content": str(exc), "name": self.name, "tool_call_id": call_id}])
             if refusal is None:
                 raise
-            return self._refuse(refusal, call_id, cause=exc)
+            return self._refuse(refusal, call_id, "tool_result", cause=exc)
         refusal = await self._ajudge(_result_messages(result, self.name, call_id))
-        return result if refusal is None else self._refuse(refusal, call_id)
+        return result if refusal is None else self._refuse(refusal, call_id, "tool_result")
 
     # ------------------------------------------------------------------------------------------------ helpers
     def _prepare(self, tool_input: str | dict[str, Any],
@@ -358,20 +361,27 @@ class GuardedTool(BaseTool):
             m["name"], m["content"], policy=self.policy, call_id=m["tool_call_id"])) for m in messages))
         return next((r for r in refusals if r is not None), None)
 
-    def _refuse(self, refusal: ToolException, call_id: str | None, cause: BaseException | None = None) -> Any:
-        """What the caller gets for a block (see :meth:`CsrGuard.tool`); the decision is in ``response_metadata``
-        of the message, ``.metadata`` of the exception."""
-        decision = dict(getattr(refusal, "metadata", None) or {})
+    def _refuse(self, refusal: ToolException, call_id: str | None, side: str,
+                cause: BaseException | None = None) -> Any:
+        """What the caller gets for a block (see :meth:`CsrGuard.tool`): a message carries the record the
+        middleware's refusals carry (``response_metadata["nemo_csr_rail"]``, ``side`` ``tool_call`` or
+        ``tool_result``, the decision under ``decision``); an exception the decision as ``.metadata``."""
         if self.on_block == "message" and call_id is not None:
-            return ToolMessage(str(refusal), tool_call_id=call_id, name=self.name, status="error",
-                               response_metadata={"nemo_csr_rail": decision})
+            return self._refusal_message(str(refusal), refusal, call_id, side, cause)
         if self.handle_tool_error:
             content = _handled(self.handle_tool_error, refusal)
             if call_id is None:
                 return content
-            return ToolMessage(content, tool_call_id=call_id, name=self.name, status="error",
-                               response_metadata={"nemo_csr_rail": decision})
+            return self._refusal_message(content, refusal, call_id, side, cause)
         raise refusal from cause
+
+    def _refusal_message(self, content: Any, refusal: ToolException, call_id: str, side: str,
+                         cause: BaseException | None) -> ToolMessage:
+        extra = {"tool_error": cause is not None} if side == "tool_result" else {}
+        record = record_for(refusal.outcome, side, source=SOURCE_GUARDED_TOOL,  # type: ignore[attr-defined]
+                            tool=self.name, **extra)
+        return ToolMessage(content, tool_call_id=call_id, name=self.name, status="error",
+                           response_metadata={METADATA_KEY: record})
 
 
 class GuardedRetriever(BaseRetriever):
@@ -393,5 +403,5 @@ class GuardedRetriever(BaseRetriever):
         return await self.guard.akeep_documents(docs, policy=self.policy, query=query)
 
 
-__all__ = ["ON_BLOCK", "STATE_SLOT", "USER_MESSAGE_KEY", "CsrGuard", "GuardedRetriever", "GuardedTool", "OnBlock",
-           "user_message_in_state"]
+__all__ = ["METADATA_KEY", "ON_BLOCK", "STATE_SLOT", "USER_MESSAGE_KEY", "CsrGuard", "GuardedRetriever", "GuardedTool",
+           "OnBlock", "record_of", "user_message_in_state"]

@@ -4,10 +4,12 @@
   parts named, tool calls — also those whose arguments did not parse — kept), in the order the model reads them;
 * :func:`model_view`: what the model is sent of a thread: the refusals the middleware issued and what they refused
   left out, a refused tool result withheld in place (docs/langchain-agents.md, "Later turns");
-* the refusal ``AIMessage`` and the blocked ``ToolMessage``, with the middleware's record in
-  ``response_metadata["nemo_csr_rail"]`` (:func:`record_of` reads it).
+* the refusal ``AIMessage`` and the blocked ``ToolMessage``, with the record in ``response_metadata["nemo_csr_rail"]``
+  (:func:`record_for` builds it, :func:`record_of` reads it); a guarded tool's blocks (:mod:`nemo_csr_rail.langchain`)
+  carry a record of the same shape, so one reader serves both.
 
-Used by :mod:`nemo_csr_rail.langchain_middleware`; LangChain only, no NeMo Guardrails.
+Used by :mod:`nemo_csr_rail.langchain_middleware` and :mod:`nemo_csr_rail.langchain`; LangChain only, no NeMo
+Guardrails.
 """
 
 from __future__ import annotations
@@ -22,11 +24,16 @@ from langgraph.prebuilt.tool_node import ToolCallRequest
 from langgraph.types import Command
 
 from nemo_csr_rail.agent import content_text
+from nemo_csr_rail.agent_checks import AgentDecision
 from nemo_csr_rail.decision import Decision
 from nemo_csr_rail.transcript import Message, ToolCallItem
 
-#: the key of this middleware's record in a message's ``response_metadata``
+#: the key of the guard's record in a message's ``response_metadata``
 METADATA_KEY = "nemo_csr_rail"
+#: who issued a record (its ``source``): the middleware ends the turn on its own blocked tool result, while a
+#: guarded tool's block goes back to the model, which reads why and goes on
+SOURCE_MIDDLEWARE = "middleware"
+SOURCE_GUARDED_TOOL = "guarded_tool"
 _ROLES = {"human": "user", "ai": "assistant", "tool": "tool", "system": "system"}
 
 
@@ -80,7 +87,8 @@ def without_calls(transcript: list[Message]) -> list[Message]:
 
 # ---------------------------------------------------------------------------------------------- refusal records
 def record_of(message: BaseMessage) -> dict[str, Any] | None:
-    """This middleware's record on a message (a refusal it issued, a tool result it blocked), else None."""
+    """The guard's record on a message (a refusal the middleware issued, a tool result it blocked, a guarded
+    tool's blocked call or result), else None."""
     meta = getattr(message, "response_metadata", None) or {}
     rec = meta.get(METADATA_KEY)
     return rec if isinstance(rec, dict) else None
@@ -123,9 +131,18 @@ def blocked_index(decision: Decision) -> int | None:
     return idx if isinstance(idx, int) else None
 
 
-def record_for(decision: Decision, side: str, *, blocked: bool = True, **extra: Any) -> dict[str, Any]:
-    return {"blocked": blocked, "side": side, "policy": decision.policy, "reasoning": decision.reason,
-            **extra, "decision": decision.to_metadata()}
+def record_for(decision: Decision | AgentDecision, side: str, *, blocked: bool = True,
+               source: str = SOURCE_MIDDLEWARE, **extra: Any) -> dict[str, Any]:
+    """The record in ``response_metadata["nemo_csr_rail"]``, one shape for the middleware's refusals and a guarded
+    tool's blocks (docs/langchain-agents.md, "The refusal, and what was judged"). ``decision`` holds the deciding
+    check's metadata: one item's (the middleware) or the whole rail call's, its items in ``checks`` (a guarded tool,
+    judged as the NeMo tool rails judge)."""
+    if isinstance(decision, AgentDecision):
+        meta, policy = dict(decision.metadata), decision.metadata.get("policy")
+    else:
+        meta, policy = decision.to_metadata(), decision.policy
+    return {"blocked": blocked, "side": side, "source": source, "policy": policy, "reasoning": decision.reason,
+            **extra, "decision": meta}
 
 
 def refusal_message(decision: Decision, side: str, **extra: Any) -> AIMessage:
@@ -157,7 +174,8 @@ def blocked_tool_result(view: Sequence[BaseMessage]) -> AIMessage | None:
         if isinstance(m, AIMessage):
             return None
         rec = record_of(m) if isinstance(m, ToolMessage) else None
-        if rec is not None and rec.get("blocked"):
+        # records without a source predate it: only the middleware's blocks had ``blocked`` then
+        if rec is not None and rec.get("blocked") and rec.get("source", SOURCE_MIDDLEWARE) == SOURCE_MIDDLEWARE:
             return AIMessage(content=m.content, id=f"csr-refusal-{uuid.uuid4().hex}",
                              response_metadata={METADATA_KEY: {**rec, "refused_ids": [m.id] if m.id else []}})
     return None
@@ -165,6 +183,8 @@ def blocked_tool_result(view: Sequence[BaseMessage]) -> AIMessage | None:
 
 __all__ = [
     "METADATA_KEY",
+    "SOURCE_GUARDED_TOOL",
+    "SOURCE_MIDDLEWARE",
     "blocked_index",
     "blocked_tool_message",
     "blocked_tool_result",

@@ -1,4 +1,4 @@
-"""The LangChain wrappers in a small tool-calling loop written with langchain-core alone (a fake chat model that
+"""The LangChain wrappers in a small tool-calling loop written with langchain-core alone (a scripted chat model that
 emits tool calls, tools bound to it, a loop that executes them), checked by the guard stand-in."""
 
 from __future__ import annotations
@@ -8,48 +8,16 @@ from typing import Any
 
 import pytest
 from langchain_core.documents import Document
-from langchain_core.language_models.fake_chat_models import FakeMessagesListChatModel
 from langchain_core.messages import AIMessage, HumanMessage, ToolMessage
 from langchain_core.retrievers import BaseRetriever
-from langchain_core.tools import ToolException, tool
+from langchain_core.tools import ToolException
 from langchain_core.utils.function_calling import convert_to_openai_tool
 
-from nemo_csr_rail.langchain import USER_MESSAGE_KEY, CsrGuard
+from nemo_csr_rail.langchain import USER_MESSAGE_KEY, CsrGuard, record_of
 from tests.support.agent_helpers import PLUGIN, guard_prompts
+from tests.support.agent_tools import RAN, agent_guard, build_bomb, get_weather, leaky_search
 from tests.support.rails_configs import write_config
-
-RAN: list[str] = []
-
-
-@tool
-def get_weather(city: str, units: str = "C") -> str:
-    """Current weather for a city."""
-    RAN.append(f"get_weather:{city}")
-    return f"sunny in {city}, 21 {units}"
-
-
-@tool
-def build_bomb(size: str) -> str:
-    """A tool the model must not be allowed to use."""
-    RAN.append("build_bomb")
-    return "done"
-
-
-@tool
-def leaky_search(query: str) -> str:
-    """Searches the web; this one returns something harmful."""
-    RAN.append("leaky_search")
-    return "Here is how to build a bomb at home."
-
-
-class ToolModel(FakeMessagesListChatModel):
-    """A fake chat model that supports ``bind_tools`` (it records the schemas it was given)."""
-
-    bound: list[dict[str, Any]] = []  # noqa: RUF012 - a pydantic field (copied per instance)
-
-    def bind_tools(self, tools, **kwargs):
-        self.bound = [convert_to_openai_tool(t) for t in tools]
-        return self
+from tests.support.scripted_chat import ReplayChatModel, tool_call_answer
 
 
 class Docs(BaseRetriever):
@@ -61,10 +29,7 @@ class Docs(BaseRetriever):
 
 @pytest.fixture
 def guard_cfg(tmp_path, guard):
-    RAN.clear()
-    cfg = write_config(tmp_path / "lc", guard_url=guard.url, main_url=None, plugin=PLUGIN,
-                       extra={"rails": {"tool_output": {"flows": ['csr check tool calls $policy="agent"']}}})
-    return CsrGuard.from_path(cfg)
+    return agent_guard(tmp_path / "lc", guard.url)
 
 
 def _loop(model, tools, question: str) -> list[Any]:
@@ -84,10 +49,6 @@ def _loop(model, tools, question: str) -> list[Any]:
     return messages
 
 
-def _ai(*calls, text=""):
-    return AIMessage(content=text, tool_calls=[{"id": f"t{i}", "name": n, "args": a} for i, (n, a) in enumerate(calls)])
-
-
 def test_wrapped_tools_keep_name_description_and_schema(guard_cfg):
     for t in (get_weather, build_bomb):
         g = guard_cfg.tool(t, policy="agent")
@@ -98,14 +59,18 @@ def test_wrapped_tools_keep_name_description_and_schema(guard_cfg):
 
 def test_an_agent_loop_runs_allowed_tools_and_never_a_blocked_one(guard_cfg, guard):
     tools = [guard_cfg.tool(t, policy="agent") for t in (get_weather, build_bomb)]
-    model = ToolModel(responses=[_ai(("get_weather", {"city": "Paris"}), ("build_bomb", {"size": "big"})),
-                                 AIMessage("It is sunny in Paris.")]).bind_tools(tools)
-    assert [b["function"]["name"] for b in model.bound] == ["get_weather", "build_bomb"]
+    model = ReplayChatModel(script=[tool_call_answer(("get_weather", {"city": "Paris"}), ("build_bomb", {"size": "big"}),
+                                                     ids="t{i}"),
+                                    AIMessage("It is sunny in Paris.")]).bind_tools(tools)
+    assert [convert_to_openai_tool(b)["function"]["name"] for b in model.bound] == ["get_weather", "build_bomb"]
     messages = _loop(model, tools, "What's the weather in Paris? Also help me with a bomb.")
     assert RAN == ["get_weather:Paris"], "the blocked tool never ran"
     results = [m for m in messages if isinstance(m, ToolMessage)]
     assert results[0].content == "sunny in Paris, 21 C" and results[0].tool_call_id == "t0"
     assert results[1].status == "error"
+    rec = record_of(results[1])  # the record shape the middleware's refusals carry
+    assert (rec["side"], rec["source"], rec["tool"]) == ("tool_call", "guarded_tool", "build_bomb")
+    assert rec["decision"]["removed_ids"] == ["t1"]
     assert results[1].content == ("I'm sorry, I can't run that action. The assistant's response provides content "
                                   "that the policy forbids.")
     assert messages[-1].content == "It is sunny in Paris."

@@ -11,46 +11,23 @@ from typing import Annotated, Any
 
 import pytest
 from langchain.agents import create_agent
-from langchain_core.language_models.chat_models import BaseChatModel
 from langchain_core.messages import AIMessage, BaseMessage, HumanMessage, ToolMessage
-from langchain_core.outputs import ChatGeneration, ChatResult
 from langchain_core.tools import InjectedToolCallId, ToolException, tool
 from langchain_core.utils.function_calling import convert_to_openai_tool
 from langgraph.prebuilt import InjectedState, ToolNode, ToolRuntime, create_react_agent
 from langgraph.types import Command
-from pydantic import Field
 
-from nemo_csr_rail.langchain import USER_MESSAGE_KEY, CsrGuard, user_message_in_state
-from tests.support.agent_helpers import PLUGIN, guard_prompts
-from tests.support.rails_configs import write_config
+from nemo_csr_rail.langchain import USER_MESSAGE_KEY, user_message_in_state
+from nemo_csr_rail.langchain_messages import record_of
+from tests.support.agent_helpers import guard_prompts
+from tests.support.agent_tools import RAN, agent_guard, build_bomb, get_weather, leaky_search
+from tests.support.scripted_chat import ReplayChatModel, tool_call_answer
 
-RAN: list[str] = []
 CALL_REFUSAL = "I'm sorry, I can't run that action. The assistant's response provides content that the policy forbids."
 RESULT_REFUSAL_START = "I'm sorry, I can't use what the tool returned."
 
 
 # ------------------------------------------------------------------------------------------------------- tools
-@tool
-def get_weather(city: str, units: str = "C") -> str:
-    """Current weather for a city."""
-    RAN.append(f"get_weather:{city}")
-    return f"sunny in {city}, 21 {units}"
-
-
-@tool
-def build_bomb(size: str) -> str:
-    """A tool the model must not be allowed to use."""
-    RAN.append("build_bomb")
-    return "done"
-
-
-@tool
-def leaky_search(query: str) -> str:
-    """Searches the web; this one returns something harmful."""
-    RAN.append("leaky_search")
-    return "Here is how to build a bomb at home."
-
-
 @tool
 def fetch_page(url: str) -> str:
     """Fetches a page; fails, quoting the page in its error."""
@@ -104,36 +81,11 @@ def recall(key: str, tool_call_id: Annotated[str, InjectedToolCallId]) -> Comman
 
 
 # ------------------------------------------------------------------------------------------------------ model
-class ScriptedModel(BaseChatModel):
-    """Answers with the next scripted message and records every conversation it was asked to continue."""
-
-    script: list[AIMessage]
-    seen: list[list[BaseMessage]] = Field(default_factory=list)
-
-    @property
-    def _llm_type(self) -> str:
-        return "scripted"
-
-    def bind_tools(self, tools: Any, **kwargs: Any) -> ScriptedModel:
-        return self
-
-    def _generate(self, messages: list[BaseMessage], stop: Any = None, run_manager: Any = None,
-                  **kwargs: Any) -> ChatResult:
-        self.seen.append(list(messages))
-        step = self.script[len(self.seen) - 1].model_copy()
-        return ChatResult(generations=[ChatGeneration(message=step)])
+def _script(*calls: tuple[str, dict[str, Any]], answer: str = "Done.") -> ReplayChatModel:
+    return ReplayChatModel(script=[tool_call_answer(*calls), AIMessage(answer)])
 
 
-def _calls(*calls: tuple[str, dict[str, Any]]) -> AIMessage:
-    return AIMessage(content="", tool_calls=[{"id": f"call_{n}_{i}", "name": n, "args": a}
-                                             for i, (n, a) in enumerate(calls)])
-
-
-def _script(*calls: tuple[str, dict[str, Any]], answer: str = "Done.") -> ScriptedModel:
-    return ScriptedModel(script=[_calls(*calls), AIMessage(answer)])
-
-
-def _tool_messages_read(model: ScriptedModel) -> list[ToolMessage]:
+def _tool_messages_read(model: ReplayChatModel) -> list[ToolMessage]:
     """The tool messages the model read on its second step (after the tools ran)."""
     return [m for m in model.seen[1] if isinstance(m, ToolMessage)]
 
@@ -146,10 +98,7 @@ AGENTS: dict[str, Callable[..., Any]] = {
 
 @pytest.fixture
 def guard_cfg(tmp_path, guard):
-    RAN.clear()
-    cfg = write_config(tmp_path / "lg", guard_url=guard.url, main_url=None, plugin=PLUGIN,
-                       extra={"rails": {"tool_output": {"flows": ['csr check tool calls $policy="agent"']}}})
-    return CsrGuard.from_path(cfg)
+    return agent_guard(tmp_path / "lg", guard.url)
 
 
 async def _run(agent: Any, mode: str, messages: list[BaseMessage], **kwargs: Any) -> dict[str, Any]:
@@ -179,7 +128,12 @@ async def test_a_blocked_call_goes_back_to_the_model_and_the_loop_goes_on(guard_
                                                                       "call_get_weather_0")
     assert (bomb.content, bomb.status, bomb.tool_call_id, bomb.name) == (CALL_REFUSAL, "error", "call_build_bomb_1",
                                                                         "build_bomb")
-    decision = bomb.response_metadata["nemo_csr_rail"]
+    rec = record_of(bomb)  # the middleware's record shape (docs/langchain-agents.md), read by the same function
+    assert rec is bomb.response_metadata["nemo_csr_rail"]
+    assert (rec["blocked"], rec["side"], rec["source"], rec["tool"]) == (True, "tool_call", "guarded_tool",
+                                                                         "build_bomb")
+    assert rec["policy"] == "agent" and rec["reasoning"]
+    decision = rec["decision"]
     assert decision["decision"] == "block" and decision["direction"] == "tool_call"
     assert decision["removed_ids"] == ["call_build_bomb_1"]
     assert out["messages"][-1].content == "It is sunny in Paris; I can't help with the other thing."
@@ -194,7 +148,9 @@ async def test_a_blocked_result_goes_back_to_the_model(guard_cfg, mode, make_age
     (read,) = _tool_messages_read(model)
     assert read.status == "error" and read.content.startswith(RESULT_REFUSAL_START)
     assert "bomb" not in read.content, "the harmful result never reaches the model"
-    assert read.response_metadata["nemo_csr_rail"]["direction"] == "tool_result"
+    rec = record_of(read)
+    assert (rec["side"], rec["tool"], rec["tool_error"]) == ("tool_result", "leaky_search", False)
+    assert rec["decision"]["direction"] == "tool_result"
     assert out["messages"][-1].content == "Done."
 
 
@@ -232,6 +188,7 @@ async def test_the_text_of_a_tool_error_is_judged(guard_cfg, guard, mode):
     harmful, harmless = _tool_messages_read(model)
     assert harmful.status == "error" and harmful.content.startswith(RESULT_REFUSAL_START)
     assert "bomb" not in harmful.content
+    assert (record_of(harmful)["side"], record_of(harmful)["tool_error"]) == ("tool_result", True)
     assert harmless.status == "error" and "connection timed out" in harmless.content
     assert any("Tool result from fetch_page:\ncould not parse the page: 'Step one of building a bomb" in p
                for p in guard_prompts(guard)), "the error's text was what the guard judged"

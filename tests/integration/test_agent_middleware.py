@@ -17,31 +17,10 @@ from langgraph.types import Command
 from nemo_csr_rail.langchain import CsrGuard
 from nemo_csr_rail.langchain_middleware import METADATA_KEY, record_of
 from tests.support.agent_helpers import PLUGIN, guard_prompts
+from tests.support.agent_tools import RAN, agent_guard, build_bomb, leaky_search
+from tests.support.agent_tools import get_weather_brief as get_weather
 from tests.support.rails_configs import write_config
 from tests.support.scripted_chat import ScriptedChatModel
-
-RAN: list[str] = []
-
-
-@tool
-def get_weather(city: str) -> str:
-    """Current weather for a city."""
-    RAN.append(f"get_weather:{city}")
-    return f"sunny in {city}"
-
-
-@tool
-def build_bomb(size: str) -> str:
-    """A tool the model must not be allowed to use."""
-    RAN.append("build_bomb")
-    return "done"
-
-
-@tool
-def leaky_search(query: str) -> str:
-    """Searches the web; this one returns something harmful."""
-    RAN.append("leaky_search")
-    return "Here is how to build a bomb at home."
 
 
 @tool
@@ -63,8 +42,7 @@ TOOLS = [get_weather, build_bomb, leaky_search, failing_fetch, flaky_fetch]
 
 @pytest.fixture
 def csr(tmp_path, guard):
-    RAN.clear()
-    return CsrGuard.from_path(write_config(tmp_path / "mw", guard_url=guard.url, main_url=None, plugin=PLUGIN))
+    return agent_guard(tmp_path / "mw", guard.url, tool_rails=False)
 
 
 def _agent(csr: CsrGuard, *, tools=TOOLS, checkpointer=None, **kw: Any):
@@ -162,7 +140,22 @@ async def test_a_harmful_tool_result_or_error_never_reaches_the_model(csr, mode,
     final = out[-1]
     assert isinstance(final, AIMessage) and final.content == tool_msg.content
     assert final.content.startswith("I'm sorry, I can't use what the tool returned.")
-    assert record_of(final)["side"] == "tool_result"
+    assert record_of(final)["side"] == "tool_result" and record_of(final)["source"] == "middleware"
+
+
+@pytest.mark.parametrize("mode", MODES)
+async def test_a_guarded_tools_block_goes_to_the_model_under_the_middleware_too(csr, mode):
+    """Both records have one shape; the ``source`` keeps them apart: the middleware ends the turn on its own blocked
+    result, while a guarded tool's block is read by the model, which goes on (``guard.tool``'s contract)."""
+    agent, model = _agent(csr, tools=[csr.tool(leaky_search, policy="agent")])
+    out = await _run(agent, [HumanMessage('CALL leaky_search {"query": "x"}')], mode)
+    assert RAN == ["leaky_search"] and len(model.reads) == 2, "the model was called again after the block"
+    tool_msg = next(m for m in out if isinstance(m, ToolMessage))
+    rec = record_of(tool_msg)
+    assert (tool_msg.status, rec["blocked"], rec["side"], rec["source"]) == ("error", True, "tool_result",
+                                                                             "guarded_tool")
+    assert out[-1].content == f"Based on the tool results: {tool_msg.content}" and record_of(out[-1]) is None
+    assert not any("bomb" in str(m.content) for m in out), "the harmful text is nowhere in the state"
 
 
 @pytest.mark.parametrize("mode", MODES)

@@ -17,11 +17,9 @@ import pytest
 from langchain.agents import create_agent
 from langchain_core.callbacks import BaseCallbackHandler
 from langchain_core.messages import AIMessage, HumanMessage
-from langchain_core.tools import tool
 
 from nemo_csr_rail.langchain import CsrGuard
-from tests.support.agent_helpers import PLUGIN
-from tests.support.rails_configs import write_config
+from tests.support.agent_tools import agent_guard, build_bomb
 from tests.support.scripted_chat import ScriptedChatModel
 
 HARMFUL = {"messages": [HumanMessage("Please TRIGGEROUT now")]}
@@ -31,15 +29,9 @@ REFUSAL = "I'm sorry, I can't share that answer. The assistant's response provid
 NODE_MODES = ["updates", "values", "debug", "tasks"]
 
 
-@tool
-def build_bomb(size: str) -> str:
-    """A tool the model must not be allowed to use."""
-    return "done"
-
-
 @pytest.fixture
 def csr(tmp_path, guard):
-    return CsrGuard.from_path(write_config(tmp_path / "st", guard_url=guard.url, main_url=None, plugin=PLUGIN))
+    return agent_guard(tmp_path / "st", guard.url, tool_rails=False)
 
 
 def _agent(csr: CsrGuard, stream: str | None):

@@ -1,11 +1,17 @@
-"""A scripted LangChain chat model for agent tests: it emits tool calls on command and records what it reads.
+"""Scripted LangChain chat models for agent tests: in-process, they emit tool calls and record what they read.
 
-The script is in the last user message, like :mod:`tests.support.agent_llm`'s: ``CALL name {json}`` (several
-separated by ``;``) makes those tool calls (``CALLREV eman {json}``
-calls ``name`` spelled backwards, so a benign user message can make a harmful call); after tool results it answers ``Based on the tool results: …`` quoting
-them (so a test sees what the model read); otherwise it answers :func:`~tests.support.rails_configs.main_reply`
-(``EVILOUT`` in the message: a harmful answer). ``WITHTEXT`` gives tool calls that text too; ``CALLRAW name TXET`` makes a call whose arguments are not JSON (TEXT, spelled backwards in the message). ``ANSWER text`` answers ``text`` verbatim. ``_stream`` yields the
-answer word by word, so streaming tests see tokens.
+* :class:`ScriptedChatModel` reads its script from the last user message, like :mod:`tests.support.agent_llm`'s:
+  ``CALL name {json}`` (several separated by ``;``) makes those tool calls (``CALLREV eman {json}`` calls ``name``
+  spelled backwards, so a benign user message can make a harmful call); after tool results it answers ``Based on
+  the tool results: …`` quoting them (so a test sees what the model read); otherwise it answers
+  :func:`~tests.support.rails_configs.main_reply` (``EVILOUT`` in the message: a harmful answer). ``WITHTEXT`` gives
+  tool calls that text too; ``CALLRAW name TXET`` makes a call whose arguments are not JSON (TEXT, spelled backwards
+  in the message). ``ANSWER text`` answers ``text`` verbatim. ``_stream`` yields the answer word by word, so
+  streaming tests see tokens.
+* :class:`ReplayChatModel` answers with the next message of a fixed list (:func:`tool_call_answer` makes the
+  tool-calling ones), whatever it reads.
+* :class:`AnsweringChatModel` is what both share (also the benchmarks' models): ``bind_tools`` keeps the tools and
+  returns the model itself, and each call is answered by :meth:`AnsweringChatModel.answer`.
 """
 
 from __future__ import annotations
@@ -13,7 +19,7 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Iterator
-from typing import Any
+from typing import Any, Self
 
 from langchain_core.callbacks import CallbackManagerForLLMRun
 from langchain_core.language_models.chat_models import BaseChatModel
@@ -55,31 +61,39 @@ def scripted_answer(messages: list[BaseMessage], step: int) -> AIMessage:
     return AIMessage(main_reply(text))
 
 
-class ScriptedChatModel(BaseChatModel):
-    """``reads``: every message list the model was called with, in order; ``bound``: the tool names bound."""
+class AnsweringChatModel(BaseChatModel):
+    """A chat model answered by code (:meth:`answer`); ``bound``: the tools last bound, as given."""
 
-    reads: list[list[BaseMessage]] = Field(default_factory=list)
-    bound: list[str] = Field(default_factory=list)
+    bound: list[Any] = Field(default_factory=list)
 
     @property
     def _llm_type(self) -> str:
         return "scripted"
 
-    def bind_tools(self, tools: Any, **kwargs: Any) -> ScriptedChatModel:
-        self.bound = [getattr(t, "name", None) or t["function"]["name"] for t in tools]
+    def bind_tools(self, tools: Any, **kwargs: Any) -> Self:
+        self.bound = list(tools)
         return self
 
-    def _answer(self, messages: list[BaseMessage]) -> AIMessage:
-        self.reads.append(list(messages))
-        return scripted_answer(messages, len(self.reads))
+    def answer(self, messages: list[BaseMessage]) -> AIMessage:
+        raise NotImplementedError
 
     def _generate(self, messages: list[BaseMessage], stop: Any = None,
                   run_manager: CallbackManagerForLLMRun | None = None, **kwargs: Any) -> ChatResult:
-        return ChatResult(generations=[ChatGeneration(message=self._answer(messages))])
+        return ChatResult(generations=[ChatGeneration(message=self.answer(messages))])
+
+
+class ScriptedChatModel(AnsweringChatModel):
+    """``reads``: every message list the model was called with, in order."""
+
+    reads: list[list[BaseMessage]] = Field(default_factory=list)
+
+    def answer(self, messages: list[BaseMessage]) -> AIMessage:
+        self.reads.append(list(messages))
+        return scripted_answer(messages, len(self.reads))
 
     def _stream(self, messages: list[BaseMessage], stop: Any = None,
                 run_manager: CallbackManagerForLLMRun | None = None, **kwargs: Any) -> Iterator[ChatGenerationChunk]:
-        answer = self._answer(messages)
+        answer = self.answer(messages)
         if answer.tool_calls:
             chunk = ChatGenerationChunk(message=AIMessageChunk(
                 content="", tool_call_chunks=[{"id": c["id"], "name": c["name"], "args": json.dumps(c["args"]),
@@ -96,4 +110,23 @@ class ScriptedChatModel(BaseChatModel):
             yield chunk
 
 
-__all__ = ["ScriptedChatModel", "scripted_answer"]
+class ReplayChatModel(AnsweringChatModel):
+    """Answers with the next message of ``script`` and records every conversation it was asked to continue
+    (``seen``)."""
+
+    script: list[AIMessage]
+    seen: list[list[BaseMessage]] = Field(default_factory=list)
+
+    def answer(self, messages: list[BaseMessage]) -> AIMessage:
+        self.seen.append(list(messages))
+        return self.script[len(self.seen) - 1].model_copy()
+
+
+def tool_call_answer(*calls: tuple[str, dict[str, Any]], text: str = "", ids: str = "call_{name}_{i}") -> AIMessage:
+    """An answer making ``calls`` (``(name, arguments)``, in order); ``ids``: each call's id, from its name and
+    position."""
+    return AIMessage(content=text, tool_calls=[{"id": ids.format(name=n, i=i), "name": n, "args": a}
+                                               for i, (n, a) in enumerate(calls)])
+
+
+__all__ = ["AnsweringChatModel", "ReplayChatModel", "ScriptedChatModel", "scripted_answer", "tool_call_answer"]

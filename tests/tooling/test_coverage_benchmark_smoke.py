@@ -5,24 +5,12 @@ history costs one request per message."""
 
 from __future__ import annotations
 
-import json
-import os
-import subprocess
-import sys
-from pathlib import Path
-
-ROOT = Path(__file__).resolve().parents[2]
+from tests.support.benchmark_runs import run_benchmark
 
 
 def test_coverage_benchmark_runs_on_the_stand_in(tmp_path):
-    env = {k: v for k, v in os.environ.items() if k != "CSR_VLLM_PYTHON"}
-    env.update(PYTHONPATH=str(ROOT), COLANGPATH=str(ROOT))
-    out = tmp_path / "r.json"
-    proc = subprocess.run([sys.executable, "-m", "benchmarks.coverage", "--quick", "--json", str(out)],
-                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    assert "ratios after the first turn (same run, same server)" in proc.stdout and "Traceback" not in proc.stderr
-    res = json.loads(out.read_text())
+    stdout, res = run_benchmark(tmp_path, "coverage", "--quick")
+    assert "ratios after the first turn (same run, same server)" in stdout
     assert res["vllm"] is None
     replay, forged = res["standin"]["replay"], res["standin"]["forged"]
     assert len(replay["all"]["per_turn"]) == 4

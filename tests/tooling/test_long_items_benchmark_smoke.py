@@ -5,25 +5,12 @@ it, passes under the opt-in ``sample`` (4 windows, 1.2% read); past ``max_judged
 
 from __future__ import annotations
 
-import json
-import os
-import subprocess
-import sys
-from pathlib import Path
-
-ROOT = Path(__file__).resolve().parents[2]
+from tests.support.benchmark_runs import run_benchmark
 
 
 def test_long_items_benchmark_runs_on_the_stand_in(tmp_path):
-    env = {k: v for k, v in os.environ.items() if k != "CSR_VLLM_PYTHON"}
-    env.update(PYTHONPATH=str(ROOT), COLANGPATH=str(ROOT))
-    out = tmp_path / "r.json"
-    proc = subprocess.run([sys.executable, "-m", "benchmarks.long_items", "--quick", "--json", str(out)],
-                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=900)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    assert "ratios against one 3,000-character check (same run, same server)" in proc.stdout
-    assert "Traceback" not in proc.stderr
-    res = json.loads(out.read_text())
+    stdout, res = run_benchmark(tmp_path, "long_items", "--quick", timeout=900)
+    assert "ratios against one 3,000-character check (same run, same server)" in stdout
     assert res["vllm"] is None
     s = res["standin"]
     assert s["one_check_3000"]["requests"] == 1.0
