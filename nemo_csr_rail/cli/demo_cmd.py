@@ -167,6 +167,16 @@ def _demo_config(src: Path, dst: Path, *, engine: str, model_path: str | None, b
     cfg_file.write_text(yaml.safe_dump(raw, sort_keys=False))
 
 
+def _rail_outcomes(res: Any) -> list[Any]:
+    """The ``RailOutcome`` of every plugin action the turn ran, in the order NeMo ran them."""
+    found = []
+    for rail in (res.log.activated_rails if res.log else None) or []:
+        for act in rail.executed_actions or []:
+            if act.action_name.startswith("csr_check"):
+                found.append(act.return_value)
+    return found
+
+
 def _fmt_outcome(o: Any) -> str:
     meta = dict(getattr(o, "metadata", None) or {})
     decision = str(meta.get("decision", "?")).upper()
@@ -218,15 +228,6 @@ async def _converse(config_dir: Path, out: TextIO, err: TextIO, engine_kind: str
     except CsrError as exc:
         print(f"error: {exc.message}", file=err)
         return 2
-    seen: list[Any] = []
-    original = rt.check
-
-    async def recording(*a: Any, **kw: Any) -> Any:
-        result = await original(*a, **kw)
-        seen.append(result)
-        return result
-
-    rt.check = recording  # type: ignore[method-assign]
     if engine_kind == "embedded":
         eng = next(iter(rt.clients.values())).engine
         t0 = time.perf_counter()
@@ -241,12 +242,14 @@ async def _converse(config_dir: Path, out: TextIO, err: TextIO, engine_kind: str
     print(f"The application LLM here is a SCRIPTED STAND-IN ({SCRIPTED_LABEL}): it answers from a fixed table, "
           "so only the guard's decisions are real.\n", file=out)
     for i, (user, _, expect) in enumerate(TURNS, 1):
-        seen.clear()
         calls = llm.calls
         print(f"--- turn {i} (a correct guard: {expect}) " + "-" * 60, file=out)
         print(f"  [user] {user}", file=out)
-        res = await rails.generate_async(messages=[{"role": "user", "content": user}])
-        reply = res["content"] if isinstance(res, dict) else str(res)
+        # NeMo's own log of the rails that ran holds each rail action's RailOutcome
+        res = await rails.generate_async(messages=[{"role": "user", "content": user}],
+                                         options={"log": {"activated_rails": True}})
+        reply = res.response[-1]["content"]
+        seen = _rail_outcomes(res)
         if llm.calls > calls:
             print(f"  [{SCRIPTED_LABEL}] {llm.reply(user)}", file=out)
         else:
