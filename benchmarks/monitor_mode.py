@@ -3,7 +3,7 @@
     python -m benchmarks.monitor_mode [--n 400] [--rounds 3]
 
 The same policy twice in one config, one `mode: monitor`, one enforced, checked through the rails' runtime
-(``RailRuntime.check``, what the actions call) against the vLLM-shaped stand-in in its own process (assumed GPU-like
+(``RailRuntime.check``, the per-message check the actions run for each judged message) against the vLLM-shaped stand-in in its own process (assumed GPU-like
 serving costs, benchmarks/run.py), on a 95% benign / 5% harmful input mix, alternating the two modes request by
 request so drift hits both alike. Prints p50/p95/mean per mode and monitor/enforce ratios, per round.
 """
