@@ -40,7 +40,6 @@ from typing import Any, Literal, TypeVar
 from langchain.agents.middleware.types import AgentMiddleware, ModelRequest, ModelResponse
 from langchain_core.messages import AIMessage, BaseMessage, ToolMessage
 from langchain_core.runnables.config import ensure_config, var_child_runnable_config
-from langchain_core.tracers._streaming import _StreamingCallbackHandler, _V2StreamingCallbackHandler
 from langgraph.errors import GraphBubbleUp
 from langgraph.prebuilt.tool_node import ToolCallRequest
 
@@ -67,6 +66,15 @@ from nemo_csr_rail.langchain_messages import (
 )
 from nemo_csr_rail.policy import Direction
 from nemo_csr_rail.transcript import Message
+
+try:  # private to langchain_core: what tells a streaming handler apart (stream="hold" removes those)
+    from langchain_core.tracers._streaming import _StreamingCallbackHandler, _V2StreamingCallbackHandler
+except ImportError as exc:  # an upgrade moved them: fail here, saying so, not by streaming unjudged tokens later
+    raise ImportError(
+        "nemo_csr_rail.langchain_middleware needs langchain_core.tracers._streaming._StreamingCallbackHandler and "
+        "_V2StreamingCallbackHandler (to withhold tokens until an answer is judged, stream='hold'); this "
+        f"langchain-core has no such names ({exc}). Install a langchain-core version the nemo-csr-rail "
+        "'langchain' extra supports.") from exc
 
 T = TypeVar("T")
 StreamMode = Literal["hold", "live"]
