@@ -33,9 +33,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import threading
-from collections.abc import Awaitable, Callable, Coroutine, Iterator, Sequence
-from typing import Any, Literal, TypeVar
+from collections.abc import Awaitable, Callable, Iterator, Sequence
+from typing import Any, Literal
 
 from langchain.agents.middleware.types import AgentMiddleware, ModelRequest, ModelResponse
 from langchain_core.messages import AIMessage, BaseMessage, ToolMessage
@@ -58,6 +57,7 @@ from nemo_csr_rail.langchain_messages import (
     record_for,
     record_of,
     refusal_message,
+    run_sync,
     text_of,
     to_transcript,
     tool_messages,
@@ -76,29 +76,7 @@ except ImportError as exc:  # an upgrade moved them: fail here, saying so, not b
         f"langchain-core has no such names ({exc}). Install a langchain-core version the nemo-csr-rail "
         "'langchain' extra supports.") from exc
 
-T = TypeVar("T")
 StreamMode = Literal["hold", "live"]
-
-
-# -------------------------------------------------------------------------------------------- sync from async
-class _Loop:
-    """One event loop on a daemon thread for the synchronous hooks: a sync agent (inside or outside a running
-    loop) waits on it, and the guard engine's connection pool (one per event loop) lives as long as it does."""
-
-    def __init__(self) -> None:
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._lock = threading.Lock()
-
-    def run(self, coro: Coroutine[Any, Any, T]) -> T:
-        with self._lock:
-            if self._loop is None or self._loop.is_closed():
-                loop = asyncio.new_event_loop()
-                threading.Thread(target=loop.run_forever, name="csr-guard-sync", daemon=True).start()
-                self._loop = loop
-        return asyncio.run_coroutine_threadsafe(coro, self._loop).result()
-
-
-_SYNC = _Loop()
 
 
 # ----------------------------------------------------------------------------------------------- the middleware
@@ -286,12 +264,12 @@ class CsrGuardMiddleware(AgentMiddleware):
     # ------------------------------------------------------------------------------------------------- hooks
     def wrap_model_call(self, request: ModelRequest, handler: Callable[[ModelRequest], ModelResponse]) -> Any:
         request = _with_view(request)
-        refusal = _SYNC.run(self._check_input(request.messages))
+        refusal = run_sync(self._check_input(request.messages))
         if refusal is not None:
             return ModelResponse(result=[refusal])
         with self._held():
             response = handler(request)
-        return _SYNC.run(self._check_answer(request, response))
+        return run_sync(self._check_answer(request, response))
 
     async def awrap_model_call(self, request: ModelRequest,
                                handler: Callable[[ModelRequest], Awaitable[ModelResponse]]) -> Any:
@@ -309,11 +287,11 @@ class CsrGuardMiddleware(AgentMiddleware):
         except GraphBubbleUp:
             raise  # an interrupt, not an error
         except Exception as exc:
-            blocked = _SYNC.run(self._check_tool_error(request, exc))
+            blocked = run_sync(self._check_tool_error(request, exc))
             if blocked is None:
                 raise
             return blocked
-        return _SYNC.run(self._check_tool_output(request, result))
+        return run_sync(self._check_tool_output(request, result))
 
     async def awrap_tool_call(self, request: ToolCallRequest,
                               handler: Callable[[ToolCallRequest], Awaitable[Any]]) -> Any:
