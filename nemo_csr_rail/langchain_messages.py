@@ -156,21 +156,26 @@ def refusal_message(decision: Decision, side: str, **extra: Any) -> AIMessage:
                      response_metadata={METADATA_KEY: record_for(decision, side, **extra)})
 
 
-def tool_messages(result: Any) -> list[ToolMessage]:
+def tool_messages(result: Any) -> list[BaseMessage]:
+    """What a tool call adds to the state: its ``ToolMessage``, or every message its ``Command`` adds (a tool may
+    add an answer or a note too; each is judged as the tool's output, since nothing else judges it before it enters
+    the state)."""
     if isinstance(result, ToolMessage):
         return [result]
     if isinstance(result, Command) and isinstance(result.update, dict):
-        return [m for m in result.update.get("messages") or () if isinstance(m, ToolMessage)]
+        added = result.update.get("messages") or ()
+        return [m for m in (added if isinstance(added, (list, tuple)) else [added]) if isinstance(m, BaseMessage)]
     return []
 
 
-def blocked_tool_message(decision: Decision, request: ToolCallRequest, message: ToolMessage) -> ToolMessage:
+def blocked_tool_message(decision: Decision, request: ToolCallRequest, message: BaseMessage) -> ToolMessage:
     call = request.tool_call
     return ToolMessage(content=decision.refusal or "Blocked by the safety policy.",
-                       tool_call_id=message.tool_call_id or call.get("id") or "",
+                       tool_call_id=getattr(message, "tool_call_id", None) or call.get("id") or "",
                        name=message.name or call.get("name"), status="error",
-                       response_metadata={METADATA_KEY: record_for(decision, "tool_result", tool=call.get("name"),
-                                                                tool_error=message.status == "error")})
+                       response_metadata={METADATA_KEY: record_for(
+                           decision, "tool_result", tool=call.get("name"),
+                           tool_error=getattr(message, "status", None) == "error")})
 
 
 def blocked_tool_result(view: Sequence[BaseMessage]) -> AIMessage | None:

@@ -238,21 +238,23 @@ class CsrGuardMiddleware(AgentMiddleware):
 
     async def _check_tool_output(self, request: ToolCallRequest, result: Any) -> Any:
         for m in tool_messages(result):
-            decision = await self._judge_tool_result(m)
+            decision = await self._judge_tool_result(m, request)
             if decision.blocked:
                 return blocked_tool_message(decision, request, m)
         return result
 
-    async def _judge_tool_result(self, m: ToolMessage) -> Decision:
-        """One tool result (or the text of a tool error) on its own: the judged item is the same as in the whole
-        history (a tool result is judged without context), so the next request's check finds it in the cache."""
+    async def _judge_tool_result(self, m: BaseMessage, request: ToolCallRequest) -> Decision:
+        """One tool result (or the text of a tool error, or another message the tool's ``Command`` adds) on its
+        own: the judged item is the same as in the whole history (a tool result is judged without context), so the
+        next request's check finds it in the cache."""
         text = text_of(m.content)
+        name = m.name or request.tool_call.get("name")
         if self._whole_history(self.tool_policy):
-            one = [Message(index=0, role="tool", text=text, tool_call_id=m.tool_call_id, name=m.name)]
+            one = [Message(index=0, role="tool", text=text, tool_call_id=getattr(m, "tool_call_id", None), name=name)]
             check = self._messages(self.tool_policy, Direction.INPUT, one, 0)
         else:
             check = self._item(self.tool_policy, Direction.TOOL_RESULT,
-                               *judged_turn(Direction.TOOL_RESULT, None, render_tool_result(m.name, text)))
+                               *judged_turn(Direction.TOOL_RESULT, None, render_tool_result(name, text)))
         return await self._guarded(check[0], check[1], check[2])
 
     async def _check_tool_error(self, request: ToolCallRequest, exc: Exception) -> ToolMessage | None:
