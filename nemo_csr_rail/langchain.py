@@ -31,12 +31,11 @@ core imports it (tests/tooling/test_layering.py).
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures
 import os
 from collections.abc import Callable, Coroutine, Mapping, Sequence
 from pathlib import Path
 from types import SimpleNamespace
-from typing import Annotated, Any, Literal, TypeVar
+from typing import Annotated, Any, Literal
 
 import yaml
 from langchain_core.callbacks import AsyncCallbackManagerForRetrieverRun, CallbackManagerForRetrieverRun
@@ -53,11 +52,16 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model
 from nemo_csr_rail import agent_checks
 from nemo_csr_rail.agent import content_text
 from nemo_csr_rail.errors import ConfigError
-from nemo_csr_rail.langchain_messages import METADATA_KEY, SOURCE_GUARDED_TOOL, record_for, record_of
+from nemo_csr_rail.langchain_messages import (
+    METADATA_KEY,
+    SOURCE_GUARDED_TOOL,
+    record_for,
+    record_of,
+    run_sync,
+)
 from nemo_csr_rail.runtime import CheckRuntime, runtime_for
 from nemo_csr_rail.settings.flows import RAILS_SECTIONS
 
-T = TypeVar("T")
 #: per-invocation user message: ``tool.invoke(args, config={"metadata": {USER_MESSAGE_KEY: "…"}})``
 USER_MESSAGE_KEY = "csr_user_message"
 #: what a guarded tool invoked with a model ``ToolCall`` does on a block (:meth:`CsrGuard.tool`)
@@ -163,16 +167,6 @@ def _raise_if_blocked(out: agent_checks.AgentDecision) -> None:
         exc.metadata = dict(out.metadata)  # type: ignore[attr-defined]
         exc.outcome = out  # type: ignore[attr-defined]  # the record of a returned block is built from it
         raise exc
-
-
-def _run_sync(coro: Coroutine[Any, Any, T]) -> T:
-    """Run a check from synchronous code, also when this thread already runs an event loop."""
-    try:
-        asyncio.get_running_loop()
-    except RuntimeError:
-        return asyncio.run(coro)
-    with concurrent.futures.ThreadPoolExecutor(1) as pool:
-        return pool.submit(asyncio.run, coro).result()
 
 
 # ------------------------------------------------------------------------------------------------ guarded tools
@@ -295,7 +289,7 @@ class GuardedTool(BaseTool):
 
     def run(self, tool_input: str | dict[str, Any], *args: Any, **kwargs: Any) -> Any:  # type: ignore[override]
         call_id, forwarded, arguments, user = self._prepare(tool_input, kwargs)
-        refusal = _run_sync(_refusal_of(self.guard.acheck_tool_call(
+        refusal = run_sync(_refusal_of(self.guard.acheck_tool_call(
             self.name, arguments, policy=self.policy, user_message=user, call_id=call_id)))
         if refusal is not None:
             return self._refuse(refusal, call_id, "tool_call")
@@ -304,11 +298,11 @@ class GuardedTool(BaseTool):
         except GraphBubbleUp:
             raise  # a LangGraph interrupt or parent command: control flow, not an error text
         except Exception as exc:
-            refusal = _run_sync(self._ajudge([{"content": str(exc), "name": self.name, "tool_call_id": call_id}]))
+            refusal = run_sync(self._ajudge([{"content": str(exc), "name": self.name, "tool_call_id": call_id}]))
             if refusal is None:
                 raise
             return self._refuse(refusal, call_id, "tool_result", cause=exc)
-        refusal = _run_sync(self._ajudge(_result_messages(result, self.name, call_id)))
+        refusal = run_sync(self._ajudge(_result_messages(result, self.name, call_id)))
         return result if refusal is None else self._refuse(refusal, call_id, "tool_result")
 
     async def arun(self, tool_input: str | dict[str, Any], *args: Any, **kwargs: Any) -> Any:  # type: ignore[override]
@@ -395,7 +389,7 @@ class GuardedRetriever(BaseRetriever):
 
     def _get_relevant_documents(self, query: str, *, run_manager: CallbackManagerForRetrieverRun) -> list[Document]:
         docs = self.inner.invoke(query, config={"callbacks": run_manager.get_child()})
-        return _run_sync(self.guard.akeep_documents(docs, policy=self.policy, query=query))
+        return run_sync(self.guard.akeep_documents(docs, policy=self.policy, query=query))
 
     async def _aget_relevant_documents(self, query: str, *,
                                        run_manager: AsyncCallbackManagerForRetrieverRun) -> list[Document]:

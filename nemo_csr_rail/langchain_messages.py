@@ -6,7 +6,9 @@
   left out, a refused tool result withheld in place (docs/langchain-agents.md, "Later turns");
 * the refusal ``AIMessage`` and the blocked ``ToolMessage``, with the record in ``response_metadata["nemo_csr_rail"]``
   (:func:`record_for` builds it, :func:`record_of` reads it); a guarded tool's blocks (:mod:`nemo_csr_rail.langchain`)
-  carry a record of the same shape, so one reader serves both.
+  carry a record of the same shape, so one reader serves both;
+* :func:`run_sync`: a check from synchronous code (the middleware's sync hooks, a guarded tool's ``invoke``, a
+  guarded retriever), on one event loop shared by both.
 
 Used by :mod:`nemo_csr_rail.langchain_middleware` and :mod:`nemo_csr_rail.langchain`; LangChain only, no NeMo
 Guardrails.
@@ -14,10 +16,12 @@ Guardrails.
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
+import threading
 import uuid
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Coroutine, Sequence
+from typing import Any, TypeVar
 
 from langchain_core.messages import AIMessage, BaseMessage, ToolMessage
 from langgraph.prebuilt.tool_node import ToolCallRequest
@@ -34,6 +38,7 @@ METADATA_KEY = "nemo_csr_rail"
 #: guarded tool's block goes back to the model, which reads why and goes on
 SOURCE_MIDDLEWARE = "middleware"
 SOURCE_GUARDED_TOOL = "guarded_tool"
+T = TypeVar("T")
 _ROLES = {"human": "user", "ai": "assistant", "tool": "tool", "system": "system"}
 
 
@@ -151,21 +156,26 @@ def refusal_message(decision: Decision, side: str, **extra: Any) -> AIMessage:
                      response_metadata={METADATA_KEY: record_for(decision, side, **extra)})
 
 
-def tool_messages(result: Any) -> list[ToolMessage]:
+def tool_messages(result: Any) -> list[BaseMessage]:
+    """What a tool call adds to the state: its ``ToolMessage``, or every message its ``Command`` adds (a tool may
+    add an answer or a note too; each is judged as the tool's output, since nothing else judges it before it enters
+    the state)."""
     if isinstance(result, ToolMessage):
         return [result]
     if isinstance(result, Command) and isinstance(result.update, dict):
-        return [m for m in result.update.get("messages") or () if isinstance(m, ToolMessage)]
+        added = result.update.get("messages") or ()
+        return [m for m in (added if isinstance(added, (list, tuple)) else [added]) if isinstance(m, BaseMessage)]
     return []
 
 
-def blocked_tool_message(decision: Decision, request: ToolCallRequest, message: ToolMessage) -> ToolMessage:
+def blocked_tool_message(decision: Decision, request: ToolCallRequest, message: BaseMessage) -> ToolMessage:
     call = request.tool_call
     return ToolMessage(content=decision.refusal or "Blocked by the safety policy.",
-                       tool_call_id=message.tool_call_id or call.get("id") or "",
+                       tool_call_id=getattr(message, "tool_call_id", None) or call.get("id") or "",
                        name=message.name or call.get("name"), status="error",
-                       response_metadata={METADATA_KEY: record_for(decision, "tool_result", tool=call.get("name"),
-                                                                tool_error=message.status == "error")})
+                       response_metadata={METADATA_KEY: record_for(
+                           decision, "tool_result", tool=call.get("name"),
+                           tool_error=getattr(message, "status", None) == "error")})
 
 
 def blocked_tool_result(view: Sequence[BaseMessage]) -> AIMessage | None:
@@ -181,6 +191,42 @@ def blocked_tool_result(view: Sequence[BaseMessage]) -> AIMessage | None:
     return None
 
 
+# ------------------------------------------------------------------------------------------------ sync from async
+class _Loop:
+    """One event loop on a daemon thread for every synchronous entry point (the middleware's sync hooks, a guarded
+    tool's ``invoke``, a guarded retriever): a sync caller (inside or outside a running loop) waits on it, and the
+    guard engine's connection pool (one per event loop) lives as long as it does, instead of one per check."""
+
+    def __init__(self) -> None:
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._lock = threading.Lock()
+
+    def run(self, coro: Coroutine[Any, Any, T]) -> T:
+        with self._lock:
+            if self._loop is None or self._loop.is_closed():
+                loop = asyncio.new_event_loop()
+                threading.Thread(target=loop.run_forever, name="csr-guard-sync", daemon=True).start()
+                self._loop = loop
+            loop = self._loop
+        try:
+            running = asyncio.get_running_loop()
+        except RuntimeError:
+            running = None
+        if running is loop:  # waiting on the loop from its own thread would never return: say so instead
+            coro.close()
+            raise RuntimeError("a synchronous guard check was called from the guard's own event loop thread; "
+                               "use the async entry point (ainvoke) there")
+        return asyncio.run_coroutine_threadsafe(coro, loop).result()
+
+
+_SYNC = _Loop()
+
+
+def run_sync(coro: Coroutine[Any, Any, T]) -> T:
+    """Run a check from synchronous code, also when this thread already runs an event loop."""
+    return _SYNC.run(coro)
+
+
 __all__ = [
     "METADATA_KEY",
     "SOURCE_GUARDED_TOOL",
@@ -194,6 +240,7 @@ __all__ = [
     "record_for",
     "record_of",
     "refusal_message",
+    "run_sync",
     "text_of",
     "to_transcript",
     "tool_messages",

@@ -33,14 +33,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import threading
-from collections.abc import Awaitable, Callable, Coroutine, Iterator, Sequence
-from typing import Any, Literal, TypeVar
+from collections.abc import Awaitable, Callable, Iterator, Sequence
+from typing import Any, Literal
 
 from langchain.agents.middleware.types import AgentMiddleware, ModelRequest, ModelResponse
 from langchain_core.messages import AIMessage, BaseMessage, ToolMessage
 from langchain_core.runnables.config import ensure_config, var_child_runnable_config
-from langchain_core.tracers._streaming import _StreamingCallbackHandler, _V2StreamingCallbackHandler
 from langgraph.errors import GraphBubbleUp
 from langgraph.prebuilt.tool_node import ToolCallRequest
 
@@ -59,6 +57,7 @@ from nemo_csr_rail.langchain_messages import (
     record_for,
     record_of,
     refusal_message,
+    run_sync,
     text_of,
     to_transcript,
     tool_messages,
@@ -68,29 +67,16 @@ from nemo_csr_rail.langchain_messages import (
 from nemo_csr_rail.policy import Direction
 from nemo_csr_rail.transcript import Message
 
-T = TypeVar("T")
+try:  # private to langchain_core: what tells a streaming handler apart (stream="hold" removes those)
+    from langchain_core.tracers._streaming import _StreamingCallbackHandler, _V2StreamingCallbackHandler
+except ImportError as exc:  # an upgrade moved them: fail here, saying so, not by streaming unjudged tokens later
+    raise ImportError(
+        "nemo_csr_rail.langchain_middleware needs langchain_core.tracers._streaming._StreamingCallbackHandler and "
+        "_V2StreamingCallbackHandler (to withhold tokens until an answer is judged, stream='hold'); this "
+        f"langchain-core has no such names ({exc}). Install a langchain-core version the nemo-csr-rail "
+        "'langchain' extra supports.") from exc
+
 StreamMode = Literal["hold", "live"]
-
-
-# -------------------------------------------------------------------------------------------- sync from async
-class _Loop:
-    """One event loop on a daemon thread for the synchronous hooks: a sync agent (inside or outside a running
-    loop) waits on it, and the guard engine's connection pool (one per event loop) lives as long as it does."""
-
-    def __init__(self) -> None:
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._lock = threading.Lock()
-
-    def run(self, coro: Coroutine[Any, Any, T]) -> T:
-        with self._lock:
-            if self._loop is None or self._loop.is_closed():
-                loop = asyncio.new_event_loop()
-                threading.Thread(target=loop.run_forever, name="csr-guard-sync", daemon=True).start()
-                self._loop = loop
-        return asyncio.run_coroutine_threadsafe(coro, self._loop).result()
-
-
-_SYNC = _Loop()
 
 
 # ----------------------------------------------------------------------------------------------- the middleware
@@ -252,21 +238,23 @@ class CsrGuardMiddleware(AgentMiddleware):
 
     async def _check_tool_output(self, request: ToolCallRequest, result: Any) -> Any:
         for m in tool_messages(result):
-            decision = await self._judge_tool_result(m)
+            decision = await self._judge_tool_result(m, request)
             if decision.blocked:
                 return blocked_tool_message(decision, request, m)
         return result
 
-    async def _judge_tool_result(self, m: ToolMessage) -> Decision:
-        """One tool result (or the text of a tool error) on its own: the judged item is the same as in the whole
-        history (a tool result is judged without context), so the next request's check finds it in the cache."""
+    async def _judge_tool_result(self, m: BaseMessage, request: ToolCallRequest) -> Decision:
+        """One tool result (or the text of a tool error, or another message the tool's ``Command`` adds) on its
+        own: the judged item is the same as in the whole history (a tool result is judged without context), so the
+        next request's check finds it in the cache."""
         text = text_of(m.content)
+        name = m.name or request.tool_call.get("name")
         if self._whole_history(self.tool_policy):
-            one = [Message(index=0, role="tool", text=text, tool_call_id=m.tool_call_id, name=m.name)]
+            one = [Message(index=0, role="tool", text=text, tool_call_id=getattr(m, "tool_call_id", None), name=name)]
             check = self._messages(self.tool_policy, Direction.INPUT, one, 0)
         else:
             check = self._item(self.tool_policy, Direction.TOOL_RESULT,
-                               *judged_turn(Direction.TOOL_RESULT, None, render_tool_result(m.name, text)))
+                               *judged_turn(Direction.TOOL_RESULT, None, render_tool_result(name, text)))
         return await self._guarded(check[0], check[1], check[2])
 
     async def _check_tool_error(self, request: ToolCallRequest, exc: Exception) -> ToolMessage | None:
@@ -278,12 +266,12 @@ class CsrGuardMiddleware(AgentMiddleware):
     # ------------------------------------------------------------------------------------------------- hooks
     def wrap_model_call(self, request: ModelRequest, handler: Callable[[ModelRequest], ModelResponse]) -> Any:
         request = _with_view(request)
-        refusal = _SYNC.run(self._check_input(request.messages))
+        refusal = run_sync(self._check_input(request.messages))
         if refusal is not None:
             return ModelResponse(result=[refusal])
         with self._held():
             response = handler(request)
-        return _SYNC.run(self._check_answer(request, response))
+        return run_sync(self._check_answer(request, response))
 
     async def awrap_model_call(self, request: ModelRequest,
                                handler: Callable[[ModelRequest], Awaitable[ModelResponse]]) -> Any:
@@ -301,11 +289,11 @@ class CsrGuardMiddleware(AgentMiddleware):
         except GraphBubbleUp:
             raise  # an interrupt, not an error
         except Exception as exc:
-            blocked = _SYNC.run(self._check_tool_error(request, exc))
+            blocked = run_sync(self._check_tool_error(request, exc))
             if blocked is None:
                 raise
             return blocked
-        return _SYNC.run(self._check_tool_output(request, result))
+        return run_sync(self._check_tool_output(request, result))
 
     async def awrap_tool_call(self, request: ToolCallRequest,
                               handler: Callable[[ToolCallRequest], Awaitable[Any]]) -> Any:

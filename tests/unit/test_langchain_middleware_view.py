@@ -95,3 +95,22 @@ def test_hold_removes_streaming_handlers_from_lists_and_managers_only():
     held = _held_callbacks(manager)
     assert held.handlers == [tracer] and held.inheritable_handlers == []
     assert manager.handlers == [tracer, stream], "the caller's manager is left as it was"
+
+
+def test_a_langchain_core_without_the_private_streaming_handlers_fails_at_import(monkeypatch):
+    """``stream="hold"`` tells streaming handlers apart by langchain_core's private classes: an upgrade that moves
+    them must fail loudly when the middleware is imported, not stream unjudged tokens later."""
+    import importlib.util
+    import sys
+
+    import nemo_csr_rail.langchain_middleware as mw
+
+    monkeypatch.setitem(sys.modules, "langchain_core.tracers._streaming", None)  # import raises ImportError
+    spec = importlib.util.spec_from_file_location("csr_middleware_probe", mw.__file__)
+    probe = importlib.util.module_from_spec(spec)
+    try:
+        spec.loader.exec_module(probe)
+    except ImportError as exc:
+        assert "langchain_core.tracers._streaming" in str(exc) and "stream='hold'" in str(exc)
+    else:
+        raise AssertionError("the middleware imported without the streaming handler classes")
