@@ -123,10 +123,12 @@ def test_the_metric_and_eval_labels_know_it(spec: DirectionSpec):
 
 @pytest.mark.parametrize("spec", ROWS)
 def test_a_policy_without_a_refusal_uses_the_rows_default(spec: DirectionSpec):
-    """Policy's refusal fields are written by hand (one per direction that has its own): they must agree."""
+    """Policy's refusal fields (one per direction that has its own) default to the table's: they must agree."""
     assert Policy.custom("p", "No weapons.").refusal(spec.direction) == spec.default_refusal
     plugin = parse_plugin_settings({"policies": {"p": {"policy": "No weapons."}}})
     assert compile_policies(plugin)["p"].refusal(spec.direction) == spec.default_refusal
+    own = parse_plugin_settings({"policies": {"p": {"policy": "No weapons.", "refusal": "Not here."}}})
+    assert compile_policies(own)["p"].refusal(spec.direction) == "Not here.", "a configured refusal is every row's"
 
 
 @pytest.mark.parametrize("spec", ROWS)
