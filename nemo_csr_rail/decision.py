@@ -329,8 +329,7 @@ class Decision:
         """The message of the rail exception a block raises (``enable_rails_exceptions``)."""
         if not self.blocked:
             return None
-        spec = self.direction.spec
-        return f"{spec.blocked} blocked by {spec.flow} (policy {self.policy}): {self.reason}"
+        return self.direction.spec.exception_message(self.policy, self.reason)
 
     # -- serialisations -----------------------------------------------------------------------------------------
     def to_metadata(self) -> dict[str, Any]:

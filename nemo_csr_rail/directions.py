@@ -101,6 +101,11 @@ class DirectionSpec:
         """The Colang event a block sends with ``enable_rails_exceptions`` (``CsrCheckInputRailException``)."""
         return "".join(w.capitalize() for w in self.flow.split()) + "RailException"
 
+    def exception_message(self, policy: str, reason: str | None) -> str:
+        """The message of the rail exception a block raises (``enable_rails_exceptions``), in one wording for every
+        block of this direction (a judged item's, or an answer refused whole for too many tool calls)."""
+        return f"{self.blocked} blocked by {self.flow} (policy {policy}): {reason}"
+
     @property
     def metric_label(self) -> str:
         """The ``direction`` label of every metric, span and audit record."""
