@@ -56,6 +56,7 @@ def test_one_row_per_direction():
 @pytest.mark.parametrize("spec", ROWS)
 def test_the_manifest_lists_its_flow_action_and_surface(spec: DirectionSpec):
     assert spec.flow in RAIL.spec.flows.flow_names
+    assert spec.rails_section in RAIL.metadata.categories, "its rails section is one of the manifest's categories"
     (ref,) = [r for r in RAIL.spec.actions.refs if r.name == spec.action]
     assert ref.target == spec.action_target and resolve_import_ref(ref).action_meta["name"] == spec.action
     surfaces = [s for s in RAIL.spec.surfaces if s.name == spec.flow]
