@@ -137,8 +137,6 @@ DIRECTIONS: tuple[DirectionSpec, ...] = (
                DEFAULT_INPUT_REFUSAL, "retrieved document"),
 )
 _BY_DIRECTION = {s.direction: s for s in DIRECTIONS}
-#: a flow's words (``tool calls``) → its direction
-BY_FLOW_WORDS = {s.flow_words: s.direction for s in DIRECTIONS}
 
 # -- the topic policy's one rule, in the words every refusal of it uses -------------------------------------------
 #: a topic policy (layout C) judges the user's message only; the two grammatical forms the messages use
@@ -159,5 +157,5 @@ def checks_other_than_input() -> str:
     return ", ".join(s.flow_words for s in DIRECTIONS if s.direction not in SIDES)
 
 
-__all__ = ["BY_FLOW_WORDS", "DIRECTIONS", "SIDES", "TOPIC_ONLY", "TOPIC_ONLY_CLAUSE", "Direction", "DirectionSpec",
+__all__ = ["DIRECTIONS", "SIDES", "TOPIC_ONLY", "TOPIC_ONLY_CLAUSE", "Direction", "DirectionSpec",
            "checks_other_than_input", "topic_not_for"]
