@@ -6,25 +6,8 @@
 set -euo pipefail
 V=${CSR_VLLM_ROUTER_VENV:-$HOME/.cache/nemo-csr-rail/router-venv}
 SPEC=vllm-router==0.1.17
-MARK="$V/.csr-complete"
-if [ -f "$MARK" ] && [ "$(cat "$MARK")" = "$SPEC" ] && [ -x "$V/bin/python" ]; then
-  echo "$V/bin/python"
-  exit 0
-fi
-t0=$(date +%s)
-if [ -e "$V" ]; then
-  # an incomplete earlier attempt or another version: start over, but never delete something that is not a venv
-  if [ -f "$V/pyvenv.cfg" ] || [ -z "$(ls -A "$V")" ]; then
-    rm -rf "$V"
-  else
-    echo "CSR_VLLM_ROUTER_VENV=$V exists and is not a venv; refusing to overwrite it" >&2
-    exit 2
-  fi
-fi
-"${PYTHON:-python3}" -m venv "$V"
-"$V/bin/pip" install -q -U pip >&2
+. "$(dirname "$0")/venv.sh"
+venv_begin CSR_VLLM_ROUTER_VENV "$V" "$SPEC"
 "$V/bin/pip" install -q "$SPEC" >&2
 "$V/bin/python" -c "from vllm_router.launch_router import parse_router_args; parse_router_args([])" >&2
-echo "$SPEC" > "$MARK"
-echo "vllm-router venv installed in $(( $(date +%s) - t0 )) s ($(du -sh "$V" | cut -f1))" >&2
-echo "$V/bin/python"
+venv_end "vllm-router venv"

@@ -142,7 +142,7 @@ async def check_tool_calls(runtime: CheckRuntime, policy: str | None, raw_calls:
         meta.update(policy=label, decision="block", checked=0, removed=len(calls),
                     removed_ids=[c.id for c in calls], removed_names=sorted({c.name for c in calls}), kept_ids=[],
                     reasoning=reason, refusal=refusal, failed=False, too_many=True,
-                    exception_message=f"Tool call blocked by csr check tool calls (policy {label}): {reason}",
+                    exception_message=Direction.TOOL_CALL.spec.exception_message(label, reason),
                     latency_ms=round((time.perf_counter() - start) * 1000, 2), checks=[])
         return AgentDecision(Outcome.BLOCK, meta, reason=reason), []
     turns = [judged_turn(Direction.TOOL_CALL, user_message, render_tool_call(c.name, c.arguments)) for c in calls]

@@ -133,10 +133,11 @@ class Coverage:
     Items are messages' texts and assistant tool calls (an assistant message with text and two calls is three).
     ``judged`` = ``guard`` + ``cached``: every item was judged, by a guard request in this call or by the verdict of
     an identical item (the ``judged_messages`` cache, or the same item earlier in this request). ``skipped``: items
-    not sent to the guard because there is nothing to judge (no text) or they are the plugin's own refusal. ``blocked_index`` / ``blocked_role``: the message whose item decided a block
-    (the first in message order), None when nothing blocked. ``multi_turn``: the user turns judged together (split
-    attacks), None when the policy does not ask for it or the request has fewer than two user turns. ``refused``:
-    harmful input-side messages already refused in their own turn, which do not block this one (docs/coverage.md)."""
+    not sent to the guard because there is nothing to judge (no text) or they are the plugin's own refusal.
+    ``blocked_index`` / ``blocked_role``: the message whose item decided a block (the first in message order), None
+    when nothing blocked. ``multi_turn``: the user turns judged together (split attacks), None when the policy does
+    not ask for it or the request has fewer than two user turns. ``refused``: harmful input-side messages already
+    refused in their own turn, which do not block this one (docs/coverage.md)."""
 
     mode: str  # "all" | "last"
     messages: int
@@ -329,8 +330,7 @@ class Decision:
         """The message of the rail exception a block raises (``enable_rails_exceptions``)."""
         if not self.blocked:
             return None
-        spec = self.direction.spec
-        return f"{spec.blocked} blocked by {spec.flow} (policy {self.policy}): {self.reason}"
+        return self.direction.spec.exception_message(self.policy, self.reason)
 
     # -- serialisations -----------------------------------------------------------------------------------------
     def to_metadata(self) -> dict[str, Any]:

@@ -101,32 +101,42 @@ class DirectionSpec:
         """The Colang event a block sends with ``enable_rails_exceptions`` (``CsrCheckInputRailException``)."""
         return "".join(w.capitalize() for w in self.flow.split()) + "RailException"
 
+    def exception_message(self, policy: str, reason: str | None) -> str:
+        """The message of the rail exception a block raises (``enable_rails_exceptions``), in one wording for every
+        block of this direction (a judged item's, or an answer refused whole for too many tool calls)."""
+        return f"{self.blocked} blocked by {self.flow} (policy {policy}): {reason}"
+
     @property
     def metric_label(self) -> str:
         """The ``direction`` label of every metric, span and audit record."""
         return self.direction.value
 
 
+def _agent_row(direction: Direction, judged_as: Direction, flow_words: str, rails_section: str, surface: str | None,
+               surface_context: tuple[tuple[str, str, bool], ...], default_refusal: str, noun: str) -> DirectionSpec:
+    """An agent direction's row: its item is worded by one noun everywhere ("a tool call", "the tool call is too
+    long", "Tool call blocked", "tool calls"); only the two sides word theirs case by case."""
+    return DirectionSpec(direction, judged_as, flow_words, rails_section, surface, surface_context, colang2=False,
+                         default_refusal=default_refusal, noun=noun, what=f"a {noun}", too_long=noun,
+                         blocked=noun.capitalize(), plural=f"{noun}s", eval_label=direction.value)
+
+
 _I, _O = Direction.INPUT, Direction.OUTPUT
 DIRECTIONS: tuple[DirectionSpec, ...] = (
-    DirectionSpec(Direction.INPUT, _I, "input", "input", "input", (("user_message", "user_message", True),), True,
-                  DEFAULT_INPUT_REFUSAL, "prompt", "the user's message", "message", "Input", None, "prompt"),
+    DirectionSpec(Direction.INPUT, _I, "input", "input", "input", (("user_message", "user_message", True),),
+                  colang2=True, default_refusal=DEFAULT_INPUT_REFUSAL, noun="prompt", what="the user's message",
+                  too_long="message", blocked="Input", plural=None, eval_label="prompt"),
     DirectionSpec(Direction.OUTPUT, _O, "output", "output", "output",
-                  (("user_message", "user_message", False), ("bot_message", "bot_message", True)), True,
-                  DEFAULT_OUTPUT_REFUSAL, "response", "the bot's answer", "answer", "Output", "the bot's answers",
-                  "response"),
-    DirectionSpec(Direction.TOOL_CALL, _O, "tool calls", "tool_output", None, (), False, DEFAULT_TOOL_CALL_REFUSAL,
-                  "tool call", "a tool call", "tool call", "Tool call", "tool calls", "tool_call"),
-    DirectionSpec(Direction.TOOL_RESULT, _I, "tool results", "tool_input", None, (), False,
-                  DEFAULT_TOOL_RESULT_REFUSAL, "tool result", "a tool result", "tool result", "Tool result",
-                  "tool results", "tool_result"),
-    DirectionSpec(Direction.RETRIEVAL, _I, "retrieval", "retrieval", "retrieval", (("text", "relevant_chunks", True),),
-                  False, DEFAULT_INPUT_REFUSAL, "retrieved document", "a retrieved document", "retrieved document",
-                  "Retrieved document", "retrieved documents", "retrieval"),
+                  (("user_message", "user_message", False), ("bot_message", "bot_message", True)),
+                  colang2=True, default_refusal=DEFAULT_OUTPUT_REFUSAL, noun="response", what="the bot's answer",
+                  too_long="answer", blocked="Output", plural="the bot's answers", eval_label="response"),
+    _agent_row(Direction.TOOL_CALL, _O, "tool calls", "tool_output", None, (), DEFAULT_TOOL_CALL_REFUSAL, "tool call"),
+    _agent_row(Direction.TOOL_RESULT, _I, "tool results", "tool_input", None, (), DEFAULT_TOOL_RESULT_REFUSAL,
+               "tool result"),
+    _agent_row(Direction.RETRIEVAL, _I, "retrieval", "retrieval", "retrieval", (("text", "relevant_chunks", True),),
+               DEFAULT_INPUT_REFUSAL, "retrieved document"),
 )
 _BY_DIRECTION = {s.direction: s for s in DIRECTIONS}
-#: a flow's words (``tool calls``) → its direction
-BY_FLOW_WORDS = {s.flow_words: s.direction for s in DIRECTIONS}
 
 # -- the topic policy's one rule, in the words every refusal of it uses -------------------------------------------
 #: a topic policy (layout C) judges the user's message only; the two grammatical forms the messages use
@@ -147,5 +157,5 @@ def checks_other_than_input() -> str:
     return ", ".join(s.flow_words for s in DIRECTIONS if s.direction not in SIDES)
 
 
-__all__ = ["BY_FLOW_WORDS", "DIRECTIONS", "SIDES", "TOPIC_ONLY", "TOPIC_ONLY_CLAUSE", "Direction", "DirectionSpec",
+__all__ = ["DIRECTIONS", "SIDES", "TOPIC_ONLY", "TOPIC_ONLY_CLAUSE", "Direction", "DirectionSpec",
            "checks_other_than_input", "topic_not_for"]

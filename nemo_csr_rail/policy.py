@@ -17,12 +17,8 @@ from nemo_csr_rail.options import (
     DEFAULT_COVERAGE,
     DEFAULT_ESCALATE_AT,
     DEFAULT_HISTORY_TURNS,
-    DEFAULT_INPUT_REFUSAL,
     DEFAULT_MODEL_TYPE,
     DEFAULT_ON_ERROR,
-    DEFAULT_OUTPUT_REFUSAL,
-    DEFAULT_TOOL_CALL_REFUSAL,
-    DEFAULT_TOOL_RESULT_REFUSAL,
 )
 from nemo_csr_rail.settings import (
     CategorySpec,
@@ -47,8 +43,9 @@ class Policy:
     body: str
     reasoning_input: bool
     reasoning_output: bool
-    refusal_input: str = DEFAULT_INPUT_REFUSAL
-    refusal_output: str = DEFAULT_OUTPUT_REFUSAL
+    #: the refusals default to the directions' table (a retrieved chunk's is the input's: :meth:`refusal`)
+    refusal_input: str = Direction.INPUT.spec.default_refusal
+    refusal_output: str = Direction.OUTPUT.spec.default_refusal
     on_error: Literal["block", "allow"] = DEFAULT_ON_ERROR
     threshold: float | None = None
     model_type: str = DEFAULT_MODEL_TYPE
@@ -66,8 +63,8 @@ class Policy:
     reasoning_tool_call: bool | str | None = None
     reasoning_tool_result: bool | str | None = None
     reasoning_retrieval: bool | str | None = None
-    refusal_tool_call: str = DEFAULT_TOOL_CALL_REFUSAL
-    refusal_tool_result: str = DEFAULT_TOOL_RESULT_REFUSAL
+    refusal_tool_call: str = Direction.TOOL_CALL.spec.default_refusal
+    refusal_tool_result: str = Direction.TOOL_RESULT.spec.default_refusal
     #: whole-conversation coverage (docs/coverage.md): "all" judges every message the client supplied, "last"
     #: the current one only
     coverage: Literal["all", "last"] = DEFAULT_COVERAGE
@@ -204,8 +201,6 @@ def compile_policy(name: str, spec: PolicySettings, plugin: PluginSettings) -> P
         body=body,
         reasoning_input=r_in,
         reasoning_output=r_out,
-        refusal_input=refusal or DEFAULT_INPUT_REFUSAL,
-        refusal_output=refusal or DEFAULT_OUTPUT_REFUSAL,
         on_error=spec.on_error or plugin.on_error,
         threshold=spec.threshold,
         model_type=spec.model or plugin.model,
@@ -216,8 +211,9 @@ def compile_policy(name: str, spec: PolicySettings, plugin: PluginSettings) -> P
         reasoning_tool_call=agent["tool_call"],
         reasoning_tool_result=agent["tool_result"],
         reasoning_retrieval=agent["retrieval"],
-        refusal_tool_call=refusal or DEFAULT_TOOL_CALL_REFUSAL,
-        refusal_tool_result=refusal or DEFAULT_TOOL_RESULT_REFUSAL,
+        # one configured refusal for every direction; none: each direction's default (the Policy's field defaults)
+        **(dict.fromkeys(("refusal_input", "refusal_output", "refusal_tool_call", "refusal_tool_result"), refusal)
+           if refusal else {}),
         monitor_input=_mode(spec.mode, "input") == "monitor",
         monitor_output=_mode(spec.mode, "output") == "monitor",
         coverage=spec.coverage or plugin.coverage,

@@ -70,7 +70,8 @@ RAIL = RailManifest(
         display_name="Nemotron Content Safety Reasoning",
         description="Judges user prompts and bot answers against natural-language policies with "
                     "Nemotron-Content-Safety-Reasoning-4B on vLLM; a block carries the model's one-sentence reason.",
-        categories=("input", "output", "retrieval", "tool_input", "tool_output"),
+        # NeMo's categories are the config.yml rails sections: the ones the plugin's flows run under
+        categories=tuple(sorted({spec.rails_section for spec in DIRECTIONS})),
         capabilities=("allow", "block", "classify", "content_safety", "moderate", "topic_control", "transform"),
         tags=("nemotron", "vllm", "custom-policy", "reasoning"),
         docs_url="https://pypi.org/project/nemo-csr-rail/",

@@ -168,6 +168,8 @@ async def test_more_calls_than_the_cap_are_all_removed_unchecked(tmp_path, guard
     assert "11 tool calls, more than the 10" in text
     meta = outs[0]["metadata"]
     assert meta["too_many"] and meta["removed"] == 11 and len(meta["removed_ids"]) == 11
+    assert meta["exception_message"] == (f"Tool call blocked by csr check tool calls (policy {meta['policy']}): "
+                                         f"{meta['reasoning']}"), "worded like every other tool-call block"
 
 
 async def test_one_failing_check_does_not_sink_the_others(guard):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import re
 import sys
 
 import httpx
@@ -163,6 +164,21 @@ async def test_skipped_checks_are_not_decisions(guard):
     assert sample(text, "csr_checks_skipped_total", policy="sk", direction="output", reason="empty_message") == 1
     assert sample(text, "csr_checks_total", policy="sk", direction="output", outcome="allowed") is None
     assert guard.requests == []
+
+
+def test_every_skip_reason_is_named_where_an_operator_reads_the_metric():
+    """The ``reason`` label's values are :class:`SkipReason`'s; its HELP text and docs/operations.md list them by
+    hand, so a new member that neither names leaves an operator with a label value explained nowhere."""
+    from pathlib import Path
+
+    from nemo_csr_rail.decision import SkipReason
+    from nemo_csr_rail.telemetry.metrics import CHECKS_SKIPPED
+
+    row = next(line for line in (Path(__file__).resolve().parents[2] / "docs" / "operations.md").read_text()
+               .splitlines() if line.startswith("| `csr_checks_skipped_total`"))
+    for reason in SkipReason:
+        assert re.search(rf"\b{reason.value}\b", CHECKS_SKIPPED._documentation), f"{reason.value} missing from HELP"
+        assert f"`{reason.value}`" in row, f"{reason.value} missing from docs/operations.md"
 
 
 # ------------------------------------------------------------------------------------- one process, many configs

@@ -56,6 +56,7 @@ def test_one_row_per_direction():
 @pytest.mark.parametrize("spec", ROWS)
 def test_the_manifest_lists_its_flow_action_and_surface(spec: DirectionSpec):
     assert spec.flow in RAIL.spec.flows.flow_names
+    assert spec.rails_section in RAIL.metadata.categories, "its rails section is one of the manifest's categories"
     (ref,) = [r for r in RAIL.spec.actions.refs if r.name == spec.action]
     assert ref.target == spec.action_target and resolve_import_ref(ref).action_meta["name"] == spec.action
     surfaces = [s for s in RAIL.spec.surfaces if s.name == spec.flow]
@@ -123,10 +124,12 @@ def test_the_metric_and_eval_labels_know_it(spec: DirectionSpec):
 
 @pytest.mark.parametrize("spec", ROWS)
 def test_a_policy_without_a_refusal_uses_the_rows_default(spec: DirectionSpec):
-    """Policy's refusal fields are written by hand (one per direction that has its own): they must agree."""
+    """Policy's refusal fields (one per direction that has its own) default to the table's: they must agree."""
     assert Policy.custom("p", "No weapons.").refusal(spec.direction) == spec.default_refusal
     plugin = parse_plugin_settings({"policies": {"p": {"policy": "No weapons."}}})
     assert compile_policies(plugin)["p"].refusal(spec.direction) == spec.default_refusal
+    own = parse_plugin_settings({"policies": {"p": {"policy": "No weapons.", "refusal": "Not here."}}})
+    assert compile_policies(own)["p"].refusal(spec.direction) == "Not here.", "a configured refusal is every row's"
 
 
 @pytest.mark.parametrize("spec", ROWS)
