@@ -17,8 +17,7 @@ import pytest
 
 from nemo_csr_rail import agent_checks
 from nemo_csr_rail.policy import Direction
-from tests.support.e2e_helpers import ask, rails_for
-from tests.support.rails_configs import write_config
+from tests.support.e2e_helpers import ask, retail_rails
 from tests.support.runtime import runtime
 from tests.support.standin import Fault, StandIn
 
@@ -114,11 +113,7 @@ async def test_sampling_is_an_opt_in_that_may_let_the_middle_pass(direction, gua
 
 # ------------------------------------------------------------------------------------------------ end to end: input
 def _rails(tmp_path, guard, main_llm, **plugin):
-    cfg = {"timeout_s": 300.0, "policies": {"retail": {"policy": POLITICS}}}
-    cfg.update(plugin)
-    return rails_for(write_config(tmp_path / "cfg", guard_url=guard.url, main_url=main_llm.url, plugin=cfg,
-                                  input_flows=['csr check input $policy="retail"'],
-                                  output_flows=['csr check output $policy="retail"']))
+    return retail_rails(tmp_path, guard, main_llm, **{"timeout_s": 300.0, **plugin})
 
 
 async def test_a_megabyte_message_with_a_harmful_middle_never_reaches_the_model(tmp_path, guard, main_llm):
@@ -237,6 +232,23 @@ async def test_an_item_exactly_at_the_cap_is_judged_and_one_more_character_is_re
     await rt.aclose()
     assert at.is_blocked and at.metadata["prompt_harm"] == "harmful" and at.metadata["long_input"]["coverage"] == 1.0
     assert over.metadata["error_kind"] == "input_too_long" and len(guard.chat_requests()) == sent
+
+
+async def test_many_items_each_just_under_the_cap_cost_each_one_whole_and_no_more(guard):
+    """One rail call carrying many items, each just under ``max_judged_chars`` (an attacker who cannot pass one
+    item past the cap pads several up to it): each is judged whole, and the call costs the sum of their windows,
+    exactly what the plan says, never more; an item past the cap among them is refused without a request (the chunk
+    is removed, the others kept). The bound is per item: a call's cost grows with its item count (docs/reliability.md)."""
+    rt = runtime(guard.url, timeout_s=60.0, long_input={"max_judged_chars": 30_000})
+    chunks = [f"chunk {k}. " + filler(29_000) for k in range(4)]
+    out, kept = await agent_checks.check_relevant_chunks(rt, "fast", [*chunks, filler(30_001)], USER)
+    await rt.aclose()
+    items = out.metadata["checks"]
+    assert items[-1]["decision"] == "block" and items[-1]["error_kind"] == "input_too_long", out.metadata
+    assert out.metadata["decision"] == "transform" and kept == chunks
+    judged = [i["long_input"] for i in items[:-1]]
+    assert all(li["coverage"] == 1.0 and li["windows"] == 1 + -(-(li["chars"] - 3000) // 2250) for li in judged)
+    assert len(guard.chat_requests()) == sum(li["windows"] for li in judged) == 4 * 13
 
 
 def dense(n: int) -> str:
