@@ -271,6 +271,20 @@ async def test_dense_text_shrinks_the_windows_and_still_reads_every_character(gu
     assert li["windows"] > 1 + -(-(len(text) - 3000) // 2250)
 
 
+async def test_dense_text_costs_the_shrunk_plan_plus_at_most_max_in_flight_a_halving(guard):
+    """What dense text costs: every window of the plan that fits, plus, for each halving, the windows that were in
+    flight when the server said the window was too long (at most ``max_in_flight``). It is more than the configured
+    plan (the cap in characters is not a cap in requests: docs/reliability.md), but never unbounded."""
+    rt = runtime(guard.url, timeout_s=60.0, long_input={"max_in_flight": 2})
+    out = await rt.check("fast", Direction.TOOL_RESULT, dense(12_000))
+    await rt.aclose()
+    li = out.metadata["long_input"]
+    assert not out.is_blocked and li["coverage"] == 1.0 and li["window_chars"] < 3000, out.metadata
+    halvings = (3000 // li["window_chars"]).bit_length() - 1
+    assert halvings >= 1 and 3000 >> halvings == li["window_chars"]
+    assert li["windows"] < len(guard.chat_requests()) <= li["windows"] + 2 * halvings
+
+
 async def test_dense_text_past_an_explicit_max_windows_after_shrinking_is_refused(guard):
     """Halving doubles the windows: past an explicit ``max_windows`` the item is refused, not sampled."""
     rt = runtime(guard.url, timeout_s=60.0, on_error="allow", long_input={"max_windows": 6})
