@@ -18,6 +18,7 @@ import pytest
 from nemo_csr_rail import agent_checks
 from nemo_csr_rail.policy import Direction
 from tests.support.e2e_helpers import ask, retail_rails
+from tests.support.rails_configs import write_config
 from tests.support.runtime import runtime
 from tests.support.standin import Fault, StandIn
 
@@ -304,3 +305,26 @@ async def test_monitor_mode_judges_the_item_the_same_and_records_the_would_be_bl
     meta = out.metadata
     assert not out.is_blocked and meta["would_block"] is True and meta["mode"] == "monitor", meta
     assert meta["long_input"]["coverage"] == 1.0 and len(guard.chat_requests()) < meta["long_input"]["windows"]
+
+
+# ------------------------------------------------------------------------------------------ the LangChain entry point
+async def test_through_langchain_a_long_tool_result_and_document_are_judged_whole(tmp_path, guard):
+    """``CsrGuard`` (no NeMo rails in the path) applies the same ``long_input``: a tool result with a harmful middle
+    raises ``ToolException``, a document with one is dropped, a benign long one is kept; every character read."""
+    from langchain_core.documents import Document
+    from langchain_core.tools import ToolException
+
+    from nemo_csr_rail.langchain import CsrGuard
+
+    lc = CsrGuard.from_path(write_config(tmp_path / "lc", guard_url=guard.url, main_url=None, plugin={
+        "timeout_s": 120.0, "policies": {"agent": {"policy": POLITICS, "reasoning": False}}}))
+    try:
+        with pytest.raises(ToolException) as info:
+            await lc.acheck_tool_result("fetch_report", with_middle(200_000), policy="agent", user_message=USER)
+        item = info.value.metadata["checks"][0]
+        assert item["prompt_harm"] == "harmful" and item["long_input"]["coverage"] == 1.0, item
+        docs = [Document(page_content=with_middle(200_000)), Document(page_content=filler(200_000))]
+        kept = await lc.akeep_documents(docs, policy="agent", query=USER)
+        assert kept == [docs[1]]
+    finally:
+        await lc.aclose()
