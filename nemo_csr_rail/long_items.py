@@ -186,16 +186,18 @@ async def _judge_windows(policy: Policy, direction: Direction, calls: Iterator[C
             if not running:
                 return decisions, errors
             done, running = await asyncio.wait(running, return_when=asyncio.FIRST_COMPLETED)
+            too_long = False
             for task in done:
                 exc = task.exception()
                 if exc is not None:
                     errors.append(exc)
+                    too_long = too_long or isinstance(exc, InputTooLong)
                     continue
                 d = Decision.from_result(policy, direction, task.result())
                 decisions.append(d)
                 if d.blocked or d.would_block:
                     return decisions, errors
-            if any(isinstance(e, InputTooLong) for e in errors):
+            if too_long:  # only this round's errors can be new (an earlier one would have returned)
                 return decisions, errors
     finally:
         for task in running:

@@ -64,8 +64,8 @@ class CheckRuntime:
         self._refusal_blob: str | None = ""  # the refusals joined by NUL, rebuilt lazily after a block
         # every refusal issued, whole, for as long as a judged message is remembered (coverage: a refused exchange
         # sent back in the history); sized like the judged_messages cache
-        spec = getattr(resolved.plugin, "judged_messages", None)
-        self._issued: SharedTTLCache[bool] = SharedTTLCache(getattr(spec, "maxsize", 20000), getattr(spec, "ttl_s", 3600.0))
+        spec = resolved.plugin.judged_messages
+        self._issued: SharedTTLCache[bool] = SharedTTLCache(spec.maxsize, spec.ttl_s)
 
     @staticmethod
     def _engine(resolved: ResolvedSettings, model_type: str) -> Engine:

@@ -15,8 +15,7 @@ import pytest
 from nemo_csr_rail.long_input import excerpt, plan_windows, scrub
 from nemo_csr_rail.policy import Direction
 from nemo_csr_rail.settings import parse_plugin_settings
-from tests.support.e2e_helpers import ask, guard_texts, rails_for
-from tests.support.rails_configs import write_config
+from tests.support.e2e_helpers import ask, guard_texts, retail_rails
 from tests.support.runtime import runtime
 from tests.support.standin import StandIn
 
@@ -26,11 +25,7 @@ ERROR_REFUSAL = "I'm sorry, I can't respond right now: the safety check could no
 
 
 def _rails(tmp_path, guard, main_llm, **plugin):
-    cfg = {"timeout_s": 5.0, "policies": {"retail": {"policy": POLITICS}}}
-    cfg.update(plugin)
-    return rails_for(write_config(tmp_path / "cfg", guard_url=guard.url, main_url=main_llm.url, plugin=cfg,
-                                  input_flows=['csr check input $policy="retail"'],
-                                  output_flows=['csr check output $policy="retail"']))
+    return retail_rails(tmp_path, guard, main_llm, **{"timeout_s": 5.0, **plugin})
 
 
 def _filler(n: int, seed: int = 0) -> str:
@@ -231,6 +226,11 @@ def test_excerpt_and_scrub() -> None:
         ({"long_input": {"max_chars": 10}}, "long_input.max_chars"),
         ({"long_input": {"window_chars": 9000, "max_chars": 8000}}, "long_input"),
         ({"long_input": {"windows": 3}}, "long_input.windows"),
+        ({"long_input": {"max_in_flight": 0}}, "long_input.max_in_flight"),
+        ({"long_input": {"timeout_s": 0}}, "long_input.timeout_s"),
+        ({"long_input": {"max_windows": 1}}, "long_input.max_windows"),
+        ({"long_input": {"max_judged_chars": 100}}, "long_input.max_judged_chars"),
+        ({"long_input": {"max_judged_chars": 3999}}, "long_input"),
         ({"tls": {"ca_bundle": "/no/such/file.pem"}}, "tls.ca_bundle"),
         ({"tls": {"verfy": False}}, "tls.verfy"),
         ({"breaker": {"threshold": 0}}, "breaker.threshold"),

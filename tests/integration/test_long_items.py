@@ -17,7 +17,7 @@ import pytest
 
 from nemo_csr_rail import agent_checks
 from nemo_csr_rail.policy import Direction
-from tests.support.e2e_helpers import ask, rails_for
+from tests.support.e2e_helpers import ask, retail_rails
 from tests.support.rails_configs import write_config
 from tests.support.runtime import runtime
 from tests.support.standin import Fault, StandIn
@@ -114,11 +114,7 @@ async def test_sampling_is_an_opt_in_that_may_let_the_middle_pass(direction, gua
 
 # ------------------------------------------------------------------------------------------------ end to end: input
 def _rails(tmp_path, guard, main_llm, **plugin):
-    cfg = {"timeout_s": 300.0, "policies": {"retail": {"policy": POLITICS}}}
-    cfg.update(plugin)
-    return rails_for(write_config(tmp_path / "cfg", guard_url=guard.url, main_url=main_llm.url, plugin=cfg,
-                                  input_flows=['csr check input $policy="retail"'],
-                                  output_flows=['csr check output $policy="retail"']))
+    return retail_rails(tmp_path, guard, main_llm, **{"timeout_s": 300.0, **plugin})
 
 
 async def test_a_megabyte_message_with_a_harmful_middle_never_reaches_the_model(tmp_path, guard, main_llm):
@@ -239,6 +235,23 @@ async def test_an_item_exactly_at_the_cap_is_judged_and_one_more_character_is_re
     assert over.metadata["error_kind"] == "input_too_long" and len(guard.chat_requests()) == sent
 
 
+async def test_many_items_each_just_under_the_cap_cost_each_one_whole_and_no_more(guard):
+    """One rail call carrying many items, each just under ``max_judged_chars`` (an attacker who cannot pass one
+    item past the cap pads several up to it): each is judged whole, and the call costs the sum of their windows,
+    exactly what the plan says, never more; an item past the cap among them is refused without a request (the chunk
+    is removed, the others kept). The bound is per item: a call's cost grows with its item count (docs/reliability.md)."""
+    rt = runtime(guard.url, timeout_s=60.0, long_input={"max_judged_chars": 30_000})
+    chunks = [f"chunk {k}. " + filler(29_000) for k in range(4)]
+    out, kept = await agent_checks.check_relevant_chunks(rt, "fast", [*chunks, filler(30_001)], USER)
+    await rt.aclose()
+    items = out.metadata["checks"]
+    assert items[-1]["decision"] == "block" and items[-1]["error_kind"] == "input_too_long", out.metadata
+    assert out.metadata["decision"] == "transform" and kept == chunks
+    judged = [i["long_input"] for i in items[:-1]]
+    assert all(li["coverage"] == 1.0 and li["windows"] == 1 + -(-(li["chars"] - 3000) // 2250) for li in judged)
+    assert len(guard.chat_requests()) == sum(li["windows"] for li in judged) == 4 * 13
+
+
 def dense(n: int) -> str:
     """Random CJK ideographs: ~2 real Gemma 3 tokens a character, so a 3,000-character window (~6,000 tokens) is far
     over the stand-in's 2,048-token context."""
@@ -257,6 +270,20 @@ async def test_dense_text_shrinks_the_windows_and_still_reads_every_character(gu
     assert out.is_blocked and out.metadata["prompt_harm"] == "harmful", out.metadata
     assert li["trigger"] == "server_context" and li["window_chars"] < 3000 and li["coverage"] == 1.0
     assert li["windows"] > 1 + -(-(len(text) - 3000) // 2250)
+
+
+async def test_dense_text_costs_the_shrunk_plan_plus_at_most_max_in_flight_a_halving(guard):
+    """What dense text costs: every window of the plan that fits, plus, for each halving, the windows that were in
+    flight when the server said the window was too long (at most ``max_in_flight``). It is more than the configured
+    plan (the cap in characters is not a cap in requests: docs/reliability.md), but never unbounded."""
+    rt = runtime(guard.url, timeout_s=60.0, long_input={"max_in_flight": 2})
+    out = await rt.check("fast", Direction.TOOL_RESULT, dense(12_000))
+    await rt.aclose()
+    li = out.metadata["long_input"]
+    assert not out.is_blocked and li["coverage"] == 1.0 and li["window_chars"] < 3000, out.metadata
+    halvings = (3000 // li["window_chars"]).bit_length() - 1
+    assert halvings >= 1 and 3000 >> halvings == li["window_chars"]
+    assert li["windows"] < len(guard.chat_requests()) <= li["windows"] + 2 * halvings
 
 
 async def test_dense_text_past_an_explicit_max_windows_after_shrinking_is_refused(guard):
@@ -278,3 +305,26 @@ async def test_monitor_mode_judges_the_item_the_same_and_records_the_would_be_bl
     meta = out.metadata
     assert not out.is_blocked and meta["would_block"] is True and meta["mode"] == "monitor", meta
     assert meta["long_input"]["coverage"] == 1.0 and len(guard.chat_requests()) < meta["long_input"]["windows"]
+
+
+# ------------------------------------------------------------------------------------------ the LangChain entry point
+async def test_through_langchain_a_long_tool_result_and_document_are_judged_whole(tmp_path, guard):
+    """``CsrGuard`` (no NeMo rails in the path) applies the same ``long_input``: a tool result with a harmful middle
+    raises ``ToolException``, a document with one is dropped, a benign long one is kept; every character read."""
+    from langchain_core.documents import Document
+    from langchain_core.tools import ToolException
+
+    from nemo_csr_rail.langchain import CsrGuard
+
+    lc = CsrGuard.from_path(write_config(tmp_path / "lc", guard_url=guard.url, main_url=None, plugin={
+        "timeout_s": 120.0, "policies": {"agent": {"policy": POLITICS, "reasoning": False}}}))
+    try:
+        with pytest.raises(ToolException) as info:
+            await lc.acheck_tool_result("fetch_report", with_middle(200_000), policy="agent", user_message=USER)
+        item = info.value.metadata["checks"][0]
+        assert item["prompt_harm"] == "harmful" and item["long_input"]["coverage"] == 1.0, item
+        docs = [Document(page_content=with_middle(200_000)), Document(page_content=filler(200_000))]
+        kept = await lc.akeep_documents(docs, policy="agent", query=USER)
+        assert kept == [docs[1]]
+    finally:
+        await lc.aclose()

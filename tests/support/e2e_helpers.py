@@ -11,10 +11,21 @@ from nemo_csr_rail import plans
 from nemo_csr_rail import prompt as prompts
 from nemo_csr_rail.policy import Direction, compile_policies
 from nemo_csr_rail.settings import PluginSettings
+from tests.support.rails_configs import write_config
 
 
 def rails_for(path: Path) -> LLMRails:
     return LLMRails(RailsConfig.from_path(str(path)))
+
+
+def retail_rails(tmp_path: Path, guard: Any, main_llm: Any, *, timeout_s: float, **plugin: Any) -> LLMRails:
+    """Rails with one policy, ``retail`` (no politics or religion), on the input and output rails, against the
+    ``guard`` and ``main_llm`` stand-ins; ``plugin`` adds or overrides plugin settings."""
+    cfg: dict[str, Any] = {"timeout_s": timeout_s, "policies": {"retail": {"policy": "Do not discuss politics or religion."}}}
+    cfg.update(plugin)
+    return rails_for(write_config(tmp_path / "cfg", guard_url=guard.url, main_url=main_llm.url, plugin=cfg,
+                                  input_flows=['csr check input $policy="retail"'],
+                                  output_flows=['csr check output $policy="retail"']))
 
 
 async def ask(rails: LLMRails, text: str, *, history: list[dict[str, str]] | None = None) -> tuple[str, list[dict]]:
