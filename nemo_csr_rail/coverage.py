@@ -173,9 +173,9 @@ def multi_turn_text(policy: Policy, user_texts: Sequence[str]) -> tuple[str, int
     return (render_user_turns(turns), len(turns)) if turns else None
 
 
-def _multi_turn_item(runtime: Judge, policy: Policy, messages: Sequence[Message], upto: int | None
+def _multi_turn_item(policy: Policy, messages: Sequence[Message], upto: int | None, refused: set[int]
                      ) -> _Item | None:
-    refused = _refused(runtime, messages)  # a refused turn was dealt with in its own turn: not joined again
+    # a refused turn (``refused``, from :func:`_refused`) was dealt with in its own turn: not joined again
     users = [m for m in messages if _role(m) in USER_ROLES and (upto is None or m.index <= upto)
              and (m.index not in refused or m.index == upto)]
     joined = multi_turn_text(policy, [m.text for m in users])
@@ -276,7 +276,9 @@ async def judge_messages(runtime: Judge, policy_name: str | None, side: Directio
     if policy is None or (policy.kind == "topic" and side is Direction.OUTPUT):
         return await _decide_current(runtime, policy_name, side, messages, cur)  # the runtime's failure decision
     upto = cur.index if cur is not None else None
-    multi = _multi_turn_item(runtime, policy, messages, upto) if side is Direction.INPUT else None
+    # the turns the conversation shows refused, read once for the multi-turn join and the excuse in the fold
+    refused = _refused(runtime, messages) if side is Direction.INPUT else set()
+    multi = _multi_turn_item(policy, messages, upto, refused) if side is Direction.INPUT else None
     if policy.coverage == "last" and multi is None:
         return await _decide_current(runtime, policy_name, side, messages, cur)
     start = time.perf_counter()
@@ -286,7 +288,7 @@ async def judge_messages(runtime: Judge, policy_name: str | None, side: Directio
         items = _input_items(policy, messages) if side is Direction.INPUT else _output_items(messages)
     if multi is not None:
         items.append(multi)
-    decision = await _judge(runtime, policy, side, items, messages, cur)
+    decision = await _judge(runtime, policy, side, items, messages, cur, refused)
     if decision.cost is not None:
         decision = replace(decision, cost=replace(decision.cost, latency_ms=(time.perf_counter() - start) * 1000))
     if decision.coverage is not None and runtime.telemetry is not None:
@@ -323,7 +325,7 @@ async def _decide_current(runtime: Judge, policy_name: str | None, side: Directi
 
 
 async def _judge(runtime: Judge, policy: Policy, side: Direction, items: list[_Item], request: Sequence[Message],
-                 cur: Message | None) -> Decision:
+                 cur: Message | None, refused_before: set[int]) -> Decision:
     start = time.perf_counter()
     messages = len(request)
     judged = [i for i in items if not i.empty]
@@ -385,7 +387,6 @@ async def _judge(runtime: Judge, policy: Policy, side: Direction, items: list[_I
         return base.with_coverage(Coverage(mode=mode, messages=messages, judged=0, guard=0, cached=0,
                                            skipped=skipped, multi_turn=multi))
     # a harmful input-side message the conversation shows refused in its own turn does not block this one
-    refused_before = _refused(runtime, request) if side is Direction.INPUT else set()
     excused = [x[1].blocked and not x[1].failed and not x[0].multi_turn and x[0].index in refused_before
                and (cur is None or x[0].index != cur.index) for x in done]
     live = [x for x, e in zip(done, excused, strict=True) if not e]
