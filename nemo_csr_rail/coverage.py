@@ -167,10 +167,14 @@ def multi_turn_text(policy: Policy, user_texts: Sequence[str]) -> tuple[str, int
     """The text the ``multi_turn`` check judges for these user turns (oldest first) and how many it joins; None
     when the policy does not ask for it or there are fewer than two turns to join. Shared by the rails and
     ``eval``, so both judge the same text."""
-    if policy.multi_turn < 2 or policy.kind == "topic":
+    if not _wants_multi_turn(policy):
         return None
     turns = split_turns(user_texts, policy.multi_turn)
     return (render_user_turns(turns), len(turns)) if turns else None
+
+
+def _wants_multi_turn(policy: Policy) -> bool:
+    return policy.multi_turn >= 2 and policy.kind != "topic"
 
 
 def _multi_turn_item(policy: Policy, messages: Sequence[Message], upto: int | None, refused: set[int]
@@ -274,13 +278,16 @@ async def judge_messages(runtime: Judge, policy_name: str | None, side: Directio
     except ConfigError:
         policy = None
     if policy is None or (policy.kind == "topic" and side is Direction.OUTPUT):
-        return await _decide_current(runtime, policy_name, side, messages, cur)  # the runtime's failure decision
+        return await _decide_current(runtime, policy_name, side, messages, cur, policy)  # the runtime's own decision
+    joins = side is Direction.INPUT and _wants_multi_turn(policy)
+    if policy.coverage == "last" and not joins:  # one message judged: no history to read
+        return await _decide_current(runtime, policy_name, side, messages, cur, policy)
     upto = cur.index if cur is not None else None
     # the turns the conversation shows refused, read once for the multi-turn join and the excuse in the fold
     refused = _refused(runtime, messages) if side is Direction.INPUT else set()
-    multi = _multi_turn_item(policy, messages, upto, refused) if side is Direction.INPUT else None
+    multi = _multi_turn_item(policy, messages, upto, refused) if joins else None
     if policy.coverage == "last" and multi is None:
-        return await _decide_current(runtime, policy_name, side, messages, cur)
+        return await _decide_current(runtime, policy_name, side, messages, cur, policy)
     start = time.perf_counter()
     if policy.coverage == "last":
         items = [_current_item(side, messages, cur, policy)]
@@ -311,11 +318,8 @@ def _current_item(side: Direction, messages: Sequence[Message], cur: Message | N
 
 
 async def _decide_current(runtime: Judge, policy_name: str | None, side: Direction, messages: Sequence[Message],
-                          cur: Message | None) -> Decision:
-    try:
-        policy = runtime.policy(policy_name)
-    except ConfigError:
-        policy = None
+                          cur: Message | None, policy: Policy | None) -> Decision:
+    """The runtime's decision on the current message alone (``policy`` None: unknown, the runtime says so)."""
     if policy is None:
         item = _Item(-1, "", side, "" if cur is None or side is Direction.OUTPUT else cur.text,
                      None if side is Direction.INPUT else ("" if cur is None else cur.text))
