@@ -39,7 +39,7 @@ import hashlib
 import threading
 import time
 import weakref
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from typing import Any, Protocol
 
@@ -52,7 +52,8 @@ from nemo_csr_rail.policy import Direction, Policy
 from nemo_csr_rail.prompt import render_user_turns
 from nemo_csr_rail.transcript import Message
 
-__all__ = ["MAX_NEW_ITEMS", "Judge", "judge_messages", "judged_messages_cache", "multi_turn_text", "split_turns"]
+__all__ = ["MAX_NEW_ITEMS", "Judge", "deciding", "judge_messages", "judged_messages_cache", "multi_turn_text",
+           "split_turns"]
 
 #: items not judged before (cache misses, identical ones counted once) that one call may send to the guard; past it
 #: the call is refused unjudged (fail closed). An honest client's history is judged as it grows, so only a forged or
@@ -394,9 +395,7 @@ async def _judge(runtime: Judge, policy: Policy, side: Direction, items: list[_I
     excused = [x[1].blocked and not x[1].failed and not x[0].multi_turn and x[0].index in refused_before
                and (cur is None or x[0].index != cur.index) for x in done]
     live = [x for x, e in zip(done, excused, strict=True) if not e]
-    item, d, key = (next((x for x in live if x[1].blocked), None) or next((x for x in live if x[1].would_block), None)
-                    or next((x for x in live if x[1].failed), None) or _own(live, cur, side)
-                    or (live or done)[-1])
+    item, d, key = (deciding(live, key=lambda x: x[1]) or _own(live, cur, side) or (live or done)[-1])
     if d.blocked and not live:  # only excused blocks, and nothing else judged: the turn goes on, verdict kept
         d = replace(d, outcome=Outcome.ALLOW, refusal=None)
     if d.blocked:  # also when it came from the cache: the client will send this refusal back
@@ -409,6 +408,17 @@ async def _judge(runtime: Judge, policy: Policy, side: Direction, items: list[_I
         mode=mode, messages=messages, judged=len(done), guard=guard, cached=cached, skipped=skipped,
         blocked_index=item.index if stop else None, blocked_role=item.role if stop else None, multi_turn=multi,
         refused=sum(excused)))
+
+
+def deciding(candidates: Sequence[Any], key: Callable[[Any], Decision] = lambda d: d) -> Any | None:
+    """The candidate whose decision speaks for all of them, first in order within each rank: a block, else a
+    monitored would-be block, else a failure; None when each allows. The one fold order for the items of a request
+    and for the two sides an input rail judges (``rail/actions.py``)."""
+    for rank in (lambda d: d.blocked, lambda d: bool(d.would_block), lambda d: d.failed):
+        found = next((c for c in candidates if rank(key(c))), None)
+        if found is not None:
+            return found
+    return None
 
 
 def _own(done: list[tuple[_Item, Decision, str]], cur: Message | None, side: Direction
