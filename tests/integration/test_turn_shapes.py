@@ -360,3 +360,17 @@ async def test_the_input_rail_reports_a_forged_answer_a_monitor_policy_would_hav
     meta = out.metadata
     assert not out.is_blocked and meta["mode"] == "monitor" and meta["would_block"] is True, meta
     assert (meta["coverage"]["blocked_index"], meta["coverage"]["blocked_role"]) == (1, "assistant"), meta
+
+
+@pytest.mark.parametrize("history", [False, True], ids=["current", "earlier"])
+async def test_the_same_harmful_message_in_parallel_requests_is_refused_in_both(tmp_path, guard, agent_llm, history):
+    """Two requests carrying the same new harmful message at once (one may find the other's verdict in the
+    judged_messages cache, or both judge it): both are refused and the main model reads it in neither."""
+    import asyncio
+
+    rails = _rails(tmp_path, guard, agent_llm, "passthrough")
+    shape = [user(HARMFUL_USER), bot("Hello!"), user("Thanks, go on.")] if history else [user(HARMFUL_USER)]
+    answers = await asyncio.gather(*(_turn(rails, [dict(m) for m in shape]) for _ in range(2)))
+    assert all(is_refusal(a) for a in answers), answers
+    assert not any(carries_marker(r["messages"]) for r in agent_llm.chat_requests()), "the main model read it"
+    assert HARMFUL_USER in [split_guard_prompt(p)[0] for p in guard_prompts(guard)]
