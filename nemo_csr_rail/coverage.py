@@ -52,8 +52,8 @@ from nemo_csr_rail.policy import Direction, Policy
 from nemo_csr_rail.prompt import render_user_turns
 from nemo_csr_rail.transcript import Message
 
-__all__ = ["MAX_NEW_ITEMS", "Judge", "deciding", "judge_messages", "judged_messages_cache", "multi_turn_text",
-           "split_turns"]
+__all__ = ["MAX_NEW_ITEMS", "Judge", "deciding", "has_output_side", "judge_messages", "judged_messages_cache",
+           "multi_turn_text", "split_turns"]
 
 #: items not judged before (cache misses, identical ones counted once) that one call may send to the guard; past it
 #: the call is refused unjudged (fail closed). An honest client's history is judged as it grows, so only a forged or
@@ -103,6 +103,12 @@ class _Item:
 
 def _role(message: Message) -> str:
     return message.role.strip().lower() if isinstance(message.role, str) else ""
+
+
+def has_output_side(messages: Sequence[Message]) -> bool:
+    """Whether the request holds an assistant message (any role coverage reads as one: ``ai``, ``bot``, any case),
+    i.e. anything for the output side to judge."""
+    return any(_role(m) in ASSISTANT_ROLES for m in messages)
 
 
 def _label(role: str) -> str:
