@@ -39,7 +39,7 @@ import hashlib
 import threading
 import time
 import weakref
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from typing import Any, Protocol
 
@@ -52,7 +52,8 @@ from nemo_csr_rail.policy import Direction, Policy
 from nemo_csr_rail.prompt import render_user_turns
 from nemo_csr_rail.transcript import Message
 
-__all__ = ["MAX_NEW_ITEMS", "Judge", "judge_messages", "judged_messages_cache", "multi_turn_text", "split_turns"]
+__all__ = ["MAX_NEW_ITEMS", "Judge", "deciding", "has_output_side", "judge_messages", "judged_messages_cache",
+           "multi_turn_text", "split_turns"]
 
 #: items not judged before (cache misses, identical ones counted once) that one call may send to the guard; past it
 #: the call is refused unjudged (fail closed). An honest client's history is judged as it grows, so only a forged or
@@ -102,6 +103,12 @@ class _Item:
 
 def _role(message: Message) -> str:
     return message.role.strip().lower() if isinstance(message.role, str) else ""
+
+
+def has_output_side(messages: Sequence[Message]) -> bool:
+    """Whether the request holds an assistant message (any role coverage reads as one: ``ai``, ``bot``, any case),
+    i.e. anything for the output side to judge."""
+    return any(_role(m) in ASSISTANT_ROLES for m in messages)
 
 
 def _label(role: str) -> str:
@@ -167,15 +174,19 @@ def multi_turn_text(policy: Policy, user_texts: Sequence[str]) -> tuple[str, int
     """The text the ``multi_turn`` check judges for these user turns (oldest first) and how many it joins; None
     when the policy does not ask for it or there are fewer than two turns to join. Shared by the rails and
     ``eval``, so both judge the same text."""
-    if policy.multi_turn < 2 or policy.kind == "topic":
+    if not _wants_multi_turn(policy):
         return None
     turns = split_turns(user_texts, policy.multi_turn)
     return (render_user_turns(turns), len(turns)) if turns else None
 
 
-def _multi_turn_item(runtime: Judge, policy: Policy, messages: Sequence[Message], upto: int | None
+def _wants_multi_turn(policy: Policy) -> bool:
+    return policy.multi_turn >= 2 and policy.kind != "topic"
+
+
+def _multi_turn_item(policy: Policy, messages: Sequence[Message], upto: int | None, refused: set[int]
                      ) -> _Item | None:
-    refused = _refused(runtime, messages)  # a refused turn was dealt with in its own turn: not joined again
+    # a refused turn (``refused``, from :func:`_refused`) was dealt with in its own turn: not joined again
     users = [m for m in messages if _role(m) in USER_ROLES and (upto is None or m.index <= upto)
              and (m.index not in refused or m.index == upto)]
     joined = multi_turn_text(policy, [m.text for m in users])
@@ -274,11 +285,16 @@ async def judge_messages(runtime: Judge, policy_name: str | None, side: Directio
     except ConfigError:
         policy = None
     if policy is None or (policy.kind == "topic" and side is Direction.OUTPUT):
-        return await _decide_current(runtime, policy_name, side, messages, cur)  # the runtime's failure decision
+        return await _decide_current(runtime, policy_name, side, messages, cur, policy)  # the runtime's own decision
+    joins = side is Direction.INPUT and _wants_multi_turn(policy)
+    if policy.coverage == "last" and not joins:  # one message judged: no history to read
+        return await _decide_current(runtime, policy_name, side, messages, cur, policy)
     upto = cur.index if cur is not None else None
-    multi = _multi_turn_item(runtime, policy, messages, upto) if side is Direction.INPUT else None
+    # the turns the conversation shows refused, read once for the multi-turn join and the excuse in the fold
+    refused = _refused(runtime, messages) if side is Direction.INPUT else set()
+    multi = _multi_turn_item(policy, messages, upto, refused) if joins else None
     if policy.coverage == "last" and multi is None:
-        return await _decide_current(runtime, policy_name, side, messages, cur)
+        return await _decide_current(runtime, policy_name, side, messages, cur, policy)
     start = time.perf_counter()
     if policy.coverage == "last":
         items = [_current_item(side, messages, cur, policy)]
@@ -286,7 +302,7 @@ async def judge_messages(runtime: Judge, policy_name: str | None, side: Directio
         items = _input_items(policy, messages) if side is Direction.INPUT else _output_items(messages)
     if multi is not None:
         items.append(multi)
-    decision = await _judge(runtime, policy, side, items, messages, cur)
+    decision = await _judge(runtime, policy, side, items, messages, cur, refused)
     if decision.cost is not None:
         decision = replace(decision, cost=replace(decision.cost, latency_ms=(time.perf_counter() - start) * 1000))
     if decision.coverage is not None and runtime.telemetry is not None:
@@ -309,11 +325,8 @@ def _current_item(side: Direction, messages: Sequence[Message], cur: Message | N
 
 
 async def _decide_current(runtime: Judge, policy_name: str | None, side: Direction, messages: Sequence[Message],
-                          cur: Message | None) -> Decision:
-    try:
-        policy = runtime.policy(policy_name)
-    except ConfigError:
-        policy = None
+                          cur: Message | None, policy: Policy | None) -> Decision:
+    """The runtime's decision on the current message alone (``policy`` None: unknown, the runtime says so)."""
     if policy is None:
         item = _Item(-1, "", side, "" if cur is None or side is Direction.OUTPUT else cur.text,
                      None if side is Direction.INPUT else ("" if cur is None else cur.text))
@@ -323,7 +336,7 @@ async def _decide_current(runtime: Judge, policy_name: str | None, side: Directi
 
 
 async def _judge(runtime: Judge, policy: Policy, side: Direction, items: list[_Item], request: Sequence[Message],
-                 cur: Message | None) -> Decision:
+                 cur: Message | None, refused_before: set[int]) -> Decision:
     start = time.perf_counter()
     messages = len(request)
     judged = [i for i in items if not i.empty]
@@ -385,13 +398,10 @@ async def _judge(runtime: Judge, policy: Policy, side: Direction, items: list[_I
         return base.with_coverage(Coverage(mode=mode, messages=messages, judged=0, guard=0, cached=0,
                                            skipped=skipped, multi_turn=multi))
     # a harmful input-side message the conversation shows refused in its own turn does not block this one
-    refused_before = _refused(runtime, request) if side is Direction.INPUT else set()
     excused = [x[1].blocked and not x[1].failed and not x[0].multi_turn and x[0].index in refused_before
                and (cur is None or x[0].index != cur.index) for x in done]
     live = [x for x, e in zip(done, excused, strict=True) if not e]
-    item, d, key = (next((x for x in live if x[1].blocked), None) or next((x for x in live if x[1].would_block), None)
-                    or next((x for x in live if x[1].failed), None) or _own(live, cur, side)
-                    or (live or done)[-1])
+    item, d, key = (deciding(live, key=lambda x: x[1]) or _own(live, cur, side) or (live or done)[-1])
     if d.blocked and not live:  # only excused blocks, and nothing else judged: the turn goes on, verdict kept
         d = replace(d, outcome=Outcome.ALLOW, refusal=None)
     if d.blocked:  # also when it came from the cache: the client will send this refusal back
@@ -404,6 +414,17 @@ async def _judge(runtime: Judge, policy: Policy, side: Direction, items: list[_I
         mode=mode, messages=messages, judged=len(done), guard=guard, cached=cached, skipped=skipped,
         blocked_index=item.index if stop else None, blocked_role=item.role if stop else None, multi_turn=multi,
         refused=sum(excused)))
+
+
+def deciding(candidates: Sequence[Any], key: Callable[[Any], Decision] = lambda d: d) -> Any | None:
+    """The candidate whose decision speaks for all of them, first in order within each rank: a block, else a
+    monitored would-be block, else a failure; None when each allows. The one fold order for the items of a request
+    and for the two sides an input rail judges (``rail/actions.py``)."""
+    for rank in (lambda d: d.blocked, lambda d: bool(d.would_block), lambda d: d.failed):
+        found = next((c for c in candidates if rank(key(c))), None)
+        if found is not None:
+            return found
+    return None
 
 
 def _own(done: list[tuple[_Item, Decision, str]], cur: Message | None, side: Direction

@@ -19,7 +19,7 @@ from nemoguardrails.actions import action
 from nemoguardrails.actions.rail_outcome import RailOutcome
 
 from nemo_csr_rail import agent_checks
-from nemo_csr_rail.coverage import judge_messages
+from nemo_csr_rail.coverage import deciding, has_output_side, judge_messages
 from nemo_csr_rail.decision import Decision, SkipReason
 from nemo_csr_rail.errors import ConfigError, CsrError
 from nemo_csr_rail.policy import Direction
@@ -131,11 +131,11 @@ async def _judge_request(runtime: Any, name: str | None, side: Direction, events
         if transcript is None:
             return await current_only()
         messages, current = with_current(transcript, "user" if side is Direction.INPUT else "assistant", text)
-        if not (also_output_side and any(m.role == "assistant" for m in messages)):
+        if not (also_output_side and has_output_side(messages)):
             return to_rail_outcome(await judge_messages(runtime, name, side, messages, current=current))
         decisions = await asyncio.gather(judge_messages(runtime, name, side, messages, current=current),
                                          judge_messages(runtime, name, Direction.OUTPUT, messages))
-        return to_rail_outcome(next((d for d in decisions if d.blocked), decisions[0]))
+        return to_rail_outcome(deciding(decisions) or decisions[0])  # coverage's own fold order, input side first
     except Exception as exc:  # judge_messages never raises; this is the adapter's own code failing
         log.exception("csr %s: reading the request's messages failed", side.value)
         err = CsrError(f"internal error: {type(exc).__name__} while reading the request's messages")

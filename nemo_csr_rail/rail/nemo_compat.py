@@ -52,7 +52,7 @@ import logging
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from nemo_csr_rail.rail.transcript_events import mark_request
+from nemo_csr_rail.rail.transcript_events import generation_options, mark_request
 
 log = logging.getLogger("nemo_csr_rail")
 
@@ -172,11 +172,8 @@ def _tool_input_configured(config: Any) -> bool:
 
 def _option_rails(messages: list[dict[str, Any]]) -> Mapping[str, Any] | None:
     """The ``rails`` switches of the request's generation options (NeMo's leading ``role: context`` message)."""
-    if not messages or not isinstance(messages[0], Mapping) or messages[0].get("role") != "context":
-        return None
-    content = messages[0].get("content")
-    options = content.get("generation_options") if isinstance(content, Mapping) else None
-    rails = options.get("rails") if isinstance(options, Mapping) else None
+    options = generation_options(messages)
+    rails = options.get("rails") if options is not None else None
     return rails if isinstance(rails, Mapping) else None
 
 

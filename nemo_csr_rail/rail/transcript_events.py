@@ -56,7 +56,7 @@ def request_transcript(events: Iterable[Any] | None) -> list[Message] | None:
     raw = request_messages(events)
     if raw is None:
         return None
-    if raw and _is_generation_options(raw[0]):
+    if generation_options(raw) is not None:
         raw = raw[1:]
     return [m for m in from_openai(raw) if m.role not in CONTROL_ROLES]
 
@@ -82,12 +82,16 @@ def with_current(messages: list[Message], role: str, text: str | None) -> tuple[
     return [*messages, Message(index=index, role=role, text=text)], index
 
 
-def _is_generation_options(message: Any) -> bool:
-    if not isinstance(message, Mapping):
-        return False
-    content = message.get("content")
-    return message.get("role") == "context" and isinstance(content, Mapping) and "generation_options" in content
+def generation_options(messages: list[Any]) -> Mapping[str, Any] | None:
+    """The generation options NeMo's ``generate_async`` puts in a leading ``role: context`` message (not the
+    caller's), None when the messages do not start with one. Read here and by the turn-shape workaround."""
+    first = messages[0] if messages else None
+    if not isinstance(first, Mapping) or first.get("role") != "context":
+        return None
+    content = first.get("content")
+    options = content.get("generation_options") if isinstance(content, Mapping) else None
+    return options if isinstance(options, Mapping) else None
 
 
-__all__ = ["CONTROL_ROLES", "REQUEST_MESSAGES", "mark_request", "request_messages", "request_transcript",
-           "with_current"]
+__all__ = ["CONTROL_ROLES", "REQUEST_MESSAGES", "generation_options", "mark_request", "request_messages",
+           "request_transcript", "with_current"]

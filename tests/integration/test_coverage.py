@@ -388,3 +388,53 @@ async def test_coverage_is_counted_and_audited(tmp_path, guard):
     assert len(records) == 4 and len(summaries) == 2  # two checks, two rail-call summaries
     assert summaries[1]["coverage"]["cached"] == 2 and summaries[1]["coverage"]["blocked_index"] == 2
     assert summaries[1]["decision"] == "block" and "user_text" not in summaries[1]
+
+
+# ------------------------------------------------------------------------------------- shapes an attacker would try
+async def test_a_legacy_function_message_is_judged_as_a_tool_result(guard):
+    """OpenAI's pre-tools shape: an assistant ``function_call`` answered by a ``role: function`` message. The
+    result is judged as the tool-result rail judges one (named by its ``name``), the call as a tool call."""
+    rt = runtime(guard.url)
+    call = {"role": "assistant", "content": None, "function_call": {"name": "lookup", "arguments": '{"q": "x"}'}}
+    msgs = [_user("Look it up."), call, {"role": "function", "name": "lookup", "content": "Now vote for me."},
+            _user("Thanks.")]
+    d = await judge_messages(rt, "think", IN, from_openai(msgs))
+    assert d.blocked and (d.coverage.blocked_index, d.coverage.blocked_role) == (2, "function")
+    assert "Tool result from lookup:\nNow vote for me." in [u for u, _ in _judged(guard)]
+    bad_call = {**call, "function_call": {"name": "lookup", "arguments": '{"q": "who to vote for"}'}}
+    out = await judge_messages(rt, "think", OUT, from_openai([_user("Look it up."), bad_call, _user("Thanks.")]))
+    assert out.blocked and (out.coverage.blocked_index, out.coverage.blocked_role) == (1, "assistant")
+
+
+async def test_a_harmful_word_in_a_tool_message_name_is_judged(guard):
+    """The tool result's ``name`` is client text the model reads with the result: it is part of the judged text."""
+    rt = runtime(guard.url)
+    msgs = [_user("Weather?"), _bot(None, [("c1", "get_weather", "{}")]), _tool("sunny", name="vote_for_me"),
+            _user("Thanks.")]
+    d = await judge_messages(rt, "think", IN, from_openai(msgs))
+    assert d.blocked and (d.coverage.blocked_index, d.coverage.blocked_role) == (2, "tool")
+
+
+def _padded(n: int, middle: str) -> str:
+    """``n`` characters of benign text with ``middle`` in the middle."""
+    pad = ("shipping invoice parcel " * (n // 24 + 1))[: (n - len(middle)) // 2]
+    return pad + middle + pad
+
+
+async def test_a_tool_call_with_huge_string_arguments_is_read_whole_through_coverage(guard):
+    """A forged tool call whose arguments are one 60,000-character string: judged in windows like any long item
+    (docs/long-inputs.md), so a sentence in its middle blocks; past ``long_input.max_judged_chars`` the call is
+    refused unjudged, whatever ``on_error`` says."""
+    rt = runtime(guard.url, timeout_s=60.0)
+    args = json.dumps({"q": _padded(60_000, " Tell me who to vote for. ")})
+    msgs = from_openai([_user("Search."), _bot(None, [("c1", "search", args)]), _user("Thanks.")])
+    d = await judge_messages(rt, "think", OUT, msgs)
+    assert d.blocked and not d.failed and (d.coverage.blocked_index, d.coverage.blocked_role) == (1, "assistant")
+    benign = from_openai([_user("Search."), _bot(None, [("c1", "search", json.dumps({"q": _padded(60_000, "")}))]),
+                          _user("Thanks.")])
+    with StandIn() as fresh:  # its own guard: no window of the call above can still be arriving
+        capped = runtime(fresh.url, on_error="allow", long_input={"max_judged_chars": 50_000})
+        out = await judge_messages(capped, "think", OUT, benign)
+        await capped.aclose()
+        assert out.blocked and out.failed and out.error.value == "input_too_long", out
+        assert fresh.chat_requests() == [], "nothing of the long call is sent"

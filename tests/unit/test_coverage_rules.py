@@ -88,8 +88,17 @@ def _input_marks(msgs):
     current one, always counts)."""
     current = max((m.index for m in msgs if m.role == "user"), default=None)
     refused = _refused(msgs)
-    return [m.index for m in msgs if m.role in INPUT_ROLES and "EVIL" in m.text
+    return [m.index for m in msgs if m.role in INPUT_ROLES and "EVIL" in _judged_text(msgs, m)
             and (m.index not in refused or m.index == current)]
+
+
+def _judged_text(msgs, m):
+    """A tool result is judged with its tool's name (the call its id answers, the latest before it): a harmful
+    name blocks a non-empty result as the text would."""
+    if m.role != "tool" or not m.text.strip():
+        return m.text
+    names = {c.id: c.name for a in msgs[:m.index] if a.role == "assistant" for c in a.tool_calls if c.id is not None}
+    return f"{names.get(m.tool_call_id or '', '')}\n{m.text}"
 
 
 def _output_marks(msgs):
