@@ -404,8 +404,8 @@ async def _judge(runtime: Judge, policy: Policy, side: Direction, items: list[_I
     item, d, key = (deciding(live, key=lambda x: x[1]) or _own(live, cur, side) or (live or done)[-1])
     if d.blocked and not live:  # only excused blocks, and nothing else judged: the turn goes on, verdict kept
         d = replace(d, outcome=Outcome.ALLOW, refusal=None)
-    if d.blocked:  # also when it came from the cache: the client will send this refusal back
-        runtime.remember_refusal(d.refusal)
+    if d.blocked and key in from_cache:  # a fresh block was remembered by the runtime's own check
+        runtime.remember_refusal(d.refusal)  # the client will send this refusal back
     if d.cost is not None and key in from_cache:
         d = replace(d, cost=replace(d.cost, cached=True))
     stop = d.blocked or bool(d.would_block)
